@@ -1,0 +1,48 @@
+/** Messages between the gateway and an expert worker. Activations travel as transferred Float32Arrays. */
+
+export interface WorkerSetup {
+  workerId: number;
+  weightsFile: string;
+  hidden: number;
+  ffn: number;
+  experts: Array<{ layer: number; expert: number }>;
+  threads: number;
+  executionProviders: string[];
+}
+
+export interface ExpertItem {
+  layer: number;
+  expert: number;
+  tokens: number;
+}
+
+/** Run several experts' batches; `input` holds their rows back to back, in item order. */
+export interface RunTask {
+  kind: 'run';
+  items: ExpertItem[];
+  input: Float32Array;
+}
+
+export interface StatsTask {
+  kind: 'stats';
+}
+
+export type WorkerTask = RunTask | StatsTask;
+
+export interface RunResult {
+  workerId: number;
+  /** The items' outputs back to back, same layout as the input. */
+  output: Float32Array;
+  computeMs: number;
+}
+
+export interface WorkerStats {
+  workerId: number;
+  threadId: number;
+  resident: Array<{ layer: number; expert: number }>;
+  /** Per "layer.expert": tasks run and tokens processed since start. */
+  ran: Record<string, { tasks: number; tokens: number }>;
+  busyMs: number;
+}
+
+export const expertKey = (layer: number, expert: number) => `${layer}.${expert}`;

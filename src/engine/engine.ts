@@ -1,0 +1,119 @@
+/**
+ * The generation engine: loads a model package, starts the expert pool with its placement, builds the trunk,
+ * and serves generate() through the continuous-batching scheduler.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { randomInt } from 'node:crypto';
+import type { Config } from '../config.ts';
+import { ExpertPool } from '../../experts/pool.ts';
+import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
+import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
+import { MoeModel } from './model.ts';
+import { Scheduler, type StepObserver } from './scheduler.ts';
+import { Sequence } from './sequence.ts';
+import { TextCodec } from './tokenizer.ts';
+import {
+  InvalidRequestError, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
+} from './types.ts';
+
+export class Engine implements GenerationService {
+  private nextId = 0;
+
+  private constructor(
+    readonly pkg: ModelPackage,
+    readonly model: MoeModel,
+    readonly pool: ExpertPool,
+    readonly codec: TextCodec,
+    private readonly scheduler: Scheduler,
+    private readonly limits: { maxPromptTokens: number; maxNewTokens: number },
+  ) {}
+
+  static async load(config: Config, observer: StepObserver = {}): Promise<Engine> {
+    const pkg = loadModelPackage(config.model);
+    const c = pkg.config;
+    const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
+    const executionProviders = ['cpu'];
+    const pool = await ExpertPool.start({
+      weightsFile: pkg.weightsFile, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
+      threadsPerWorker: config.onnx.expertThreads, executionProviders,
+    });
+    try {
+      const model = await MoeModel.load(pkg, pool, {
+        capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads, executionProviders,
+      });
+      const codec = new TextCodec(pkg.tokenizerJson, pkg.tokenizerConfig);
+      const scheduler = new Scheduler(model, config.limits, observer);
+      const context = c.max_position_embeddings;
+      const maxPromptTokens = Math.min(config.limits.maxPromptTokens ?? context - 1, context - 1);
+      return new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens });
+    } catch (error) {
+      await pool.close();
+      throw error;
+    }
+  }
+
+  async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerateResult> {
+    const promptIds = this.codec.encode(request.inputs);
+    const context = this.pkg.config.max_position_embeddings;
+    if (promptIds.length > this.limits.maxPromptTokens) {
+      throw new InvalidRequestError(`the prompt is ${promptIds.length} tokens; at most ${this.limits.maxPromptTokens} are accepted`);
+    }
+    if (promptIds.length + request.maxNewTokens > context) {
+      throw new InvalidRequestError(
+        `prompt tokens (${promptIds.length}) + max_new_tokens (${request.maxNewTokens}) must be <= ${context}, the model's context; ` +
+        `lower max_new_tokens to at most ${context - promptIds.length}`);
+    }
+    const seed = request.sampling.doSample ? (request.sampling.seed ?? randomInt(2 ** 32)) : null;
+    const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(), this.codec,
+      this.pkg.config.eos_token_id, context, seed, options);
+    await this.scheduler.submit(sequence);
+    return sequence.result();
+  }
+
+  info(): ModelInfo {
+    const c = this.pkg.config;
+    const total = [...this.pkg.tensors.values()].reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+    const perExpert = 3 * c.hidden_size * c.intermediate_size;
+    const activePerToken = total - c.num_hidden_layers * (c.num_experts - 1) * perExpert;
+    const placement = this.pool.placement;
+    return {
+      modelId: this.pkg.id, modelDir: this.pkg.dir, modelType: c.model_type,
+      layers: c.num_hidden_layers, experts: c.num_experts, expertsPerToken: c.num_experts_per_tok,
+      hiddenSize: c.hidden_size, contextLength: c.max_position_embeddings, vocabSize: c.vocab_size,
+      parameters: { total, activePerToken, activeFraction: activePerToken / total },
+      placement: {
+        workers: placement.workers,
+        experts: placement.hosts.flatMap((row, layer) => row.map((workers, expert) => ({ layer, expert, workers: [...workers] }))),
+      },
+      limits: { maxPromptTokens: this.limits.maxPromptTokens, maxNewTokens: this.limits.maxNewTokens, maxTotalTokens: c.max_position_embeddings },
+      activeSequences: this.scheduler.activeCount,
+      queuedRequests: this.scheduler.queuedCount,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.scheduler.close();
+    await this.pool.close();
+  }
+}
+
+function loadPlacement(config: Config, layers: number, experts: number): Placement {
+  const workers = config.workers ?? availableParallelism();
+  if (!config.placementFile) return roundRobinPlacement(layers, experts, workers);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(config.placementFile, 'utf8'));
+  } catch (error) {
+    throw new PackageError(`${config.placementFile}: cannot read the placement file (${(error as Error).message})`);
+  }
+  const parsed = placementFileSchema.safeParse(raw);
+  if (!parsed.success) {
+    throw new PackageError(`${config.placementFile}: invalid placement (${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')})`);
+  }
+  return placementFromFile(parsed.data, layers, experts);
+}
+
+export function loadEngine(config: Config): Promise<GenerationService> {
+  return Engine.load(config);
+}

@@ -1,0 +1,110 @@
+/**
+ * A small builder for ONNX graphs (IR 8, opset 17), serialised with onnx-proto and loaded by onnxruntime
+ * straight from memory. Weights become raw-data initializers; dimension names make axes dynamic.
+ */
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+const FLOAT = onnx.TensorProto.DataType.FLOAT;
+const INT64 = onnx.TensorProto.DataType.INT64;
+
+type Dim = number | string;
+type Attribute = number | number[] | { float: number };
+
+export class GraphBuilder {
+  private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  private readonly initializers: InstanceType<typeof onnx.TensorProto>[] = [];
+  private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private counter = 0;
+
+  constructor(private readonly name: string) {}
+
+  input(name: string, dims: Dim[], type: 'float' | 'int64' = 'float'): string {
+    this.inputs.push(valueInfo(name, dims, type === 'float' ? FLOAT : INT64));
+    return name;
+  }
+
+  output(value: string, name: string, dims: Dim[]): void {
+    this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `out_${name}` }));
+    this.outputs.push(valueInfo(name, dims, FLOAT));
+  }
+
+  weight(name: string, data: Float32Array, dims: number[]): string {
+    this.initializers.push(onnx.TensorProto.create({
+      name, dims, dataType: FLOAT,
+      rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    }));
+    return name;
+  }
+
+  int64s(values: number[]): string {
+    const name = `const_${this.counter++}`;
+    const data = new BigInt64Array(values.map(BigInt));
+    this.initializers.push(onnx.TensorProto.create({
+      name, dims: [values.length], dataType: INT64, rawData: new Uint8Array(data.buffer),
+    }));
+    return name;
+  }
+
+  scalar(value: number): string {
+    return this.weight(`const_${this.counter++}`, Float32Array.of(value), []);
+  }
+
+  op(type: string, inputs: string[], attributes: Record<string, Attribute> = {}): string {
+    const output = `${type.toLowerCase()}_${this.counter++}`;
+    const attribute = Object.entries(attributes).map(([name, v]) => {
+      if (Array.isArray(v)) return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: v });
+      if (typeof v === 'object') return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.FLOAT, f: v.float });
+      return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INT, i: v });
+    });
+    this.nodes.push(onnx.NodeProto.create({ opType: type, input: inputs, output: [output], name: output, attribute }));
+    return output;
+  }
+
+  // Composite operations shared by the trunk and the experts.
+
+  /** y = x / sqrt(mean(x², last axis) + eps) · weight */
+  rmsNorm(x: string, weight: string, eps: number): string {
+    const meanSquare = this.op('ReduceMean', [this.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
+    const rms = this.op('Sqrt', [this.op('Add', [meanSquare, this.scalar(eps)])]);
+    return this.op('Mul', [this.op('Div', [x, rms]), weight]);
+  }
+
+  /** x · Wᵀ for a torch Linear weight W of shape [out, in] (stored transposed, so the kernel reads rows). */
+  linear(x: string, name: string, weight: Float32Array, outFeatures: number, inFeatures: number): string {
+    return this.op('MatMul', [x, this.weight(name, transpose(weight, outFeatures, inFeatures), [inFeatures, outFeatures])]);
+  }
+
+  toBytes(): Uint8Array {
+    const model = onnx.ModelProto.create({
+      irVersion: 8,
+      producerName: 'switchyard',
+      opsetImport: [{ domain: '', version: 17 }],
+      graph: onnx.GraphProto.create({
+        name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs,
+      }),
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+}
+
+function valueInfo(name: string, dims: Dim[], elemType: number) {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  });
+}
+
+export function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  }
+  return out;
+}

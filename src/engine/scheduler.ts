@@ -1,0 +1,139 @@
+/**
+ * Continuous batching: every step runs all active sequences together. New requests join at the next step and
+ * finished ones leave; prefill chunks and decode tokens share a step within the token budget.
+ */
+import type { MoeModel, StepOutput } from './model.ts';
+import type { Sequence } from './sequence.ts';
+import { OverloadedError } from './types.ts';
+
+export interface SchedulerLimits {
+  maxBatchSequences: number;
+  maxBatchTokens: number;
+  queueDepth: number;
+  requestTimeoutMs: number;
+}
+
+export interface StepObserver {
+  onStep?(step: { sequences: Sequence[]; output: StepOutput; ms: number }): void;
+  onFinish?(sequence: Sequence): void;
+}
+
+interface Entry {
+  sequence: Sequence;
+  resolve: () => void;
+  reject: (error: Error) => void;
+  deadline: number;
+}
+
+export class RequestTimeoutError extends Error {
+  override readonly name = 'RequestTimeoutError';
+}
+
+export class CancelledError extends Error {
+  override readonly name = 'CancelledError';
+}
+
+export class Scheduler {
+  private readonly queue: Entry[] = [];
+  private readonly active: Entry[] = [];
+  private running: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(private readonly model: MoeModel, private readonly limits: SchedulerLimits, private readonly observer: StepObserver = {}) {}
+
+  get activeCount(): number {
+    return this.active.length;
+  }
+
+  get queuedCount(): number {
+    return this.queue.length;
+  }
+
+  /** Resolves when the sequence has finished; rejects if it is cancelled, times out or the step fails. */
+  submit(sequence: Sequence): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the engine is shutting down'));
+    if (this.queue.length >= this.limits.queueDepth) {
+      return Promise.reject(new OverloadedError(`the request queue is full (${this.limits.queueDepth} waiting); retry shortly`, 1));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const entry: Entry = { sequence, resolve, reject, deadline: Date.now() + this.limits.requestTimeoutMs };
+      const signal = sequence.options.signal;
+      if (signal?.aborted) return reject(new CancelledError('the client went away'));
+      signal?.addEventListener('abort', () => this.cancel(entry), { once: true });
+      this.queue.push(entry);
+      this.running ??= this.run().finally(() => (this.running = null));
+    });
+  }
+
+  /** Stops taking requests and waits for the current step to end (no task is left inside a worker). */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const entry of this.queue.splice(0)) entry.reject(new Error('the engine is shutting down'));
+    for (const entry of this.active.splice(0)) entry.reject(new Error('the engine is shutting down'));
+    await this.running;
+  }
+
+  private cancel(entry: Entry): void {
+    // Dropping the entry drops the sequence and with it its KV cache; a step in flight finishes harmlessly.
+    for (const list of [this.queue, this.active]) {
+      const at = list.indexOf(entry);
+      if (at >= 0) {
+        list.splice(at, 1);
+        entry.reject(new CancelledError('the client went away'));
+      }
+    }
+  }
+
+  private async run(): Promise<void> {
+    while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
+      while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) this.active.push(this.queue.shift()!);
+      const now = Date.now();
+      for (const entry of [...this.active]) {
+        if (now > entry.deadline) this.finish(entry, new RequestTimeoutError(`generation took longer than ${this.limits.requestTimeoutMs} ms`));
+      }
+      if (this.active.length === 0) continue;
+
+      // Decode tokens first (one each), then prefill chunks share what is left of the token budget.
+      const batch = [...this.active].sort((a, b) => Number(a.sequence.prefilling) - Number(b.sequence.prefilling));
+      let budget = this.limits.maxBatchTokens;
+      const step: Array<{ entry: Entry; tokens: number[] }> = [];
+      for (const entry of batch) {
+        if (budget <= 0) break;
+        const tokens = entry.sequence.take(budget);
+        budget -= tokens.length;
+        step.push({ entry, tokens });
+      }
+      const started = performance.now();
+      let output: StepOutput;
+      try {
+        output = await this.model.forward(step.map(({ entry, tokens }) => ({ cache: entry.sequence.cache, tokens })));
+      } catch (error) {
+        for (const { entry } of step) this.finish(entry, error as Error);
+        continue;
+      }
+      step.forEach(({ entry }, i) => {
+        const s = entry.sequence;
+        if (!this.active.includes(entry) || s.pending.length > 0) return; // cancelled, or more prompt to prefill
+        try {
+          s.advance(output.logits[i]);
+        } catch (error) {
+          this.finish(entry, error as Error);
+          return;
+        }
+        if (s.finishReason) this.finish(entry);
+      });
+      this.observer.onStep?.({ sequences: step.map(({ entry }) => entry.sequence), output, ms: performance.now() - started });
+    }
+  }
+
+  private finish(entry: Entry, error?: Error): void {
+    const at = this.active.indexOf(entry);
+    if (at < 0) return;
+    this.active.splice(at, 1);
+    if (error) entry.reject(error);
+    else {
+      this.observer.onFinish?.(entry.sequence);
+      entry.resolve();
+    }
+  }
+}

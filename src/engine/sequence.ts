@@ -1,0 +1,76 @@
+/** One request's generation state: prompt, KV cache, sampler, generated tokens and text, and how it ends. */
+import { chooseToken, seededRandom } from './sampling.ts';
+import { IncrementalDecoder, type TextCodec } from './tokenizer.ts';
+import type { KvCache } from './kv-cache.ts';
+import type { FinishReason, GenerateOptions, GenerateRequest, GenerateResult, GeneratedToken } from './types.ts';
+
+export class Sequence {
+  /** Tokens not yet run through the model: the prompt (possibly in chunks), then each sampled token. */
+  pending: number[];
+  readonly history: number[];
+  readonly tokens: GeneratedToken[] = [];
+  finishReason: FinishReason | null = null;
+  private readonly decoder: IncrementalDecoder;
+  private readonly random: () => number;
+  private text = '';
+
+  constructor(
+    readonly id: number,
+    readonly request: GenerateRequest,
+    readonly promptIds: number[],
+    readonly cache: KvCache,
+    private readonly codec: TextCodec,
+    private readonly eosId: number,
+    private readonly contextLength: number,
+    readonly seed: number | null,
+    readonly options: GenerateOptions,
+  ) {
+    this.pending = [...promptIds];
+    this.history = [...promptIds];
+    this.decoder = new IncrementalDecoder(codec);
+    this.random = seededRandom(seed ?? 0);
+  }
+
+  get prefilling(): boolean {
+    return this.cache.length < this.promptIds.length;
+  }
+
+  /** Takes the next model input: up to `budget` tokens of a prefill, or the one token to decode. */
+  take(budget: number): number[] {
+    const n = Math.max(1, Math.min(budget, this.pending.length));
+    return this.pending.splice(0, n);
+  }
+
+  /** After a step that consumed all pending input: choose the next token from the logits and decide if done. */
+  advance(logits: Float32Array): void {
+    const choice = chooseToken(logits, this.request.sampling, this.history, this.random);
+    const special = this.codec.specialIds.has(choice.id);
+    const delta = special ? '' : this.decoder.push(choice.id);
+    const token: GeneratedToken = { id: choice.id, text: special ? this.codec.decode([choice.id]) : delta, logprob: choice.logprob, special };
+    this.tokens.push(token);
+    this.history.push(choice.id);
+    const searchFrom = Math.max(0, this.text.length - maxLength(this.request.stop));
+    this.text += delta;
+    if (choice.id === this.eosId) this.finishReason = 'eos_token';
+    else if (this.request.stop.some((s) => this.text.indexOf(s, searchFrom) >= 0)) this.finishReason = 'stop_sequence';
+    else if (this.tokens.length >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
+    else this.pending = [choice.id];
+    this.options.onToken?.(token);
+  }
+
+  result(): GenerateResult {
+    const generated = this.tokens.filter((t) => !t.special).map((t) => t.id);
+    return {
+      generatedText: this.codec.decode(generated),
+      finishReason: this.finishReason ?? 'length',
+      generatedTokens: this.tokens.length,
+      promptTokens: this.promptIds.length,
+      seed: this.seed,
+      tokens: this.tokens,
+    };
+  }
+}
+
+function maxLength(strings: string[]): number {
+  return strings.reduce((m, s) => Math.max(m, s.length), 0);
+}

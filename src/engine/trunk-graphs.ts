@@ -1,0 +1,80 @@
+/**
+ * ONNX graphs for the dense trunk: token embedding, one attention block per layer (with a KV cache), and the
+ * final norm with the LM head. The MoE half of each layer runs elsewhere: routing in the gateway, experts in
+ * the worker pool.
+ */
+import { GraphBuilder } from './onnx/builder.ts';
+import { tensorNames, type ModelConfig } from './package.ts';
+
+export type Weights = (name: string) => Float32Array;
+
+export function embeddingGraph(c: ModelConfig, w: Weights): Uint8Array {
+  const g = new GraphBuilder('embed');
+  const ids = g.input('ids', ['tokens'], 'int64');
+  const table = g.weight('embed', w(tensorNames.embed), [c.vocab_size, c.hidden_size]);
+  g.output(g.op('Gather', [table, ids], { axis: 0 }), 'hidden', ['tokens', c.hidden_size]);
+  return g.toBytes();
+}
+
+/**
+ * One sequence's attention block for `tokens` new positions after `past` cached ones:
+ *   h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v))      with x normed by input_layernorm
+ *   moe_input = post_attention_layernorm(h)
+ * Inputs: x [tokens, d], cos/sin [tokens, head_dim], mask [tokens, past+tokens] (0 or -inf),
+ * past_k/past_v [heads, past, head_dim]. Outputs: h, moe_input, present_k/present_v [heads, past+tokens, head_dim].
+ */
+export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+  const d = c.hidden_size;
+  const heads = c.num_attention_heads;
+  const headDim = d / heads;
+  const t = tensorNames.layer(layer);
+  const g = new GraphBuilder(`attention_${layer}`);
+  const x = g.input('x', ['tokens', d]);
+  const cos = g.input('cos', ['tokens', headDim]);
+  const sin = g.input('sin', ['tokens', headDim]);
+  const mask = g.input('mask', ['tokens', 'total']);
+  const pastK = g.input('past_k', [heads, 'past', headDim]);
+  const pastV = g.input('past_v', [heads, 'past', headDim]);
+
+  const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
+  const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
+  const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), d, d), g.weight('k_norm', w(t.kNorm), [d]), c.rms_norm_eps);
+  const v = g.linear(xn, 'v_proj', w(t.v), d, d);
+
+  const splitHeads = (value: string) =>
+    g.op('Transpose', [g.op('Reshape', [value, g.int64s([0, heads, headDim])])], { perm: [1, 0, 2] });
+  const half = headDim / 2;
+  // NeoX rotary: x·cos + rotate_half(x)·sin, rotate_half(x) = [-x₂, x₁] over the two halves of each head.
+  const rope = (value: string) => {
+    const first = g.op('Slice', [value, g.int64s([0]), g.int64s([half]), g.int64s([-1])]);
+    const second = g.op('Slice', [value, g.int64s([half]), g.int64s([headDim]), g.int64s([-1])]);
+    const rotated = g.op('Concat', [g.op('Neg', [second]), first], { axis: -1 });
+    return g.op('Add', [g.op('Mul', [value, cos]), g.op('Mul', [rotated, sin])]);
+  };
+  const qh = rope(splitHeads(q));
+  const keys = g.op('Concat', [pastK, rope(splitHeads(k))], { axis: 1 });
+  const values = g.op('Concat', [pastV, splitHeads(v)], { axis: 1 });
+
+  const scores = g.op('Add', [
+    g.op('Mul', [g.op('MatMul', [qh, g.op('Transpose', [keys], { perm: [0, 2, 1] })]), g.scalar(1 / Math.sqrt(headDim))]),
+    mask,
+  ]);
+  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]);
+  const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [1, 0, 2] }), g.int64s([0, d])]);
+  const h = g.op('Add', [x, g.linear(merged, 'o_proj', w(t.o), d, d)]);
+  const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
+
+  g.output(h, 'h', ['tokens', d]);
+  g.output(moeInput, 'moe_input', ['tokens', d]);
+  g.output(keys, 'present_k', [heads, 'total', headDim]);
+  g.output(values, 'present_v', [heads, 'total', headDim]);
+  return g.toBytes();
+}
+
+export function headGraph(c: ModelConfig, w: Weights): Uint8Array {
+  const g = new GraphBuilder('head');
+  const x = g.input('x', ['tokens', c.hidden_size]);
+  const normed = g.rmsNorm(x, g.weight('final_norm', w(tensorNames.finalNorm), [c.hidden_size]), c.rms_norm_eps);
+  g.output(g.linear(normed, 'lm_head', w(tensorNames.lmHead), c.vocab_size, c.hidden_size), 'logits', ['tokens', c.vocab_size]);
+  return g.toBytes();
+}

@@ -1,0 +1,82 @@
+/** The contract between the HTTP layer and the generation engine. */
+
+export interface SamplingParams {
+  /** false: greedy (argmax); the other fields are then ignored. */
+  doSample: boolean;
+  temperature: number;
+  topK: number | null;
+  topP: number | null;
+  repetitionPenalty: number | null;
+  /** Seed for the sampler; null lets the engine pick one (it is reported back). */
+  seed: number | null;
+}
+
+export interface GenerateRequest {
+  inputs: string;
+  maxNewTokens: number;
+  sampling: SamplingParams;
+  /** Generation stops once the text ends with any of these; they stay in the generated text (as TGI does). */
+  stop: string[];
+}
+
+export type FinishReason = 'length' | 'eos_token' | 'stop_sequence';
+
+export interface GeneratedToken {
+  id: number;
+  text: string;
+  logprob: number;
+  special: boolean;
+}
+
+export interface GenerateResult {
+  generatedText: string;
+  finishReason: FinishReason;
+  generatedTokens: number;
+  promptTokens: number;
+  /** The seed actually used when sampling; null for greedy requests. */
+  seed: number | null;
+  tokens: GeneratedToken[];
+}
+
+export interface GenerateOptions {
+  /** Aborting cancels the sequence and frees its KV cache. */
+  signal?: AbortSignal;
+  /** Called for every generated token, in order (streaming). */
+  onToken?: (token: GeneratedToken) => void;
+}
+
+/** A request the engine refuses because of its content (maps to HTTP 422). */
+export class InvalidRequestError extends Error {
+  override readonly name = 'InvalidRequestError';
+}
+
+/** The engine's queue is full (maps to HTTP 429 with Retry-After). */
+export class OverloadedError extends Error {
+  override readonly name = 'OverloadedError';
+  constructor(message: string, readonly retryAfterSeconds: number) {
+    super(message);
+  }
+}
+
+export interface ModelInfo {
+  modelId: string;
+  modelDir: string;
+  modelType: string;
+  layers: number;
+  experts: number;
+  expertsPerToken: number;
+  hiddenSize: number;
+  contextLength: number;
+  vocabSize: number;
+  parameters: { total: number; activePerToken: number; activeFraction: number };
+  placement: { workers: number; experts: Array<{ layer: number; expert: number; workers: number[] }> };
+  limits: { maxPromptTokens: number; maxNewTokens: number; maxTotalTokens: number };
+  activeSequences: number;
+  queuedRequests: number;
+}
+
+export interface GenerationService {
+  generate(request: GenerateRequest, options?: GenerateOptions): Promise<GenerateResult>;
+  info(): ModelInfo;
+  close(): Promise<void>;
+}
