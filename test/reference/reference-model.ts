@@ -1,0 +1,105 @@
+/**
+ * A plain TypeScript OLMoE forward pass with Switch top-1 routing: no ONNX, no cache, no workers, float64
+ * arithmetic. Tests compare the gateway against it.
+ */
+import { readSafetensorsHeader, readTensors } from '../../src/engine/safetensors.ts';
+import { expectedTensors, tensorNames, type ModelConfig } from '../../src/engine/package.ts';
+
+type Matrix = Float32Array; // row-major [out, in], as torch stores Linear weights
+
+function linear(x: number[], w: Matrix, out: number): number[] {
+  const n = x.length;
+  return Array.from({ length: out }, (_, o) => x.reduce((s, v, i) => s + v * w[o * n + i], 0));
+}
+
+function rmsNorm(x: number[], w: Float32Array, eps: number): number[] {
+  const rms = Math.sqrt(x.reduce((s, v) => s + v * v, 0) / x.length + eps);
+  return x.map((v, i) => (v / rms) * w[i]);
+}
+
+const silu = (v: number) => v / (1 + Math.exp(-v));
+
+export interface ReferenceOutput {
+  logits: number[][];
+  /** router[layer][position] = { expert, gate } */
+  router: Array<Array<{ expert: number; gate: number }>>;
+}
+
+export class ReferenceModel {
+  constructor(readonly config: ModelConfig, private readonly w: (name: string) => Float32Array) {}
+
+  static fromPackage(dir: string, config: ModelConfig): ReferenceModel {
+    const file = `${dir}/model.safetensors`;
+    const tensors = readTensors(file, readSafetensorsHeader(file), [...expectedTensors(config).keys()]);
+    return new ReferenceModel(config, (name) => tensors.get(name)!);
+  }
+
+  forward(ids: number[]): ReferenceOutput {
+    const c = this.config;
+    const d = c.hidden_size;
+    const heads = c.num_attention_heads;
+    const hd = d / heads;
+    const embed = this.w(tensorNames.embed);
+    let x = ids.map((id) => Array.from(embed.subarray(id * d, (id + 1) * d)));
+    const router: ReferenceOutput['router'] = [];
+    for (let l = 0; l < c.num_hidden_layers; l++) {
+      const t = tensorNames.layer(l);
+      const xn = x.map((row) => rmsNorm(row, this.w(t.inputNorm), c.rms_norm_eps));
+      const rope = (v: number[], pos: number) => {
+        const out = [...v];
+        for (let h = 0; h < heads; h++) {
+          for (let i = 0; i < hd / 2; i++) {
+            const angle = pos / c.rope_theta ** ((2 * i) / hd);
+            const a = v[h * hd + i];
+            const b = v[h * hd + hd / 2 + i];
+            out[h * hd + i] = a * Math.cos(angle) - b * Math.sin(angle);
+            out[h * hd + hd / 2 + i] = b * Math.cos(angle) + a * Math.sin(angle);
+          }
+        }
+        return out;
+      };
+      const q = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.q), d), this.w(t.qNorm), c.rms_norm_eps), p));
+      const k = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.k), d), this.w(t.kNorm), c.rms_norm_eps), p));
+      const v = xn.map((row) => linear(row, this.w(t.v), d));
+      const attended = q.map((qi, i) => {
+        const out = new Array<number>(d).fill(0);
+        for (let h = 0; h < heads; h++) {
+          const scores = k.slice(0, i + 1).map((kj) => {
+            let s = 0;
+            for (let j = 0; j < hd; j++) s += qi[h * hd + j] * kj[h * hd + j];
+            return s / Math.sqrt(hd);
+          });
+          const max = Math.max(...scores);
+          const e = scores.map((s) => Math.exp(s - max));
+          const z = e.reduce((a, b) => a + b, 0);
+          e.forEach((p, j) => {
+            for (let m = 0; m < hd; m++) out[h * hd + m] += (p / z) * v[j][h * hd + m];
+          });
+        }
+        return out;
+      });
+      const h = x.map((row, i) => {
+        const o = linear(attended[i], this.w(t.o), d);
+        return row.map((val, j) => val + o[j]);
+      });
+      const layerRouting: Array<{ expert: number; gate: number }> = [];
+      x = h.map((row) => {
+        const m = rmsNorm(row, this.w(t.postNorm), c.rms_norm_eps);
+        const logits = linear(m, this.w(t.router), c.num_experts);
+        const max = Math.max(...logits);
+        const z = logits.reduce((s, g) => s + Math.exp(g - max), 0);
+        const probs = logits.map((g) => Math.exp(g - max) / z);
+        const expert = probs.indexOf(Math.max(...probs));
+        layerRouting.push({ expert, gate: probs[expert] });
+        const names = tensorNames.expert(l, expert);
+        const gate = linear(m, this.w(names.gate), c.intermediate_size);
+        const up = linear(m, this.w(names.up), c.intermediate_size);
+        const y = linear(gate.map((g, i) => silu(g) * up[i]), this.w(names.down), d);
+        return row.map((val, j) => val + probs[expert] * y[j]);
+      });
+      router.push(layerRouting);
+    }
+    const logits = x.map((row) => linear(rmsNorm(row, this.w(tensorNames.finalNorm), c.rms_norm_eps), this.w(tensorNames.lmHead), c.vocab_size));
+    return { logits, router };
+  }
+}
