@@ -1,0 +1,174 @@
+/**
+ * The `switchyard` command line. Each subcommand is one entry in COMMANDS: its flags (node:util parseArgs
+ * options), usage text and a run function that returns the exit code.
+ * Exit codes: 0 ok, 1 failure (bad configuration, startup error), 2 usage error (unknown command or flag).
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
+import { log } from './log.ts';
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+type Values = Record<string, string | boolean | undefined>;
+
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+export interface Command {
+  summary: string;
+  /** Usage text shown by `switchyard <name> --help` (list -h, --help too: every command accepts it). */
+  usage: string;
+  options: Options;
+  run(values: Values, io: CliIo): Promise<number>;
+}
+
+/** Thrown for a bad flag value; reported with the command's usage, exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+function intFlag(values: Values, name: string, min: number): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'string' || !/^\d+$/.test(raw.trim()) || Number(raw) < min) {
+    throw new UsageError(`--${name} must be an integer >= ${min} (got ${JSON.stringify(raw)})`);
+  }
+  return Number(raw);
+}
+
+const strFlag = (values: Values, name: string): string | undefined =>
+  typeof values[name] === 'string' ? (values[name] as string) : undefined;
+
+/** Resolves once SIGINT or SIGTERM arrives; a second signal exits at once. */
+function shutdownSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      const force = (again: NodeJS.Signals) => {
+        log.warn('second signal, exiting without waiting', { signal: again });
+        process.exit(1);
+      };
+      process.once('SIGINT', force);
+      process.once('SIGTERM', force);
+      resolve(signal);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+export const COMMANDS: Record<string, Command> = {
+  serve: {
+    summary: 'Start the HTTP gateway',
+    usage: `Usage: switchyard serve [options]
+
+Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info).
+
+Options:
+  --config FILE   JSON configuration file (default: $SWITCHYARD_CONFIG, else config/default.json if present)
+  --model DIR     model package folder (env SWITCHYARD_MODEL; default models/switchyard-moe)
+  --host H        interface to listen on (env HOST; default 127.0.0.1)
+  --port N        TCP port, 0 for a free one (env PORT; default 8080)
+  --workers K     expert worker threads (env SWITCHYARD_WORKERS; default: one per CPU core)
+  -h, --help      show this help
+
+Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|warn|error|silent sets logging.`,
+    options: {
+      config: { type: 'string' },
+      model: { type: 'string' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      workers: { type: 'string' },
+    },
+    async run(values) {
+      const overrides: ConfigInput = {
+        model: strFlag(values, 'model'),
+        host: strFlag(values, 'host'),
+        port: intFlag(values, 'port', 0),
+        workers: intFlag(values, 'workers', 1),
+      };
+      const config = loadConfig({ file: strFlag(values, 'config'), overrides });
+      const { startServer } = await import('./serve.ts');
+      const server = await startServer(config);
+      const signal = await shutdownSignal();
+      log.info('shutting down', { signal });
+      await server.close();
+      return 0;
+    },
+  },
+};
+
+export function mainUsage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
+  const list = Object.entries(COMMANDS)
+    .map(([name, cmd]) => `  ${name.padEnd(width)}  ${cmd.summary}`)
+    .join('\n');
+  return `Usage: switchyard <command> [options]
+
+Switchyard: a Mixture-of-Experts serving gateway.
+
+Commands:
+${list}
+
+Run 'switchyard <command> --help' for a command's options.`;
+}
+
+const commandUsage = (cmd: Command) => cmd.usage;
+
+const defaultIo: CliIo = {
+  stdout: (text) => void process.stdout.write(`${text}\n`),
+  stderr: (text) => void process.stderr.write(`${text}\n`),
+};
+
+/** Runs the CLI on `argv` (without node and script) and returns the exit code. */
+export async function main(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === '--help' || name === '-h' || name === 'help') {
+    const topic = name === 'help' ? rest[0] : undefined;
+    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) io.stdout(commandUsage(COMMANDS[topic]));
+    else if (topic !== undefined) {
+      io.stderr(`switchyard: unknown command '${topic}'\n\n${mainUsage()}`);
+      return 2;
+    } else io.stdout(mainUsage());
+    return 0;
+  }
+  if (name === undefined || !Object.hasOwn(COMMANDS, name)) {
+    io.stderr(`${name === undefined ? 'switchyard: missing command' : `switchyard: unknown command '${name}'`}\n\n${mainUsage()}`);
+    return 2;
+  }
+
+  const cmd = COMMANDS[name];
+  let values: Values;
+  try {
+    ({ values } = parseArgs({
+      args: [...rest],
+      options: { ...cmd.options, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    io.stderr(`switchyard ${name}: ${(err as Error).message}\n\n${commandUsage(cmd)}`);
+    return 2;
+  }
+  if (values.help) {
+    io.stdout(commandUsage(cmd));
+    return 0;
+  }
+
+  try {
+    return await cmd.run(values, io);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr(`switchyard ${name}: ${err.message}\n\n${commandUsage(cmd)}`);
+      return 2;
+    }
+    if (err instanceof ConfigError) {
+      io.stderr(`switchyard ${name}: ${err.message}`);
+      return 1;
+    }
+    log.error(`${name} failed`, { err });
+    return 1;
+  }
+}

@@ -1,0 +1,274 @@
+/**
+ * Gateway configuration: one zod schema is the source of truth (defaults and one-line descriptions live here).
+ *
+ * Precedence, lowest to highest: schema defaults < JSON file < environment variables < explicit overrides (CLI flags).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.int().min(min).max(max);
+
+const RoutingSchema = z.strictObject({
+  capacityFactor: z
+    .number()
+    .positive()
+    .nullable()
+    .default(null)
+    .describe('Expert capacity as a multiple of the even per-expert token share; null drops no token at inference.'),
+});
+
+const LimitsSchema = z.strictObject({
+  maxBodyBytes: int(1).default(65536).describe('Largest accepted HTTP request body in bytes (larger bodies get 413).'),
+  maxPromptTokens: int(1)
+    .nullable()
+    .default(null)
+    .describe('Longest accepted prompt in tokens; null means the model context length minus 1.'),
+  maxNewTokens: int(1).default(256).describe('Largest max_new_tokens a request may ask for.'),
+  defaultMaxNewTokens: int(1).default(20).describe('max_new_tokens used when a request does not set it.'),
+  maxStopSequences: int(0).default(4).describe('Most stop sequences one request may send.'),
+  maxStopSequenceLength: int(1).default(64).describe('Longest stop sequence in characters.'),
+  queueDepth: int(0).default(64).describe('Requests that may wait for a batch slot before new ones get 429.'),
+  maxBatchSequences: int(1).default(16).describe('Most sequences decoded together in one scheduler step.'),
+  maxBatchTokens: int(1).default(2048).describe('Most tokens (prefill and decode) processed in one scheduler step.'),
+  requestTimeoutMs: int(1).default(120000).describe('A request still running after this many milliseconds is cancelled.'),
+});
+
+const OnnxSchema = z.strictObject({
+  trunkThreads: int(1).default(1).describe('Intra-op threads of the ONNX Runtime sessions that run the dense trunk.'),
+  expertThreads: int(1).default(1).describe('Intra-op threads of each expert worker\'s ONNX Runtime sessions.'),
+});
+
+const TelemetrySchema = z.strictObject({
+  exporter: z
+    .enum(['none', 'otlp', 'jsonl'])
+    .default('none')
+    .describe("Where traces and metrics go: 'none', 'otlp' (OTLP over HTTP) or 'jsonl' (JSON lines)."),
+  otlpEndpoint: z
+    .url()
+    .nullable()
+    .default(null)
+    .describe("OTLP/HTTP collector base URL for exporter 'otlp'; null uses the exporter's default (localhost:4318)."),
+  loadTraceFile: z
+    .string()
+    .min(1)
+    .nullable()
+    .default(null)
+    .describe('File the per-step expert load trace is appended to (JSON lines); null writes none.'),
+});
+
+export const ConfigSchema = z
+  .strictObject({
+    host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
+    port: int(0, 65535).default(8080).describe('TCP port to listen on; 0 picks a free ephemeral port.'),
+    model: z
+      .string()
+      .min(1)
+      .default('models/switchyard-moe')
+      .describe('Model package folder; a relative path resolves against the working directory.'),
+    workers: int(1).nullable().default(null).describe('Expert worker threads; null uses one per CPU core.'),
+    placementFile: z
+      .string()
+      .min(1)
+      .nullable()
+      .default(null)
+      .describe('JSON expert placement file; null places experts round-robin over the workers.'),
+    routing: RoutingSchema.prefault({}).describe('Router behaviour at inference time.'),
+    limits: LimitsSchema.prefault({}).describe('Request and scheduling limits.'),
+    onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
+    telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
+  })
+  .superRefine((config, ctx) => {
+    if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['limits', 'defaultMaxNewTokens'],
+        message: `must not exceed limits.maxNewTokens (${config.limits.maxNewTokens})`,
+      });
+    }
+  })
+  .describe('Switchyard gateway configuration.');
+
+const SECTIONS: Record<string, { shape: object }> = {
+  '': ConfigSchema,
+  routing: RoutingSchema,
+  limits: LimitsSchema,
+  onnx: OnnxSchema,
+  telemetry: TelemetrySchema,
+};
+
+export type Config = z.infer<typeof ConfigSchema>;
+/** What a config file or an override may hold: every field optional. */
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+/** Configuration that fails validation; the message names every offending field and where its value came from. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    message: string,
+    readonly issues: Array<{ path: string; message: string; source: string }> = [],
+  ) {
+    super(message);
+  }
+}
+
+export interface LoadConfigOptions {
+  /** JSON config file; null reads none. Default: $SWITCHYARD_CONFIG, else config/default.json if present. */
+  file?: string | null;
+  /** Environment to read overrides from (default process.env). */
+  env?: Record<string, string | undefined>;
+  /** Highest-precedence values (CLI flags); undefined fields are ignored. */
+  overrides?: ConfigInput;
+  /** Directory relative paths resolve against (default process.cwd()). */
+  cwd?: string;
+}
+
+export const DEFAULT_CONFIG_FILE = 'config/default.json';
+
+/** Environment variables that override config fields. */
+export const ENV_OVERRIDES: ReadonlyArray<{ name: string; path: readonly string[]; kind: 'string' | 'int' | 'intOrAuto' }> = [
+  { name: 'HOST', path: ['host'], kind: 'string' },
+  { name: 'PORT', path: ['port'], kind: 'int' },
+  { name: 'SWITCHYARD_MODEL', path: ['model'], kind: 'string' },
+  { name: 'SWITCHYARD_WORKERS', path: ['workers'], kind: 'intOrAuto' },
+];
+
+type Json = Record<string, unknown>;
+
+const isPlainObject = (value: unknown): value is Json =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
+
+function deepMerge(base: Json, over: Json): Json {
+  const out: Json = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined) continue;
+    out[key] = isPlainObject(value) && isPlainObject(out[key]) ? deepMerge(out[key] as Json, value) : value;
+  }
+  return out;
+}
+
+function getPath(obj: unknown, keys: readonly PropertyKey[]): unknown {
+  let cur = obj;
+  for (const key of keys) {
+    if (!isPlainObject(cur)) return undefined;
+    cur = cur[key as string];
+  }
+  return cur;
+}
+
+function setPath(obj: Json, keys: readonly string[], value: unknown): void {
+  let cur = obj;
+  for (const key of keys.slice(0, -1)) {
+    if (!isPlainObject(cur[key])) cur[key] = {};
+    cur = cur[key] as Json;
+  }
+  cur[keys[keys.length - 1]] = value;
+}
+
+function readConfigFile(file: string, origin: string): Json {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file} (${origin}): ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!isPlainObject(parsed)) {
+    throw new ConfigError(`config file ${file} must hold a JSON object, e.g. {"port": 8080}`);
+  }
+  return parsed;
+}
+
+function envLayer(env: Record<string, string | undefined>): { values: Json; names: Map<string, string> } {
+  const values: Json = {};
+  const names = new Map<string, string>();
+  for (const { name, path: keys, kind } of ENV_OVERRIDES) {
+    const raw = env[name]?.trim();
+    if (raw === undefined || raw === '') continue;
+    let value: unknown = raw;
+    if (kind === 'intOrAuto' && raw.toLowerCase() === 'auto') value = null;
+    else if (kind !== 'string' && Number.isFinite(Number(raw))) value = Number(raw);
+    // Anything else stays a string, so the schema reports it as a type error naming the field.
+    setPath(values, keys, value);
+    names.set(keys.join('.'), name);
+  }
+  return { values, names };
+}
+
+const describeValue = (value: unknown): string => {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+};
+
+/** Load, merge and validate the configuration. Throws ConfigError with a message naming each bad field. */
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+
+  let file: string | null = null;
+  let fileOrigin = '';
+  if (options.file !== undefined) {
+    file = options.file;
+    fileOrigin = 'given explicitly';
+  } else if (env.SWITCHYARD_CONFIG) {
+    file = env.SWITCHYARD_CONFIG;
+    fileOrigin = 'from SWITCHYARD_CONFIG';
+  } else if (existsSync(path.resolve(cwd, DEFAULT_CONFIG_FILE))) {
+    file = DEFAULT_CONFIG_FILE;
+    fileOrigin = 'default location';
+  }
+  const filePath = file === null ? null : path.resolve(cwd, file);
+  const fileValues = filePath === null ? {} : readConfigFile(filePath, fileOrigin);
+  const { values: envValues, names: envNames } = envLayer(env);
+  const overrides = (options.overrides ?? {}) as Json;
+
+  const merged = deepMerge(deepMerge(fileValues, envValues), overrides);
+  const result = ConfigSchema.safeParse(merged);
+  if (!result.success) {
+    const sourceOf = (keys: PropertyKey[]): string => {
+      if (getPath(overrides, keys) !== undefined) return 'command-line override';
+      const envName = envNames.get(keys.join('.'));
+      if (envName) return `environment variable ${envName}`;
+      if (getPath(fileValues, keys) !== undefined) return `config file ${filePath}`;
+      return 'default';
+    };
+    const issues = result.error.issues.flatMap((issue) => {
+      if (issue.code === 'unrecognized_keys') {
+        return issue.keys.map((key) => {
+          const keys = [...issue.path, key];
+          const known = Object.keys(SECTIONS[issue.path.join('.')]?.shape ?? {});
+          return {
+            path: keys.join('.'),
+            message: `unknown field; known fields here: ${known.join(', ')}`,
+            source: sourceOf(keys),
+          };
+        });
+      }
+      const value = getPath(merged, issue.path);
+      const got = value === undefined ? '' : ` (got ${describeValue(value)})`;
+      return [{ path: issue.path.join('.') || '(root)', message: `${issue.message}${got}`, source: sourceOf(issue.path) }];
+    });
+    const lines = issues.map((i) => `  - ${i.path}: ${i.message} [from ${i.source}]`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`, issues);
+  }
+
+  const config = result.data;
+  const resolve = (p: string | null) => (p === null ? null : path.resolve(cwd, p));
+  return {
+    ...config,
+    model: path.resolve(cwd, config.model),
+    placementFile: resolve(config.placementFile),
+    telemetry: { ...config.telemetry, loadTraceFile: resolve(config.telemetry.loadTraceFile) },
+  };
+}
+
+/** The number of expert workers to start: config.workers, or one per CPU core when it is null. */
+export function resolveWorkers(config: Pick<Config, 'workers'>): number {
+  return config.workers ?? Math.max(1, os.availableParallelism());
+}

@@ -1,0 +1,55 @@
+/** The HTTP app: middleware, routes and error handling over a GenerationService. */
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import type { Config } from '../config.ts';
+import type { GenerationService } from '../engine/types.ts';
+import { log, type Logger } from '../log.ts';
+import { createErrorHandler, errorResponse, notFoundHandler } from './errors.ts';
+import { registerGenerateRoute } from './routes/generate.ts';
+import { registerHealthRoute } from './routes/health.ts';
+import { registerInfoRoute } from './routes/info.ts';
+
+export interface AppOptions {
+  /** Default: the process-wide logger. */
+  logger?: Logger;
+}
+
+export function createApp(service: GenerationService, config: Config, options: AppOptions = {}): Hono {
+  const logger = options.logger ?? log;
+  const maxBytes = config.limits.maxBodyBytes;
+  const app = new Hono();
+
+  app.onError(createErrorHandler(logger));
+  app.notFound(notFoundHandler);
+
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    await next();
+    logger.debug('request', {
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      duration_ms: Math.round((performance.now() - started) * 100) / 100,
+    });
+  });
+
+  // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked).
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: maxBytes,
+      onError: (c) =>
+        errorResponse(
+          c,
+          413,
+          'validation',
+          `request body is larger than ${maxBytes} bytes (limits.maxBodyBytes); send a shorter prompt`,
+        ),
+    }),
+  );
+
+  registerGenerateRoute(app, service, config);
+  registerHealthRoute(app);
+  registerInfoRoute(app, service);
+  return app;
+}

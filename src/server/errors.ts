@@ -1,0 +1,80 @@
+/** The HTTP error shape {"error", "error_type"} and the app-wide error and not-found handlers. */
+import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { randomUUID } from 'node:crypto';
+import { InvalidRequestError, OverloadedError } from '../engine/types.ts';
+import type { Logger } from '../log.ts';
+
+export type ErrorType = 'validation' | 'overloaded' | 'generation' | 'not_found' | 'unauthorized' | 'internal';
+
+export interface ErrorBody {
+  /** What is wrong and how to fix it. */
+  error: string;
+  error_type: ErrorType;
+}
+
+/** Throw from a handler to answer with the error shape. */
+export class HttpError extends Error {
+  override readonly name = 'HttpError';
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly errorType: ErrorType,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+export function errorResponse(
+  c: Context,
+  status: ContentfulStatusCode,
+  errorType: ErrorType,
+  message: string,
+  headers: Record<string, string> = {},
+): Response {
+  const body: ErrorBody = { error: message, error_type: errorType };
+  return c.json(body, status, headers);
+}
+
+/** Maps thrown errors to the error shape. Unknown errors are logged and answered with 500; the server keeps serving. */
+export function createErrorHandler(logger: Logger): ErrorHandler {
+  return (err, c) => {
+    if (err instanceof HttpError) return errorResponse(c, err.status, err.errorType, err.message, err.headers);
+    if (err instanceof InvalidRequestError) return errorResponse(c, 422, 'validation', err.message);
+    if (err instanceof OverloadedError) {
+      const retryAfter = Math.max(1, Math.ceil(err.retryAfterSeconds));
+      return errorResponse(c, 429, 'overloaded', `${err.message}; retry after ${retryAfter} s`, {
+        'Retry-After': String(retryAfter),
+      });
+    }
+    if (err instanceof HTTPException) {
+      // Raised by hono itself or middleware (e.g. a malformed request); keep its status, use our shape.
+      const status = err.status as ContentfulStatusCode;
+      const type: ErrorType = status === 401 || status === 403 ? 'unauthorized' : status >= 500 ? 'internal' : 'validation';
+      return errorResponse(c, status, type, err.message || `request failed with status ${status}`);
+    }
+    if (err instanceof Error && err.name === 'RequestTimeoutError') {
+      // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs. Matched by name:
+      // the class is engine-internal (src/engine/scheduler.ts), not part of the contract in types.ts.
+      return errorResponse(c, 503, 'generation', `${err.message}; ask for fewer max_new_tokens or retry later`);
+    }
+    if (c.req.raw.signal.aborted) {
+      // The client went away; the engine cancelled its sequence. Nobody reads this answer.
+      logger.debug('request aborted by client', { method: c.req.method, path: c.req.path });
+      return errorResponse(c, 500, 'internal', 'request aborted by the client');
+    }
+    const errorId = randomUUID();
+    logger.error('unhandled error', { error_id: errorId, method: c.req.method, path: c.req.path, err });
+    return errorResponse(c, 500, 'internal', `internal server error (error id ${errorId}); the server log has the details`);
+  };
+}
+
+export const notFoundHandler: NotFoundHandler = (c) =>
+  errorResponse(
+    c,
+    404,
+    'not_found',
+    `no route for ${c.req.method} ${c.req.path}; available: POST /generate, GET /health, GET /info`,
+  );
