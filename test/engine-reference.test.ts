@@ -47,7 +47,7 @@ describe('tiny random package', () => {
   });
 
   it('gives each sequence the same logits alone or batched with others', async () => {
-    const alone = [];
+    const alone: Float32Array[] = [];
     for (const prompt of PROMPTS) {
       alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
     }

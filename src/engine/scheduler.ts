@@ -4,7 +4,7 @@
  */
 import type { MoeModel, StepOutput } from './model.ts';
 import type { Sequence } from './sequence.ts';
-import { OverloadedError } from './types.ts';
+import { CancelledError, OverloadedError, RequestTimeoutError } from './types.ts';
 
 export interface SchedulerLimits {
   maxBatchSequences: number;
@@ -23,14 +23,6 @@ interface Entry {
   resolve: () => void;
   reject: (error: Error) => void;
   deadline: number;
-}
-
-export class RequestTimeoutError extends Error {
-  override readonly name = 'RequestTimeoutError';
-}
-
-export class CancelledError extends Error {
-  override readonly name = 'CancelledError';
 }
 
 export class Scheduler {

@@ -58,6 +58,16 @@ export class OverloadedError extends Error {
   }
 }
 
+/** The request ran past limits.requestTimeoutMs and was cancelled (maps to HTTP 503). */
+export class RequestTimeoutError extends Error {
+  override readonly name = 'RequestTimeoutError';
+}
+
+/** The client went away; its sequence was dropped and its KV cache freed. */
+export class CancelledError extends Error {
+  override readonly name = 'CancelledError';
+}
+
 export interface ModelInfo {
   modelId: string;
   modelDir: string;

@@ -3,7 +3,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { randomUUID } from 'node:crypto';
-import { InvalidRequestError, OverloadedError } from '../engine/types.ts';
+import { InvalidRequestError, OverloadedError, RequestTimeoutError } from '../engine/types.ts';
 import type { Logger } from '../log.ts';
 
 export type ErrorType = 'validation' | 'overloaded' | 'generation' | 'not_found' | 'unauthorized' | 'internal';
@@ -55,9 +55,8 @@ export function createErrorHandler(logger: Logger): ErrorHandler {
       const type: ErrorType = status === 401 || status === 403 ? 'unauthorized' : status >= 500 ? 'internal' : 'validation';
       return errorResponse(c, status, type, err.message || `request failed with status ${status}`);
     }
-    if (err instanceof Error && err.name === 'RequestTimeoutError') {
-      // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs. Matched by name:
-      // the class is engine-internal (src/engine/scheduler.ts), not part of the contract in types.ts.
+    if (err instanceof RequestTimeoutError) {
+      // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs.
       return errorResponse(c, 503, 'generation', `${err.message}; ask for fewer max_new_tokens or retry later`);
     }
     if (c.req.raw.signal.aborted) {
