@@ -38,6 +38,12 @@ class FakeService implements GenerationService {
     };
   }
 
+  admit(): void {}
+
+  renderChat(messages: Array<{ role: string; content: string }>): string {
+    return messages.map((m) => `${m.role}: ${m.content}\n`).join('') + 'assistant:';
+  }
+
   info(): ModelInfo {
     throw new Error('not used');
   }

@@ -13,8 +13,9 @@ import { MoeModel } from './model.ts';
 import { Scheduler, type StepObserver } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { TextCodec } from './tokenizer.ts';
+import { ChatTemplate } from './chat-template.ts';
 import {
-  InvalidRequestError, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
+  InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
 } from './types.ts';
 
 export class Engine implements GenerationService {
@@ -27,6 +28,7 @@ export class Engine implements GenerationService {
     readonly codec: TextCodec,
     private readonly scheduler: Scheduler,
     private readonly limits: { maxPromptTokens: number; maxNewTokens: number },
+    private readonly chatTemplate: ChatTemplate,
   ) {}
 
   static async load(config: Config, observer: StepObserver = {}): Promise<Engine> {
@@ -46,15 +48,31 @@ export class Engine implements GenerationService {
       const scheduler = new Scheduler(model, config.limits, observer);
       const context = c.max_position_embeddings;
       const maxPromptTokens = Math.min(config.limits.maxPromptTokens ?? context - 1, context - 1);
-      return new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens });
+      return new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens },
+        new ChatTemplate(pkg.tokenizerConfig));
     } catch (error) {
       await pool.close();
       throw error;
     }
   }
 
+  admit(request: GenerateRequest): void {
+    this.checkPrompt(this.codec.encode(request.inputs), request);
+    this.scheduler.checkCapacity();
+  }
+
   async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerateResult> {
     const promptIds = this.codec.encode(request.inputs);
+    this.checkPrompt(promptIds, request);
+    const context = this.pkg.config.max_position_embeddings;
+    const seed = request.sampling.doSample ? (request.sampling.seed ?? randomInt(2 ** 32)) : null;
+    const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(), this.codec,
+      this.pkg.config.eos_token_id, context, seed, options);
+    await this.scheduler.submit(sequence);
+    return sequence.result();
+  }
+
+  private checkPrompt(promptIds: number[], request: GenerateRequest): void {
     const context = this.pkg.config.max_position_embeddings;
     if (promptIds.length > this.limits.maxPromptTokens) {
       throw new InvalidRequestError(`the prompt is ${promptIds.length} tokens; at most ${this.limits.maxPromptTokens} are accepted`);
@@ -64,11 +82,10 @@ export class Engine implements GenerationService {
         `prompt tokens (${promptIds.length}) + max_new_tokens (${request.maxNewTokens}) must be <= ${context}, the model's context; ` +
         `lower max_new_tokens to at most ${context - promptIds.length}`);
     }
-    const seed = request.sampling.doSample ? (request.sampling.seed ?? randomInt(2 ** 32)) : null;
-    const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(), this.codec,
-      this.pkg.config.eos_token_id, context, seed, options);
-    await this.scheduler.submit(sequence);
-    return sequence.result();
+  }
+
+  renderChat(messages: ChatMessage[]): string {
+    return this.chatTemplate.render(messages);
   }
 
   info(): ModelInfo {

@@ -41,11 +41,20 @@ export class Scheduler {
     return this.queue.length;
   }
 
+  /** Throws OverloadedError when a new request would find the queue full. */
+  checkCapacity(): void {
+    if (this.closed) throw new OverloadedError('the engine is shutting down', 5);
+    if (this.queue.length >= this.limits.queueDepth) {
+      throw new OverloadedError(`the request queue is full (${this.limits.queueDepth} waiting); retry shortly`, 1);
+    }
+  }
+
   /** Resolves when the sequence has finished; rejects if it is cancelled, times out or the step fails. */
   submit(sequence: Sequence): Promise<void> {
-    if (this.closed) return Promise.reject(new Error('the engine is shutting down'));
-    if (this.queue.length >= this.limits.queueDepth) {
-      return Promise.reject(new OverloadedError(`the request queue is full (${this.limits.queueDepth} waiting); retry shortly`, 1));
+    try {
+      this.checkCapacity();
+    } catch (error) {
+      return Promise.reject(error);
     }
     return new Promise<void>((resolve, reject) => {
       const entry: Entry = { sequence, resolve, reject, deadline: Date.now() + this.limits.requestTimeoutMs };

@@ -45,17 +45,19 @@ export class Sequence {
   advance(logits: Float32Array): void {
     const choice = chooseToken(logits, this.request.sampling, this.history, this.random);
     const special = this.codec.specialIds.has(choice.id);
-    const delta = special ? '' : this.decoder.push(choice.id);
-    const token: GeneratedToken = { id: choice.id, text: special ? this.codec.decode([choice.id]) : delta, logprob: choice.logprob, special };
-    this.tokens.push(token);
+    let text = special ? '' : this.decoder.push(choice.id);
     this.history.push(choice.id);
     const searchFrom = Math.max(0, this.text.length - maxLength(this.request.stop));
-    this.text += delta;
+    this.text += text;
     if (choice.id === this.eosId) this.finishReason = 'eos_token';
     else if (this.request.stop.some((s) => this.text.indexOf(s, searchFrom) >= 0)) this.finishReason = 'stop_sequence';
-    else if (this.tokens.length >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
+    else if (this.tokens.length + 1 >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
     else this.pending = [choice.id];
-    this.options.onToken?.(token);
+    // The last token carries any text held back for an incomplete character, so token texts add up to the result.
+    if (this.finishReason) text += this.decoder.flush();
+    const token: GeneratedToken = { id: choice.id, text, logprob: choice.logprob, special };
+    this.tokens.push(token);
+    this.options.onToken?.(token, this.finishReason ? this.result() : null);
   }
 
   result(): GenerateResult {

@@ -40,8 +40,11 @@ export class IncrementalDecoder {
     return delta;
   }
 
-  /** All text so far, including any trailing incomplete character. */
-  get text(): string {
-    return this.codec.decode(this.ids);
+  /** At the end of generation: whatever was held back (an incomplete character stays as U+FFFD). */
+  flush(): string {
+    const text = this.codec.decode(this.ids);
+    const rest = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
+    this.emitted = text;
+    return rest;
   }
 }

@@ -41,8 +41,8 @@ export interface GenerateResult {
 export interface GenerateOptions {
   /** Aborting cancels the sequence and frees its KV cache. */
   signal?: AbortSignal;
-  /** Called for every generated token, in order (streaming). */
-  onToken?: (token: GeneratedToken) => void;
+  /** Called for every generated token, in order (streaming); `finished` is the result when it was the last. */
+  onToken?: (token: GeneratedToken, finished: GenerateResult | null) => void;
 }
 
 /** A request the engine refuses because of its content (maps to HTTP 422). */
@@ -85,8 +85,20 @@ export interface ModelInfo {
   queuedRequests: number;
 }
 
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
 export interface GenerationService {
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<GenerateResult>;
+  /**
+   * Throws InvalidRequestError or OverloadedError when generate() would refuse the request now; streaming
+   * routes call it first, so such refusals still get their status code before the stream begins.
+   */
+  admit(request: GenerateRequest): void;
+  /** Renders a conversation with the model package's chat template, ready to continue as the assistant. */
+  renderChat(messages: ChatMessage[]): string;
   info(): ModelInfo;
   close(): Promise<void>;
 }

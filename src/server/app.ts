@@ -8,6 +8,8 @@ import { createErrorHandler, errorResponse, notFoundHandler } from './errors.ts'
 import { registerGenerateRoute } from './routes/generate.ts';
 import { registerHealthRoute } from './routes/health.ts';
 import { registerInfoRoute } from './routes/info.ts';
+import { registerGenerateStreamRoute } from './routes/generate-stream.ts';
+import { registerOpenAiRoutes } from './openai/routes.ts';
 
 export interface AppOptions {
   /** Default: the process-wide logger. */
@@ -49,6 +51,8 @@ export function createApp(service: GenerationService, config: Config, options: A
   );
 
   registerGenerateRoute(app, service, config);
+  registerGenerateStreamRoute(app, service, config);
+  registerOpenAiRoutes(app, service, config);
   registerHealthRoute(app);
   registerInfoRoute(app, service);
   return app;

@@ -38,27 +38,38 @@ export function errorResponse(
   return c.json(body, status, headers);
 }
 
+/** A known error's status, shape and headers; null for errors that are bugs (answered with 500 and logged). */
+export function classifyError(err: unknown): HttpError | null {
+  if (err instanceof HttpError) return err;
+  if (err instanceof InvalidRequestError) return new HttpError(422, 'validation', err.message);
+  if (err instanceof OverloadedError) {
+    const retryAfter = Math.max(1, Math.ceil(err.retryAfterSeconds));
+    return new HttpError(429, 'overloaded', `${err.message}; retry after ${retryAfter} s`, { 'Retry-After': String(retryAfter) });
+  }
+  if (err instanceof HTTPException) {
+    // Raised by hono itself or middleware (e.g. a malformed request); keep its status, use our shape.
+    const status = err.status as ContentfulStatusCode;
+    const type: ErrorType = status === 401 || status === 403 ? 'unauthorized' : status >= 500 ? 'internal' : 'validation';
+    return new HttpError(status, type, err.message || `request failed with status ${status}`);
+  }
+  if (err instanceof RequestTimeoutError) {
+    // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs.
+    return new HttpError(503, 'generation', `${err.message}; ask for fewer max_new_tokens or retry later`);
+  }
+  return null;
+}
+
+/** The error body for a failure after a stream has begun (its status line is already sent). */
+export function errorBodyFor(err: Error): ErrorBody {
+  const known = classifyError(err);
+  return known ? { error: known.message, error_type: known.errorType } : { error: 'internal error while generating', error_type: 'internal' };
+}
+
 /** Maps thrown errors to the error shape. Unknown errors are logged and answered with 500; the server keeps serving. */
 export function createErrorHandler(logger: Logger): ErrorHandler {
   return (err, c) => {
-    if (err instanceof HttpError) return errorResponse(c, err.status, err.errorType, err.message, err.headers);
-    if (err instanceof InvalidRequestError) return errorResponse(c, 422, 'validation', err.message);
-    if (err instanceof OverloadedError) {
-      const retryAfter = Math.max(1, Math.ceil(err.retryAfterSeconds));
-      return errorResponse(c, 429, 'overloaded', `${err.message}; retry after ${retryAfter} s`, {
-        'Retry-After': String(retryAfter),
-      });
-    }
-    if (err instanceof HTTPException) {
-      // Raised by hono itself or middleware (e.g. a malformed request); keep its status, use our shape.
-      const status = err.status as ContentfulStatusCode;
-      const type: ErrorType = status === 401 || status === 403 ? 'unauthorized' : status >= 500 ? 'internal' : 'validation';
-      return errorResponse(c, status, type, err.message || `request failed with status ${status}`);
-    }
-    if (err instanceof RequestTimeoutError) {
-      // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs.
-      return errorResponse(c, 503, 'generation', `${err.message}; ask for fewer max_new_tokens or retry later`);
-    }
+    const known = classifyError(err);
+    if (known) return errorResponse(c, known.status, known.errorType, known.message, known.headers);
     if (c.req.raw.signal.aborted) {
       // The client went away; the engine cancelled its sequence. Nobody reads this answer.
       logger.debug('request aborted by client', { method: c.req.method, path: c.req.path });
@@ -75,5 +86,5 @@ export const notFoundHandler: NotFoundHandler = (c) =>
     c,
     404,
     'not_found',
-    `no route for ${c.req.method} ${c.req.path}; available: POST /generate, GET /health, GET /info`,
+    `no route for ${c.req.method} ${c.req.path}; available: POST /generate, POST /generate_stream, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health, GET /info, GET /metrics`,
   );
