@@ -1,0 +1,142 @@
+/**
+ * Switchyard telemetry: OpenTelemetry traces and metrics (GenAI semantic conventions for requests, `moe.*` for
+ * expert load) and the JSON-lines load trace. One createTelemetry() call builds an independent instance with its
+ * own providers; nothing is registered globally.
+ *
+ *   const telemetry = createTelemetry(config.telemetry, { modelId });
+ *   Engine.load(config, telemetry.observer);               // per step: metrics, moe.step/moe.dispatch spans, load trace
+ *   const req = telemetry.startRequest({ operation: 'text_completion', model, maxTokens, stream });
+ *   req.firstToken(); req.end({ inputTokens, outputTokens, finishReason });
+ *   GET /metrics → await telemetry.metricsText()           // with PROMETHEUS_CONTENT_TYPE
+ *   await telemetry.shutdown();
+ */
+import { performance } from 'node:perf_hooks';
+import type { Counter } from '@opentelemetry/api';
+import type { PushMetricExporter } from '@opentelemetry/sdk-metrics';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { ConfigError } from '../config.ts';
+import type { StepObserver } from '../engine/scheduler.ts';
+import { LoadTraceWriter } from './load-trace.ts';
+import { MoeMetrics } from './moe-metrics.ts';
+import { METRIC, SCOPE } from './names.ts';
+import { prometheusText } from './prometheus.ts';
+import { buildProviders, type TelemetryConfig } from './providers.ts';
+import { RequestMetrics, startRequest, type RequestInfo, type RequestTelemetry } from './request.ts';
+import { recordStepSpans } from './step-spans.ts';
+import { summarizeStep } from './step-summary.ts';
+
+export type { RequestInfo, RequestResult, RequestTelemetry } from './request.ts';
+export type { LoadTraceRecord, LoadTraceWorker } from './load-trace.ts';
+export type { TelemetryConfig } from './providers.ts';
+export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
+
+export interface Telemetry {
+  /** Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line. */
+  readonly observer: StepObserver;
+  /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
+  startRequest(info: RequestInfo): RequestTelemetry;
+  /** Prometheus text exposition of all metrics (for GET /metrics). */
+  metricsText(): Promise<string>;
+  /**
+   * Flushes exporters and closes the load-trace file (idempotent). Rejects with the first error (a final export
+   * that failed, a load-trace write error) unless `onError` was given, which then receives them instead.
+   */
+  shutdown(): Promise<void>;
+}
+
+export interface TelemetryOptions {
+  /** Reported as `gen_ai.response.model` and the `switchyard.model.id` resource attribute. */
+  modelId: string;
+  /** `service.name` resource attribute (default 'switchyard'). */
+  serviceName?: string;
+  /** Replaces the config's span export (tests: InMemorySpanExporter); spans are exported as they end. */
+  spanExporter?: SpanExporter;
+  /** Replaces (or adds) the pushed metric export (tests: InMemoryMetricExporter); pushed at shutdown. */
+  metricExporter?: PushMetricExporter;
+  /** Clock in epoch milliseconds (default: performance.timeOrigin + performance.now(), sub-millisecond). */
+  now?: () => number;
+  /**
+   * Errors the telemetry hit after start (a load-trace write failure, an exception inside the step hook). The
+   * step hook never throws into the scheduler. Without this, the first such error is rethrown by shutdown().
+   */
+  onError?: (error: Error) => void;
+}
+
+/**
+ * Builds a telemetry instance. Throws ConfigError when `exporter` is 'jsonl' and `loadTraceFile` is null, and the
+ * file system's error when the load-trace file cannot be opened for appending.
+ */
+export function createTelemetry(config: TelemetryConfig, options: TelemetryOptions): Telemetry {
+  if (config.exporter === 'jsonl' && config.loadTraceFile === null) {
+    const message = "telemetry.loadTraceFile must be set when telemetry.exporter is 'jsonl' (the load trace is that mode's only output); "
+      + "set it, e.g. {\"telemetry\": {\"exporter\": \"jsonl\", \"loadTraceFile\": \"traces/load.jsonl\"}}, or use exporter 'none' or 'otlp'";
+    throw new ConfigError(`invalid configuration:\n  - telemetry.loadTraceFile: ${message}`, [
+      { path: 'telemetry.loadTraceFile', message, source: 'telemetry config' },
+    ]);
+  }
+  const now = options.now ?? (() => performance.timeOrigin + performance.now());
+  let firstError: Error | null = null;
+  const fail = (error: unknown) => {
+    const err = error instanceof Error ? error : new Error(String(error));
+    if (options.onError) options.onError(err);
+    else firstError ??= err;
+  };
+
+  // Opened first: if the file cannot be opened, nothing else has been started.
+  let dropped: Counter | null = null;
+  const loadTrace = config.loadTraceFile === null ? null : new LoadTraceWriter(config.loadTraceFile, {
+    onDrop: (records) => dropped?.add(records),
+    onError: (error) => fail(new Error(`load trace ${config.loadTraceFile}: ${error.message}`, { cause: error })),
+  });
+
+  const providers = buildProviders(config, {
+    serviceName: options.serviceName ?? 'switchyard', modelId: options.modelId,
+    spanExporter: options.spanExporter, metricExporter: options.metricExporter,
+  });
+  const meter = providers.meterProvider.getMeter(SCOPE);
+  const moeMetrics = new MoeMetrics(meter);
+  const requestMetrics = new RequestMetrics(meter);
+  dropped = meter.createCounter(METRIC.loadTraceDropped, {
+    description: 'Load-trace records dropped because the file could not keep up.', unit: '{record}',
+  });
+
+  let steps = 0;
+  let closed: Promise<void> | null = null;
+  const observer: StepObserver = {
+    onStep(step) {
+      if (closed) return;
+      try {
+        const summary = summarizeStep(step, steps++, now());
+        moeMetrics.record(summary);
+        if (providers.tracer) recordStepSpans(providers.tracer, summary);
+        loadTrace?.write(summary);
+      } catch (error) {
+        fail(error);
+      }
+    },
+  };
+
+  return {
+    observer,
+    startRequest: (info) => startRequest(info, { tracer: providers.tracer, metrics: requestMetrics, now, responseModel: options.modelId }),
+    metricsText: prometheusText(providers.prometheus),
+    shutdown() {
+      closed ??= (async () => {
+        const parts: Array<[string, Promise<void> | undefined]> = [
+          ['load trace', loadTrace?.close()],
+          ['span export', providers.tracerProvider?.shutdown()],
+          ['metric export', providers.meterProvider.shutdown()],
+        ];
+        const results = await Promise.allSettled(parts.map(([, p]) => p));
+        results.forEach((r, i) => {
+          if (r.status === 'rejected') {
+            const cause = r.reason instanceof Error ? r.reason : new Error(String(r.reason));
+            fail(new Error(`telemetry shutdown: ${parts[i][0]} failed: ${cause.message}`, { cause }));
+          }
+        });
+        if (firstError) throw firstError;
+      })();
+      return closed;
+    },
+  };
+}
