@@ -98,6 +98,46 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       return 0;
     },
   },
+  'convert-gguf': {
+    summary: 'Write the model package as a GGUF file for llama.cpp',
+    usage: `Usage: switchyard convert-gguf --model DIR --out FILE.gguf
+
+Convert a model package (config.json, model.safetensors F32, tokenizer.json) into a GGUF v3 file that llama.cpp
+loads as architecture 'olmoe' (all tensors F32, same weights), e.g. to run llama-server on it for a comparison.
+
+Options:
+  --model DIR     model package folder (required)
+  --out FILE      GGUF file to write; replaced if it exists (required)
+  -h, --help      show this help
+
+Inspect the result with: npx tsx src/convert/gguf-reader.ts FILE.gguf [--tensors]`,
+    options: {
+      model: { type: 'string' },
+      out: { type: 'string' },
+    },
+    async run(values, io) {
+      const modelDir = strFlag(values, 'model');
+      const outFile = strFlag(values, 'out');
+      if (!modelDir) throw new UsageError('--model DIR is required');
+      if (!outFile) throw new UsageError('--out FILE is required');
+      const { convertOlmoeToGguf } = await import('./convert/olmoe-to-gguf.ts');
+      const { PackageError } = await import('./engine/package.ts');
+      const { GgufError } = await import('./convert/gguf-writer.ts');
+      try {
+        const result = convertOlmoeToGguf({ modelDir, outFile });
+        for (const note of result.notes) io.stderr(`note: ${note}`);
+        io.stdout(`wrote ${result.outFile}: ${result.tensors} tensors, ${result.metadataKeys} metadata keys, ${result.bytes} bytes`);
+        return 0;
+      } catch (err) {
+        // a bad package, an unencodable value, or the output path (missing folder, no permission)
+        if (err instanceof PackageError || err instanceof GgufError || typeof (err as NodeJS.ErrnoException).code === 'string') {
+          io.stderr(`switchyard convert-gguf: ${(err as Error).message}`);
+          return 1;
+        }
+        throw err;
+      }
+    },
+  },
 };
 
 export function mainUsage(): string {

@@ -1,0 +1,222 @@
+/**
+ * Our model package (Hugging Face OLMoE folder, see shared DESIGN.md) → a GGUF file llama.cpp loads as
+ * architecture `olmoe`, so `llama-server` can run the same weights for a speed comparison.
+ *
+ * The mapping follows llama.cpp's own converter (`convert_hf_to_gguf.py`, class OlmoeModel over TextModel) and what
+ * its OLMoE model loads (`src/models/olmoe.cpp`):
+ * - tensors are copied bit for bit as F32; the GGUF dims are the torch shape reversed, so the bytes need no
+ *   transposition. Q and K are NOT permuted: llama.cpp runs OLMoE with NeoX-style rope (LLAMA_ROPE_TYPE_NEOX), the
+ *   same rotate-half layout as Hugging Face (only the LLaMA-style "normal" rope archs need the permutation);
+ * - per-layer experts `mlp.experts.M.{gate,up,down}_proj.weight` [out, in] are stacked into one
+ *   [n_expert, out, in] tensor each: `ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps` (ggml dims {in, out, n_expert});
+ * - `olmoe.feed_forward_length` is the per-expert width (`intermediate_size`); llama.cpp's OLMoE graph uses
+ *   softmax gating without renormalising the top-k weights, i.e. our Switch top-1 gating with expert_used_count 1;
+ * - the vocabulary is the byte-level BPE list from tokenizer.json (`tokenizer.ggml.model` "gpt2").
+ *
+ * The file is written tensor by tensor: at most one tensor (one expert matrix for the stacked ones) is in memory.
+ */
+import { endianness } from 'node:os';
+import { basename } from 'node:path';
+import { loadModelPackage, PackageError, tensorNames, type ModelPackage } from '../engine/package.ts';
+import { readTensors } from '../engine/safetensors.ts';
+import { GgmlType, gguf, writeGgufFile, type GgufTensorSource, type GgufValue } from './gguf-writer.ts';
+
+export const GGUF_ARCH = 'olmoe';
+
+/**
+ * `tokenizer.ggml.pre`: llama.cpp's pre-tokenizer name. "gpt-2" selects the classic GPT-2 split regex, accepted by
+ * every llama.cpp release that knows `tokenizer.ggml.pre`. Our tokenizer has no merges, so every byte is its own
+ * token whatever the split: the choice cannot change the token ids (see `vocabNotes` when merges are present).
+ */
+export const TOKENIZER_PRE = 'gpt-2';
+
+/** llama.cpp token types (gguf-py TokenType). */
+export const TokenType = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
+
+/** llama.cpp file type (gguf-py LlamaFileType): 0 = all F32. */
+export const FILE_TYPE_ALL_F32 = 0;
+
+/** GPT-2's byte → printable unicode character table (used by byte-level BPE vocabularies). */
+export function bytesToUnicode(): string[] {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const table: string[] = [];
+  let next = 0;
+  for (let b = 0; b < 256; b++) table.push(String.fromCodePoint(printable(b) ? b : 256 + next++));
+  return table;
+}
+
+export interface GgufVocab {
+  tokens: string[];
+  types: number[];
+  merges: string[];
+  /** Things a user should know about how llama.cpp will tokenize with this vocabulary. */
+  notes: string[];
+}
+
+interface TokenizerJson {
+  model?: { type?: string; vocab?: Record<string, number>; merges?: unknown[] };
+  added_tokens?: { id: number; content: string; special?: boolean }[];
+  pre_tokenizer?: { type?: string; pretokenizers?: { type?: string }[] } | null;
+}
+
+/**
+ * The token list by id from tokenizer.json's `model.vocab` and `added_tokens`: added special tokens are CONTROL,
+ * other added tokens USER_DEFINED, the rest NORMAL; ids with no token up to `vocabSize` become `[PAD<id>]` UNUSED
+ * (as llama.cpp's converter does), so the list matches the embedding rows.
+ */
+export function buildVocab(tokenizer: object, vocabSize: number, file = 'tokenizer.json'): GgufVocab {
+  const t = tokenizer as TokenizerJson;
+  if (t.model?.type !== 'BPE' || typeof t.model.vocab !== 'object' || t.model.vocab === null) {
+    throw new PackageError(`${file}: expected a BPE model with a vocab (got model.type ${JSON.stringify(t.model?.type)})`);
+  }
+  const tokens: (string | undefined)[] = new Array(vocabSize).fill(undefined);
+  const types: number[] = new Array(vocabSize).fill(TokenType.UNUSED);
+  const place = (id: number, text: string, type: number) => {
+    if (!Number.isInteger(id) || id < 0) throw new PackageError(`${file}: token ${JSON.stringify(text)} has bad id ${id}`);
+    if (id >= vocabSize) throw new PackageError(`${file}: token ${JSON.stringify(text)} has id ${id}, beyond vocab_size ${vocabSize} in config.json`);
+    if (tokens[id] !== undefined && tokens[id] !== text) {
+      throw new PackageError(`${file}: id ${id} is both ${JSON.stringify(tokens[id])} and ${JSON.stringify(text)}`);
+    }
+    tokens[id] = text;
+    types[id] = type;
+  };
+  for (const [text, id] of Object.entries(t.model.vocab)) place(id, text, TokenType.NORMAL);
+  for (const added of [...(t.added_tokens ?? [])].sort((a, b) => a.id - b.id)) {
+    place(added.id, added.content, added.special ? TokenType.CONTROL : TokenType.USER_DEFINED);
+  }
+  const seen = new Map<string, number>();
+  const list = tokens.map((text, id) => {
+    const out = text ?? `[PAD${id}]`;
+    if (seen.has(out)) throw new PackageError(`${file}: token ${JSON.stringify(out)} appears at ids ${seen.get(out)} and ${id}`);
+    seen.set(out, id);
+    return out;
+  });
+
+  const missing = bytesToUnicode().filter((ch) => !seen.has(ch));
+  if (missing.length > 0) {
+    throw new PackageError(`${file}: not a byte-level BPE vocabulary (${missing.length} of the 256 byte tokens are missing, e.g. ${JSON.stringify(missing[0])})`);
+  }
+
+  const merges = (t.model.merges ?? []).map((m, i) => {
+    if (typeof m === 'string') return m;
+    if (Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string')) return `${m[0]} ${m[1]}`;
+    throw new PackageError(`${file}: merge ${i} is neither "a b" nor ["a", "b"]`);
+  });
+
+  const notes: string[] = [];
+  const pre = t.pre_tokenizer;
+  const byteLevel = pre?.type === 'ByteLevel' || (pre?.type === 'Sequence' && pre.pretokenizers?.some((p) => p.type === 'ByteLevel'));
+  if (!byteLevel) notes.push(`${file}: pre_tokenizer is ${JSON.stringify(pre?.type ?? null)}, not ByteLevel; llama.cpp will treat the vocabulary as GPT-2 byte-level`);
+  if (merges.length > 0) {
+    notes.push(`${file}: ${merges.length} merges; llama.cpp splits text with the '${TOKENIZER_PRE}' regex before merging, which may differ from this tokenizer's pre-tokenizer`);
+  }
+  return { tokens: list, types, merges, notes };
+}
+
+/** All metadata, in the order written. */
+export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id): [string, GgufValue][] {
+  const c = pkg.config;
+  const tc = pkg.tokenizerConfig as { add_bos_token?: unknown; add_eos_token?: unknown; chat_template?: unknown };
+  const a = (key: string) => `${GGUF_ARCH}.${key}`;
+  const kv: [string, GgufValue][] = [
+    ['general.architecture', gguf.str(GGUF_ARCH)],
+    ['general.type', gguf.str('model')],
+    ['general.name', gguf.str(name)],
+    ['general.file_type', gguf.u32(FILE_TYPE_ALL_F32)],
+    ['general.quantization_version', gguf.u32(2)],
+    [a('vocab_size'), gguf.u32(c.vocab_size)],
+    [a('context_length'), gguf.u32(c.max_position_embeddings)],
+    [a('embedding_length'), gguf.u32(c.hidden_size)],
+    [a('feed_forward_length'), gguf.u32(c.intermediate_size)],
+    [a('block_count'), gguf.u32(c.num_hidden_layers)],
+    [a('attention.head_count'), gguf.u32(c.num_attention_heads)],
+    [a('attention.head_count_kv'), gguf.u32(c.num_key_value_heads)],
+    [a('rope.freq_base'), gguf.f32(c.rope_theta)],
+    [a('attention.layer_norm_rms_epsilon'), gguf.f32(c.rms_norm_eps)],
+    [a('expert_count'), gguf.u32(c.num_experts)],
+    [a('expert_used_count'), gguf.u32(c.num_experts_per_tok)],
+    ['tokenizer.ggml.model', gguf.str('gpt2')],
+    ['tokenizer.ggml.pre', gguf.str(TOKENIZER_PRE)],
+    ['tokenizer.ggml.tokens', gguf.strings(vocab.tokens)],
+    ['tokenizer.ggml.token_type', gguf.i32s(vocab.types)],
+    ['tokenizer.ggml.merges', gguf.strings(vocab.merges)],
+    ['tokenizer.ggml.bos_token_id', gguf.u32(c.bos_token_id)],
+    ['tokenizer.ggml.eos_token_id', gguf.u32(c.eos_token_id)],
+    ['tokenizer.ggml.add_bos_token', gguf.bool(typeof tc.add_bos_token === 'boolean' ? tc.add_bos_token : true)],
+  ];
+  if (typeof tc.add_eos_token === 'boolean') kv.push(['tokenizer.ggml.add_eos_token', gguf.bool(tc.add_eos_token)]);
+  if (typeof tc.chat_template === 'string' && tc.chat_template.length > 0) kv.push(['tokenizer.chat_template', gguf.str(tc.chat_template)]);
+  return kv;
+}
+
+/** GGUF tensor name → the package tensor(s) it is made of, in the order written. */
+export interface TensorMapping {
+  name: string;
+  /** torch shape of the GGUF tensor (stacked experts: [n_expert, out, in]). */
+  shape: number[];
+  /** Package tensors concatenated in this order (one, or one per expert). */
+  sources: string[];
+}
+
+export function tensorMappings(pkg: ModelPackage): TensorMapping[] {
+  const c = pkg.config;
+  const shapeOf = (n: string) => pkg.tensors.get(n)!.shape;
+  const one = (name: string, source: string): TensorMapping => ({ name, shape: [...shapeOf(source)], sources: [source] });
+  const out: TensorMapping[] = [one('token_embd.weight', tensorNames.embed)];
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const t = tensorNames.layer(l);
+    const blk = (s: string) => `blk.${l}.${s}.weight`;
+    out.push(
+      one(blk('attn_norm'), t.inputNorm),
+      one(blk('attn_q'), t.q),
+      one(blk('attn_k'), t.k),
+      one(blk('attn_v'), t.v),
+      one(blk('attn_output'), t.o),
+      one(blk('attn_q_norm'), t.qNorm),
+      one(blk('attn_k_norm'), t.kNorm),
+      one(blk('ffn_norm'), t.postNorm),
+      one(blk('ffn_gate_inp'), t.router),
+    );
+    for (const [gg, key] of [['ffn_gate_exps', 'gate'], ['ffn_up_exps', 'up'], ['ffn_down_exps', 'down']] as const) {
+      const sources = Array.from({ length: c.num_experts }, (_, e) => tensorNames.expert(l, e)[key]);
+      out.push({ name: blk(gg), shape: [c.num_experts, ...shapeOf(sources[0])], sources });
+    }
+  }
+  out.push(one('output_norm.weight', tensorNames.finalNorm), one('output.weight', tensorNames.lmHead));
+  return out;
+}
+
+export interface ConvertOptions {
+  modelDir: string;
+  outFile: string;
+  /** general.name; default: the package folder name. */
+  name?: string;
+}
+
+export interface ConvertResult {
+  outFile: string;
+  tensors: number;
+  metadataKeys: number;
+  bytes: number;
+  notes: string[];
+}
+
+export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
+  if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
+  const pkg = loadModelPackage(options.modelDir);
+  const vocab = buildVocab(pkg.tokenizerJson, pkg.config.vocab_size, `${pkg.dir}/tokenizer.json`);
+  const metadata = ggufMetadata(pkg, vocab, options.name ?? basename(pkg.dir));
+  const sources: GgufTensorSource[] = tensorMappings(pkg).map((m) => ({
+    name: m.name,
+    shape: m.shape,
+    type: GgmlType.F32,
+    *chunks() {
+      for (const source of m.sources) {
+        const data = readTensors(pkg.weightsFile, pkg.tensors, [source]).get(source)!;
+        yield new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      }
+    },
+  }));
+  const layout = writeGgufFile(options.outFile, metadata, sources);
+  return { outFile: options.outFile, tensors: sources.length, metadataKeys: metadata.length, bytes: layout.fileSize, notes: vocab.notes };
+}
