@@ -3,10 +3,14 @@ import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { resolveWorkers, type Config } from './config.ts';
 import type { GenerationService } from './engine/types.ts';
+import type { StepObserver } from './engine/scheduler.ts';
+import { createTelemetry } from './telemetry/index.ts';
+import { instrument } from './server/instrumented-service.ts';
+import { basename } from 'node:path';
 import { log, type Logger } from './log.ts';
 import { createApp } from './server/app.ts';
 
-export type EngineLoader = (config: Config) => Promise<GenerationService>;
+export type EngineLoader = (config: Config, observer?: StepObserver) => Promise<GenerationService>;
 
 export interface StartServerOptions {
   /** Default: `loadEngine` from src/engine/engine.ts (imported only when needed). Tests pass a fake. */
@@ -25,7 +29,7 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-const defaultLoader: EngineLoader = async (config) => (await import('./engine/engine.ts')).loadEngine(config);
+const defaultLoader: EngineLoader = async (config, observer) => (await import('./engine/engine.ts')).loadEngine(config, observer);
 
 function listen(server: ServerType): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
@@ -53,16 +57,28 @@ function closeServer(server: ServerType, graceMs: number): Promise<void> {
 
 export async function startServer(config: Config, options: StartServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? log;
-  const service = await (options.loadEngine ?? defaultLoader)(config);
+  const modelId = basename(config.model);
+  const telemetry = createTelemetry(config.telemetry, {
+    modelId,
+    onError: (err) => logger.warn('telemetry error', { err }),
+  });
+  let service: GenerationService;
+  try {
+    service = instrument(await (options.loadEngine ?? defaultLoader)(config, telemetry.observer), telemetry, modelId);
+  } catch (err) {
+    await telemetry.shutdown();
+    throw err;
+  }
 
   let server: ServerType;
   let address: AddressInfo;
   try {
-    const app = createApp(service, config, { logger });
+    const app = createApp(service, config, { logger, telemetry });
     server = serve({ fetch: app.fetch, hostname: config.host, port: config.port });
     address = await listen(server);
   } catch (err) {
     await service.close().catch((closeErr: unknown) => logger.error('engine close failed', { err: closeErr }));
+    await telemetry.shutdown();
     throw err;
   }
 
@@ -75,6 +91,7 @@ export async function startServer(config: Config, options: StartServerOptions = 
     (closing ??= (async () => {
       await closeServer(server, options.closeGraceMs ?? 10_000);
       await service.close();
+      await telemetry.shutdown();
       logger.info('closed', { url });
     })());
 

@@ -31,6 +31,15 @@ describe('service endpoints', () => {
     expect(await r.json()).toEqual({ status: 'ok' });
   });
 
+  it('GET /metrics serves Prometheus text with expert load and GenAI server metrics', async () => {
+    await post('/generate', { inputs: 'metrics please', parameters: { max_new_tokens: 3 } });
+    const r = await fetch(`${server.url}/metrics`);
+    expect(r.headers.get('content-type')).toMatch(/text\/plain/);
+    const text = await r.text();
+    expect(text).toMatch(/^moe_expert_tokens_total\{[^}]*moe_layer="0"[^}]*\} \d+/m);
+    expect(text).toMatch(/gen_ai_server_request_duration_count\{[^}]*\} [1-9]/);
+  });
+
   it('GET /info describes model, parameters and placement', async () => {
     const info = await (await fetch(`${server.url}/info`)).json();
     expect(info).toMatchObject({ layers: 2, experts: 4, experts_per_token: 1, context_length: 64 });

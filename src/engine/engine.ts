@@ -131,6 +131,6 @@ function loadPlacement(config: Config, layers: number, experts: number): Placeme
   return placementFromFile(parsed.data, layers, experts);
 }
 
-export function loadEngine(config: Config): Promise<GenerationService> {
-  return Engine.load(config);
+export function loadEngine(config: Config, observer?: StepObserver): Promise<GenerationService> {
+  return Engine.load(config, observer);
 }

@@ -41,6 +41,8 @@ export interface GenerateResult {
 export interface GenerateOptions {
   /** Aborting cancels the sequence and frees its KV cache. */
   signal?: AbortSignal;
+  /** What kind of request this is, for telemetry (default: a non-streamed text completion). */
+  label?: { operation: 'text_completion' | 'chat'; stream: boolean };
   /** Called for every generated token, in order (streaming); `finished` is the result when it was the last. */
   onToken?: (token: GeneratedToken, finished: GenerateResult | null) => void;
 }

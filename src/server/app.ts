@@ -10,10 +10,14 @@ import { registerHealthRoute } from './routes/health.ts';
 import { registerInfoRoute } from './routes/info.ts';
 import { registerGenerateStreamRoute } from './routes/generate-stream.ts';
 import { registerOpenAiRoutes } from './openai/routes.ts';
+import { registerMetricsRoute } from './routes/metrics.ts';
+import type { Telemetry } from '../telemetry/index.ts';
 
 export interface AppOptions {
   /** Default: the process-wide logger. */
   logger?: Logger;
+  /** Serves GET /metrics when given. */
+  telemetry?: Telemetry;
 }
 
 export function createApp(service: GenerationService, config: Config, options: AppOptions = {}): Hono {
@@ -55,5 +59,6 @@ export function createApp(service: GenerationService, config: Config, options: A
   registerOpenAiRoutes(app, service, config);
   registerHealthRoute(app);
   registerInfoRoute(app, service);
+  if (options.telemetry) registerMetricsRoute(app, options.telemetry);
   return app;
 }

@@ -16,7 +16,7 @@ export interface TokenStreamHandlers {
   end?(result: GenerateResult): Array<unknown | string>;
 }
 
-export function streamTokens(c: Context, service: GenerationService, request: GenerateRequest, handlers: TokenStreamHandlers): Response {
+export function streamTokens(c: Context, service: GenerationService, request: GenerateRequest, operation: 'text_completion' | 'chat', handlers: TokenStreamHandlers): Response {
   // Validation and queue errors surface before the stream starts, so they still get a proper status code.
   service.admit(request);
   return streamSSE(c, async (stream: SSEStreamingApi) => {
@@ -33,6 +33,7 @@ export function streamTokens(c: Context, service: GenerationService, request: Ge
     try {
       const result = await service.generate(request, {
         signal: cancel.signal,
+        label: { operation, stream: true },
         onToken: (token, finished) => send(handlers.token(token, finished)),
       });
       send(handlers.end?.(result) ?? []);

@@ -41,12 +41,12 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
     const base = { id, object: 'text_completion', created: now(), model: body.model };
     const choice = (text: string, finish: string | null) => ({ text, index: 0, logprobs: null, finish_reason: finish });
     if (body.stream) {
-      return streamOpenAi(c, service, request, body, {
+      return streamOpenAi(c, service, request, body, 'text_completion', {
         chunk: (text, finish) => ({ ...base, choices: [choice(text, finish)] }),
         usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
       });
     }
-    const result = await service.generate(request, { signal: c.req.raw.signal });
+    const result = await service.generate(request, { signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false } });
     return c.json({ ...base, choices: [choice(cutAtStop(result.generatedText, request.stop), finishReason(result.finishReason))], usage: usage(result) });
   });
 
@@ -58,13 +58,13 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
     const base = { id, object: 'chat.completion', created: now(), model: body.model };
     if (body.stream) {
       const chunkBase = { ...base, object: 'chat.completion.chunk' };
-      return streamOpenAi(c, service, request, body, {
+      return streamOpenAi(c, service, request, body, 'chat', {
         first: { ...chunkBase, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] },
         chunk: (text, finish) => ({ ...chunkBase, choices: [{ index: 0, delta: finish ? {} : { content: text }, logprobs: null, finish_reason: finish }] }),
         usage: (r) => ({ ...chunkBase, choices: [], usage: usage(r) }),
       });
     }
-    const result = await service.generate(request, { signal: c.req.raw.signal });
+    const result = await service.generate(request, { signal: c.req.raw.signal, label: { operation: 'chat', stream: false } });
     return c.json({
       ...base,
       choices: [{ index: 0, message: { role: 'assistant', content: cutAtStop(result.generatedText, request.stop).trim() }, logprobs: null, finish_reason: finishReason(result.finishReason) }],
@@ -80,9 +80,9 @@ interface ChunkShapes {
 }
 
 /** Text chunks (stop sequences held back and cut), a final chunk with finish_reason, optional usage, then [DONE]. */
-function streamOpenAi(c: Context, service: GenerationService, request: GenerateRequest, body: CompletionBody | ChatBody, shapes: ChunkShapes): Response {
+function streamOpenAi(c: Context, service: GenerationService, request: GenerateRequest, body: CompletionBody | ChatBody, operation: 'text_completion' | 'chat', shapes: ChunkShapes): Response {
   const filter = new StopTextFilter(stopList(body.stop).concat(request.stop.filter((s) => !stopList(body.stop).includes(s))));
-  return streamTokens(c, service, request, {
+  return streamTokens(c, service, request, operation, {
     start: () => (shapes.first ? [shapes.first] : []),
     token: (token, finished) => {
       const events: unknown[] = [];

@@ -13,7 +13,7 @@ export function registerGenerateStreamRoute(app: Hono, service: GenerationServic
   app.post('/generate_stream', async (c) => {
     const parsed = parseGenerateBody(schema, await readJsonBody(c.req.raw));
     if (!parsed.ok) throw new HttpError(422, 'validation', parsed.message);
-    return streamTokens(c, service, toGenerateRequest(parsed.body, config.limits), {
+    return streamTokens(c, service, toGenerateRequest(parsed.body, config.limits), 'text_completion', {
       token: ({ id, text, logprob, special }, finished) => [{
         token: { id, text, logprob, special },
         generated_text: finished ? finished.generatedText : null,

@@ -52,7 +52,9 @@ export function registerGenerateRoute(app: Hono, service: GenerationService, con
     if (!parsed.ok) throw new HttpError(422, 'validation', parsed.message);
     // The request's signal aborts when the client disconnects: the engine then drops the sequence.
     // (limits.requestTimeoutMs is enforced by the engine's scheduler.)
-    const result = await service.generate(toGenerateRequest(parsed.body, config.limits), { signal: c.req.raw.signal });
+    const result = await service.generate(toGenerateRequest(parsed.body, config.limits), {
+      signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
+    });
     return c.json(toGenerateResponse(result, parsed.body.parameters?.details === true));
   });
 }
