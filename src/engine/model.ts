@@ -81,14 +81,12 @@ export class MoeModel {
   }
 
   newCache(): KvCache {
-    return new KvCache(this.config.num_hidden_layers);
+    return new KvCache(this.config.num_hidden_layers, this.config.hidden_size);
   }
 
   async forward(inputs: SequenceInput[]): Promise<StepOutput> {
     const c = this.config;
     const d = c.hidden_size;
-    const heads = c.num_attention_heads;
-    const headDim = d / heads;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
     const ids = new ort.Tensor('int64', BigInt64Array.from(inputs.flatMap((s) => s.tokens), BigInt), [total]);
     let x = (await this.embed.run({ ids })).hidden.data as Float32Array;
@@ -110,17 +108,17 @@ export class MoeModel {
       let row = 0;
       for (const [i, s] of inputs.entries()) {
         const q = perSequence[i];
+        const past = s.cache.past(layer);
         const feeds = {
           x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
           cos: q.cos, sin: q.sin, mask: q.mask,
-          past_k: new ort.Tensor('float32', s.cache.keys[layer], [heads, q.past, headDim]),
-          past_v: new ort.Tensor('float32', s.cache.values[layer], [heads, q.past, headDim]),
+          past_k: new ort.Tensor('float32', past.keys, [q.past, d]),
+          past_v: new ort.Tensor('float32', past.values, [q.past, d]),
         };
         const out = await this.attention[layer].run(feeds);
         h.set(out.h.data as Float32Array, row * d);
         moeInput.set(out.moe_input.data as Float32Array, row * d);
-        s.cache.keys[layer] = out.present_k.data as Float32Array;
-        s.cache.values[layer] = out.present_v.data as Float32Array;
+        s.cache.write(layer, out.new_k.data as Float32Array, out.new_v.data as Float32Array);
         row += q.n;
       }
 
@@ -163,6 +161,6 @@ export class MoeModel {
         sin[t * headDim + i] = sin[t * headDim + half + i] = Math.sin(angle);
       }
     }
-    return { cos: new ort.Tensor('float32', cos, [n, headDim]), sin: new ort.Tensor('float32', sin, [n, headDim]) };
+    return { cos: new ort.Tensor('float32', cos, [n, 1, headDim]), sin: new ort.Tensor('float32', sin, [n, 1, headDim]) };
   }
 }

@@ -20,8 +20,9 @@ export function embeddingGraph(c: ModelConfig, w: Weights): Uint8Array {
  * One sequence's attention block for `tokens` new positions after `past` cached ones:
  *   h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v))      with x normed by input_layernorm
  *   moe_input = post_attention_layernorm(h)
- * Inputs: x [tokens, d], cos/sin [tokens, head_dim], mask [tokens, past+tokens] (0 or -inf),
- * past_k/past_v [heads, past, head_dim]. Outputs: h, moe_input, present_k/present_v [heads, past+tokens, head_dim].
+ * Inputs: x [tokens, d], cos/sin [tokens, 1, head_dim], mask [tokens, past+tokens] (0 or -inf), past_k/past_v
+ * [past, d] (position-major, heads side by side). Outputs: h, moe_input, and the new positions' rows new_k/new_v
+ * [tokens, d] (keys after rotary) for the caller to append to its cache.
  */
 export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
   const d = c.hidden_size;
@@ -30,19 +31,19 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   const t = tensorNames.layer(layer);
   const g = new GraphBuilder(`attention_${layer}`);
   const x = g.input('x', ['tokens', d]);
-  const cos = g.input('cos', ['tokens', headDim]);
-  const sin = g.input('sin', ['tokens', headDim]);
+  const cos = g.input('cos', ['tokens', 1, headDim]);
+  const sin = g.input('sin', ['tokens', 1, headDim]);
   const mask = g.input('mask', ['tokens', 'total']);
-  const pastK = g.input('past_k', [heads, 'past', headDim]);
-  const pastV = g.input('past_v', [heads, 'past', headDim]);
+  const pastK = g.input('past_k', ['past', d]);
+  const pastV = g.input('past_v', ['past', d]);
 
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
   const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
   const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), d, d), g.weight('k_norm', w(t.kNorm), [d]), c.rms_norm_eps);
   const v = g.linear(xn, 'v_proj', w(t.v), d, d);
 
-  const splitHeads = (value: string) =>
-    g.op('Transpose', [g.op('Reshape', [value, g.int64s([0, heads, headDim])])], { perm: [1, 0, 2] });
+  const byHead = (value: string) => g.op('Reshape', [value, g.int64s([-1, heads, headDim])]); // [n, heads, head_dim]
+  const headsFirst = (value: string) => g.op('Transpose', [value], { perm: [1, 0, 2] }); // [heads, n, head_dim]
   const half = headDim / 2;
   // NeoX rotary: x·cos + rotate_half(x)·sin, rotate_half(x) = [-x₂, x₁] over the two halves of each head.
   const rope = (value: string) => {
@@ -51,9 +52,10 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
     const rotated = g.op('Concat', [g.op('Neg', [second]), first], { axis: -1 });
     return g.op('Add', [g.op('Mul', [value, cos]), g.op('Mul', [rotated, sin])]);
   };
-  const qh = rope(splitHeads(q));
-  const keys = g.op('Concat', [pastK, rope(splitHeads(k))], { axis: 1 });
-  const values = g.op('Concat', [pastV, splitHeads(v)], { axis: 1 });
+  const qh = headsFirst(rope(byHead(q)));
+  const newK = g.op('Reshape', [rope(byHead(k)), g.int64s([-1, d])]);
+  const keys = headsFirst(byHead(g.op('Concat', [pastK, newK], { axis: 0 })));
+  const values = headsFirst(byHead(g.op('Concat', [pastV, v], { axis: 0 })));
 
   const scores = g.op('Add', [
     g.op('Mul', [g.op('MatMul', [qh, g.op('Transpose', [keys], { perm: [0, 2, 1] })]), g.scalar(1 / Math.sqrt(headDim))]),
@@ -66,8 +68,8 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
 
   g.output(h, 'h', ['tokens', d]);
   g.output(moeInput, 'moe_input', ['tokens', d]);
-  g.output(keys, 'present_k', [heads, 'total', headDim]);
-  g.output(values, 'present_v', [heads, 'total', headDim]);
+  g.output(newK, 'new_k', ['tokens', d]);
+  g.output(v, 'new_v', ['tokens', d]);
   return g.toBytes();
 }
 

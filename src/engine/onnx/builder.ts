@@ -25,8 +25,12 @@ export class GraphBuilder {
     return name;
   }
 
+  /** Makes `value` a graph output called `name` (renaming it, so no copy is made). */
   output(value: string, name: string, dims: Dim[]): void {
-    this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `out_${name}` }));
+    for (const node of this.nodes) {
+      node.output = node.output.map((o) => (o === value ? name : o));
+      node.input = node.input.map((i) => (i === value ? name : i));
+    }
     this.outputs.push(valueInfo(name, dims, FLOAT));
   }
 
@@ -66,7 +70,7 @@ export class GraphBuilder {
 
   /** y = x / sqrt(mean(x², last axis) + eps) · weight */
   rmsNorm(x: string, weight: string, eps: number): string {
-    const meanSquare = this.op('ReduceMean', [this.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
+    const meanSquare = this.op('ReduceMean', [this.op('Pow', [x, this.scalar(2)])], { axes: [-1], keepdims: 1 });
     const rms = this.op('Sqrt', [this.op('Add', [meanSquare, this.scalar(eps)])]);
     return this.op('Mul', [this.op('Div', [x, rms]), weight]);
   }
