@@ -58,6 +58,31 @@ const TelemetrySchema = z.strictObject({
     .describe('File the per-step expert load trace is appended to (JSON lines); null writes none.'),
 });
 
+const MiB = 2 ** 20;
+
+const PrefixCacheSchema = z.strictObject({
+  blockTokens: int(1, 4096)
+    .default(16)
+    .describe('Prompt tokens per prefix-cache block: prompt prefixes are cached and reused in whole blocks.'),
+  maxBytes: int(0)
+    .default(64 * MiB)
+    .describe('Most bytes of cached key/value states (LRU, least recently used evicted first); 0 disables the prefix cache.'),
+});
+
+const ResponseCacheSchema = z.strictObject({
+  maxEntries: int(0)
+    .default(1024)
+    .describe('Most responses kept for identical deterministic requests (LRU); 0 disables the response cache.'),
+  maxBytes: int(0)
+    .default(16 * MiB)
+    .describe('Most bytes (serialised size) the response cache holds; 0 disables the response cache.'),
+});
+
+const CacheSchema = z.strictObject({
+  prefix: PrefixCacheSchema.prefault({}).describe('Reuse of prompt-prefix key/value states across requests (skips prefill).'),
+  response: ResponseCacheSchema.prefault({}).describe('Answers identical greedy or seeded requests from memory.'),
+});
+
 export const ConfigSchema = z
   .strictObject({
     host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
@@ -78,6 +103,7 @@ export const ConfigSchema = z
     limits: LimitsSchema.prefault({}).describe('Request and scheduling limits.'),
     onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
     telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
+    cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
   })
   .superRefine((config, ctx) => {
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
@@ -96,6 +122,9 @@ const SECTIONS: Record<string, { shape: object }> = {
   limits: LimitsSchema,
   onnx: OnnxSchema,
   telemetry: TelemetrySchema,
+  cache: CacheSchema,
+  'cache.prefix': PrefixCacheSchema,
+  'cache.response': ResponseCacheSchema,
 };
 
 export type Config = z.infer<typeof ConfigSchema>;

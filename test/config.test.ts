@@ -47,6 +47,7 @@ describe('loadConfig', () => {
       },
       onnx: { trunkThreads: 1, expertThreads: 1 },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null },
+      cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 } },
     });
   });
 
