@@ -10,16 +10,20 @@ import { ExpertPool } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
-import { Scheduler, type StepObserver } from './scheduler.ts';
+import { Scheduler, type PrefillHooks, type StepObserver } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { TextCodec } from './tokenizer.ts';
 import { ChatTemplate } from './chat-template.ts';
+import { log } from '../log.ts';
+import { PrefixCache } from './prefix-cache.ts';
+import { ResponseCache } from './response-cache.ts';
 import {
-  InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
+  CancelledError, InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
 } from './types.ts';
 
 export class Engine implements GenerationService {
   private nextId = 0;
+  private readonly placementListeners = new Set<() => void>();
 
   private constructor(
     readonly pkg: ModelPackage,
@@ -29,7 +33,15 @@ export class Engine implements GenerationService {
     private readonly scheduler: Scheduler,
     private readonly limits: { maxPromptTokens: number; maxNewTokens: number },
     private readonly chatTemplate: ChatTemplate,
-  ) {}
+    /** KV states of prompt prefixes (config cache.prefix) and answers to deterministic requests (cache.response). */
+    readonly caches: { prefix: PrefixCache; response: ResponseCache },
+  ) {
+    // Cached K/V and answers came from the old experts' outputs: a placement change may change them.
+    this.onPlacementChange(() => {
+      caches.prefix.clear();
+      caches.response.clear();
+    });
+  }
 
   static async load(config: Config, observer: StepObserver = {}): Promise<Engine> {
     const pkg = loadModelPackage(config.model);
@@ -45,11 +57,15 @@ export class Engine implements GenerationService {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads, executionProviders,
       });
       const codec = new TextCodec(pkg.tokenizerJson, pkg.tokenizerConfig);
-      const scheduler = new Scheduler(model, config.limits, observer);
+      const caches = {
+        prefix: new PrefixCache({ modelId: `${pkg.id}:${pkg.dir}`, layers: c.num_hidden_layers, ...config.cache.prefix }),
+        response: new ResponseCache({ modelId: `${pkg.id}:${pkg.dir}`, ...config.cache.response }),
+      };
+      const scheduler = new Scheduler(model, config.limits, observer, prefixCacheHooks(caches.prefix));
       const context = c.max_position_embeddings;
       const maxPromptTokens = Math.min(config.limits.maxPromptTokens ?? context - 1, context - 1);
       return new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens },
-        new ChatTemplate(pkg.tokenizerConfig));
+        new ChatTemplate(pkg.tokenizerConfig), caches);
     } catch (error) {
       await pool.close();
       throw error;
@@ -64,12 +80,32 @@ export class Engine implements GenerationService {
   async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerateResult> {
     const promptIds = this.codec.encode(request.inputs);
     this.checkPrompt(promptIds, request);
+    const cacheKey = options.cache === false ? null : this.caches.response.keyOf(request);
+    const cached = cacheKey === null ? undefined : this.caches.response.get(cacheKey);
+    if (cached) return replay(cached, options);
     const context = this.pkg.config.max_position_embeddings;
     const seed = request.sampling.doSample ? (request.sampling.seed ?? randomInt(2 ** 32)) : null;
     const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(), this.codec,
       this.pkg.config.eos_token_id, context, seed, options);
     await this.scheduler.submit(sequence);
-    return sequence.result();
+    const result = sequence.result();
+    if (cacheKey !== null) this.caches.response.set(cacheKey, result);
+    return result;
+  }
+
+  /**
+   * Registers a listener for changes that can change outputs — expert placement (and with it expert kernels) —
+   * and returns a function that removes it. Whoever changes the placement calls notifyPlacementChange()
+   * afterwards; the engine's own listener clears the prefix and response caches.
+   */
+  onPlacementChange(listener: () => void): () => void {
+    this.placementListeners.add(listener);
+    return () => this.placementListeners.delete(listener);
+  }
+
+  /** Tells every onPlacementChange listener that the placement changed (call after the change took effect). */
+  notifyPlacementChange(): void {
+    for (const listener of this.placementListeners) listener();
   }
 
   private checkPrompt(promptIds: number[], request: GenerateRequest): void {
@@ -106,6 +142,7 @@ export class Engine implements GenerationService {
       limits: { maxPromptTokens: this.limits.maxPromptTokens, maxNewTokens: this.limits.maxNewTokens, maxTotalTokens: c.max_position_embeddings },
       activeSequences: this.scheduler.activeCount,
       queuedRequests: this.scheduler.queuedCount,
+      caches: { prefix: this.caches.prefix.stats(), response: this.caches.response.stats() },
     };
   }
 
@@ -113,6 +150,34 @@ export class Engine implements GenerationService {
     await this.scheduler.close();
     await this.pool.close();
   }
+}
+
+/** A cached answer, replayed as token events for streaming callers. */
+function replay(result: GenerateResult, options: GenerateOptions): GenerateResult {
+  if (options.signal?.aborted) throw new CancelledError('the client went away');
+  result.tokens.forEach((token, i) => options.onToken?.(token, i === result.tokens.length - 1 ? result : null));
+  return result;
+}
+
+/** Attaches a cached prompt prefix when a sequence joins the batch, and stores its prompt's blocks after prefill. */
+function prefixCacheHooks(cache: PrefixCache): PrefillHooks {
+  return {
+    onJoin(sequence) {
+      try {
+        if (cache.lookup(sequence.promptIds, sequence.cache) > 0) sequence.skipCachedPrompt();
+      } catch (err) {
+        sequence.cache.length = 0; // an optimisation only: prefill the whole prompt instead
+        log.warn('prefix cache lookup failed', { err });
+      }
+    },
+    onPrefilled(sequence) {
+      try {
+        cache.store(sequence.promptIds, sequence.cache);
+      } catch (err) {
+        log.warn('prefix cache store failed', { err }); // the sequence is unaffected
+      }
+    },
+  };
 }
 
 function loadPlacement(config: Config, layers: number, experts: number): Placement {

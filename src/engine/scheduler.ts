@@ -18,6 +18,14 @@ export interface StepObserver {
   onFinish?(sequence: Sequence): void;
 }
 
+/** Engine hooks around a sequence's prefill (the prefix cache uses them). They must not throw. */
+export interface PrefillHooks {
+  /** The sequence joins the batch and has not run yet: it may take a cached prompt prefix (and skip its prefill). */
+  onJoin?(sequence: Sequence): void;
+  /** The step that ran the sequence's last prompt token has ended: its cache holds the whole prompt. */
+  onPrefilled?(sequence: Sequence): void;
+}
+
 interface Entry {
   sequence: Sequence;
   resolve: () => void;
@@ -31,7 +39,12 @@ export class Scheduler {
   private running: Promise<void> | null = null;
   private closed = false;
 
-  constructor(private readonly model: MoeModel, private readonly limits: SchedulerLimits, private readonly observer: StepObserver = {}) {}
+  constructor(
+    private readonly model: MoeModel,
+    private readonly limits: SchedulerLimits,
+    private readonly observer: StepObserver = {},
+    private readonly hooks: PrefillHooks = {},
+  ) {}
 
   get activeCount(): number {
     return this.active.length;
@@ -87,7 +100,11 @@ export class Scheduler {
 
   private async run(): Promise<void> {
     while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
-      while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) this.active.push(this.queue.shift()!);
+      while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) {
+        const entry = this.queue.shift()!;
+        this.hooks.onJoin?.(entry.sequence);
+        this.active.push(entry);
+      }
       const now = Date.now();
       for (const entry of [...this.active]) {
         if (now > entry.deadline) this.finish(entry, new RequestTimeoutError(`generation took longer than ${this.limits.requestTimeoutMs} ms`));
@@ -115,6 +132,7 @@ export class Scheduler {
       step.forEach(({ entry }, i) => {
         const s = entry.sequence;
         if (!this.active.includes(entry) || s.pending.length > 0) return; // cancelled, or more prompt to prefill
+        if (s.tokens.length === 0) this.hooks.onPrefilled?.(s);
         try {
           s.advance(output.logits[i]);
         } catch (error) {

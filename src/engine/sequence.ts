@@ -35,6 +35,17 @@ export class Sequence {
     return this.cache.length < this.promptIds.length;
   }
 
+  /**
+   * After the prefix cache has filled the (still untouched) KV cache with a prefix of the prompt: only the rest
+   * of the prompt is pending. The cache must leave at least the last prompt token to run.
+   */
+  skipCachedPrompt(): void {
+    if (this.tokens.length > 0 || this.pending.length !== this.promptIds.length || this.cache.length >= this.promptIds.length) {
+      throw new Error(`sequence ${this.id}: a cached prefix must be attached before prefill and leave the last prompt token`);
+    }
+    this.pending = this.promptIds.slice(this.cache.length);
+  }
+
   /** Takes the next model input: up to `budget` tokens of a prefill, or the one token to decode. */
   take(budget: number): number[] {
     const n = Math.max(1, Math.min(budget, this.pending.length));

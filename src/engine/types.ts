@@ -45,6 +45,11 @@ export interface GenerateOptions {
   label?: { operation: 'text_completion' | 'chat'; stream: boolean };
   /** Called for every generated token, in order (streaming); `finished` is the result when it was the last. */
   onToken?: (token: GeneratedToken, finished: GenerateResult | null) => void;
+  /**
+   * false: bypass the response cache (neither answered from it nor stored in it). Default true; only greedy and
+   * seeded requests are ever cached. The prefix cache is always used (it never changes outputs).
+   */
+  cache?: boolean;
 }
 
 /** A request the engine refuses because of its content (maps to HTTP 422). */
@@ -85,6 +90,23 @@ export interface ModelInfo {
   limits: { maxPromptTokens: number; maxNewTokens: number; maxTotalTokens: number };
   activeSequences: number;
   queuedRequests: number;
+  /** Prefix and response cache counters (absent when the service has no caches). */
+  caches?: { prefix: CacheStats; response: CacheStats };
+}
+
+/** Counters of one cache since start (hits, misses and evictions only grow; clear() does not count evictions). */
+export interface CacheStats {
+  enabled: boolean;
+  hits: number;
+  misses: number;
+  /** Entries dropped to stay within the bounds. */
+  evictions: number;
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+  maxEntries?: number;
+  /** Prefix cache: prompt tokens whose prefill was skipped. */
+  tokensReused?: number;
 }
 
 export interface ChatMessage {

@@ -1,0 +1,108 @@
+/**
+ * Response cache: whole results of deterministic requests — greedy, or sampled with an explicit seed — kept in an
+ * LRU (lru-cache) bounded by entries and by bytes, so an identical request is answered without running the model
+ * (a streaming one gets the stored tokens replayed as token events).
+ *
+ * The key is a hash of the model id and the whole engine request in a canonical form (sorted keys): the prompt,
+ * every sampling parameter, the seed, stop sequences and max_new_tokens — everything that decides the output.
+ * Sampled requests without a seed are never cached (their output is meant to vary), and a request can opt out
+ * (GenerateOptions.cache = false; over HTTP `Cache-Control: no-cache` / `no-store`, or TGI `options.use_cache:
+ * false`). The owner clears it when outputs may change (Engine: on a placement change).
+ */
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { CacheStats, GenerateRequest, GenerateResult } from './types.ts';
+
+export interface ResponseCacheOptions {
+  /** Part of every key. */
+  modelId: string;
+  /** 0 disables the cache. */
+  maxEntries: number;
+  /** Bound on the summed serialised size of the stored results; 0 disables the cache. */
+  maxBytes: number;
+}
+
+interface Entry {
+  result: GenerateResult;
+  bytes: number;
+}
+
+export class ResponseCache {
+  private readonly lru: LRUCache<string, Entry> | null;
+  private hits = 0;
+  private misses = 0;
+  private evictions = 0;
+
+  constructor(private readonly options: ResponseCacheOptions) {
+    this.lru = options.maxEntries > 0 && options.maxBytes > 0
+      ? new LRUCache<string, Entry>({
+        max: options.maxEntries,
+        maxSize: options.maxBytes,
+        sizeCalculation: (entry) => entry.bytes,
+        dispose: (_entry, _key, reason) => {
+          if (reason === 'evict') this.evictions++;
+        },
+      })
+      : null;
+  }
+
+  get enabled(): boolean {
+    return this.lru !== null;
+  }
+
+  /** The cache key of a request whose output the request fully determines; null when it must not be cached. */
+  keyOf(request: GenerateRequest): string | null {
+    if (!this.lru) return null;
+    if (request.sampling.doSample && request.sampling.seed === null) return null;
+    return createHash('sha256').update(canonicalJson({ model: this.options.modelId, request })).digest('base64');
+  }
+
+  /** A copy of the stored result (callers may change it freely); counts a hit or a miss. */
+  get(key: string): GenerateResult | undefined {
+    const entry = this.lru?.get(key);
+    if (!entry) {
+      this.misses++;
+      return undefined;
+    }
+    this.hits++;
+    return structuredClone(entry.result);
+  }
+
+  set(key: string, result: GenerateResult): void {
+    if (!this.lru) return;
+    const copy = structuredClone(result);
+    // Results larger than maxBytes are not stored (lru-cache's maxEntrySize defaults to maxSize).
+    this.lru.set(key, { result: copy, bytes: Buffer.byteLength(JSON.stringify(copy)) + key.length });
+  }
+
+  clear(): void {
+    this.lru?.clear();
+  }
+
+  stats(): CacheStats {
+    return {
+      enabled: this.lru !== null,
+      hits: this.hits,
+      misses: this.misses,
+      evictions: this.evictions,
+      entries: this.lru?.size ?? 0,
+      bytes: this.lru?.calculatedSize ?? 0,
+      maxBytes: this.options.maxBytes,
+      maxEntries: this.options.maxEntries,
+    };
+  }
+}
+
+/** JSON with object keys sorted at every level, so equal requests always serialise the same way. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v);
+}
+
+/** True when a Cache-Control request header asks to bypass caches (`no-cache` or `no-store`). */
+export function cacheControlOptsOut(header: string | null | undefined): boolean {
+  if (header == null) return false;
+  return header.split(',').some((directive) => ['no-cache', 'no-store'].includes(directive.split('=')[0].trim().toLowerCase()));
+}
