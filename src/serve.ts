@@ -65,6 +65,8 @@ export async function startServer(config: Config, options: StartServerOptions = 
   let service: GenerationService;
   try {
     service = instrument(await (options.loadEngine ?? defaultLoader)(config, telemetry.observer), telemetry, modelId);
+    const engine = service;
+    telemetry.observeCaches(() => engine.info().caches);
   } catch (err) {
     await telemetry.shutdown();
     throw err;

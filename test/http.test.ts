@@ -18,7 +18,8 @@ async function readEvents(response: Response): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  server = await startServer(engineConfig(dir, { port: 0, limits: { maxNewTokens: 40, maxBodyBytes: 4096 } }), {
+  // No response cache: repeated requests here must reach the engine (test/response-cache.test.ts covers the cache).
+  server = await startServer(engineConfig(dir, { port: 0, limits: { maxNewTokens: 40, maxBodyBytes: 4096 }, cache: { response: { maxEntries: 0 } } }), {
     logger: createLogger({ level: 'silent' }), closeGraceMs: 200,
   });
 });

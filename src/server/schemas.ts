@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import type { Config } from '../config.ts';
 import type { GenerateRequest } from '../engine/types.ts';
+import { cacheControlOptsOut } from '../engine/response-cache.ts';
 
 export const MAX_SEED = 2 ** 32 - 1;
 
@@ -56,6 +57,13 @@ export function createGenerateSchema(limits: Limits) {
         .string(msg('is required and must be a string (the prompt text)'))
         .min(1, msg('must not be empty; send the prompt text to continue')),
       parameters: parameters.nullish(),
+      // As in the Hugging Face Inference API: {"options": {"use_cache": false}} bypasses the response cache.
+      options: z
+        .strictObject(
+          { use_cache: z.boolean(msg('must be true or false (false bypasses the response cache)')).nullish() },
+          msg('must be an object, e.g. {"use_cache": false}'),
+        )
+        .nullish(),
     },
     msg('must be a JSON object like {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 20}}'),
   );
@@ -65,7 +73,8 @@ export type GenerateSchema = ReturnType<typeof createGenerateSchema>;
 export type GenerateBody = z.infer<GenerateSchema>;
 
 const KNOWN_KEYS: Record<string, readonly string[]> = {
-  '': ['inputs', 'parameters'],
+  '': ['inputs', 'parameters', 'options'],
+  options: ['use_cache'],
   parameters: [
     'max_new_tokens',
     'do_sample',
@@ -128,6 +137,14 @@ export function parseGenerateBody(schema: GenerateSchema, input: unknown): Parse
   return result.success
     ? { ok: true, body: result.data }
     : { ok: false, message: formatIssues(result.error.issues, input) };
+}
+
+/**
+ * Whether a request may use the response cache: not when its Cache-Control header says `no-cache` or `no-store`
+ * (any endpoint), nor when a TGI body sends `options.use_cache: false`.
+ */
+export function responseCacheAllowed(cacheControl: string | undefined, body?: GenerateBody): boolean {
+  return !cacheControlOptsOut(cacheControl) && body?.options?.use_cache !== false;
 }
 
 /** TGI body (snake_case) to the engine request (camelCase), filling in defaults. */

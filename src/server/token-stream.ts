@@ -4,7 +4,7 @@
  */
 import type { Context } from 'hono';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
-import type { GenerateRequest, GenerateResult, GenerationService, GeneratedToken } from '../engine/types.ts';
+import type { GenerateOptions, GenerateRequest, GenerateResult, GenerationService, GeneratedToken } from '../engine/types.ts';
 import { errorBodyFor } from './errors.ts';
 
 export interface TokenStreamHandlers {
@@ -16,7 +16,10 @@ export interface TokenStreamHandlers {
   end?(result: GenerateResult): Array<unknown | string>;
 }
 
-export function streamTokens(c: Context, service: GenerationService, request: GenerateRequest, operation: 'text_completion' | 'chat', handlers: TokenStreamHandlers): Response {
+export function streamTokens(
+  c: Context, service: GenerationService, request: GenerateRequest, operation: 'text_completion' | 'chat', handlers: TokenStreamHandlers,
+  options: Pick<GenerateOptions, 'cache'> = {},
+): Response {
   // Validation and queue errors surface before the stream starts, so they still get a proper status code.
   service.admit(request);
   return streamSSE(c, async (stream: SSEStreamingApi) => {
@@ -32,6 +35,7 @@ export function streamTokens(c: Context, service: GenerationService, request: Ge
     send(handlers.start?.() ?? []);
     try {
       const result = await service.generate(request, {
+        ...options,
         signal: cancel.signal,
         label: { operation, stream: true },
         onToken: (token, finished) => send(handlers.token(token, finished)),

@@ -7,6 +7,7 @@
  *   Engine.load(config, telemetry.observer);               // per step: metrics, moe.step/moe.dispatch spans, load trace
  *   const req = telemetry.startRequest({ operation: 'text_completion', model, maxTokens, stream });
  *   req.firstToken(); req.end({ inputTokens, outputTokens, finishReason });
+ *   telemetry.observeCaches(() => service.info().caches);  // switchyard.cache.* (prefix and response caches)
  *   GET /metrics → await telemetry.metricsText()           // with PROMETHEUS_CONTENT_TYPE
  *   await telemetry.shutdown();
  */
@@ -16,6 +17,7 @@ import type { PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { ConfigError } from '../config.ts';
 import type { StepObserver } from '../engine/scheduler.ts';
+import { registerCacheMetrics, type CacheStatsReader } from './cache-metrics.ts';
 import { LoadTraceWriter } from './load-trace.ts';
 import { MoeMetrics } from './moe-metrics.ts';
 import { METRIC, SCOPE } from './names.ts';
@@ -28,6 +30,7 @@ import { summarizeStep } from './step-summary.ts';
 export type { RequestInfo, RequestResult, RequestTelemetry } from './request.ts';
 export type { LoadTraceRecord, LoadTraceWorker } from './load-trace.ts';
 export type { TelemetryConfig } from './providers.ts';
+export type { CacheStatsReader } from './cache-metrics.ts';
 export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 
 export interface Telemetry {
@@ -35,6 +38,8 @@ export interface Telemetry {
   readonly observer: StepObserver;
   /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
   startRequest(info: RequestInfo): RequestTelemetry;
+  /** Registers the `switchyard.cache.*` metrics, read from `read` at each collection (call once per instance). */
+  observeCaches(read: CacheStatsReader): void;
   /** Prometheus text exposition of all metrics (for GET /metrics). */
   metricsText(): Promise<string>;
   /**
@@ -119,6 +124,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
   return {
     observer,
     startRequest: (info) => startRequest(info, { tracer: providers.tracer, metrics: requestMetrics, now, responseModel: options.modelId }),
+    observeCaches: (read) => registerCacheMetrics(meter, read),
     metricsText: prometheusText(providers.prometheus),
     shutdown() {
       closed ??= (async () => {

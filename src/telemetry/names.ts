@@ -88,6 +88,18 @@ export const METRIC = {
   stepTokens: 'moe.step.tokens',
   stepDuration: 'moe.step.duration',
   loadTraceDropped: 'moe.load_trace.dropped_records',
+  // Gateway caches (not expert-level, so under the project's own `switchyard.*` namespace).
+  cacheHits: 'switchyard.cache.hits',
+  cacheMisses: 'switchyard.cache.misses',
+  cacheEvictions: 'switchyard.cache.evictions',
+  cacheBytes: 'switchyard.cache.bytes',
+  cacheEntries: 'switchyard.cache.entries',
+  prefixTokensReused: 'switchyard.cache.prefix.tokens_reused',
+} as const;
+
+/** Metric attribute of the cache metrics: which cache (`prefix` or `response`). */
+export const CACHE = {
+  name: 'switchyard.cache',
 } as const;
 
 /**

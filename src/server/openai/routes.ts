@@ -5,7 +5,7 @@ import type { z } from 'zod';
 import type { Config } from '../../config.ts';
 import type { FinishReason, GenerateRequest, GenerateResult, GenerationService } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
-import { formatIssues } from '../schemas.ts';
+import { formatIssues, responseCacheAllowed } from '../schemas.ts';
 import { readJsonBody } from '../routes/generate.ts';
 import { StopTextFilter, cutAtStop } from '../stop-text.ts';
 import { streamTokens } from '../token-stream.ts';
@@ -46,7 +46,9 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
         usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
       });
     }
-    const result = await service.generate(request, { signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false } });
+    const result = await service.generate(request, {
+      signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false }, cache: responseCacheAllowed(c.req.header('cache-control')),
+    });
     return c.json({ ...base, choices: [choice(cutAtStop(result.generatedText, request.stop), finishReason(result.finishReason))], usage: usage(result) });
   });
 
@@ -64,7 +66,9 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
         usage: (r) => ({ ...chunkBase, choices: [], usage: usage(r) }),
       });
     }
-    const result = await service.generate(request, { signal: c.req.raw.signal, label: { operation: 'chat', stream: false } });
+    const result = await service.generate(request, {
+      signal: c.req.raw.signal, label: { operation: 'chat', stream: false }, cache: responseCacheAllowed(c.req.header('cache-control')),
+    });
     return c.json({
       ...base,
       choices: [{ index: 0, message: { role: 'assistant', content: cutAtStop(result.generatedText, request.stop).trim() }, logprobs: null, finish_reason: finishReason(result.finishReason) }],
@@ -96,5 +100,5 @@ function streamOpenAi(c: Context, service: GenerationService, request: GenerateR
       return events;
     },
     end: (result) => [...(body.stream_options?.include_usage ? [shapes.usage(result)] : []), '[DONE]'],
-  });
+  }, { cache: responseCacheAllowed(c.req.header('cache-control')) });
 }

@@ -3,7 +3,7 @@ import type { Hono } from 'hono';
 import type { Config } from '../../config.ts';
 import type { GenerationService } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
-import { createGenerateSchema, parseGenerateBody, toGenerateRequest } from '../schemas.ts';
+import { createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest } from '../schemas.ts';
 import { streamTokens } from '../token-stream.ts';
 import { readJsonBody } from './generate.ts';
 
@@ -21,6 +21,6 @@ export function registerGenerateStreamRoute(app: Hono, service: GenerationServic
           ? { finish_reason: finished.finishReason, generated_tokens: finished.generatedTokens, seed: finished.seed }
           : null,
       }],
-    });
+    }, { cache: responseCacheAllowed(c.req.header('cache-control'), parsed.body) });
   });
 }

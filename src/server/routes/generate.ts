@@ -3,7 +3,7 @@ import type { Hono } from 'hono';
 import type { Config } from '../../config.ts';
 import type { GenerateResult, GenerationService } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
-import { createGenerateSchema, parseGenerateBody, toGenerateRequest } from '../schemas.ts';
+import { createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest } from '../schemas.ts';
 
 export interface GenerateResponseBody {
   generated_text: string;
@@ -54,6 +54,7 @@ export function registerGenerateRoute(app: Hono, service: GenerationService, con
     // (limits.requestTimeoutMs is enforced by the engine's scheduler.)
     const result = await service.generate(toGenerateRequest(parsed.body, config.limits), {
       signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
+      cache: responseCacheAllowed(c.req.header('cache-control'), parsed.body),
     });
     return c.json(toGenerateResponse(result, parsed.body.parameters?.details === true));
   });

@@ -1,6 +1,15 @@
 /** GET /info — model, placement and limits, from the engine's ModelInfo. */
 import type { Hono } from 'hono';
-import type { GenerationService, ModelInfo } from '../../engine/types.ts';
+import type { CacheStats, GenerationService, ModelInfo } from '../../engine/types.ts';
+
+function cacheJson(s: CacheStats) {
+  return {
+    enabled: s.enabled, hits: s.hits, misses: s.misses, evictions: s.evictions, entries: s.entries, bytes: s.bytes,
+    max_bytes: s.maxBytes,
+    ...(s.maxEntries === undefined ? {} : { max_entries: s.maxEntries }),
+    ...(s.tokensReused === undefined ? {} : { tokens_reused: s.tokensReused }),
+  };
+}
 
 export function toInfoJson(info: ModelInfo) {
   return {
@@ -28,6 +37,7 @@ export function toInfoJson(info: ModelInfo) {
     },
     active_sequences: info.activeSequences,
     queued_requests: info.queuedRequests,
+    ...(info.caches ? { caches: { prefix: cacheJson(info.caches.prefix), response: cacheJson(info.caches.response) } } : {}),
   };
 }
 
