@@ -122,7 +122,15 @@ def golden(model: SwitchOlmoe) -> dict:
             "tolerance": {"logits_max_abs": 1e-3}, "cases": cases}
 
 
-def export_package(model: SwitchOlmoe, summary: dict, out: Path) -> None:
+def validation_record(windows: list[tuple[str, "object"]], seq_len: int) -> dict:
+    """The exact held-out windows the trainer scored, so other tools reproduce its validation bits per byte."""
+    return {"description": "held-out validation windows (token ids incl. BOS/EOS); bits per byte are computed over "
+                           "targets that are bytes (< 256), predicting tokens 1..n from 0..n-1 of each window",
+            "seq_len": seq_len,
+            "windows": [{"source": name, "tokens": [int(t) for t in w]} for name, w in windows]}
+
+
+def export_package(model: SwitchOlmoe, summary: dict, out: Path, validation: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     safetensors.save({k: v for k, v in model.state_dict().items()}, out / "model.safetensors")
@@ -131,6 +139,8 @@ def export_package(model: SwitchOlmoe, summary: dict, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
     (out / "golden.json").write_text(json.dumps(golden(model)) + "\n")
     (out / "training.json").write_text(json.dumps(training_record(summary), indent=1) + "\n")
+    if validation is not None:
+        (out / "validation.json").write_text(json.dumps(validation, separators=(",", ":")) + "\n")
 
 
 def training_record(summary: dict) -> dict:
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                           cfg.get("max_bytes_per_source"))
     summary = {"config": {k: (v.to_dict() if isinstance(v, ModelConfig) else v) for k, v in cfg.items()},
                "parameters": model.parameter_counts(), "corpus": corpus.info, "history": state["history"]}
-    export_package(model, summary, REPO / cfg["export_dir"])
+    windows = corpus.val_windows(cfg["seq_len"], cfg["val_windows_per_source"])
+    export_package(model, summary, REPO / cfg["export_dir"], validation_record(windows, cfg["seq_len"]))
     return 0
 
 
