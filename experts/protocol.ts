@@ -27,7 +27,27 @@ export interface StatsTask {
   kind: 'stats';
 }
 
-export type WorkerTask = RunTask | StatsTask;
+/** Build sessions for these experts (those already resident are kept as they are). Answers a ResidencyResult. */
+export interface LoadTask {
+  kind: 'load';
+  experts: Array<{ layer: number; expert: number }>;
+}
+
+/** Release these experts' sessions (those not resident are ignored). Answers a ResidencyResult. */
+export interface UnloadTask {
+  kind: 'unload';
+  experts: Array<{ layer: number; expert: number }>;
+}
+
+export type WorkerTask = RunTask | StatsTask | LoadTask | UnloadTask;
+
+export interface ResidencyResult {
+  workerId: number;
+  /** The experts the worker holds after the task. */
+  resident: Array<{ layer: number; expert: number }>;
+  /** How long building (load) or releasing (unload) the sessions took (ms). */
+  ms: number;
+}
 
 export interface RunResult {
   workerId: number;

@@ -1,6 +1,7 @@
 /**
  * An expert worker: loads only the experts its placement gives it (reading just their bytes from the package)
- * and runs expert FFN batches with onnxruntime. One instance per worker thread.
+ * and runs expert FFN batches with onnxruntime. One instance per worker thread. `load` and `unload` tasks change
+ * the resident set while serving (live placement changes); the pool sends them only when it is safe.
  */
 import { threadId, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -9,12 +10,16 @@ import { Piscina } from 'piscina';
 import { readSafetensorsHeader, readTensors } from '../src/engine/safetensors.ts';
 import { tensorNames } from '../src/engine/package.ts';
 import { expertGraph } from './expert-graph.ts';
-import { expertKey, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
+import { expertKey, type ResidencyResult, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
-async function loadExperts(setup: WorkerSetup): Promise<Map<string, ort.InferenceSession>> {
+type ExpertRef = WorkerSetup['experts'][number];
+
+/** Builds one ONNX Runtime session per expert, reading just those experts' bytes from the package. */
+async function loadExperts(setup: WorkerSetup, experts: ExpertRef[], sessions: Map<string, ort.InferenceSession>): Promise<void> {
+  const missing = experts.filter(({ layer, expert }) => !sessions.has(expertKey(layer, expert)));
+  if (missing.length === 0) return;
   const header = readSafetensorsHeader(setup.weightsFile);
-  const sessions = new Map<string, ort.InferenceSession>();
-  for (const { layer, expert } of setup.experts) {
+  for (const { layer, expert } of missing) {
     const names = tensorNames.expert(layer, expert);
     const t = readTensors(setup.weightsFile, header, [names.gate, names.up, names.down]);
     const graph = expertGraph(`expert_${layer}_${expert}`, setup.hidden, setup.ffn, {
@@ -25,12 +30,17 @@ async function loadExperts(setup: WorkerSetup): Promise<Map<string, ort.Inferenc
       graphOptimizationLevel: 'all',
     }));
   }
-  return sessions;
 }
 
 export async function initialize() {
   const setup = workerData as WorkerSetup;
-  const sessions = await loadExperts(setup);
+  const sessions = new Map<string, ort.InferenceSession>();
+  await loadExperts(setup, setup.experts, sessions);
+  // Tasks run one at a time on this thread (one task per worker), so a load or unload never overlaps a run.
+  const resident = () => [...sessions.keys()].map((key) => {
+    const [layer, expert] = key.split('.').map(Number);
+    return { layer, expert };
+  }).sort((a, b) => a.layer - b.layer || a.expert - b.expert);
   const ran: WorkerStats['ran'] = {};
   let busyMs = 0;
 
@@ -57,11 +67,27 @@ export async function initialize() {
     return Piscina.move(transferable(result) as never);
   }
 
+  async function residency(task: Extract<WorkerTask, { kind: 'load' | 'unload' }>): Promise<ResidencyResult> {
+    const started = performance.now();
+    if (task.kind === 'load') await loadExperts(setup, task.experts, sessions);
+    else {
+      for (const { layer, expert } of task.experts) {
+        const key = expertKey(layer, expert);
+        const session = sessions.get(key);
+        if (!session) continue;
+        sessions.delete(key);
+        await session.release();
+      }
+    }
+    return { workerId: setup.workerId, resident: resident(), ms: performance.now() - started };
+  }
+
   return async (task: WorkerTask) => {
     if (task.kind === 'run') return run(task);
+    if (task.kind === 'load' || task.kind === 'unload') return residency(task);
     const stats: WorkerStats = {
       workerId: setup.workerId, threadId, busyMs,
-      resident: setup.experts, ran: structuredClone(ran),
+      resident: resident(), ran: structuredClone(ran),
     };
     return stats;
   };
