@@ -83,6 +83,45 @@ const CacheSchema = z.strictObject({
   response: ResponseCacheSchema.prefault({}).describe('Answers identical greedy or seeded requests from memory.'),
 });
 
+const PlacementSchema = z.strictObject({
+  maxExpertsPerWorker: int(1)
+    .nullable()
+    .default(null)
+    .describe('Memory budget: most experts (all layers together) one worker may hold; placements over it get 422 and the rebalancer stays within it; null: no limit.'),
+  minSplitRows: int(1)
+    .default(32)
+    .describe("A replicated expert's batch is split over its hosts only in parts of at least this many rows (smaller batches run whole)."),
+});
+
+const AdminSchema = z.strictObject({
+  token: z
+    .string()
+    .min(1)
+    .nullable()
+    .default(null)
+    .describe('Bearer token required by the /admin routes (env SWITCHYARD_ADMIN_TOKEN overrides); null turns the admin routes off (404).'),
+  maxWorkers: int(1)
+    .nullable()
+    .default(null)
+    .describe('Most expert workers a placement may use (new ones start on demand); null: the larger of the starting workers and the CPU cores.'),
+  rebalanceWindowSeconds: int(1, 3600)
+    .default(60)
+    .describe('Seconds of recent load that POST /admin/rebalance and automatic rebalancing plan from.'),
+  autoRebalance: z.boolean().default(false).describe('Rebalance automatically when the recent balancedness falls below autoRebalanceThreshold.'),
+  autoRebalanceIntervalSeconds: int(1)
+    .default(60)
+    .describe('How often automatic rebalancing looks at the load, in seconds.'),
+  autoRebalanceThreshold: z
+    .number()
+    .min(0)
+    .max(1)
+    .default(0.8)
+    .describe('Automatic rebalancing acts when the current placement\'s predicted overall balancedness (mean/max worker load) is below this.'),
+  autoRebalanceMinTokens: int(1)
+    .default(1000)
+    .describe('Automatic rebalancing waits until the window holds at least this many routed tokens.'),
+});
+
 export const ConfigSchema = z
   .strictObject({
     host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
@@ -104,6 +143,8 @@ export const ConfigSchema = z
     onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
     telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
     cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
+    placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
+    admin: AdminSchema.prefault({}).describe('Token-protected admin API: live placement changes, load, rebalancing.'),
   })
   .superRefine((config, ctx) => {
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
@@ -125,6 +166,8 @@ const SECTIONS: Record<string, { shape: object }> = {
   cache: CacheSchema,
   'cache.prefix': PrefixCacheSchema,
   'cache.response': ResponseCacheSchema,
+  placement: PlacementSchema,
+  admin: AdminSchema,
 };
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -161,6 +204,7 @@ export const ENV_OVERRIDES: ReadonlyArray<{ name: string; path: readonly string[
   { name: 'PORT', path: ['port'], kind: 'int' },
   { name: 'SWITCHYARD_MODEL', path: ['model'], kind: 'string' },
   { name: 'SWITCHYARD_WORKERS', path: ['workers'], kind: 'intOrAuto' },
+  { name: 'SWITCHYARD_ADMIN_TOKEN', path: ['admin', 'token'], kind: 'string' },
 ];
 
 type Json = Record<string, unknown>;

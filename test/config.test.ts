@@ -48,6 +48,11 @@ describe('loadConfig', () => {
       onnx: { trunkThreads: 1, expertThreads: 1 },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null },
       cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 } },
+      placement: { maxExpertsPerWorker: null, minSplitRows: 32 },
+      admin: {
+        token: null, maxWorkers: null, rebalanceWindowSeconds: 60, autoRebalance: false,
+        autoRebalanceIntervalSeconds: 60, autoRebalanceThreshold: 0.8, autoRebalanceMinTokens: 1000,
+      },
     });
   });
 

@@ -10,6 +10,7 @@ import { ExpertPool } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
+import { PlacementController, type ControllerSettings } from '../placement/controller.ts';
 import { Scheduler, type PrefillHooks, type StepObserver } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { TextCodec } from './tokenizer.ts';
@@ -43,15 +44,20 @@ export class Engine implements GenerationService {
     });
   }
 
-  static async load(config: Config, observer: StepObserver = {}): Promise<Engine> {
+  /** Live placement changes, recent expert load and rebalancing (the admin API's engine side). */
+  placementAdmin!: PlacementController;
+
+  static async load(config: Config, observers: StepObserver | StepObserver[] = []): Promise<Engine> {
     const pkg = loadModelPackage(config.model);
     const c = pkg.config;
     const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
     const executionProviders = ['cpu'];
     const pool = await ExpertPool.start({
       weightsFile: pkg.weightsFile, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
-      threadsPerWorker: config.onnx.expertThreads, executionProviders,
+      threadsPerWorker: config.onnx.expertThreads, executionProviders, minSplitRows: config.placement.minSplitRows,
     });
+    const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
+    const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);
     try {
       const model = await MoeModel.load(pkg, pool, {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads, executionProviders,
@@ -64,8 +70,12 @@ export class Engine implements GenerationService {
       const scheduler = new Scheduler(model, config.limits, observer, prefixCacheHooks(caches.prefix));
       const context = c.max_position_embeddings;
       const maxPromptTokens = Math.min(config.limits.maxPromptTokens ?? context - 1, context - 1);
-      return new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens },
+      const engine = new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens },
         new ChatTemplate(pkg.tokenizerConfig), caches);
+      engine.placementAdmin = placementAdmin;
+      placementAdmin.onChange = () => engine.notifyPlacementChange();
+      placementAdmin.start();
+      return engine;
     } catch (error) {
       await pool.close();
       throw error;
@@ -147,6 +157,7 @@ export class Engine implements GenerationService {
   }
 
   async close(): Promise<void> {
+    this.placementAdmin.stop();
     await this.scheduler.close();
     await this.pool.close();
   }
@@ -180,6 +191,29 @@ function prefixCacheHooks(cache: PrefixCache): PrefillHooks {
   };
 }
 
+/** One observer that calls each of `observers` in turn (each step hook sees the same step). */
+export function composeObservers(observers: readonly StepObserver[]): StepObserver {
+  return {
+    onStep: (step) => {
+      for (const o of observers) o.onStep?.(step);
+    },
+    onFinish: (sequence) => {
+      for (const o of observers) o.onFinish?.(sequence);
+    },
+  };
+}
+
+function placementSettings(config: Config, layers: number, experts: number, workers: number): ControllerSettings {
+  const a = config.admin;
+  return {
+    layers, experts,
+    maxWorkers: a.maxWorkers ?? Math.max(workers, availableParallelism()),
+    maxExpertsPerWorker: config.placement.maxExpertsPerWorker,
+    rebalanceWindowSeconds: a.rebalanceWindowSeconds,
+    auto: a.autoRebalance ? { intervalSeconds: a.autoRebalanceIntervalSeconds, threshold: a.autoRebalanceThreshold, minTokens: a.autoRebalanceMinTokens } : null,
+  };
+}
+
 function loadPlacement(config: Config, layers: number, experts: number): Placement {
   const workers = config.workers ?? availableParallelism();
   if (!config.placementFile) return roundRobinPlacement(layers, experts, workers);
@@ -196,6 +230,6 @@ function loadPlacement(config: Config, layers: number, experts: number): Placeme
   return placementFromFile(parsed.data, layers, experts);
 }
 
-export function loadEngine(config: Config, observer?: StepObserver): Promise<GenerationService> {
-  return Engine.load(config, observer);
+export function loadEngine(config: Config, observers?: StepObserver | StepObserver[]): Promise<GenerationService> {
+  return Engine.load(config, observers);
 }

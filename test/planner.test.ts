@@ -1,0 +1,220 @@
+/** The rebalancing planner, load-aware dispatch and placement validation on hand-made loads with known answers. */
+import { describe, expect, it } from 'vitest';
+import {
+  assignBatches, roundRobinPlacement, validatePlacement, waterFill, waterFillIntegers, type Placement,
+} from '../src/placement/placement.ts';
+import { planPlacement, predictBalance, PlanError } from '../src/placement/rebalance.ts';
+import { LoadTracker } from '../src/placement/load-window.ts';
+import type { LayerTrace } from '../src/engine/model.ts';
+
+const maxOf = (xs: number[]) => Math.max(...xs);
+const perWorker = (p: Placement) => Array.from({ length: p.workers }, (_, w) => p.hosts.flat().filter((ws) => ws.includes(w)).length);
+
+describe('water-filling', () => {
+  it('fills the lowest bins first and levels them', () => {
+    expect(waterFill([0, 5], 3)).toEqual([3, 0]);
+    expect(waterFill([0, 5], 11)).toEqual([8, 3]);
+    expect(waterFill([2, 2, 2], 3)).toEqual([1, 1, 1]);
+    expect(waterFillIntegers([0, 0, 0], 10).reduce((a, b) => a + b)).toBe(10);
+    expect(waterFillIntegers([0, 4], 7)).toEqual([6, 1]);
+    expect(waterFillIntegers([0, 4], 6)).toEqual([5, 1]);
+  });
+});
+
+describe('predictBalance', () => {
+  it('scores round-robin placement of a skewed layer: mean/max of worker load', () => {
+    const b = predictBalance(roundRobinPlacement(1, 4, 2), [[6, 2, 2, 2]]);
+    expect(b.workerLoad).toEqual([[8, 4]]);
+    expect(b.perLayer[0]).toBeCloseTo(0.75);
+    expect(b.overall).toBeCloseTo(0.75);
+  });
+
+  it('splits a replicated expert over its hosts as the pool does', () => {
+    const p: Placement = { workers: 2, hosts: [[[0, 1], [0], [1], [1]]] };
+    expect(predictBalance(p, [[60, 20, 10, 10]]).workerLoad[0]).toEqual([50, 50]);
+  });
+
+  it('overall is Σ mean / Σ max over layers', () => {
+    const p = roundRobinPlacement(2, 2, 2); // layer 0: e0→w0, e1→w1; layer 1: e0→w0, e1→w1
+    const b = predictBalance(p, [[10, 10], [30, 10]]);
+    expect(b.perLayer).toEqual([1, 20 / 30]);
+    expect(b.overall).toBeCloseTo((10 + 20) / (10 + 30));
+  });
+});
+
+describe('planPlacement', () => {
+  it('leaves an even load unreplicated and perfectly balanced', () => {
+    const plan = planPlacement({ load: [[5, 5, 5, 5], [5, 5, 5, 5]], workers: 2, maxExpertsPerWorker: null });
+    expect(plan.replicas.flat().every((r) => r === 1)).toBe(true);
+    expect(plan.predicted.overall).toBe(1);
+    expect(perWorker(plan.placement)).toEqual([4, 4]);
+  });
+
+  it('packs longest-first: [40, 30, 20, 10] on 2 workers → {40, 10} and {30, 20}', () => {
+    const plan = planPlacement({ load: [[40, 30, 20, 10]], workers: 2, maxExpertsPerWorker: null });
+    expect(plan.predicted.workerLoad[0]).toEqual([50, 50]);
+    const [h] = plan.placement.hosts;
+    expect(h[0][0]).toBe(h[3][0]);
+    expect(h[1][0]).toBe(h[2][0]);
+    expect(h[0][0]).not.toBe(h[1][0]);
+  });
+
+  it('replicates a hot expert when memory allows, reaching perfect balance', () => {
+    const plan = planPlacement({ load: [[70, 10, 10, 10]], workers: 2, maxExpertsPerWorker: null });
+    expect(plan.replicas[0]).toEqual([2, 1, 1, 1]);
+    expect(plan.placement.hosts[0][0]).toEqual([0, 1]);
+    expect(plan.predicted.overall).toBeCloseTo(1);
+    // Before: round-robin puts 70 + 10 on one worker.
+    expect(predictBalance(roundRobinPlacement(1, 4, 2), [[70, 10, 10, 10]]).overall).toBeCloseTo(50 / 80);
+  });
+
+  it('does not replicate without spare memory: two experts per worker, the hot one with a cold one, is the best there is', () => {
+    const plan = planPlacement({ load: [[70, 10, 10, 10]], workers: 2, maxExpertsPerWorker: 2 });
+    expect(plan.replicas[0]).toEqual([1, 1, 1, 1]);
+    expect(plan.predicted.workerLoad[0].slice().sort((a, b) => a - b)).toEqual([20, 80]);
+    expect(perWorker(plan.placement)).toEqual([2, 2]);
+  });
+
+  it('spends spare memory on the layer that needs replicas, within the per-worker budget', () => {
+    // 2 layers × 4 experts on 2 workers, 5 experts each: one spare slot per worker → one layer gets replicas.
+    const plan = planPlacement({ load: [[25, 25, 25, 25], [70, 10, 10, 10]], workers: 2, maxExpertsPerWorker: 5 });
+    expect(plan.replicas[0]).toEqual([1, 1, 1, 1]);
+    expect(plan.replicas[1]).toEqual([2, 1, 1, 1]);
+    expect(maxOf(perWorker(plan.placement))).toBeLessThanOrEqual(5);
+    expect(plan.predicted.perLayer[0]).toBe(1);
+    expect(plan.predicted.perLayer[1]).toBeCloseTo(1);
+    expect(plan.expertsPerWorker).toEqual(perWorker(plan.placement));
+  });
+
+  it('replicates the heaviest per-replica load first across layers', () => {
+    // Layer 1's hot expert is hotter; with room for only one layer's replicas, layer 1 gets them.
+    const plan = planPlacement({ load: [[60, 20, 10, 10], [90, 4, 3, 3]], workers: 2, maxExpertsPerWorker: 5 });
+    expect(plan.replicas[1][0]).toBe(2);
+    expect(plan.replicas[0]).toEqual([1, 1, 1, 1]);
+  });
+
+  it('uses at most one replica per worker, and every expert at least one', () => {
+    const plan = planPlacement({ load: [[1000, 1, 1, 1, 1, 1]], workers: 3, maxExpertsPerWorker: null });
+    expect(plan.replicas[0][0]).toBe(3);
+    for (const hosts of plan.placement.hosts[0]) {
+      expect(hosts.length).toBeGreaterThanOrEqual(1);
+      expect(new Set(hosts).size).toBe(hosts.length);
+    }
+  });
+
+  it('stays within LPT\'s bound when no replica helps', () => {
+    // Optimum is 9 per worker ({5,4}, {5,4}, {3,3,3}); LPT guarantees at most (4/3 − 1/9)·9 = 11.
+    const plan = planPlacement({ load: [[5, 5, 4, 4, 3, 3, 3]], workers: 3, maxExpertsPerWorker: null });
+    expect(maxOf(plan.predicted.workerLoad[0])).toBeLessThanOrEqual(11);
+  });
+
+  it('keeps experts where they are when that is as good (ties go to the current host)', () => {
+    const current: Placement = { workers: 2, hosts: [[[1], [0], [1], [0]]] };
+    const plan = planPlacement({ load: [[1, 1, 1, 1]], workers: 2, maxExpertsPerWorker: null, current });
+    expect(plan.placement).toEqual(current);
+  });
+
+  it('refuses a budget the experts cannot fit in', () => {
+    expect(() => planPlacement({ load: [[1, 1, 1, 1], [1, 1, 1, 1]], workers: 2, maxExpertsPerWorker: 3 })).toThrow(PlanError);
+    expect(() => planPlacement({ load: [[1, 1, 1, 1], [1, 1, 1, 1]], workers: 2, maxExpertsPerWorker: 3 })).toThrow(/8 experts do not fit on 2 workers with at most 3/);
+  });
+
+  it('packs without replicas under a budget too tight for an even split per layer', () => {
+    // 3 experts per layer on 2 workers with 3 slots each: ceil(3/2)·2 layers = 4 > 3, still all 6 fit.
+    const plan = planPlacement({ load: [[3, 2, 1], [1, 2, 3]], workers: 2, maxExpertsPerWorker: 3 });
+    expect(perWorker(plan.placement)).toEqual([3, 3]);
+    expect(plan.placement.hosts.flat().every((h) => h.length === 1)).toBe(true);
+  });
+});
+
+describe('assignBatches', () => {
+  const rows = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
+
+  it('splits a large batch of a replicated expert over its hosts, covering every row once', () => {
+    const p: Placement = { workers: 2, hosts: [[[0, 1], [0]]] };
+    const parts = assignBatches(p, 0, [{ expert: 0, rows: rows(100) }, { expert: 1, rows: rows(20, 100) }], 8);
+    const load = [0, 0];
+    for (const part of parts) load[part.worker] += part.rows.length;
+    expect(load).toEqual([60, 60]);
+    expect(parts.flatMap((x) => x.rows).sort((a, b) => a - b)).toEqual(rows(120));
+  });
+
+  it('keeps small batches whole (minSplitRows) on the least-loaded replica', () => {
+    const p: Placement = { workers: 2, hosts: [[[0, 1], [0]]] };
+    const parts = assignBatches(p, 0, [{ expert: 0, rows: rows(10) }, { expert: 1, rows: rows(3, 10) }], 32);
+    expect(parts.filter((x) => x.batch === 0)).toEqual([{ batch: 0, worker: 1, rows: rows(10) }]);
+  });
+});
+
+describe('validatePlacement', () => {
+  const limits = { layers: 2, experts: 2, maxWorkers: 3, maxExpertsPerWorker: 3 };
+  const all = (workers: number[]) => [0, 1].flatMap((layer) => [0, 1].map((expert) => ({ layer, expert, workers })));
+
+  it('accepts a valid placement with replicas and a new worker', () => {
+    const assignments = [
+      { layer: 0, expert: 0, workers: [0] }, { layer: 0, expert: 1, workers: [1] },
+      { layer: 1, expert: 0, workers: [0] }, { layer: 1, expert: 1, workers: [2, 1] },
+    ];
+    const r = validatePlacement({ workers: 3, assignments }, limits);
+    expect(r.errors).toEqual([]);
+    expect(r.placement?.hosts[1][1]).toEqual([1, 2]);
+  });
+
+  it('lists every problem in one answer', () => {
+    const r = validatePlacement({
+      workers: 4,
+      assignments: [{ layer: 0, expert: 0, workers: [0, 5] }, { layer: 3, expert: 0, workers: [0] }, { layer: 0, expert: 9, workers: [1] }],
+    }, limits);
+    expect(r.placement).toBeNull();
+    const text = r.errors.join('\n');
+    expect(text).toMatch(/workers is 4, but at most 3 are allowed \(admin.maxWorkers\)/);
+    expect(text).toMatch(/placed on worker 5, but workers are 0\.\.3/);
+    expect(text).toMatch(/layer 3 does not exist; the model has layers 0\.\.1/);
+    expect(text).toMatch(/expert 9 does not exist; the model has experts 0\.\.1/);
+    expect(text).toMatch(/not placed on any worker \(layer\.expert\): 0\.1, 1\.0, 1\.1/);
+  });
+
+  it('enforces the memory budget per worker', () => {
+    const r = validatePlacement({ workers: 2, assignments: all([0, 1]) }, limits);
+    expect(r.errors).toEqual([
+      'worker 0 would hold 4 experts, over the memory budget of 3 per worker (placement.maxExpertsPerWorker); move some to other workers or drop replicas',
+      'worker 1 would hold 4 experts, over the memory budget of 3 per worker (placement.maxExpertsPerWorker); move some to other workers or drop replicas',
+    ]);
+  });
+
+  it('explains a body of the wrong shape', () => {
+    const r = validatePlacement({ workers: 'two' }, limits);
+    expect(r.errors.join('\n')).toMatch(/workers: .*number/);
+    expect(r.errors.join('\n')).toMatch(/assignments/);
+  });
+});
+
+describe('LoadTracker', () => {
+  const trace = (layer: number, expert: number[], workers: Array<[number, number, number]>): LayerTrace => ({
+    layer, expert: Int32Array.from(expert), gate: new Float32Array(expert.length), tokensPerExpert: [], overflow: 0, capacity: expert.length,
+    workers: workers.map(([worker, tokens, computeMs]) => ({ worker, tokens, experts: [], queueMs: 0, computeMs })), dispatchMs: 0,
+  });
+
+  it('sums steps over the last N seconds and since start, with busy fraction and balancedness', () => {
+    let now = 0;
+    const t = new LoadTracker({ layers: 1, experts: 2, maxWorkers: 2, horizonSeconds: 60, now: () => now });
+    t.record([trace(0, [0, 0, 0, 1], [[0, 3, 30], [1, 1, 10]])]);
+    now = 30_000;
+    t.record([trace(0, [1, 1], [[1, 2, 20]])]);
+    now = 35_000;
+    const recent = t.window(10);
+    expect(recent.steps).toBe(1);
+    expect(recent.tokensPerExpert).toEqual([[0, 2]]);
+    expect(recent.seconds).toBe(10);
+    expect(recent.workers.map((w) => w.busyFraction)).toEqual([0, 20 / 10_000]);
+    expect(recent.balancedness.overall).toBeCloseTo(0.5);
+    const all = t.window(null);
+    expect(all.tokensPerExpert).toEqual([[3, 3]]);
+    expect(all.workers.map((w) => w.tokens)).toEqual([3, 3]);
+    expect(all.balancedness.overall).toBe(1);
+    expect(all.seconds).toBe(35);
+    now = 200_000; // the ring forgot; since-start did not
+    expect(t.window(60).steps).toBe(0);
+    expect(t.window(null).steps).toBe(2);
+  });
+});
