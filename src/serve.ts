@@ -9,6 +9,7 @@ import { instrument } from './server/instrumented-service.ts';
 import { basename } from 'node:path';
 import { log, type Logger } from './log.ts';
 import { createApp } from './server/app.ts';
+import { placementAdminOf } from './server/routes/admin.ts';
 
 export type EngineLoader = (config: Config, observer?: StepObserver) => Promise<GenerationService>;
 
@@ -63,8 +64,11 @@ export async function startServer(config: Config, options: StartServerOptions = 
     onError: (err) => logger.warn('telemetry error', { err }),
   });
   let service: GenerationService;
+  let admin: ReturnType<typeof placementAdminOf> = null;
   try {
-    service = instrument(await (options.loadEngine ?? defaultLoader)(config, telemetry.observer), telemetry, modelId);
+    const loaded = await (options.loadEngine ?? defaultLoader)(config, telemetry.observer);
+    admin = placementAdminOf(loaded);
+    service = instrument(loaded, telemetry, modelId);
     const engine = service;
     telemetry.observeCaches(() => engine.info().caches);
   } catch (err) {
@@ -75,7 +79,7 @@ export async function startServer(config: Config, options: StartServerOptions = 
   let server: ServerType;
   let address: AddressInfo;
   try {
-    const app = createApp(service, config, { logger, telemetry });
+    const app = createApp(service, config, { logger, telemetry, admin });
     server = serve({ fetch: app.fetch, hostname: config.host, port: config.port });
     address = await listen(server);
   } catch (err) {

@@ -12,12 +12,16 @@ import { registerGenerateStreamRoute } from './routes/generate-stream.ts';
 import { registerOpenAiRoutes } from './openai/routes.ts';
 import { registerMetricsRoute } from './routes/metrics.ts';
 import type { Telemetry } from '../telemetry/index.ts';
+import { registerAdminRoutes } from './routes/admin.ts';
+import type { PlacementController } from '../placement/controller.ts';
 
 export interface AppOptions {
   /** Default: the process-wide logger. */
   logger?: Logger;
   /** Serves GET /metrics when given. */
   telemetry?: Telemetry;
+  /** The engine's placement controller: serves /admin/* when given and config.admin.token is set. */
+  admin?: PlacementController | null;
 }
 
 export function createApp(service: GenerationService, config: Config, options: AppOptions = {}): Hono {
@@ -60,5 +64,6 @@ export function createApp(service: GenerationService, config: Config, options: A
   registerHealthRoute(app);
   registerInfoRoute(app, service);
   if (options.telemetry) registerMetricsRoute(app, options.telemetry);
+  if (options.admin && config.admin.token !== null) registerAdminRoutes(app, options.admin, { token: config.admin.token, logger });
   return app;
 }
