@@ -181,6 +181,19 @@ describe('PrefixCache (unit)', () => {
     expect(pc.stats()).toMatchObject({ hits: 3, misses: 1, tokensReused: 12 });
   });
 
+  it('does not store a prompt whose sequence joined before a clear()', () => {
+    const pc = new PrefixCache({ modelId: 'm', blockTokens: 2, maxBytes: 1 << 20, layers });
+    const before = filled(7);
+    pc.lookup(ids(7), before); // joins (its cache is not empty, so nothing is attached)
+    pc.clear();
+    pc.store(ids(7), before);
+    expect(pc.stats().entries).toBe(0);
+    const after = filled(7);
+    pc.lookup(ids(7), after);
+    pc.store(ids(7), after);
+    expect(pc.stats().entries).toBe(3);
+  });
+
   it('evicts the tail of a chain before its head', () => {
     const blockBytes = 2 * layers * 2 * rowSize * 4 + 2 * 4;
     const pc = new PrefixCache({ modelId: 'm', blockTokens: 2, maxBytes: 3 * blockBytes, layers });

@@ -144,6 +144,18 @@ describe('ResponseCache bounds (unit)', () => {
     expect(cache.stats().bytes).toBeLessThanOrEqual(maxBytes);
   });
 
+  it('does not store an answer whose key was made before a clear()', () => {
+    const cache = new ResponseCache({ modelId: 'm', maxEntries: 10, maxBytes: 1 << 20 });
+    const stale = cache.keyOf(request('x'))!;
+    cache.clear();
+    cache.set(stale, result('old experts'));
+    expect(cache.stats().entries).toBe(0);
+    const fresh = cache.keyOf(request('x'))!;
+    expect(fresh).not.toBe(stale);
+    cache.set(fresh, result('new experts'));
+    expect(cache.get(fresh)?.generatedText).toBe('new experts');
+  });
+
   it('is disabled by maxEntries 0 or maxBytes 0', () => {
     for (const bounds of [{ maxEntries: 0, maxBytes: 100 }, { maxEntries: 10, maxBytes: 0 }]) {
       const cache = new ResponseCache({ modelId: 'm', ...bounds });

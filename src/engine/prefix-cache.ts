@@ -14,6 +14,8 @@
  * - store (the sequence's prefill has finished): add every whole block of the prompt that is not cached yet.
  * - recency: a chain is refreshed deepest block first, so parents are more recent than their children and the LRU
  *   evicts the tail of a chain before its head; a lookup stops at the first missing block anyway.
+ * - clear() (the placement changed): a sequence that joined before it may have computed its rows with the old
+ *   experts, so its prompt is not stored afterwards.
  *
  * Outputs do not change: the cached rows are the rows the sequence's own prefill writes (the same graph over the
  * same tokens at the same positions; test/prefix-cache.test.ts checks it), and attention over them is the same math.
@@ -46,6 +48,9 @@ export class PrefixCache {
   private misses = 0;
   private evictions = 0;
   private tokensReused = 0;
+  /** Bumped by clear(); the generation each sequence's cache joined in (see store). */
+  private generation = 0;
+  private readonly joined = new WeakMap<KvCache, number>();
 
   constructor(private readonly options: PrefixCacheOptions) {
     this.root = createHash('sha256').update(`switchyard prefix cache\0${options.modelId}`).digest();
@@ -70,6 +75,7 @@ export class PrefixCache {
    * Prompts too short to hold a block before their last token are not counted as a hit or a miss.
    */
   lookup(promptIds: readonly number[], cache: KvCache): number {
+    this.joined.set(cache, this.generation);
     const b = this.options.blockTokens;
     const usable = Math.floor((promptIds.length - 1) / b);
     if (!this.lru || usable === 0 || cache.length !== 0) return 0;
@@ -99,11 +105,15 @@ export class PrefixCache {
     return found.length * b;
   }
 
-  /** Caches the prompt's whole blocks that are not cached yet; `cache` must hold (at least) the whole prompt. */
+  /**
+   * Caches the prompt's whole blocks that are not cached yet; `cache` must hold (at least) the whole prompt.
+   * Nothing is stored when clear() ran since this cache's lookup().
+   */
   store(promptIds: readonly number[], cache: KvCache): void {
     const b = this.options.blockTokens;
     const whole = Math.floor(promptIds.length / b);
-    if (!this.lru || whole === 0 || cache.length < whole * b) return;
+    const joined = this.joined.get(cache);
+    if (!this.lru || whole === 0 || cache.length < whole * b || (joined !== undefined && joined !== this.generation)) return;
     const keys: string[] = [];
     let parent = this.root;
     for (let i = 0; i < whole; i++) {
@@ -119,6 +129,7 @@ export class PrefixCache {
 
   /** Drops every block (the model's outputs may have changed: new placement or expert kernels). */
   clear(): void {
+    this.generation++;
     this.lru?.clear();
   }
 

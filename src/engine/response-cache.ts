@@ -7,7 +7,8 @@
  * every sampling parameter, the seed, stop sequences and max_new_tokens — everything that decides the output.
  * Sampled requests without a seed are never cached (their output is meant to vary), and a request can opt out
  * (GenerateOptions.cache = false; over HTTP `Cache-Control: no-cache` / `no-store`, or TGI `options.use_cache:
- * false`). The owner clears it when outputs may change (Engine: on a placement change).
+ * false`). The owner clears it when outputs may change (Engine: on a placement change); a key carries the
+ * generation it was made in, so an answer computed across a clear() is not stored.
  */
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -32,6 +33,8 @@ export class ResponseCache {
   private hits = 0;
   private misses = 0;
   private evictions = 0;
+  /** Bumped by clear(); part of every key. */
+  private generation = 0;
 
   constructor(private readonly options: ResponseCacheOptions) {
     this.lru = options.maxEntries > 0 && options.maxBytes > 0
@@ -54,7 +57,8 @@ export class ResponseCache {
   keyOf(request: GenerateRequest): string | null {
     if (!this.lru) return null;
     if (request.sampling.doSample && request.sampling.seed === null) return null;
-    return createHash('sha256').update(canonicalJson({ model: this.options.modelId, request })).digest('base64');
+    const hash = createHash('sha256').update(canonicalJson({ model: this.options.modelId, request })).digest('base64');
+    return `${this.generation}:${hash}`;
   }
 
   /** A copy of the stored result (callers may change it freely); counts a hit or a miss. */
@@ -68,14 +72,16 @@ export class ResponseCache {
     return structuredClone(entry.result);
   }
 
+  /** Stores a copy, unless clear() ran since the key was made (the answer may come from the old experts). */
   set(key: string, result: GenerateResult): void {
-    if (!this.lru) return;
+    if (!this.lru || !key.startsWith(`${this.generation}:`)) return;
     const copy = structuredClone(result);
     // Results larger than maxBytes are not stored (lru-cache's maxEntrySize defaults to maxSize).
     this.lru.set(key, { result: copy, bytes: Buffer.byteLength(JSON.stringify(copy)) + key.length });
   }
 
   clear(): void {
+    this.generation++;
     this.lru?.clear();
   }
 
