@@ -35,7 +35,7 @@ export interface LayerTrace {
 }
 
 export interface StepOutput {
-  /** Logits at each sequence's last new position, [vocab] per sequence. */
+  /** Logits at each sequence's last new position, [vocab] per sequence; with allPositions, [tokens · vocab]. */
   logits: Float32Array[];
   layers: LayerTrace[];
 }
@@ -84,7 +84,8 @@ export class MoeModel {
     return new KvCache(this.config.num_hidden_layers, this.config.hidden_size);
   }
 
-  async forward(inputs: SequenceInput[]): Promise<StepOutput> {
+  /** One step; `allPositions` returns logits at every new position (evaluation), not only the last. */
+  async forward(inputs: SequenceInput[], options: { allPositions?: boolean } = {}): Promise<StepOutput> {
     const c = this.config;
     const d = c.hidden_size;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -137,7 +138,13 @@ export class MoeModel {
     }
     for (const s of inputs) s.cache.length += s.tokens.length;
 
-    // Only each sequence's last position needs logits.
+    const v = c.vocab_size;
+    if (options.allPositions) {
+      const logits = (await this.head.run({ x: new ort.Tensor('float32', x, [total, d]) })).logits.data as Float32Array;
+      let start = 0;
+      return { logits: inputs.map((s) => logits.slice(start * v, (start += s.tokens.length) * v)), layers };
+    }
+    // Sampling needs only each sequence's last position.
     const last = new Float32Array(inputs.length * d);
     let end = 0;
     inputs.forEach((s, i) => {
@@ -145,7 +152,6 @@ export class MoeModel {
       last.set(x.subarray((end - 1) * d, end * d), i * d);
     });
     const logits = (await this.head.run({ x: new ort.Tensor('float32', last, [inputs.length, d]) })).logits.data as Float32Array;
-    const v = c.vocab_size;
     return { logits: inputs.map((_, i) => logits.slice(i * v, (i + 1) * v)), layers };
   }
 
