@@ -98,6 +98,42 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       return 0;
     },
   },
+  eval: {
+    summary: 'Validation bits per byte and greedy agreement with a reference model',
+    usage: `Usage: switchyard eval --model DIR [--reference DIR] [--workers K] [--json]
+
+Scores a model package on the bundled corpus' held-out windows (validation.json, written by the trainer) through
+the gateway's own forward pass: validation bits per byte (targets that are bytes), per source, and — with
+--reference (e.g. the dense model a pruned package came from) — the fraction of positions where both models make
+the same greedy next-token choice.
+
+Options:
+  --model DIR       model package to score (required)
+  --reference DIR   model to compare greedy choices with (default: models/switchyard-moe unless that is --model)
+  --workers K       expert worker threads (default: one per CPU core)
+  --json            print one JSON line {"val_bpb": …, "greedy_agreement": …, …}
+  -h, --help        show this help`,
+    options: {
+      model: { type: 'string' },
+      reference: { type: 'string' },
+      workers: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    async run(values, io) {
+      const model = strFlag(values, 'model');
+      if (!model) throw new UsageError('--model DIR is required');
+      const { runEval } = await import('./eval/run-eval.ts');
+      const reference = strFlag(values, 'reference') ?? 'models/switchyard-moe';
+      const result = await runEval({ model, reference, workers: intFlag(values, 'workers', 1) });
+      if (values.json) io.stdout(JSON.stringify(result));
+      else {
+        io.stdout(`validation bits per byte: ${result.val_bpb.toFixed(4)} over ${result.val_bytes} bytes (${result.windows} windows)`);
+        for (const [source, bpb] of Object.entries(result.val_bpb_per_source)) io.stdout(`  ${source}: ${bpb.toFixed(4)}`);
+        if (result.greedy_agreement !== null) io.stdout(`greedy agreement with ${reference}: ${(100 * result.greedy_agreement).toFixed(2)}%`);
+      }
+      return 0;
+    },
+  },
   'convert-gguf': {
     summary: 'Write the model package as a GGUF file for llama.cpp',
     usage: `Usage: switchyard convert-gguf --model DIR --out FILE.gguf
