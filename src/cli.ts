@@ -174,6 +174,65 @@ Inspect the result with: npx tsx src/convert/gguf-reader.ts FILE.gguf [--tensors
       }
     },
   },
+  plan: {
+    summary: 'Capacity planning: worker count and placement from a load trace',
+    usage: `Usage: switchyard plan --trace FILE [options]
+
+Read a JSON-lines load trace (telemetry.loadTraceFile; docs/load-trace.md), fit a cost model to its worker
+timings (compute ms per token row and per expert batch, dispatch overheads, trunk time per step), then for 1..K
+workers plan a placement with the gateway's rebalancer (replicate hot experts, pack to even the load) and replay
+every step of the trace on it. Prints balancedness and predicted throughput per worker count, the recommended
+count and its placement (ready for PUT /admin/placement or placementFile).
+
+Options:
+  --trace FILE                 load trace to read (required)
+  --target-tokens-per-s N      wanted output tokens/s at the trace's concurrency: recommend the fewest workers reaching it
+  --p99-ms M                   wanted p99 step time in ms (≈ time between a stream's tokens)
+  --workers-max K              largest worker count to simulate (default 8, at most 256)
+  --cores C                    CPU cores the workers share in the simulation (default: this machine's)
+  --max-experts-per-worker S   memory budget per worker, all layers (default: no limit)
+  --min-split-rows R           the gateway's placement.minSplitRows (default 32)
+  --svg FILE                   also draw expert load over time and per-worker load before/after (SVG)
+  --out FILE                   write the recommended placement to FILE instead of printing it
+  -h, --help                   show this help
+
+Throughput is predicted at the trace's batch sizes: more workers shorten steps, they do not add clients.`,
+    options: {
+      trace: { type: 'string' },
+      'target-tokens-per-s': { type: 'string' },
+      'p99-ms': { type: 'string' },
+      'workers-max': { type: 'string' },
+      cores: { type: 'string' },
+      'max-experts-per-worker': { type: 'string' },
+      'min-split-rows': { type: 'string' },
+      svg: { type: 'string' },
+      out: { type: 'string' },
+    },
+    async run(values, io) {
+      const trace = strFlag(values, 'trace');
+      if (!trace) throw new UsageError('--trace FILE is required');
+      const positive = (name: string): number | undefined => {
+        const raw = strFlag(values, name);
+        if (raw === undefined) return undefined;
+        const x = Number(raw);
+        if (raw.trim() === '' || !Number.isFinite(x) || x <= 0) throw new UsageError(`--${name} must be a number > 0 (got ${JSON.stringify(raw)})`);
+        return x;
+      };
+      const { runPlan } = await import('./planning/plan-command.ts');
+      const { availableParallelism } = await import('node:os');
+      return runPlan({
+        trace,
+        targetTokensPerS: positive('target-tokens-per-s'),
+        p99Ms: positive('p99-ms'),
+        workersMax: Math.min(intFlag(values, 'workers-max', 1) ?? 8, 256),
+        cores: intFlag(values, 'cores', 1) ?? availableParallelism(),
+        maxExpertsPerWorker: intFlag(values, 'max-experts-per-worker', 1) ?? null,
+        minSplitRows: intFlag(values, 'min-split-rows', 1) ?? 32,
+        svg: strFlag(values, 'svg'),
+        out: strFlag(values, 'out'),
+      }, io);
+    },
+  },
 };
 
 export function mainUsage(): string {

@@ -218,3 +218,83 @@ describe('LoadTracker', () => {
     expect(t.window(null).steps).toBe(2);
   });
 });
+
+describe('capacity planning over a load trace', () => {
+  /** A synthetic trace: expert 0 of every layer takes 70 % of the tokens; compute = 20 µs/batch + 10 µs/row. */
+  function syntheticTrace(steps: number): string {
+    const lines: string[] = [];
+    const placement = roundRobinPlacement(2, 4, 2);
+    for (let step = 0; step < steps; step++) {
+      const tokens = 20;
+      for (let layer = 0; layer < 2; layer++) {
+        const perExpert = [14, 2, 2, 2];
+        const workers = [0, 1].map((w) => {
+          const experts = [0, 1, 2, 3].filter((e) => placement.hosts[layer][e][0] === w);
+          const rows = experts.reduce((n, e) => n + perExpert[e], 0);
+          return { worker: w, tokens: rows, experts, queue_ms: 0.05, compute_ms: 0.02 * experts.length + 0.01 * rows };
+        });
+        const slowest = Math.max(...workers.map((w) => w.queue_ms + w.compute_ms));
+        lines.push(JSON.stringify({
+          ts: new Date(Date.UTC(2026, 0, 1) + step * 10).toISOString(), step, layer, tokens, tokens_per_expert: perExpert,
+          overflow: 0, capacity: tokens, sequences: tokens, step_ms: 1 + 0.01 * tokens + 2 * (slowest + 0.1), dispatch_ms: slowest + 0.1, workers,
+        }));
+      }
+    }
+    return lines.join('\n') + '\n{not json\n';
+  }
+
+  it('parses steps, fits the cost model, and recommends a placement that beats round-robin', async () => {
+    const { parseLoadTrace } = await import('../src/planning/trace.ts');
+    const { fitCost, planCapacity } = await import('../src/planning/capacity.ts');
+    const trace = parseLoadTrace(syntheticTrace(50));
+    expect(trace.steps).toHaveLength(50);
+    expect(trace.skipped).toBe(1);
+    expect([trace.layers, trace.experts, trace.workers]).toEqual([2, 4, 2]);
+    const cost = fitCost(trace);
+    expect(cost.perTokenMs).toBeCloseTo(0.01, 6);
+    expect(cost.perExpertMs).toBeCloseTo(0.02, 6);
+    expect(cost.taskOverheadMs).toBeCloseTo(0.05, 6);
+    expect(cost.dispatchOverheadMs).toBeCloseTo(0.1, 6);
+    expect(cost.trunkFixedMs + cost.trunkPerTokenMs * 20).toBeCloseTo(1.2, 6);
+
+    const plan = planCapacity(trace, { workersMax: 4, cores: 4, maxExpertsPerWorker: null, minSplitRows: 1 });
+    expect(plan.scenarios.map((s) => s.workers)).toEqual([1, 2, 3, 4]);
+    // The model reproduces the trace on its own placement.
+    expect(plan.calibration.predictedStepMs).toBeCloseTo(plan.calibration.measuredStepMs, 6);
+    const two = plan.scenarios[1];
+    expect(two.before.balance.overall).toBeCloseTo(10 / 16); // round-robin: {14+2, 2+2} per layer
+    expect(two.after.balance.overall).toBeCloseTo(1);
+    expect(two.after.replay.outputTokensPerS).toBeGreaterThan(two.before.replay.outputTokensPerS);
+    // A target nobody reaches falls back to the fastest count and says so.
+    const unreachable = planCapacity(trace, { workersMax: 2, cores: 2, maxExpertsPerWorker: null, targetTokensPerS: 1e9 });
+    expect(unreachable.reason).toMatch(/no worker count up to 2 meets the targets/);
+  });
+
+  it('`switchyard plan` prints the recommendation and writes the SVG and placement', async () => {
+    const { mkdtempSync, readFileSync, writeFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { tmpdir } = await import('node:os');
+    const { main } = await import('../src/cli.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'switchyard-plan-'));
+    writeFileSync(join(dir, 'trace.jsonl'), syntheticTrace(30));
+    const out: string[] = [];
+    const err: string[] = [];
+    const io = { stdout: (t: string) => out.push(t), stderr: (t: string) => err.push(t) };
+    const code = await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--workers-max', '3', '--cores', '2',
+      '--svg', join(dir, 'plan.svg'), '--out', join(dir, 'placement.json')], io);
+    expect(code).toBe(0);
+    expect(err.join('\n')).toMatch(/skipped 1 malformed lines/);
+    expect(out.join('\n')).toMatch(/recommended: \d workers?/);
+    expect(out.join('\n')).toMatch(/calibration: on the trace's own placement \(2 workers/);
+    const svg = readFileSync(join(dir, 'plan.svg'), 'utf8');
+    expect(svg).toMatch(/^<\?xml/);
+    expect(svg).toMatch(/<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+    expect(svg).toMatch(/Per-worker load at \d workers/);
+    const placement = JSON.parse(readFileSync(join(dir, 'placement.json'), 'utf8'));
+    expect(validatePlacement(placement, { layers: 2, experts: 4, maxWorkers: 3, maxExpertsPerWorker: null }).errors).toEqual([]);
+
+    expect(await main(['plan'], io)).toBe(2);
+    expect(await main(['plan', '--trace', join(dir, 'missing.jsonl')], io)).toBe(1);
+    expect(await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--p99-ms', 'fast'], io)).toBe(2);
+  });
+});
