@@ -130,7 +130,29 @@ def validation_record(windows: list[tuple[str, "object"]], seq_len: int) -> dict
             "windows": [{"source": name, "tokens": [int(t) for t in w]} for name, w in windows]}
 
 
-def export_package(model: SwitchOlmoe, summary: dict, out: Path, validation: dict | None = None) -> None:
+def calibration_text(corpus, bytes_per_source: int = 16384, seed: int = 99) -> str:
+    """Text from the training split (never validation) for one-shot pruning calibration: whole documents' starts."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    parts = []
+    for name, stream in zip(corpus.names, corpus.train):
+        starts = np.flatnonzero(stream == BOS)
+        taken = 0
+        for s in rng.permutation(starts):
+            end = np.flatnonzero(stream[s:] == EOS)
+            doc = stream[s + 1:s + (end[0] if len(end) else 0)]
+            text = bytes(doc[:2048].astype(np.uint8)).decode("utf-8", errors="ignore").strip()
+            if len(text) < 64:
+                continue
+            parts.append(text)
+            taken += len(text)
+            if taken >= bytes_per_source:
+                break
+    return "\n\n".join(parts) + "\n"
+
+
+def export_package(model: SwitchOlmoe, summary: dict, out: Path, validation: dict | None = None,
+                   calibration: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     safetensors.save({k: v for k, v in model.state_dict().items()}, out / "model.safetensors")
@@ -141,6 +163,8 @@ def export_package(model: SwitchOlmoe, summary: dict, out: Path, validation: dic
     (out / "training.json").write_text(json.dumps(training_record(summary), indent=1) + "\n")
     if validation is not None:
         (out / "validation.json").write_text(json.dumps(validation, separators=(",", ":")) + "\n")
+    if calibration is not None:
+        (out / "calibration.txt").write_text(calibration)
 
 
 def training_record(summary: dict) -> dict:
@@ -176,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"config": {k: (v.to_dict() if isinstance(v, ModelConfig) else v) for k, v in cfg.items()},
                "parameters": model.parameter_counts(), "corpus": corpus.info, "history": state["history"]}
     windows = corpus.val_windows(cfg["seq_len"], cfg["val_windows_per_source"])
-    export_package(model, summary, REPO / cfg["export_dir"], validation_record(windows, cfg["seq_len"]))
+    export_package(model, summary, REPO / cfg["export_dir"], validation_record(windows, cfg["seq_len"]),
+                   calibration_text(corpus))
     return 0
 
 

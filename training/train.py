@@ -164,8 +164,9 @@ def train(config_path: Path, fresh: bool = False, export: bool = True, stop_at: 
     summary = {"config": {k: (v.to_dict() if isinstance(v, ModelConfig) else v) for k, v in cfg.items()},
                "parameters": counts, "corpus": corpus.info, "history": history}
     if export and step == cfg["steps"]:
-        from .export import export_package, validation_record
-        export_package(model, summary, REPO / cfg["export_dir"], validation_record(windows, cfg["seq_len"]))
+        from .export import calibration_text, export_package, validation_record
+        export_package(model, summary, REPO / cfg["export_dir"], validation_record(windows, cfg["seq_len"]),
+                       calibration_text(corpus))
     return {"model": model, "summary": summary}
 
 
