@@ -3,6 +3,7 @@ import { ConfigSchema, type Config } from '../src/config.ts';
 import {
   InvalidRequestError,
   OverloadedError,
+  RequestTimeoutError,
   type GenerateOptions,
   type GenerateRequest,
   type GenerateResult,
@@ -386,9 +387,7 @@ describe('POST /generate: engine errors', () => {
 
   it("maps the engine's request timeout to 503 generation", async () => {
     const { post, service } = setup();
-    const timeout = new Error('generation took longer than 120000 ms');
-    timeout.name = 'RequestTimeoutError';
-    service.failWith = timeout;
+    service.failWith = new RequestTimeoutError('generation took longer than 120000 ms');
     await expectError(await post({ inputs: 'x' }), 503, 'generation', /took longer than 120000 ms/);
   });
 

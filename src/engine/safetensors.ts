@@ -2,7 +2,7 @@
  * Reading safetensors files: an 8-byte little-endian header length, a JSON header, then raw tensor data.
  * Workers read only the byte ranges of the tensors they host, so the header is parsed on its own.
  */
-import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { openSync, readSync, closeSync, fstatSync, writeSync } from 'node:fs';
 
 export interface TensorEntry {
   dtype: string;
@@ -49,21 +49,70 @@ export function readSafetensorsHeader(file: string): Map<string, TensorEntry> {
   }
 }
 
-/** Reads the named F32 tensors (only their bytes) as Float32Arrays. */
-export function readTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, Float32Array> {
+export type TensorData = Float32Array | Uint8Array | Int32Array | BigInt64Array;
+
+const DTYPES = {
+  F32: Float32Array,
+  U8: Uint8Array,
+  I32: Int32Array,
+  I64: BigInt64Array,
+} as const;
+
+type Dtype = keyof typeof DTYPES;
+
+/** Reads the named tensors (only their bytes) as typed arrays of their dtype (F32, U8, I32, I64). */
+export function readTypedTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, TensorData> {
   const fd = openSync(file, 'r');
   try {
-    const out = new Map<string, Float32Array>();
+    const out = new Map<string, TensorData>();
     for (const name of names) {
       const entry = entries.get(name);
       if (!entry) throw new PackageError(`${file}: tensor ${name} is missing`);
-      if (entry.dtype !== 'F32') throw new PackageError(`${file}: tensor ${name} has dtype ${entry.dtype}; only F32 is supported`);
+      const Type = DTYPES[entry.dtype as Dtype];
+      if (!Type) throw new PackageError(`${file}: tensor ${name} has dtype ${entry.dtype}; supported: ${Object.keys(DTYPES).join(', ')}`);
       const bytes = entry.end - entry.begin;
-      const data = new Float32Array(bytes / 4);
+      const data = new Type(bytes / Type.BYTES_PER_ELEMENT);
       readSync(fd, new Uint8Array(data.buffer), 0, bytes, entry.begin);
       out.set(name, data);
     }
     return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Reads the named F32 tensors (only their bytes) as Float32Arrays. */
+export function readTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, Float32Array> {
+  for (const name of names) {
+    const dtype = entries.get(name)?.dtype;
+    if (dtype !== undefined && dtype !== 'F32') throw new PackageError(`${file}: tensor ${name} has dtype ${dtype}; expected F32`);
+  }
+  return readTypedTensors(file, entries, names) as Map<string, Float32Array>;
+}
+
+/** Writes tensors (sorted by name, 8-byte aligned header) in the safetensors layout. */
+export function writeSafetensors(file: string, tensors: Map<string, { shape: number[]; data: TensorData }>, metadata: Record<string, string> = { format: 'pt' }): void {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  const names = [...tensors.keys()].sort();
+  let offset = 0;
+  for (const name of names) {
+    const t = tensors.get(name)!;
+    const dtype = (Object.keys(DTYPES) as Dtype[]).find((k) => t.data instanceof DTYPES[k])!;
+    header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  const fd = openSync(file, 'w');
+  try {
+    writeSync(fd, length);
+    writeSync(fd, json);
+    for (const name of names) {
+      const data = tensors.get(name)!.data;
+      writeSync(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
   } finally {
     closeSync(fd);
   }
