@@ -298,3 +298,45 @@ describe('capacity planning over a load trace', () => {
     expect(await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--p99-ms', 'fast'], io)).toBe(2);
   });
 });
+
+describe('automatic rebalancing', () => {
+  it('rebalances only when the recent window is below the threshold and the plan gains enough', async () => {
+    const { PlacementController } = await import('../src/placement/controller.ts');
+    let placement = roundRobinPlacement(1, 4, 2);
+    const applied: Placement[] = [];
+    const pool = {
+      get placement() { return placement; },
+      applyPlacement: async (p: Placement) => {
+        applied.push(p);
+        placement = p;
+        return { loaded: [], unloaded: [], workersAdded: [], workersRetired: [], ms: 0, loadMs: 0 };
+      },
+    };
+    let now = 0;
+    const quiet = { info: () => {}, warn: () => {} };
+    const controller = new PlacementController(pool, {
+      layers: 1, experts: 4, maxWorkers: 2, maxExpertsPerWorker: null, rebalanceWindowSeconds: 60,
+      auto: { intervalSeconds: 60, threshold: 0.8, minTokens: 10 },
+    }, quiet, () => now);
+    let changes = 0;
+    controller.onChange = () => changes++;
+    const step = (experts: number[]) => controller.tracker.record([{
+      layer: 0, expert: Int32Array.from(experts), gate: new Float32Array(experts.length), tokensPerExpert: [], overflow: 0,
+      capacity: experts.length, workers: [], dispatchMs: 0,
+    }]);
+
+    expect(await controller.autoRebalance()).toBeNull(); // no load yet
+    step([0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]); // even: round-robin is balanced
+    now = 1000;
+    expect(await controller.autoRebalance()).toBeNull();
+    expect(applied).toHaveLength(0);
+
+    for (let i = 0; i < 5; i++) step([0, 0, 0, 0, 0, 0, 2, 1, 3]); // expert 0 and 2 share worker 0 under round-robin
+    now = 2000;
+    const result = await controller.autoRebalance();
+    expect(result?.applied).toBe(true);
+    expect(result!.after.overall).toBeGreaterThan(result!.before.overall + 0.05);
+    expect(applied).toHaveLength(1);
+    expect(changes).toBe(1);
+  });
+});
