@@ -285,7 +285,7 @@ describe('capacity planning over a load trace', () => {
     expect(code).toBe(0);
     expect(err.join('\n')).toMatch(/skipped 1 malformed lines/);
     expect(out.join('\n')).toMatch(/recommended: \d workers?/);
-    expect(out.join('\n')).toMatch(/calibration: on the trace's own placement \(2 workers/);
+    expect(out.join('\n')).toMatch(/calibration: on the trace's own dispatches \(2 workers/);
     const svg = readFileSync(join(dir, 'plan.svg'), 'utf8');
     expect(svg).toMatch(/^<\?xml/);
     expect(svg).toMatch(/<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);

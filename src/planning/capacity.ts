@@ -3,9 +3,9 @@
  *
  * Cost model, fitted to the trace by least squares:
  * - a worker task's compute time = perExpertMs · (expert batches in the task) + perTokenMs · (token rows);
- * - a layer's dispatch = dispatchOverheadMs (messaging, gather and combine: the median of dispatch_ms minus its
- *   slowest task's queue + compute) + taskOverheadMs (median queue_ms) + the slowest worker's compute — or, with
- *   more busy workers than cores, their total compute / cores if that is longer;
+ * - a layer's dispatch = dispatchOverheadMs (gather and combine: the mean of dispatch_ms minus its slowest task's
+ *   queue + compute) + taskOverheadMs (the mean queue_ms: messaging and waiting) + the slowest worker's compute —
+ *   or, with more busy workers than cores, their total compute / cores if that is longer;
  * - the rest of a step (embedding, attention, router, LM head, sampling) = trunkFixedMs + trunkPerTokenMs · tokens.
  *
  * Replay: for each candidate worker count the planner (rebalance.ts, the EPLB-style planner the gateway uses)
@@ -14,7 +14,7 @@
  * at the trace's own batch sizes: more workers shorten each step, they do not add concurrency.
  */
 import { roundRobinPlacement, splitCounts, MIN_SPLIT_ROWS, type Placement } from '../placement/placement.ts';
-import { planPlacement, predictBalance, type Balance } from '../placement/rebalance.ts';
+import { balanceOf, planPlacement, predictBalance, type Balance } from '../placement/rebalance.ts';
 import { totalLoad, type LoadTrace, type TraceStep } from './trace.ts';
 
 export interface CostModel {
@@ -29,12 +29,8 @@ export interface CostModel {
   steps: number;
 }
 
-const median = (xs: number[]) => {
-  if (xs.length === 0) return 0;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
+// Means, not medians: throughput is a total over steps, and slow tails are part of it.
+const mean = (xs: number[]) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length);
 
 /** Nearest-rank percentile (p in 0..100). */
 export function percentile(xs: readonly number[], p: number): number {
@@ -96,7 +92,7 @@ export function fitCost(trace: LoadTrace): CostModel {
   const [perExpertMs, perTokenMs] = fitTwo(items, tokens, compute);
   const [trunkFixedMs, trunkPerTokenMs] = fitTwo(ones, stepTokens, trunk);
   return {
-    perTokenMs, perExpertMs, taskOverheadMs: median(queue), dispatchOverheadMs: median(overhead),
+    perTokenMs, perExpertMs, taskOverheadMs: mean(queue), dispatchOverheadMs: mean(overhead),
     trunkFixedMs, trunkPerTokenMs, tasks: compute.length, steps: ones.length,
   };
 }
@@ -122,6 +118,14 @@ function sample<T>(xs: readonly T[], max: number): T[] {
   return Array.from({ length: max }, (_, i) => xs[Math.floor((i * xs.length) / max)]);
 }
 
+/** One layer's dispatch time given each worker's predicted compute (ms). */
+function layerTime(work: readonly number[], cost: CostModel, cores: number): number {
+  if (work.length === 0) return 0;
+  const slowest = Math.max(...work);
+  const total = work.reduce((a, b) => a + b, 0);
+  return cost.dispatchOverheadMs + cost.taskOverheadMs + Math.max(slowest, total / Math.max(1, cores));
+}
+
 /** Predicted time of one traced step under `placement`. */
 export function stepTime(step: TraceStep, placement: Placement, cost: CostModel, cores: number, minSplitRows = MIN_SPLIT_ROWS): number {
   let ms = cost.trunkFixedMs + cost.trunkPerTokenMs * step.tokens;
@@ -130,10 +134,15 @@ export function stepTime(step: TraceStep, placement: Placement, cost: CostModel,
     if (batches.length === 0) continue;
     const work = new Array<number>(placement.workers).fill(0);
     for (const part of splitCounts(placement, l.layer, batches, minSplitRows)) work[part.worker] += cost.perExpertMs + cost.perTokenMs * part.rows;
-    const slowest = Math.max(...work);
-    const total = work.reduce((a, b) => a + b, 0);
-    ms += cost.dispatchOverheadMs + cost.taskOverheadMs + Math.max(slowest, total / Math.max(1, cores));
+    ms += layerTime(work.filter((x) => x > 0), cost, cores);
   }
+  return ms;
+}
+
+/** Predicted time of a traced step as it was dispatched (its recorded worker tasks): checks the cost model. */
+export function observedStepTime(step: TraceStep, cost: CostModel, cores: number): number {
+  let ms = cost.trunkFixedMs + cost.trunkPerTokenMs * step.tokens;
+  for (const l of step.layers) ms += layerTime(l.workers.map((w) => cost.perExpertMs * w.experts.length + cost.perTokenMs * w.tokens), cost, cores);
   return ms;
 }
 
@@ -147,18 +156,6 @@ export function replay(trace: LoadTrace, placement: Placement, cost: CostModel, 
     tokensPerS: total > 0 ? (tokens / total) * 1000 : 0,
     outputTokensPerS: total > 0 ? (sequences / total) * 1000 : 0,
     stepMsP50: percentile(times, 50), stepMsP99: percentile(times, 99), steps: steps.length,
-  };
-}
-
-/** The placement the trace shows: each expert on the workers that ran it (round-robin for experts never run). */
-export function observedPlacement(trace: LoadTrace): Placement {
-  const workers = Math.max(1, trace.workers);
-  const fallback = roundRobinPlacement(trace.layers, trace.experts, workers);
-  const seen = Array.from({ length: trace.layers }, () => Array.from({ length: trace.experts }, () => new Set<number>()));
-  for (const s of trace.steps) for (const l of s.layers) for (const w of l.workers) for (const e of w.experts) seen[l.layer][e]?.add(w.worker);
-  return {
-    workers,
-    hosts: seen.map((row, l) => row.map((set, e) => (set.size > 0 ? [...set].sort((a, b) => a - b) : fallback.hosts[l][e]))),
   };
 }
 
@@ -183,8 +180,11 @@ export interface CapacityOptions extends ReplayOptions {
 export interface CapacityPlan {
   cost: CostModel;
   load: number[][];
-  /** The trace replayed on its own placement, against what it measured: how far to trust the model. */
-  calibration: { workers: number; measuredStepMs: number; predictedStepMs: number; balance: Balance };
+  /**
+   * The cost model on the trace's own dispatches (its recorded worker tasks), against the measured step time: how
+   * far to trust it. `balance` is the trace's measured balancedness (tokens each worker ran).
+   */
+  calibration: { workers: number; measuredStepMs: number; predictedStepMs: number; balance: { perLayer: number[]; overall: number } };
   scenarios: Scenario[];
   recommended: Scenario;
   reason: string;
@@ -208,13 +208,14 @@ export function planCapacity(trace: LoadTrace, options: CapacityOptions): Capaci
     throw new Error(`no worker count up to ${options.workersMax} fits ${trace.layers * trace.experts} experts at ${options.maxExpertsPerWorker} per worker; raise --workers-max or --max-experts-per-worker`);
   }
 
-  const observed = observedPlacement(trace);
   const measured = sample(trace.steps, options.maxSteps ?? 5000);
+  const workerTokens = Array.from({ length: trace.layers }, () => new Array<number>(Math.max(1, trace.workers)).fill(0));
+  for (const s of trace.steps) for (const l of s.layers) for (const w of l.workers) workerTokens[l.layer][w.worker] += w.tokens;
   const calibration = {
-    workers: observed.workers,
+    workers: trace.workers,
     measuredStepMs: measured.reduce((n, s) => n + s.stepMs, 0) / Math.max(1, measured.length),
-    predictedStepMs: measured.reduce((n, s) => n + stepTime(s, observed, cost, options.cores, options.minSplitRows), 0) / Math.max(1, measured.length),
-    balance: predictBalance(observed, load),
+    predictedStepMs: measured.reduce((n, s) => n + observedStepTime(s, cost, options.cores), 0) / Math.max(1, measured.length),
+    balance: balanceOf(workerTokens),
   };
 
   const meets = (s: Scenario) =>

@@ -40,7 +40,7 @@ export function formatPlan(trace: LoadTrace, plan: CapacityPlan, options: PlanCo
     `trunk ${n(c.trunkFixedMs, 3)} ms + ${n(c.trunkPerTokenMs * 1000, 1)} µs per token per step (fitted on ${c.tasks} tasks, ${c.steps} steps)`);
   const cal = plan.calibration;
   const err = cal.measuredStepMs > 0 ? ((cal.predictedStepMs - cal.measuredStepMs) / cal.measuredStepMs) * 100 : 0;
-  out.push(`calibration: on the trace's own placement (${cal.workers} workers, balancedness ${n(cal.balance.overall, 3)}) the model predicts ` +
+  out.push(`calibration: on the trace's own dispatches (${cal.workers} workers, measured balancedness ${n(cal.balance.overall, 3)}) the model predicts ` +
     `${n(cal.predictedStepMs, 3)} ms per step vs ${n(cal.measuredStepMs, 3)} ms measured (${err >= 0 ? '+' : ''}${n(err)} %)`);
   out.push(`simulated on ${options.cores} cores, at the trace's batch sizes (more workers shorten steps; they do not add clients)`);
   out.push('');
