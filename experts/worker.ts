@@ -7,9 +7,9 @@ import { threadId, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { Piscina } from 'piscina';
-import { readSafetensorsHeader, readTensors } from '../src/engine/safetensors.ts';
-import { tensorNames } from '../src/engine/package.ts';
+import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
 import { expertGraph } from './expert-graph.ts';
+import { readExpertWeights } from './expert-weights.ts';
 import { expertKey, type ResidencyResult, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
 type ExpertRef = WorkerSetup['experts'][number];
@@ -20,11 +20,9 @@ async function loadExperts(setup: WorkerSetup, experts: ExpertRef[], sessions: M
   if (missing.length === 0) return;
   const header = readSafetensorsHeader(setup.weightsFile);
   for (const { layer, expert } of missing) {
-    const names = tensorNames.expert(layer, expert);
-    const t = readTensors(setup.weightsFile, header, [names.gate, names.up, names.down]);
-    const graph = expertGraph(`expert_${layer}_${expert}`, setup.hidden, setup.ffn, {
-      gate: t.get(names.gate)!, up: t.get(names.up)!, down: t.get(names.down)!,
-    });
+    // Dense, structurally pruned (fewer neurons) or sparse-bitmask storage: all become dense weights here.
+    const weights = readExpertWeights(setup.weightsFile, header, layer, expert, setup.hidden);
+    const graph = expertGraph(`expert_${layer}_${expert}`, setup.hidden, weights.ffn, weights);
     sessions.set(expertKey(layer, expert), await ort.InferenceSession.create(graph, {
       intraOpNumThreads: setup.threads, interOpNumThreads: 1, executionProviders: setup.executionProviders,
       graphOptimizationLevel: 'all',

@@ -98,6 +98,78 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       return 0;
     },
   },
+  prune: {
+    summary: 'One-shot pruning of the experts: magnitude, Wanda, SparseGPT, 2:4, structured',
+    usage: `Usage: switchyard prune --model DIR --out DIR --method M --sparsity S [options]
+
+Prunes the experts of a model package and writes a new package in the same format, which 'switchyard serve
+--model DIR' serves unchanged. Calibration text runs through the gateway's own forward pass; each expert is
+calibrated on exactly the tokens the router sends it. Unstructured and N:M sparsity is stored as
+compressed-tensors sparse-bitmask tensors; structured pruning stores smaller dense matrices.
+
+Methods:
+  magnitude          smallest |w| per matrix
+  magnitude-global   smallest |w| over all selected expert matrices at once
+  wanda              smallest |w|·‖x‖ per output row (calibrated)
+  sparsegpt          one-shot OBS reconstruction with the calibration Hessian
+  2:4                magnitude, keeping 2 of every 4 weights per row
+  structured         whole FFN neurons by calibrated importance (smaller dense experts)
+
+Options:
+  --model DIR            dense model package (required)
+  --out DIR              where to write the pruned package (required)
+  --method M             one of the methods above (required)
+  --sparsity S           fraction of expert weights (or neurons) to remove, 0 <= S < 1 (required except 2:4)
+  --pattern N:M          semi-structured pattern for wanda or sparsegpt (e.g. 2:4)
+  --calibration FILE     calibration text (default: the package's calibration.txt)
+  --calibration-tokens N most calibration tokens (default 8192)
+  --experts L.E,...      only these experts (default: all)
+  -h, --help             show this help`,
+    options: {
+      model: { type: 'string' },
+      out: { type: 'string' },
+      method: { type: 'string' },
+      sparsity: { type: 'string' },
+      pattern: { type: 'string' },
+      calibration: { type: 'string' },
+      'calibration-tokens': { type: 'string' },
+      experts: { type: 'string' },
+    },
+    async run(values, io) {
+      const { METHODS, prunePackage } = await import('../experts/pruning/prune-package.ts');
+      const model = strFlag(values, 'model');
+      const out = strFlag(values, 'out');
+      const method = strFlag(values, 'method');
+      if (!model || !out) throw new UsageError('--model DIR and --out DIR are required');
+      if (!method || !(METHODS as readonly string[]).includes(method)) throw new UsageError(`--method must be one of ${METHODS.join(', ')}`);
+      const sparsity = Number(strFlag(values, 'sparsity') ?? (method === '2:4' ? '0.5' : NaN));
+      if (!(sparsity >= 0 && sparsity < 1)) throw new UsageError('--sparsity must be a number with 0 <= S < 1');
+      const pattern = strFlag(values, 'pattern');
+      const nm = pattern ? /^(\d+):(\d+)$/.exec(pattern) : null;
+      if (pattern && (!nm || Number(nm[1]) >= Number(nm[2]))) throw new UsageError('--pattern must look like 2:4 (keep N of every M, N < M)');
+      const experts = strFlag(values, 'experts')?.split(',').map((e) => {
+        const m = /^(\d+)\.(\d+)$/.exec(e.trim());
+        if (!m) throw new UsageError(`--experts takes layer.expert pairs like 0.3,1.7 (got ${JSON.stringify(e)})`);
+        return { layer: Number(m[1]), expert: Number(m[2]) };
+      });
+      const { SingleBar, Presets } = (await import('cli-progress')).default;
+      const bar = new SingleBar({ format: 'pruning [{bar}] {value}/{total} experts  {what}', stream: process.stderr, hideCursor: true }, Presets.shades_classic);
+      let started = false;
+      const result = await prunePackage({
+        modelDir: model, outDir: out, method: method as (typeof METHODS)[number], sparsity,
+        nm: nm ? { n: Number(nm[1]), m: Number(nm[2]) } : undefined,
+        calibration: strFlag(values, 'calibration'), calibrationTokens: intFlag(values, 'calibration-tokens', 1), experts,
+        onProgress: (done, total, what) => {
+          if (!started) bar.start(total, 0, { what });
+          started = true;
+          bar.update(done, { what });
+        },
+      });
+      bar.stop();
+      io.stdout(`wrote ${result.outDir}: ${result.experts.length} experts pruned, expert sparsity ${(100 * result.expertSparsity).toFixed(2)}%, weights ${result.bytes.before} -> ${result.bytes.after} bytes`);
+      return 0;
+    },
+  },
   eval: {
     summary: 'Validation bits per byte and greedy agreement with a reference model',
     usage: `Usage: switchyard eval --model DIR [--reference DIR] [--workers K] [--json]

@@ -84,8 +84,14 @@ export class MoeModel {
     return new KvCache(this.config.num_hidden_layers, this.config.hidden_size);
   }
 
-  /** One step; `allPositions` returns logits at every new position (evaluation), not only the last. */
-  async forward(inputs: SequenceInput[], options: { allPositions?: boolean } = {}): Promise<StepOutput> {
+  /**
+   * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`
+   * sees each layer's expert inputs and the router's choices (pruning calibration).
+   */
+  async forward(
+    inputs: SequenceInput[],
+    options: { allPositions?: boolean; onRouted?: (layer: number, moeInput: Float32Array, expert: Int32Array) => void } = {},
+  ): Promise<StepOutput> {
     const c = this.config;
     const d = c.hidden_size;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -124,6 +130,7 @@ export class MoeModel {
       }
 
       const gating = top1(routerLogits(moeInput, this.routers[layer], total, d, c.num_experts), total, c.num_experts);
+      options.onRouted?.(layer, moeInput, gating.expert);
       const plan = planDispatch(gating.expert, c.num_experts, this.options.capacityFactor);
       const started = performance.now();
       const outcome = await this.pool.runLayer(layer, moeInput, plan);

@@ -6,7 +6,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve, basename } from 'node:path';
 import { z } from 'zod';
-import { PackageError, readSafetensorsHeader, type TensorEntry } from './safetensors.ts';
+import { PackageError, readSafetensorsHeader, readTypedTensors, type TensorEntry } from './safetensors.ts';
+import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
 
 export { PackageError };
 
@@ -89,6 +90,37 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   return shapes;
 }
 
+export type ExpertStorage = 'dense' | 'sparse-bitmask';
+
+/** How a weight matrix is stored (dense F32, or compressed-tensors sparse-bitmask) and its dense shape. */
+export function describeMatrix(file: string, header: Map<string, TensorEntry>, name: string): { storage: ExpertStorage; shape: [number, number] } {
+  const dense = header.get(name);
+  if (dense) {
+    if (dense.shape.length !== 2) throw new PackageError(`${file}: tensor ${name} has shape [${dense.shape}], expected a matrix`);
+    if (dense.dtype !== 'F32') throw new PackageError(`${file}: tensor ${name} has dtype ${dense.dtype}, expected F32`);
+    return { storage: 'dense', shape: [dense.shape[0], dense.shape[1]] };
+  }
+  const missing = BITMASK_SUFFIXES.filter((s) => !header.has(`${name}.${s}`));
+  if (missing.length === BITMASK_SUFFIXES.length) throw new PackageError(`${file}: tensor ${name} is missing (neither dense nor sparse-bitmask)`);
+  if (missing.length > 0) throw new PackageError(`${file}: sparse-bitmask tensor ${name} lacks ${missing.map((s) => `${name}.${s}`).join(', ')}`);
+  const shape = readTypedTensors(file, header, [`${name}.shape`]).get(`${name}.shape`)!;
+  return { storage: 'sparse-bitmask', shape: [Number(shape[0]), Number(shape[1])] };
+}
+
+/** Checks one expert's matrices: gate and up [ffn, d], down [d, ffn], ffn at most the config's width. */
+function checkExpert(file: string, header: Map<string, TensorEntry>, c: ModelConfig, layer: number, expert: number): void {
+  const names = tensorNames.expert(layer, expert);
+  const ffn = describeMatrix(file, header, names.gate).shape[0];
+  const d = c.hidden_size;
+  if (ffn < 1 || ffn > c.intermediate_size) {
+    throw new PackageError(`${file}: tensor ${names.gate} has ${ffn} rows, expected 1..${c.intermediate_size} (intermediate_size)`);
+  }
+  for (const [name, shape] of [[names.gate, [ffn, d]], [names.up, [ffn, d]], [names.down, [d, ffn]]] as const) {
+    const found = describeMatrix(file, header, name).shape;
+    if (found[0] !== shape[0] || found[1] !== shape[1]) throw new PackageError(`${file}: tensor ${name} has shape [${found}], expected [${shape}]`);
+  }
+}
+
 function readJson(file: string): unknown {
   if (!existsSync(file)) throw new PackageError(`${file}: missing from the model package`);
   try {
@@ -119,7 +151,12 @@ export function loadModelPackage(dir: string): ModelPackage {
   const weightsFile = join(root, 'model.safetensors');
   if (!existsSync(weightsFile)) throw new PackageError(`${weightsFile}: missing from the model package`);
   const tensors = readSafetensorsHeader(weightsFile);
+  const isExpert = /\.mlp\.experts\.\d+\./;
+  for (let l = 0; l < config.num_hidden_layers; l++) {
+    for (let e = 0; e < config.num_experts; e++) checkExpert(weightsFile, tensors, config, l, e);
+  }
   for (const [name, shape] of expectedTensors(config)) {
+    if (isExpert.test(name)) continue; // checked above: dense, structurally pruned or sparse-bitmask
     const found = tensors.get(name);
     if (!found) throw new PackageError(`${weightsFile}: tensor ${name} is missing (expected shape [${shape}])`);
     if (found.dtype !== 'F32') throw new PackageError(`${weightsFile}: tensor ${name} has dtype ${found.dtype}, expected F32`);

@@ -26,7 +26,7 @@ export interface ReferenceOutput {
 }
 
 export class ReferenceModel {
-  constructor(readonly config: ModelConfig, private readonly w: (name: string) => Float32Array) {}
+  constructor(readonly config: ModelConfig, readonly w: (name: string) => Float32Array) {}
 
   static fromPackage(dir: string, config: ModelConfig): ReferenceModel {
     const file = `${dir}/model.safetensors`;

@@ -1,0 +1,38 @@
+/**
+ * Reading one expert's three matrices from a package, whatever their storage: dense F32 (possibly with fewer FFN
+ * neurons after structured pruning) or compressed-tensors sparse-bitmask. Returns dense row-major weights.
+ */
+import { PackageError, readTypedTensors, type TensorEntry } from '../src/engine/safetensors.ts';
+import { describeMatrix, tensorNames } from '../src/engine/package.ts';
+import { decompressBitmask } from './pruning/bitmask.ts';
+import type { ExpertWeights } from './expert-graph.ts';
+
+function readMatrix(file: string, header: Map<string, TensorEntry>, name: string): { data: Float32Array; shape: [number, number] } {
+  const stored = describeMatrix(file, header, name);
+  if (stored.storage === 'dense') return { data: readTypedTensors(file, header, [name]).get(name) as Float32Array, shape: stored.shape };
+  const parts = readTypedTensors(file, header, [`${name}.compressed`, `${name}.bitmask`]);
+  try {
+    return {
+      data: decompressBitmask({ compressed: parts.get(`${name}.compressed`) as Float32Array, bitmask: parts.get(`${name}.bitmask`) as Uint8Array, shape: stored.shape }),
+      shape: stored.shape,
+    };
+  } catch (error) {
+    throw new PackageError(`${file}: sparse-bitmask tensor ${name}: ${(error as Error).message}`);
+  }
+}
+
+/** One expert's dense weights and its FFN width (which structured pruning may have reduced). */
+export function readExpertWeights(file: string, header: Map<string, TensorEntry>, layer: number, expert: number, hidden: number): ExpertWeights & { ffn: number } {
+  const names = tensorNames.expert(layer, expert);
+  const gate = readMatrix(file, header, names.gate);
+  const up = readMatrix(file, header, names.up);
+  const down = readMatrix(file, header, names.down);
+  const ffn = gate.shape[0];
+  const want = (n: string, s: [number, number], e: [number, number]) => {
+    if (s[0] !== e[0] || s[1] !== e[1]) throw new PackageError(`${file}: tensor ${n} has shape [${s}], expected [${e}]`);
+  };
+  want(names.gate, gate.shape, [ffn, hidden]);
+  want(names.up, up.shape, [ffn, hidden]);
+  want(names.down, down.shape, [hidden, ffn]);
+  return { gate: gate.data, up: up.data, down: down.data, ffn };
+}

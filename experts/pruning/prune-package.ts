@@ -1,0 +1,220 @@
+/**
+ * `switchyard prune`: one-shot pruning of a model package's experts. Calibration text runs through the gateway's
+ * own forward pass, and each expert is calibrated on exactly the tokens the router sends it; the pruned package is
+ * written in the same format (unstructured and N:M sparsity as compressed-tensors sparse-bitmask, structured pruning
+ * as smaller dense matrices) with what was done recorded in config.json.
+ */
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { loadConfig } from '../../src/config.ts';
+import { Engine } from '../../src/engine/engine.ts';
+import { tensorNames } from '../../src/engine/package.ts';
+import { readSafetensorsHeader, readTensors, writeSafetensors, type TensorData } from '../../src/engine/safetensors.ts';
+import { readExpertWeights } from '../expert-weights.ts';
+import { compressBitmask } from './bitmask.ts';
+import { gram, globalMagnitude, inputNorms, magnitude, sparseGpt, structuredExpert, wanda, type Matrix, type Pattern } from './methods.ts';
+
+export const METHODS = ['magnitude', 'magnitude-global', 'wanda', 'sparsegpt', '2:4', 'structured'] as const;
+export type PruneMethod = (typeof METHODS)[number];
+
+export interface PruneOptions {
+  modelDir: string;
+  outDir: string;
+  method: PruneMethod;
+  sparsity: number;
+  /** Semi-structured pattern applied with magnitude, wanda or sparsegpt (the '2:4' method is magnitude 2:4). */
+  nm?: { n: number; m: number };
+  /** Calibration text file (default: the package's calibration.txt). */
+  calibration?: string;
+  /** Most calibration tokens to run (default 8192). */
+  calibrationTokens?: number;
+  /** Only these experts (default: all). */
+  experts?: Array<{ layer: number; expert: number }>;
+  workers?: number;
+  onProgress?: (done: number, total: number, what: string) => void;
+}
+
+export interface PrunedExpert {
+  layer: number;
+  expert: number;
+  ffn: number;
+  sparsity: number;
+  calibrationTokens: number;
+}
+
+export interface PruneResult {
+  outDir: string;
+  experts: PrunedExpert[];
+  expertSparsity: number;
+  bytes: { before: number; after: number };
+}
+
+type ExpertKey = `${number}.${number}`;
+
+/** Each selected expert's calibration inputs: the moe-input rows the router sent it. */
+async function calibrate(engine: Engine, text: string, maxTokens: number, wanted: Set<ExpertKey>): Promise<Map<ExpertKey, { x: Float32Array; tokens: number }>> {
+  const ids = engine.codec.encode(text).slice(0, maxTokens);
+  const window = Math.min(256, engine.pkg.config.max_position_embeddings);
+  const d = engine.pkg.config.hidden_size;
+  const rows = new Map<ExpertKey, number[][]>();
+  for (let start = 0; start < ids.length; start += window) {
+    const tokens = ids.slice(start, start + window);
+    await engine.model.forward([{ cache: engine.model.newCache(), tokens }], {
+      onRouted: (layer, x, expert) => expert.forEach((e, t) => {
+        const key: ExpertKey = `${layer}.${e}`;
+        if (!wanted.has(key)) return;
+        const list = rows.get(key) ?? [];
+        rows.set(key, list);
+        list.push(Array.from(x.subarray(t * d, (t + 1) * d)));
+      }),
+    });
+  }
+  return new Map([...rows].map(([key, list]) => [key, { x: Float32Array.from(list.flat()), tokens: list.length }]));
+}
+
+/** h = silu(gate·x) ⊙ (up·x) for calibration rows: the inputs the down projection sees. */
+function ffnHidden(x: Float32Array, tokens: number, gate: Matrix, up: Matrix): Float32Array {
+  const d = gate.cols;
+  const f = gate.rows;
+  const h = new Float32Array(tokens * f);
+  for (let t = 0; t < tokens; t++) {
+    for (let j = 0; j < f; j++) {
+      let g = 0;
+      let u = 0;
+      for (let i = 0; i < d; i++) {
+        g += gate.data[j * d + i] * x[t * d + i];
+        u += up.data[j * d + i] * x[t * d + i];
+      }
+      h[t * f + j] = (g / (1 + Math.exp(-g))) * u;
+    }
+  }
+  return h;
+}
+
+function pruneMatrix(method: PruneMethod, w: Matrix, pattern: Pattern, x: Float32Array, tokens: number): Matrix {
+  if (method === 'magnitude' || method === '2:4' || tokens === 0) return magnitude(w, pattern).weights; // no calibration rows: magnitude
+  if (method === 'wanda') return wanda(w, inputNorms(x, tokens, w.cols), pattern).weights;
+  return sparseGpt(w, gram(x, tokens, w.cols), pattern).weights;
+}
+
+export async function prunePackage(options: PruneOptions): Promise<PruneResult> {
+  const src = resolve(options.modelDir);
+  const out = resolve(options.outDir);
+  if (src === out) throw new Error('--out must differ from --model');
+  const engine = await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: src, workers: options.workers ?? 1 } }));
+  try {
+    const c = engine.pkg.config;
+    const d = c.hidden_size;
+    const all = Array.from({ length: c.num_hidden_layers }, (_, layer) => Array.from({ length: c.num_experts }, (_, expert) => ({ layer, expert }))).flat();
+    const selected = options.experts ?? all;
+    const pattern: Pattern = { sparsity: options.sparsity, nm: options.method === '2:4' ? { n: 2, m: 4 } : options.nm };
+    if (pattern.nm) pattern.sparsity = 1 - pattern.nm.n / pattern.nm.m;
+    const calibrationFile = options.calibration ?? join(src, 'calibration.txt');
+    const needsCalibration = !['magnitude', 'magnitude-global', '2:4'].includes(options.method);
+    const calibration = needsCalibration
+      ? await calibrate(engine, readFileSync(calibrationFile, 'utf8'), options.calibrationTokens ?? 8192, new Set(selected.map((e) => `${e.layer}.${e.expert}` as ExpertKey)))
+      : new Map<ExpertKey, { x: Float32Array; tokens: number }>();
+
+    const header = engine.pkg.tensors;
+    const file = engine.pkg.weightsFile;
+    const tensors = new Map<string, { shape: number[]; data: TensorData }>();
+    const isExpert = /\.mlp\.experts\.\d+\./;
+    const trunk = [...header.keys()].filter((n) => !isExpert.test(n));
+    for (const [name, data] of readTensors(file, header, trunk)) tensors.set(name, { shape: header.get(name)!.shape, data });
+
+    const dense = new Map(all.map((e) => [`${e.layer}.${e.expert}`, readExpertWeights(file, header, e.layer, e.expert, d)]));
+    const pruned = new Map<string, { gate: Matrix; up: Matrix; down: Matrix }>();
+    const report: PrunedExpert[] = [];
+    if (options.method === 'magnitude-global') {
+      const mats = selected.flatMap(({ layer, expert }) => {
+        const w = dense.get(`${layer}.${expert}`)!;
+        return [{ rows: w.ffn, cols: d, data: w.gate }, { rows: w.ffn, cols: d, data: w.up }, { rows: d, cols: w.ffn, data: w.down }];
+      });
+      const result = globalMagnitude(mats, options.sparsity);
+      selected.forEach((e, i) => pruned.set(`${e.layer}.${e.expert}`, { gate: result[3 * i].weights, up: result[3 * i + 1].weights, down: result[3 * i + 2].weights }));
+    }
+    selected.forEach(({ layer, expert }, i) => {
+      const key = `${layer}.${expert}` as ExpertKey;
+      const w = dense.get(key)!;
+      const cal = calibration.get(key) ?? { x: new Float32Array(0), tokens: 0 };
+      const gate = { rows: w.ffn, cols: d, data: w.gate };
+      const up = { rows: w.ffn, cols: d, data: w.up };
+      const down = { rows: d, cols: w.ffn, data: w.down };
+      if (options.method === 'structured') {
+        const s = structuredExpert({ gate, up, down }, options.sparsity, cal.tokens > 0 ? cal : undefined);
+        pruned.set(key, s);
+      } else if (options.method !== 'magnitude-global') {
+        const g = pruneMatrix(options.method, gate, pattern, cal.x, cal.tokens);
+        const u = pruneMatrix(options.method, up, pattern, cal.x, cal.tokens);
+        // The down projection is calibrated on what it sees after the pruned gate and up.
+        const h = cal.tokens > 0 ? ffnHidden(cal.x, cal.tokens, g, u) : new Float32Array(0);
+        pruned.set(key, { gate: g, up: u, down: pruneMatrix(options.method, down, pattern, h, cal.tokens) });
+      }
+      const p = pruned.get(key)!;
+      const zeros = [p.gate, p.up, p.down].reduce((n, m) => n + m.data.reduce((z, v) => z + (v === 0 ? 1 : 0), 0), 0);
+      report.push({ layer, expert, ffn: p.gate.rows, sparsity: options.method === 'structured' ? 1 - p.gate.rows / w.ffn : zeros / (3 * w.ffn * d), calibrationTokens: cal.tokens });
+      options.onProgress?.(i + 1, selected.length, `layer ${layer} expert ${expert}`);
+    });
+
+    for (const { layer, expert } of all) {
+      const names = tensorNames.expert(layer, expert);
+      const key = `${layer}.${expert}`;
+      const p = pruned.get(key);
+      const w = dense.get(key)!;
+      const mats: Array<[string, Matrix]> = p
+        ? [[names.gate, p.gate], [names.up, p.up], [names.down, p.down]]
+        : [[names.gate, { rows: w.ffn, cols: d, data: w.gate }], [names.up, { rows: w.ffn, cols: d, data: w.up }], [names.down, { rows: d, cols: w.ffn, data: w.down }]];
+      for (const [name, m] of mats) {
+        if (!p || options.method === 'structured') {
+          tensors.set(name, { shape: [m.rows, m.cols], data: m.data });
+        } else {
+          const b = compressBitmask(m.data, m.rows, m.cols);
+          tensors.set(`${name}.compressed`, { shape: [b.compressed.length], data: b.compressed });
+          tensors.set(`${name}.bitmask`, { shape: [m.rows, Math.ceil(m.cols / 8)], data: b.bitmask });
+          tensors.set(`${name}.shape`, { shape: [2], data: BigInt64Array.from(b.shape.map(BigInt)) });
+          tensors.set(`${name}.row_offsets`, { shape: [m.rows], data: b.rowOffsets });
+        }
+      }
+    }
+
+    mkdirSync(out, { recursive: true });
+    writeSafetensors(join(out, 'model.safetensors'), tensors);
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'validation.json', 'calibration.txt', 'training.json']) {
+      if (existsSync(join(src, f))) copyFileSync(join(src, f), join(out, f));
+    }
+    const expertSparsity = report.reduce((n, e) => n + e.sparsity, 0) / Math.max(1, report.length);
+    const structure = options.method === 'structured' ? 'structured' : pattern.nm ? `${pattern.nm.n}:${pattern.nm.m}` : 'unstructured';
+    const config = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8'));
+    writeFileSync(join(out, 'config.json'), JSON.stringify({
+      ...config,
+      // compressed-tensors' convention for sparse weights, so its tooling recognises the storage.
+      quantization_config: {
+        quant_method: 'compressed-tensors',
+        format: options.method === 'structured' ? 'dense' : 'sparse-bitmask',
+        sparsity_config: {
+          format: options.method === 'structured' ? 'dense' : 'sparse-bitmask',
+          global_sparsity: expertSparsity,
+          sparsity_structure: structure,
+          targets: selected.flatMap(({ layer, expert }) => ['gate_proj', 'up_proj', 'down_proj'].map((m) => `model.layers.${layer}.mlp.experts.${expert}.${m}`)),
+          ignore: ['lm_head'],
+        },
+      },
+      switchyard_pruning: {
+        method: options.method, sparsity: options.sparsity, structure, source_model: config._name_or_path ?? src.split('/').pop(),
+        calibration: needsCalibration ? { file: calibrationFile.split('/').pop(), max_tokens: options.calibrationTokens ?? 8192 } : null,
+        experts: report.map((e) => ({ layer: e.layer, expert: e.expert, ffn: e.ffn, sparsity: Number(e.sparsity.toFixed(4)), calibration_tokens: e.calibrationTokens })),
+      },
+    }, null, 2) + '\n');
+    return {
+      outDir: out, experts: report, expertSparsity,
+      bytes: { before: readSafetensorsHeaderBytes(file), after: readSafetensorsHeaderBytes(join(out, 'model.safetensors')) },
+    };
+  } finally {
+    await engine.close();
+  }
+}
+
+/** Bytes of tensor data in a weights file. */
+function readSafetensorsHeaderBytes(file: string): number {
+  return [...readSafetensorsHeader(file).values()].reduce((n, t) => n + (t.end - t.begin), 0);
+}

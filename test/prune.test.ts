@@ -1,0 +1,103 @@
+/** switchyard prune end to end on a tiny package: exact sparsity, real storage shrink, and the result serves. */
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.ts';
+import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
+import { tensorNames } from '../src/engine/package.ts';
+import { readExpertWeights } from '../experts/expert-weights.ts';
+import { compressBitmask, decompressBitmask } from '../experts/pruning/bitmask.ts';
+import { prunePackage } from '../experts/pruning/prune-package.ts';
+import { ReferenceModel } from './reference/reference-model.ts';
+import { randomValues, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { engineConfig, maxAbsDiff } from './helpers.ts';
+
+const config = tinyConfig({ intermediate_size: 32 });
+const dense = writeTinyPackage(config, 21);
+writeFileSync(join(dense, 'calibration.txt'), 'Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse. '.repeat(6));
+const out = () => mkdtempSync(join(tmpdir(), 'pruned-'));
+
+/** The pruned package's expert weights, decompressed, for every expert. */
+function experts(dir: string) {
+  const file = join(dir, 'model.safetensors');
+  const header = readSafetensorsHeader(file);
+  return Array.from({ length: config.num_hidden_layers * config.num_experts }, (_, g) =>
+    readExpertWeights(file, header, Math.floor(g / config.num_experts), g % config.num_experts, config.hidden_size));
+}
+
+describe('bitmask storage', () => {
+  it('round-trips, packing bits little-endian per row', () => {
+    const w = randomValues(3 * 10, 4, 1).map((v, i) => (i % 3 === 0 ? 0 : v));
+    const b = compressBitmask(w, 3, 10);
+    expect(b.bitmask.length).toBe(3 * 2);
+    expect(b.bitmask[0] & 1).toBe(0); // column 0 of row 0 is zero
+    expect(b.bitmask[0] & 2).toBe(2);
+    expect(Array.from(decompressBitmask(b))).toEqual(Array.from(w));
+    expect(Number(b.rowOffsets[1])).toBe(Array.from(w.subarray(0, 10)).filter((v) => v !== 0).length);
+  });
+});
+
+describe('switchyard prune', () => {
+  for (const method of ['magnitude', 'wanda', 'sparsegpt'] as const) {
+    it(`${method} at 70% reaches its sparsity exactly, shrinks storage, and serves`, async () => {
+      const dir = out();
+      const result = await prunePackage({ modelDir: dense, outDir: dir, method, sparsity: 0.7 });
+      const weights = experts(dir);
+      const total = weights.reduce((n, w) => n + w.gate.length + w.up.length + w.down.length, 0);
+      const zeros = weights.reduce((n, w) => n + [w.gate, w.up, w.down].reduce((z, m) => z + m.filter((v) => v === 0).length, 0), 0);
+      expect(zeros).toBe(Math.round(0.7 * config.intermediate_size * config.hidden_size) * 3 * weights.length);
+      expect(zeros / total).toBeCloseTo(0.7, 2);
+      expect(statSync(join(dir, 'model.safetensors')).size).toBeLessThan(statSync(join(dense, 'model.safetensors')).size);
+      const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+      expect(cfg.quantization_config.sparsity_config).toMatchObject({ format: 'sparse-bitmask', sparsity_structure: 'unstructured' });
+      expect(cfg.switchyard_pruning.method).toBe(method);
+      if (method !== 'magnitude') expect(result.experts.some((e) => e.calibrationTokens > 0)).toBe(true);
+
+      // Served by the engine, the pruned package computes exactly what its (decompressed) weights say.
+      const engine = await Engine.load(engineConfig(dir));
+      try {
+        const header = readSafetensorsHeader(join(dir, 'model.safetensors'));
+        const trunk = ReferenceModel.fromPackage(dense, config);
+        const reference = new ReferenceModel(config, (name) => {
+          const m = /model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj/.exec(name);
+          if (!m) return trunk.w(name);
+          const w = readExpertWeights(join(dir, 'model.safetensors'), header, Number(m[1]), Number(m[2]), config.hidden_size);
+          return w[m[3] as 'gate' | 'up' | 'down'];
+        });
+        const ids = engine.codec.encode('The whale');
+        const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }]);
+        expect(maxAbsDiff(got.logits[0], reference.forward(ids).logits[ids.length - 1])).toBeLessThan(1e-4);
+      } finally {
+        await engine.close();
+      }
+    });
+  }
+
+  it('2:4 keeps two of every four weights per row', async () => {
+    const dir = out();
+    await prunePackage({ modelDir: dense, outDir: dir, method: '2:4', sparsity: 0.5 });
+    for (const w of experts(dir)) {
+      for (const [m, cols] of [[w.gate, config.hidden_size], [w.down, w.ffn]] as const) {
+        for (let i = 0; i < m.length; i += 4) expect(Array.from(m.subarray(i, i + 4)).filter((v) => v !== 0).length).toBeLessThanOrEqual(2);
+        expect(cols % 4).toBe(0);
+      }
+    }
+    expect(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).quantization_config.sparsity_config.sparsity_structure).toBe('2:4');
+  });
+
+  it('structured pruning at 25% stores smaller dense experts that serve', async () => {
+    const dir = out();
+    await prunePackage({ modelDir: dense, outDir: dir, method: 'structured', sparsity: 0.25 });
+    const header = readSafetensorsHeader(join(dir, 'model.safetensors'));
+    expect(header.get(tensorNames.expert(1, 2).gate)!.shape).toEqual([24, config.hidden_size]);
+    expect(header.get(tensorNames.expert(1, 2).down)!.shape).toEqual([config.hidden_size, 24]);
+    const engine = await Engine.load(engineConfig(dir));
+    try {
+      const result = await engine.generate({ inputs: 'Ahab', maxNewTokens: 4, stop: [], sampling: { doSample: false, temperature: 1, topK: null, topP: null, repetitionPenalty: null, seed: null } });
+      expect(result.generatedTokens).toBe(4);
+    } finally {
+      await engine.close();
+    }
+  });
+});
