@@ -91,10 +91,17 @@ function ffnHidden(x: Float32Array, tokens: number, gate: Matrix, up: Matrix): F
   return h;
 }
 
-function pruneMatrix(method: PruneMethod, w: Matrix, pattern: Pattern, x: Float32Array, tokens: number): Matrix {
-  if (method === 'magnitude' || method === '2:4' || tokens === 0) return magnitude(w, pattern).weights; // no calibration rows: magnitude
-  if (method === 'wanda') return wanda(w, inputNorms(x, tokens, w.cols), pattern).weights;
-  return sparseGpt(w, gram(x, tokens, w.cols), pattern).weights;
+/** Calibration statistics of one input matrix, computed once and shared by the matrices that read it. */
+function inputStats(x: Float32Array, tokens: number, cols: number) {
+  let norms: Float64Array | undefined;
+  let hessian: Float64Array | undefined;
+  return { tokens, norms: () => (norms ??= inputNorms(x, tokens, cols)), hessian: () => (hessian ??= gram(x, tokens, cols)) };
+}
+
+function pruneMatrix(method: PruneMethod, w: Matrix, pattern: Pattern, stats: ReturnType<typeof inputStats>): Matrix {
+  if (method === 'magnitude' || method === '2:4' || stats.tokens === 0) return magnitude(w, pattern).weights; // no calibration rows: magnitude
+  if (method === 'wanda') return wanda(w, stats.norms(), pattern).weights;
+  return sparseGpt(w, stats.hessian(), pattern).weights;
 }
 
 export async function prunePackage(options: PruneOptions): Promise<PruneResult> {
@@ -144,11 +151,12 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
         const s = structuredExpert({ gate, up, down }, options.sparsity, cal.tokens > 0 ? cal : undefined);
         pruned.set(key, s);
       } else if (options.method !== 'magnitude-global') {
-        const g = pruneMatrix(options.method, gate, pattern, cal.x, cal.tokens);
-        const u = pruneMatrix(options.method, up, pattern, cal.x, cal.tokens);
+        const xStats = inputStats(cal.x, cal.tokens, d);
+        const g = pruneMatrix(options.method, gate, pattern, xStats);
+        const u = pruneMatrix(options.method, up, pattern, xStats);
         // The down projection is calibrated on what it sees after the pruned gate and up.
         const h = cal.tokens > 0 ? ffnHidden(cal.x, cal.tokens, g, u) : new Float32Array(0);
-        pruned.set(key, { gate: g, up: u, down: pruneMatrix(options.method, down, pattern, h, cal.tokens) });
+        pruned.set(key, { gate: g, up: u, down: pruneMatrix(options.method, down, pattern, inputStats(h, cal.tokens, w.ffn)) });
       }
       const p = pruned.get(key)!;
       const zeros = [p.gate, p.up, p.down].reduce((n, m) => n + m.data.reduce((z, v) => z + (v === 0 ? 1 : 0), 0), 0);
