@@ -1,12 +1,19 @@
 /**
  * A small builder for ONNX graphs (IR 8, opset 17), serialised with onnx-proto and loaded by onnxruntime
- * straight from memory. Weights become raw-data initializers; dimension names make axes dynamic.
+ * straight from memory. Weights become raw-data initializers; dimension names make axes dynamic. Operators of
+ * other domains (e.g. onnxruntime's `com.microsoft` contrib ops) need that domain's opset in `domains`.
  */
 import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
 const FLOAT = onnx.TensorProto.DataType.FLOAT;
 const INT64 = onnx.TensorProto.DataType.INT64;
+const RAW_TYPES = { float: FLOAT, int64: INT64, uint8: onnx.TensorProto.DataType.UINT8, int8: onnx.TensorProto.DataType.INT8 } as const;
+
+export interface GraphBuilderOptions {
+  /** Opset versions of operator domains besides the default one, e.g. `{ 'com.microsoft': 1 }`. */
+  domains?: Record<string, number>;
+}
 
 type Dim = number | string;
 type Attribute = number | number[] | { float: number };
@@ -18,7 +25,7 @@ export class GraphBuilder {
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private counter = 0;
 
-  constructor(private readonly name: string) {}
+  constructor(private readonly name: string, private readonly options: GraphBuilderOptions = {}) {}
 
   input(name: string, dims: Dim[], type: 'float' | 'int64' = 'float'): string {
     this.inputs.push(valueInfo(name, dims, type === 'float' ? FLOAT : INT64));
@@ -42,6 +49,15 @@ export class GraphBuilder {
     return name;
   }
 
+  /** An initializer of raw bytes of another element type (quantized weights: uint8, int8). */
+  rawTensor(name: string, data: Uint8Array | Int8Array, dims: number[], type: keyof typeof RAW_TYPES): string {
+    this.initializers.push(onnx.TensorProto.create({
+      name, dims, dataType: RAW_TYPES[type],
+      rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    }));
+    return name;
+  }
+
   int64s(values: number[]): string {
     const name = `const_${this.counter++}`;
     const data = new BigInt64Array(values.map(BigInt));
@@ -55,14 +71,18 @@ export class GraphBuilder {
     return this.weight(`const_${this.counter++}`, Float32Array.of(value), []);
   }
 
-  op(type: string, inputs: string[], attributes: Record<string, Attribute> = {}): string {
+  /** Adds a node; `domain` names a non-default operator domain (declare its opset in the constructor options). */
+  op(type: string, inputs: string[], attributes: Record<string, Attribute> = {}, domain?: string): string {
+    if (domain !== undefined && this.options.domains?.[domain] === undefined) {
+      throw new Error(`operator ${domain}.${type}: declare the ${domain} opset in GraphBuilder's domains option`);
+    }
     const output = `${type.toLowerCase()}_${this.counter++}`;
     const attribute = Object.entries(attributes).map(([name, v]) => {
       if (Array.isArray(v)) return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: v });
       if (typeof v === 'object') return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.FLOAT, f: v.float });
       return onnx.AttributeProto.create({ name, type: onnx.AttributeProto.AttributeType.INT, i: v });
     });
-    this.nodes.push(onnx.NodeProto.create({ opType: type, input: inputs, output: [output], name: output, attribute }));
+    this.nodes.push(onnx.NodeProto.create({ opType: type, input: inputs, output: [output], name: output, attribute, ...(domain ? { domain } : {}) }));
     return output;
   }
 
@@ -84,7 +104,7 @@ export class GraphBuilder {
     const model = onnx.ModelProto.create({
       irVersion: 8,
       producerName: 'switchyard',
-      opsetImport: [{ domain: '', version: 17 }],
+      opsetImport: [{ domain: '', version: 17 }, ...Object.entries(this.options.domains ?? {}).map(([domain, version]) => ({ domain, version }))],
       graph: onnx.GraphProto.create({
         name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs,
       }),
