@@ -1,0 +1,38 @@
+// Builds the native sparse kernel (experts/kernels/native) with node-gyp; run by the root package's `install` script,
+// so `npm ci` compiles it. Never fails the install: without a compiler or headers the addon is simply missing and the
+// sparse kernel is reported unavailable (never chosen). SWITCHYARD_NATIVE=off skips the build. Output: build.log.
+import { spawnSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+const here = import.meta.dirname;
+const logFile = path.join(here, 'build.log');
+
+if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') {
+  writeFileSync(logFile, 'skipped: SWITCHYARD_NATIVE=off\n');
+  console.log('switchyard: native sparse kernel build skipped (SWITCHYARD_NATIVE=off)');
+  process.exit(0);
+}
+
+// npm tells scripts where its bundled node-gyp is; otherwise look next to this node's npm.
+const candidates = [
+  process.env.npm_config_node_gyp,
+  path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+].filter((p) => p && existsSync(p));
+const args = ['rebuild'];
+// Use the headers installed with this node (Debian's nodejs-dev, or an official tarball) instead of downloading them.
+const prefix = path.resolve(path.dirname(process.execPath), '..');
+if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${prefix}`);
+
+let log;
+let ok = false;
+if (candidates.length === 0) log = 'node-gyp not found (neither $npm_config_node_gyp nor npm\'s bundled copy)\n';
+else {
+  const run = spawnSync(process.execPath, [candidates[0], ...args], { cwd: here, encoding: 'utf8', timeout: 300_000 });
+  log = `$ node ${candidates[0]} ${args.join(' ')}\n${run.stdout ?? ''}${run.stderr ?? ''}${run.error ? `${run.error.message}\n` : ''}exit: ${run.status}\n`;
+  ok = run.status === 0 && existsSync(path.join(here, 'build', 'Release', 'sparse_ffn.node'));
+}
+writeFileSync(logFile, log);
+console.log(ok
+  ? 'switchyard: built the native sparse kernel (experts/kernels/native/build/Release/sparse_ffn.node)'
+  : `switchyard: the native sparse kernel did not build; the sparse kernel will be unavailable (see ${path.relative(process.cwd(), logFile)})`);

@@ -1,0 +1,444 @@
+// Sparse SwiGLU expert FFN for unstructured sparsity: y = down · (silu(gate · x) ⊙ (up · x)).
+//
+// Weights are held as CSR over output rows with 16-bit column indices, each row padded with zeros to a multiple of
+// 8 entries (so the SIMD loops need no tails). Two paths:
+//   - one token: per row, gather x at the row's columns (AVX2 vgatherdps, 8 at a time) and FMA with the values;
+//   - several tokens: tiles of 8/16/32 tokens with x transposed to [hidden][tile], so every stored weight is one
+//     broadcast-FMA over the tile's tokens (no gathers).
+// The AVX2/FMA functions are compiled with target attributes and chosen at run time with __builtin_cpu_supports, so
+// the addon runs on any x86-64 (portable loops otherwise, which the compiler auto-vectorises for the baseline ISA).
+#include <node_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <new>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SY_X86 1
+#else
+#define SY_X86 0
+#endif
+
+namespace {
+
+constexpr uint32_t kPad = 8;
+
+struct Csr {
+  uint32_t rows = 0, cols = 0;
+  std::vector<uint32_t> ptr;  // rows + 1, padded offsets (multiples of kPad)
+  std::vector<uint32_t> end;  // rows: where each row's real (unpadded) entries end
+  std::vector<uint16_t> idx;
+  std::vector<float> val;
+};
+
+struct Expert {
+  uint32_t hidden = 0, ffn = 0;
+  bool released = false;
+  int64_t bytes = 0;  // reported to V8 as external memory
+  Csr gate, up, down;
+  // Scratch, reused across calls (a handle belongs to one JS thread).
+  std::vector<float> xt, g, u, yt;
+};
+
+bool g_avx2 = false;
+
+// ---- portable ---------------------------------------------------------------------------------------------------
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+float dot_portable(const Csr& m, uint32_t r, const float* x) {
+  float acc[kPad] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (uint32_t k = m.ptr[r]; k < m.ptr[r + 1]; k += kPad)
+    for (uint32_t l = 0; l < kPad; l++) acc[l] += m.val[k + l] * x[m.idx[k + l]];
+  float s = 0;
+  for (uint32_t l = 0; l < kPad; l++) s += acc[l];
+  return s;
+}
+
+void one_token_portable(Expert& e, const float* x, float* y) {
+  float* g = e.g.data();
+  for (uint32_t j = 0; j < e.ffn; j++) g[j] = silu(dot_portable(e.gate, j, x)) * dot_portable(e.up, j, x);
+  for (uint32_t i = 0; i < e.hidden; i++) y[i] = dot_portable(e.down, i, g);
+}
+
+// out[r][0..T) = Σ_k val[k] · in[idx[k]][0..T) for every row r, T = tile width.
+template <int T>
+void spmm_tile_portable(const Csr& m, const float* in, float* out) {
+  for (uint32_t r = 0; r < m.rows; r++) {
+    float acc[T];
+    for (int t = 0; t < T; t++) acc[t] = 0;
+    for (uint32_t k = m.ptr[r]; k < m.end[r]; k++) {
+      const float v = m.val[k];
+      const float* row = in + static_cast<size_t>(m.idx[k]) * T;
+      for (int t = 0; t < T; t++) acc[t] += v * row[t];
+    }
+    std::memcpy(out + static_cast<size_t>(r) * T, acc, sizeof acc);
+  }
+}
+
+template <int T>
+void tile_portable(Expert& e) {
+  spmm_tile_portable<T>(e.gate, e.xt.data(), e.g.data());
+  spmm_tile_portable<T>(e.up, e.xt.data(), e.u.data());
+  float* g = e.g.data();
+  const float* u = e.u.data();
+  for (size_t k = 0, n = static_cast<size_t>(e.ffn) * T; k < n; k++) g[k] = silu(g[k]) * u[k];
+  spmm_tile_portable<T>(e.down, g, e.yt.data());
+}
+
+// ---- AVX2 + FMA ---------------------------------------------------------------------------------------------------
+#if SY_X86
+
+// exp(x) for 8 floats (Cephes-style range reduction and degree-5 polynomial; ~1-2 ulp).
+__attribute__((target("avx2,fma"))) inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365f)), _mm256_set1_ps(88.3762f));
+  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// silu(g) · u over n floats (n a multiple of 8).
+__attribute__((target("avx2,fma"))) void swiglu_avx2(float* g, const float* u, size_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (size_t k = 0; k < n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(g + k);
+    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_xor_ps(v, sign))));
+    _mm256_storeu_ps(g + k, _mm256_mul_ps(s, _mm256_loadu_ps(u + k)));
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Every row's dot product with x, 8 stored weights at a time through vgatherdps.
+__attribute__((target("avx2,fma"))) void gemv_avx2(const Csr& m, const float* x, float* out) {
+  const uint32_t* ptr = m.ptr.data();
+  const uint16_t* idx = m.idx.data();
+  const float* val = m.val.data();
+  for (uint32_t r = 0; r < m.rows; r++) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    uint32_t k = ptr[r];
+    const uint32_t end = ptr[r + 1];
+    for (; k + 16 <= end; k += 16) {
+      const __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + k)));
+      const __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + k + 8)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), _mm256_i32gather_ps(x, i0, 4), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8), _mm256_i32gather_ps(x, i1, 4), a1);
+    }
+    if (k < end) {
+      const __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + k)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), _mm256_i32gather_ps(x, i0, 4), a0);
+    }
+    out[r] = hsum256(_mm256_add_ps(a0, a1));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void one_token_avx2(Expert& e, const float* x, float* y) {
+  gemv_avx2(e.gate, x, e.g.data());
+  gemv_avx2(e.up, x, e.u.data());
+  // g and u are allocated for at least 32 tokens' tiles, so rounding ffn up to 8 stays inside them.
+  swiglu_avx2(e.g.data(), e.u.data(), (e.ffn + 7) & ~7u);
+  gemv_avx2(e.down, e.g.data(), y);
+}
+
+template <int V>
+__attribute__((target("avx2,fma"))) void spmm_tile_avx2(const Csr& m, const float* in, float* out) {
+  constexpr int T = 8 * V;
+  const uint32_t* ptr = m.ptr.data();
+  const uint16_t* idx = m.idx.data();
+  const float* val = m.val.data();
+  for (uint32_t r = 0; r < m.rows; r++) {
+    __m256 acc[V];
+    for (int v = 0; v < V; v++) acc[v] = _mm256_setzero_ps();
+    for (uint32_t k = ptr[r], end = m.end[r]; k < end; k++) {
+      const __m256 w = _mm256_broadcast_ss(val + k);
+      const float* row = in + static_cast<size_t>(idx[k]) * T;
+      for (int v = 0; v < V; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * v), acc[v]);
+    }
+    for (int v = 0; v < V; v++) _mm256_storeu_ps(out + static_cast<size_t>(r) * T + 8 * v, acc[v]);
+  }
+}
+
+template <int V>
+__attribute__((target("avx2,fma"))) void tile_avx2(Expert& e) {
+  constexpr int T = 8 * V;
+  spmm_tile_avx2<V>(e.gate, e.xt.data(), e.g.data());
+  spmm_tile_avx2<V>(e.up, e.xt.data(), e.u.data());
+  swiglu_avx2(e.g.data(), e.u.data(), static_cast<size_t>(e.ffn) * T);
+  spmm_tile_avx2<V>(e.down, e.g.data(), e.yt.data());
+}
+
+#endif
+
+// ---- driver -----------------------------------------------------------------------------------------------------
+
+template <int V>
+void run_tile(Expert& e, const float* x, float* y, uint32_t t0, uint32_t count) {
+  constexpr int T = 8 * V;
+  const uint32_t d = e.hidden;
+  float* xt = e.xt.data();
+  for (uint32_t k = 0; k < d; k++)
+    for (int t = 0; t < T; t++) xt[static_cast<size_t>(k) * T + t] = static_cast<uint32_t>(t) < count ? x[static_cast<size_t>(t0 + t) * d + k] : 0.0f;
+#if SY_X86
+  if (g_avx2) tile_avx2<V>(e);
+  else tile_portable<T>(e);
+#else
+  tile_portable<T>(e);
+#endif
+  const float* yt = e.yt.data();
+  for (uint32_t t = 0; t < count; t++) {
+    float* row = y + static_cast<size_t>(t0 + t) * d;
+    for (uint32_t i = 0; i < d; i++) row[i] = yt[static_cast<size_t>(i) * T + t];
+  }
+}
+
+void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
+  if (tokens == 1) {
+#if SY_X86
+    if (g_avx2) return one_token_avx2(e, x, y);
+#endif
+    return one_token_portable(e, x, y);
+  }
+  uint32_t t = 0;
+  while (t < tokens) {
+    const uint32_t left = tokens - t;
+    if (left > 16) { run_tile<4>(e, x, y, t, left < 32 ? left : 32); t += left < 32 ? left : 32; }
+    else if (left > 8) { run_tile<2>(e, x, y, t, left); t += left; }
+    else { run_tile<1>(e, x, y, t, left); t += left; }
+  }
+}
+
+// ---- N-API glue -------------------------------------------------------------------------------------------------
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    if ((call) != napi_ok) {                                                   \
+      napi_throw_error(env, nullptr, "sparse_ffn: N-API call failed: " #call); \
+      return nullptr;                                                          \
+    }                                                                          \
+  } while (0)
+
+bool typed_array(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* length) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, length, data, &buffer, &offset) != napi_ok) return false;
+  return type == want;
+}
+
+// Builds the padded CSR from (values, column indices, row offsets) as given by JS; returns an error or "".
+std::string build_csr(napi_env env, napi_value* a, uint32_t rows, uint32_t cols, Csr& m) {
+  void *vp, *ip, *pp;
+  size_t vn, in, pn;
+  if (!typed_array(env, a[0], napi_float32_array, &vp, &vn)) return "values must be a Float32Array";
+  if (!typed_array(env, a[1], napi_uint16_array, &ip, &in)) return "column indices must be a Uint16Array";
+  if (!typed_array(env, a[2], napi_uint32_array, &pp, &pn)) return "row offsets must be a Uint32Array";
+  if (vn != in) return "values and column indices differ in length";
+  if (pn != static_cast<size_t>(rows) + 1) return "row offsets must hold rows + 1 entries";
+  const float* v = static_cast<const float*>(vp);
+  const uint16_t* ix = static_cast<const uint16_t*>(ip);
+  const uint32_t* p = static_cast<const uint32_t*>(pp);
+  if (p[0] != 0 || p[rows] != vn) return "row offsets must start at 0 and end at the number of values";
+  m.rows = rows;
+  m.cols = cols;
+  m.ptr.assign(rows + 1, 0);
+  for (uint32_t r = 0; r < rows; r++) {
+    if (p[r + 1] < p[r]) return "row offsets must not decrease";
+    const uint32_t n = p[r + 1] - p[r];
+    m.ptr[r + 1] = m.ptr[r] + ((n + kPad - 1) / kPad) * kPad;
+  }
+  m.end.resize(rows);
+  for (uint32_t r = 0; r < rows; r++) m.end[r] = m.ptr[r] + (p[r + 1] - p[r]);
+  m.idx.assign(m.ptr[rows], 0);
+  m.val.assign(m.ptr[rows], 0.0f);
+  for (uint32_t r = 0; r < rows; r++) {
+    for (uint32_t k = p[r], o = m.ptr[r]; k < p[r + 1]; k++, o++) {
+      if (ix[k] >= cols) return "a column index is out of range";
+      m.idx[o] = ix[k];
+      m.val[o] = v[k];
+    }
+  }
+  return "";
+}
+
+void free_storage(napi_env env, Expert& e) {
+  if (e.released) return;
+  e.released = true;
+  Csr none;
+  e.gate = none;
+  e.up = none;
+  e.down = none;
+  std::vector<float>().swap(e.xt);
+  std::vector<float>().swap(e.g);
+  std::vector<float>().swap(e.u);
+  std::vector<float>().swap(e.yt);
+  int64_t now;
+  napi_adjust_external_memory(env, -e.bytes, &now);
+}
+
+void finalize_expert(napi_env env, void* data, void*) {
+  Expert* e = static_cast<Expert*>(data);
+  free_storage(env, *e);
+  delete e;
+}
+
+template <typename T>
+int64_t bytes_of(const std::vector<T>& v) { return static_cast<int64_t>(v.capacity() * sizeof(T)); }
+
+// create(hidden, ffn, gateValues, gateCols, gateRows, upValues, upCols, upRows, downValues, downCols, downRows)
+napi_value Create(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value a[11];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  if (argc != 11) {
+    napi_throw_type_error(env, nullptr, "create(hidden, ffn, gate CSR ×3, up CSR ×3, down CSR ×3) takes 11 arguments");
+    return nullptr;
+  }
+  uint32_t hidden, ffn;
+  if (napi_get_value_uint32(env, a[0], &hidden) != napi_ok || napi_get_value_uint32(env, a[1], &ffn) != napi_ok ||
+      hidden == 0 || ffn == 0 || hidden > 65535 || ffn > 65535) {
+    napi_throw_range_error(env, nullptr, "hidden and ffn must be integers in 1..65535 (16-bit column indices)");
+    return nullptr;
+  }
+  Expert* e = new (std::nothrow) Expert();
+  if (!e) {
+    napi_throw_error(env, nullptr, "out of memory");
+    return nullptr;
+  }
+  e->hidden = hidden;
+  e->ffn = ffn;
+  std::string err = build_csr(env, a + 2, ffn, hidden, e->gate);
+  if (err.empty()) err = build_csr(env, a + 5, ffn, hidden, e->up);
+  if (err.empty()) err = build_csr(env, a + 8, hidden, ffn, e->down);
+  if (!err.empty()) {
+    delete e;
+    napi_throw_type_error(env, nullptr, ("create: " + err).c_str());
+    return nullptr;
+  }
+  const size_t tile = 32;
+  e->xt.assign(static_cast<size_t>(hidden) * tile, 0.0f);
+  e->g.assign(static_cast<size_t>(ffn + 8) * tile, 0.0f);
+  e->u.assign(static_cast<size_t>(ffn + 8) * tile, 0.0f);
+  e->yt.assign(static_cast<size_t>(hidden) * tile, 0.0f);
+  for (const Csr* m : {&e->gate, &e->up, &e->down}) e->bytes += bytes_of(m->ptr) + bytes_of(m->end) + bytes_of(m->idx) + bytes_of(m->val);
+  e->bytes += bytes_of(e->xt) + bytes_of(e->g) + bytes_of(e->u) + bytes_of(e->yt);
+  int64_t now;
+  napi_adjust_external_memory(env, e->bytes, &now);
+  napi_value handle;
+  if (napi_create_external(env, e, finalize_expert, nullptr, &handle) != napi_ok) {
+    free_storage(env, *e);
+    delete e;
+    napi_throw_error(env, nullptr, "create: cannot make the handle");
+    return nullptr;
+  }
+  return handle;
+}
+
+// run(handle, x: Float32Array [tokens·hidden], tokens, out: Float32Array [tokens·hidden])
+napi_value Run(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value a[4];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  void* data = nullptr;
+  if (argc != 4 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) {
+    napi_throw_type_error(env, nullptr, "run(handle, x, tokens, out)");
+    return nullptr;
+  }
+  Expert& e = *static_cast<Expert*>(data);
+  if (e.released) {
+    napi_throw_error(env, nullptr, "run: this expert was released");
+    return nullptr;
+  }
+  uint32_t tokens;
+  void *xp, *yp;
+  size_t xn, yn;
+  if (napi_get_value_uint32(env, a[2], &tokens) != napi_ok || !typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
+      !typed_array(env, a[3], napi_float32_array, &yp, &yn)) {
+    napi_throw_type_error(env, nullptr, "run: x and out must be Float32Arrays and tokens a non-negative integer");
+    return nullptr;
+  }
+  const size_t need = static_cast<size_t>(tokens) * e.hidden;
+  if (xn < need || yn < need) {
+    napi_throw_range_error(env, nullptr, "run: x and out must hold tokens × hidden floats");
+    return nullptr;
+  }
+  if (tokens > 0) run_expert(e, static_cast<const float*>(xp), static_cast<float*>(yp), tokens);
+  return nullptr;
+}
+
+// release(handle): frees the weights now (the handle itself goes with the garbage collector).
+napi_value Release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  void* data = nullptr;
+  if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) {
+    napi_throw_type_error(env, nullptr, "release(handle)");
+    return nullptr;
+  }
+  free_storage(env, *static_cast<Expert*>(data));
+  return nullptr;
+}
+
+// info() → { simd: 'avx2-fma' | 'portable' }
+napi_value Info(napi_env env, napi_callback_info) {
+  napi_value out, simd;
+  CHECK(napi_create_object(env, &out));
+  CHECK(napi_create_string_utf8(env, g_avx2 ? "avx2-fma" : "portable", NAPI_AUTO_LENGTH, &simd));
+  CHECK(napi_set_named_property(env, out, "simd", simd));
+  return out;
+}
+
+// setSimd(enabled): use the AVX2 path when the CPU has it (true) or the portable one (false); returns the mode.
+napi_value SetSimd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  bool want = true;
+  if (argc >= 1) napi_get_value_bool(env, a[0], &want);
+#if SY_X86
+  g_avx2 = want && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  (void)want;
+#endif
+  return Info(env, info);
+}
+
+}  // namespace
+
+NAPI_MODULE_INIT() {
+#if SY_X86
+  __builtin_cpu_init();
+  g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  napi_property_descriptor props[] = {
+      {"create", nullptr, Create, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"run", nullptr, Run, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setSimd", nullptr, SetSimd, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return nullptr;
+  return exports;
+}
