@@ -1,0 +1,156 @@
+/**
+ * Choosing an expert's kernel when the expert loads.
+ *
+ * 'auto' considers only kernels that are exact up to float rounding: `dense` (reported as `structured` when the
+ * expert's FFN is narrower than the model's) and, for experts with at least `sparseMinSparsity` zero weights, our
+ * native `sparse` kernel. Each candidate is checked against the TypeScript reference FFN on a fixed batch
+ * (relative max error ≤ EXACT_TOLERANCE); those that pass are timed, interleaved, on batches of 1 and 8 tokens for
+ * about `trialMs` each, and the one with the smallest sum of median times wins. The quantized kernels (`int8`,
+ * `int4`) change the outputs, so only an explicit `experts.kernel` setting selects them; they are checked against
+ * the reference within their quantization tolerance (relative L2 error). A forced kernel that cannot be built or
+ * fails its check falls back to dense, and the report says why. If no kernel passes, loading the expert fails.
+ */
+import { performance } from 'node:perf_hooks';
+import type { ExpertWeights } from '../expert-graph.ts';
+import { OrtKernel, type OrtOptions } from './ort-kernels.ts';
+import { checkInput, referenceFfn, relativeL2Error, relativeMaxError, weightSparsity } from './reference.ts';
+import { nativeSparse, SparseKernel, type NativeStatus } from './sparse.ts';
+import type { ExpertKernel, KernelName, KernelReport, KernelSettings, KernelTrial } from './types.ts';
+
+/** Relative max error allowed for kernels that are exact up to float rounding (fp32 accumulation orders differ). */
+export const EXACT_TOLERANCE = 1e-4;
+/**
+ * Relative L2 error allowed at load for the quantized kernels. int8 (per-column weights, per-tensor dynamic
+ * activations) measures ≈ 2–3 % and int4 (blocks of 32, asymmetric) ≈ 13 % (single tokens up to 27 %) on random
+ * Gaussian-like weights; the bounds leave room for real weight distributions and catch broken kernels (wrong
+ * packing, int8 saturation on CPUs without VNNI).
+ */
+export const QUANTIZED_TOLERANCE: Record<'int8' | 'int4', number> = { int8: 0.08, int4: 0.35 };
+/** Batch sizes timed by 'auto'. */
+export const TRIAL_BATCHES = [1, 8] as const;
+const CHECK_TOKENS = 8;
+
+export type KernelFactory = (w: ExpertWeights, hidden: number, ffn: number) => Promise<ExpertKernel>;
+
+export interface SelectOptions extends KernelSettings, OrtOptions {
+  /** The model's FFN width (config intermediate_size): a narrower expert runs `structured`. */
+  modelFfn: number;
+  /** Graph name for the onnxruntime sessions. */
+  name?: string;
+  /** Native addon status (tests pass an unavailable one). */
+  native?: NativeStatus;
+  /** Replace how a kernel is built (tests). */
+  factories?: Partial<Record<KernelName, KernelFactory>>;
+}
+
+export interface Selection {
+  kernel: ExpertKernel;
+  report: KernelReport;
+}
+
+function factoryFor(name: KernelName, options: SelectOptions): KernelFactory {
+  const custom = options.factories?.[name];
+  if (custom) return custom;
+  if (name === 'sparse') return async (w, hidden, ffn) => SparseKernel.create(w, hidden, ffn, options.native ?? nativeSparse());
+  return (w, hidden, ffn) => OrtKernel.create(name, w, hidden, ffn, options, options.name);
+}
+
+const isQuantized = (name: KernelName): name is 'int8' | 'int4' => name === 'int8' || name === 'int4';
+
+export async function selectKernel(w: ExpertWeights & { ffn: number }, hidden: number, options: SelectOptions): Promise<Selection> {
+  const ffn = w.ffn;
+  const dense: KernelName = ffn < options.modelFfn ? 'structured' : 'dense';
+  const sparsity = weightSparsity(w);
+  const report: KernelReport = { kernel: dense, setting: options.kernel, ffn, sparsity, trials: [] };
+  const native = options.native ?? nativeSparse();
+
+  let wanted: KernelName[];
+  if (options.kernel === 'auto') {
+    wanted = [dense];
+    if (sparsity >= options.sparseMinSparsity) {
+      if (native.available || options.factories?.sparse) wanted.push('sparse');
+      else report.trials.push({ kernel: 'sparse', error: Number.NaN, tolerance: EXACT_TOLERANCE, ok: false, note: native.reason });
+    }
+  } else {
+    wanted = [options.kernel === 'dense' ? dense : options.kernel];
+  }
+
+  const x = checkInput(CHECK_TOKENS, hidden);
+  const ref = referenceFfn(w, hidden, ffn, x, CHECK_TOKENS);
+  const passed: Array<{ kernel: ExpertKernel; trial: KernelTrial }> = [];
+
+  const tryKernel = async (name: KernelName) => {
+    const tolerance = isQuantized(name) ? QUANTIZED_TOLERANCE[name] : EXACT_TOLERANCE;
+    let kernel: ExpertKernel;
+    try {
+      kernel = await factoryFor(name, options)(w, hidden, ffn);
+    } catch (error) {
+      report.trials.push({ kernel: name, error: Number.NaN, tolerance, ok: false, note: (error as Error).message });
+      return;
+    }
+    const y = new Float32Array(CHECK_TOKENS * hidden);
+    let error: number;
+    try {
+      await kernel.run(x, CHECK_TOKENS, y);
+      error = isQuantized(name) ? relativeL2Error(y, ref) : relativeMaxError(y, ref);
+    } catch (e) {
+      await kernel.release();
+      report.trials.push({ kernel: name, error: Number.NaN, tolerance, ok: false, note: (e as Error).message });
+      return;
+    }
+    const trial: KernelTrial = { kernel: name, error, tolerance, ok: error <= tolerance };
+    report.trials.push(trial);
+    if (trial.ok) passed.push({ kernel, trial });
+    else {
+      trial.note = `output differs from the reference FFN (error ${error.toExponential(2)} > ${tolerance})`;
+      await kernel.release();
+    }
+  };
+
+  for (const name of wanted) await tryKernel(name);
+  if (passed.length === 0 && !wanted.includes(dense)) {
+    // A forced kernel that cannot be used: serve the expert exactly rather than not at all.
+    const failed = report.trials.filter((t) => !t.ok).map((t) => `${t.kernel}: ${t.note}`).join('; ');
+    report.fallback = `experts.kernel '${options.kernel}' unusable for this expert (${failed}); using ${dense}`;
+    await tryKernel(dense);
+  }
+  if (passed.length === 0) {
+    const failed = report.trials.map((t) => `${t.kernel}: ${t.note ?? 'failed'}`).join('; ');
+    throw new Error(`no expert kernel reproduces the reference FFN (${failed})`);
+  }
+
+  if (passed.length > 1) await time(passed, hidden, options.trialMs);
+  const best = passed.reduce((a, b) => (score(b.trial) < score(a.trial) ? b : a));
+  for (const p of passed) if (p !== best) await p.kernel.release();
+  report.kernel = best.kernel.name;
+  return { kernel: best.kernel, report };
+}
+
+const score = (t: KernelTrial) => (t.us ? Object.values(t.us).reduce((a, b) => a + b, 0) : 0);
+
+/** Median µs per call of each kernel at each trial batch size, runs interleaved across kernels. */
+async function time(candidates: Array<{ kernel: ExpertKernel; trial: KernelTrial }>, hidden: number, trialMs: number): Promise<void> {
+  for (const c of candidates) c.trial.us = {};
+  for (const tokens of TRIAL_BATCHES) {
+    const x = checkInput(tokens, hidden, 777 + tokens);
+    const out = new Float32Array(tokens * hidden);
+    const samples = candidates.map(() => [] as number[]);
+    for (const c of candidates) for (let i = 0; i < 2; i++) await c.kernel.run(x, tokens, out); // warm up
+    const budget = trialMs * candidates.length;
+    const started = performance.now();
+    for (let rep = 0; rep < 1000 && (rep < 5 || performance.now() - started < budget); rep++) {
+      for (let i = 0; i < candidates.length; i++) {
+        const t0 = performance.now();
+        await candidates[i].kernel.run(x, tokens, out);
+        samples[i].push((performance.now() - t0) * 1000);
+      }
+    }
+    candidates.forEach((c, i) => (c.trial.us![String(tokens)] = Math.round(median(samples[i]) * 10) / 10));
+  }
+}
+
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}

@@ -1,0 +1,97 @@
+/**
+ * The `sparse` kernel: our native N-API addon (native/sparse_ffn.cc) running the whole SwiGLU FFN over CSR weights
+ * (16-bit column indices, AVX2/FMA when the CPU has it). `npm ci` builds it (native/build.mjs); when the build
+ * failed, or SWITCHYARD_NATIVE=off, the kernel is unavailable and never chosen.
+ */
+import { createRequire } from 'node:module';
+import type { ExpertWeights } from '../expert-graph.ts';
+import type { ExpertKernel } from './types.ts';
+
+/** Compressed sparse rows of a [rows, cols] matrix. */
+export interface Csr {
+  rows: number;
+  cols: number;
+  values: Float32Array;
+  /** Column of each value. */
+  columns: Uint16Array;
+  /** rows + 1 offsets into values. */
+  rowOffsets: Uint32Array;
+}
+
+export function toCsr(dense: Float32Array, rows: number, cols: number): Csr {
+  if (dense.length !== rows * cols) throw new Error(`matrix holds ${dense.length} values, expected ${rows}×${cols}`);
+  if (cols > 65535) throw new Error(`${cols} columns: the sparse kernel's 16-bit column indices allow at most 65535`);
+  let nnz = 0;
+  for (let i = 0; i < dense.length; i++) if (dense[i] !== 0) nnz++;
+  const values = new Float32Array(nnz);
+  const columns = new Uint16Array(nnz);
+  const rowOffsets = new Uint32Array(rows + 1);
+  let k = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const v = dense[r * cols + c];
+      if (v === 0) continue;
+      values[k] = v;
+      columns[k++] = c;
+    }
+    rowOffsets[r + 1] = k;
+  }
+  return { rows, cols, values, columns, rowOffsets };
+}
+
+interface Addon {
+  create(hidden: number, ffn: number, ...csr: Array<Float32Array | Uint16Array | Uint32Array>): object;
+  run(handle: object, x: Float32Array, tokens: number, out: Float32Array): void;
+  release(handle: object): void;
+  info(): { simd: string };
+  setSimd(enabled: boolean): { simd: string };
+}
+
+export type NativeStatus = { available: true; simd: string; addon: Addon } | { available: false; reason: string };
+
+let cached: NativeStatus | undefined;
+
+/** Loads the addon once per thread; never throws. */
+export function nativeSparse(): NativeStatus {
+  if (cached) return cached;
+  if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') {
+    return (cached = { available: false, reason: 'disabled by SWITCHYARD_NATIVE=off' });
+  }
+  try {
+    const addon = createRequire(import.meta.url)('./native/build/Release/sparse_ffn.node') as Addon;
+    return (cached = { available: true, simd: addon.info().simd, addon });
+  } catch (error) {
+    return (cached = {
+      available: false,
+      reason: `native sparse kernel not built (${(error as Error).message.split('\n')[0]}); run \`npm ci\` or \`node experts/kernels/native/build.mjs\` and see experts/kernels/native/build.log`,
+    });
+  }
+}
+
+export class SparseKernel implements ExpertKernel {
+  readonly name = 'sparse' as const;
+  private constructor(private readonly addon: Addon, private handle: object | null, private readonly hidden: number) {}
+
+  /** Throws when the addon is unavailable or the expert does not fit it. */
+  static create(w: ExpertWeights, hidden: number, ffn: number, native: NativeStatus = nativeSparse()): SparseKernel {
+    if (!native.available) throw new Error(native.reason);
+    const parts = [toCsr(w.gate, ffn, hidden), toCsr(w.up, ffn, hidden), toCsr(w.down, hidden, ffn)]
+      .flatMap((m) => [m.values, m.columns, m.rowOffsets]);
+    return new SparseKernel(native.addon, native.addon.create(hidden, ffn, ...parts), hidden);
+  }
+
+  /** Synchronous: the addon computes on the calling thread. */
+  runSync(x: Float32Array, tokens: number, out: Float32Array): void {
+    if (!this.handle) throw new Error('sparse kernel used after release');
+    this.addon.run(this.handle, x, tokens, out);
+  }
+
+  async run(x: Float32Array, tokens: number, out: Float32Array): Promise<void> {
+    this.runSync(x, tokens, out);
+  }
+
+  async release(): Promise<void> {
+    if (this.handle) this.addon.release(this.handle);
+    this.handle = null;
+  }
+}
