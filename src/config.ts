@@ -40,6 +40,25 @@ const OnnxSchema = z.strictObject({
   expertThreads: int(1).default(1).describe('Intra-op threads of each expert worker\'s ONNX Runtime sessions.'),
 });
 
+const ExpertsSchema = z.strictObject({
+  kernel: z
+    .enum(['auto', 'dense', 'int8', 'int4', 'sparse'])
+    .default('auto')
+    .describe("Expert FFN kernel: 'auto' times the exact kernels (dense, structured, sparse) per expert at load and keeps the fastest that matches the reference; 'dense' or 'sparse' force one; 'int8'/'int4' (quantized weights: outputs change) only when set here."),
+  sparseMinSparsity: z
+    .number()
+    .min(0)
+    .max(1)
+    .default(0.5)
+    .describe("'auto' tries the native sparse kernel only on experts with at least this fraction of zero weights."),
+  trialMs: z
+    .number()
+    .min(0)
+    .max(1000)
+    .default(2)
+    .describe("'auto': milliseconds each candidate kernel is timed per batch size (1 and 8 tokens) when an expert loads."),
+});
+
 const TelemetrySchema = z.strictObject({
   exporter: z
     .enum(['none', 'otlp', 'jsonl'])
@@ -141,6 +160,7 @@ export const ConfigSchema = z
     routing: RoutingSchema.prefault({}).describe('Router behaviour at inference time.'),
     limits: LimitsSchema.prefault({}).describe('Request and scheduling limits.'),
     onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
+    experts: ExpertsSchema.prefault({}).describe('Expert kernels: how each expert FFN is computed in the workers.'),
     telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
     cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
     placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
@@ -162,6 +182,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   routing: RoutingSchema,
   limits: LimitsSchema,
   onnx: OnnxSchema,
+  experts: ExpertsSchema,
   telemetry: TelemetrySchema,
   cache: CacheSchema,
   'cache.prefix': PrefixCacheSchema,
