@@ -18,6 +18,7 @@ import { Piscina } from 'piscina';
 import { assignBatches, expertsOfWorker, MIN_SPLIT_ROWS, type ExpertKey, type Placement } from '../src/placement/placement.ts';
 import type { DispatchPlan } from '../router/dispatch.ts';
 import { gatherRows } from '../router/dispatch.ts';
+import type { KernelSettings } from './kernels/types.ts';
 import { expertKey, type ResidencyResult, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
 const WORKER_BOOTSTRAP = new URL('./worker.mjs', import.meta.url).href;
@@ -29,6 +30,8 @@ export interface PoolOptions {
   placement: Placement;
   threadsPerWorker: number;
   executionProviders: string[];
+  /** How each expert picks its kernel (config `experts`); default 'auto'. */
+  kernel?: KernelSettings;
   /** A replicated expert's batch is split over its hosts only in parts of at least this many rows (default 32). */
   minSplitRows?: number;
   onError?: (error: Error) => void;
@@ -313,6 +316,7 @@ function startShard(options: PoolOptions, workerId: number, experts: ExpertKey[]
   const setup: WorkerSetup = {
     workerId, weightsFile: options.weightsFile, hidden: options.hidden, ffn: options.ffn,
     experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
+    ...(options.kernel ? { kernel: options.kernel } : {}),
   };
   // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses.
   const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });

@@ -1,4 +1,5 @@
 /** Messages between the gateway and an expert worker. Activations travel as transferred Float32Arrays. */
+import type { KernelReport, KernelSettings } from './kernels/types.ts';
 
 export interface WorkerSetup {
   workerId: number;
@@ -8,6 +9,8 @@ export interface WorkerSetup {
   experts: Array<{ layer: number; expert: number }>;
   threads: number;
   executionProviders: string[];
+  /** How experts pick their kernel (config `experts`); default 'auto'. */
+  kernel?: KernelSettings;
 }
 
 export interface ExpertItem {
@@ -63,6 +66,8 @@ export interface WorkerStats {
   /** Per "layer.expert": tasks run and tokens processed since start. */
   ran: Record<string, { tasks: number; tokens: number }>;
   busyMs: number;
+  /** Per resident "layer.expert": the kernel it runs with and how that was chosen. */
+  kernels: Record<string, KernelReport>;
 }
 
 export const expertKey = (layer: number, expert: number) => `${layer}.${expert}`;
