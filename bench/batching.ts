@@ -5,14 +5,11 @@
  * and batched (the configured default) — runs the identical load against both, alternating between them within
  * each repeat, and reports output tokens/s for both and the ratio batched/unbatched from the same run.
  */
-import { parseArgs } from 'node:util';
-import { loadConfig, resolveWorkers, type Config, type ConfigInput } from '../src/config.ts';
-import { createLogger } from '../src/log.ts';
-import { startServer, type RunningServer } from '../src/serve.ts';
-import { createClient } from './clients.ts';
-import { intFlag, numberFlag, readPrompts, UsageError } from './cli-common.ts';
-import { appendResults, commandLine, formatSection } from './record.ts';
-import { DEFAULT_PROMPTS, ratioTable, resultNotes, resultsTable, runBenchmark, warmUp, type Target } from './run-load.ts';
+import { loadConfig, resolveWorkers, type Config } from '../src/config.ts';
+import { intFlag, numberFlag, parseFlags, readPrompts, runCli } from './cli-common.ts';
+import { commandLine, publish } from './record.ts';
+import { DEFAULT_PROMPTS, ratioTable, resultNotes, resultsTable, runBenchmark, warmUp } from './run-load.ts';
+import { loadLimits, loopbackOverrides, withGateways } from './servers.ts';
 
 const MAX_CLIENTS = 256;
 const MAX_REQUESTS = 10_000;
@@ -45,30 +42,20 @@ Exit status: 0 done, 1 the benchmark failed (e.g. the model does not load), 2 ba
 `;
 
 function parse(argv: string[]) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        clients: { type: 'string' },
-        requests: { type: 'string' },
-        'max-tokens': { type: 'string' },
-        repeats: { type: 'string' },
-        model: { type: 'string' },
-        workers: { type: 'string' },
-        prompts: { type: 'string' },
-        'timeout-s': { type: 'string' },
-        'no-stream': { type: 'boolean' },
-        label: { type: 'string' },
-        'no-record': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}; see --help`);
-  }
+  const values = parseFlags(argv, {
+    clients: { type: 'string' },
+    requests: { type: 'string' },
+    'max-tokens': { type: 'string' },
+    repeats: { type: 'string' },
+    model: { type: 'string' },
+    workers: { type: 'string' },
+    prompts: { type: 'string' },
+    'timeout-s': { type: 'string' },
+    'no-stream': { type: 'boolean' },
+    label: { type: 'string' },
+    'no-record': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return null;
   const clients = intFlag('clients', values.clients, 32, 1, MAX_CLIENTS);
   return {
@@ -91,36 +78,15 @@ type Options = NonNullable<ReturnType<typeof parse>>;
 
 /** The two configurations: identical except limits.maxBatchSequences. */
 function configs(opts: Options): { unbatched: Config; batched: Config } {
-  const common: ConfigInput = { host: '127.0.0.1', port: 0, model: opts.model, workers: opts.workers };
-  const base = loadConfig({ overrides: common });
-  // Room for the whole load: every client may wait in the queue, may ask for --max-tokens, and the server must not
-  // time a request out before the client does (the server's deadline counts queueing too).
-  const limits = {
-    maxNewTokens: Math.max(base.limits.maxNewTokens, opts.maxTokens),
-    queueDepth: Math.max(base.limits.queueDepth, opts.clients),
-    requestTimeoutMs: Math.max(base.limits.requestTimeoutMs, opts.timeoutMs),
-  };
+  const common = loopbackOverrides(opts.model, opts.workers);
+  const limits = loadLimits(loadConfig({ overrides: common }).limits, opts);
   return {
     unbatched: loadConfig({ overrides: { ...common, limits: { ...limits, maxBatchSequences: 1 } } }),
     batched: loadConfig({ overrides: { ...common, limits } }),
   };
 }
 
-async function main(): Promise<number> {
-  let opts;
-  try {
-    opts = parse(process.argv.slice(2));
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`bench/batching.ts: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  if (opts === null) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+async function main(opts: Options): Promise<number> {
   const { unbatched, batched } = configs(opts);
   if (batched.limits.maxBatchSequences === 1) process.stderr.write('note: the configured limits.maxBatchSequences is 1, so both servers are unbatched\n');
 
@@ -130,16 +96,8 @@ async function main(): Promise<number> {
     controller.abort();
   });
 
-  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
-  const servers: RunningServer[] = [];
-  try {
-    const targets: Target[] = [];
-    for (const [name, config] of [['unbatched', unbatched], ['batched', batched]] as const) {
-      process.stderr.write(`starting the ${name} gateway (maxBatchSequences ${config.limits.maxBatchSequences}, model ${config.model})\n`);
-      const server = await startServer(config, { logger, closeGraceMs: 2_000 });
-      servers.push(server);
-      targets.push({ name, client: await createClient('tgi', server.url, { timeoutMs: opts.timeoutMs }) });
-    }
+  const about = (config: Config) => `maxBatchSequences ${config.limits.maxBatchSequences}`;
+  return withGateways({ unbatched, batched }, { about, timeoutMs: opts.timeoutMs }, async (targets) => {
     await warmUp(targets, opts.prompts[0], Math.min(opts.maxTokens, 8), opts.stream, controller.signal);
     const results = await runBenchmark({
       targets,
@@ -160,28 +118,17 @@ async function main(): Promise<number> {
     const notes = resultNotes(results);
     if (!opts.stream) notes.push('non-streaming run (--no-stream): no TTFT or decode rate; tokens are the server-reported counts.');
     if (controller.signal.aborted) notes.push('interrupted before the end: figures rest on fewer repeats.');
-    if (notes.length > 0) body.push(notes.map((n) => `- ${n}`).join('\n'));
-    process.stdout.write(`\n${body.join('\n\n')}\n`);
 
-    if (opts.record) {
-      const facts: Array<[string, string]> = [
+    publish(body, notes, opts.record && {
+      title: 'batching', label: opts.label, command: commandLine('bench/batching.ts'),
+      facts: [
         ['model', batched.model],
         ['servers', `in-process, workers ${resolveWorkers(batched)}, limits.maxBatchSequences 1 (unbatched) vs ${batched.limits.maxBatchSequences} (batched), maxBatchTokens ${batched.limits.maxBatchTokens}`],
         ['load', `${opts.clients} clients, max ${opts.maxTokens} new tokens, greedy, ${opts.stream ? 'streamed' : 'not streamed'}, prompts: ${opts.promptsFrom} (${opts.prompts.length}), ${opts.repeats} repeats`],
-      ];
-      const section = formatSection({ title: 'batching', label: opts.label, command: commandLine('bench/batching.ts'), facts, body });
-      process.stderr.write(`appended to ${appendResults(section)}\n`);
-    }
+      ],
+    });
     return results.some((r) => r.metrics.ok > 0) ? 0 : 1;
-  } finally {
-    for (const server of servers) await server.close();
-  }
+  });
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/batching.ts: ${(err as Error).message ?? String(err)}\n`);
-    process.exit(1);
-  },
-);
+runCli('bench/batching.ts', HELP, parse, main);

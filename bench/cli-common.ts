@@ -1,10 +1,58 @@
-/** Argument checks shared by the benchmark CLIs (bench/load.ts, bench/batching.ts). */
+/**
+ * What the benchmark CLIs (bench/load.ts, bench/batching.ts, bench/prefix-cache.ts, bench/skewed.ts) share: the
+ * command-line entry point (runCli), flag parsing and argument checks.
+ */
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 /** A bad command line: the CLI prints the message and exits with status 2. */
 export class UsageError extends Error {
   override readonly name = 'UsageError';
+}
+
+type FlagOptions = NonNullable<ParseArgsConfig['options']>;
+type StrictConfig<O extends FlagOptions> = { args: string[]; strict: true; allowPositionals: false; options: O };
+
+/** parseArgs, strict and without positionals; its errors (unknown flag, missing value) become UsageErrors. */
+export function parseFlags<const O extends FlagOptions>(argv: string[], options: O): ReturnType<typeof parseArgs<StrictConfig<O>>>['values'] {
+  try {
+    return parseArgs<StrictConfig<O>>({ args: argv, strict: true, allowPositionals: false, options }).values;
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}; see --help`);
+  }
+}
+
+/**
+ * Runs a benchmark CLI and exits: `parse` reads process.argv (a UsageError: its message on stderr, status 2; null,
+ * i.e. --help: `help` on stdout, status 0), then `run` measures and returns the status. Any other error: its
+ * message on stderr, status 1. Messages start with `script`, e.g. "bench/load.ts".
+ */
+export function runCli<O>(script: string, help: string, parse: (argv: string[]) => O | null, run: (opts: O) => Promise<number>): void {
+  const main = async (): Promise<number> => {
+    let opts;
+    try {
+      opts = parse(process.argv.slice(2));
+    } catch (err) {
+      if (err instanceof UsageError) {
+        process.stderr.write(`${script}: ${err.message}\n`);
+        return 2;
+      }
+      throw err;
+    }
+    if (opts === null) {
+      process.stdout.write(help);
+      return 0;
+    }
+    return run(opts);
+  };
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`${script}: ${(err as Error).message ?? String(err)}\n`);
+      process.exit(1);
+    },
+  );
 }
 
 /** An integer flag within [min, max]; `undefined` gives the fallback. */

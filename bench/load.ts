@@ -2,10 +2,9 @@
  * Load generator for a running server: `npx tsx bench/load.ts --help`.
  * Prints a Markdown table and (unless --no-record) appends it to bench/RESULTS.md.
  */
-import { parseArgs } from 'node:util';
 import { APIS, createClient, type ApiKind } from './clients.ts';
-import { clientLevels, intFlag, loopbackUrl, numberFlag, readPrompts, UsageError } from './cli-common.ts';
-import { appendResults, commandLine, formatSection } from './record.ts';
+import { clientLevels, intFlag, loopbackUrl, numberFlag, parseFlags, readPrompts, runCli, UsageError } from './cli-common.ts';
+import { commandLine, publish } from './record.ts';
 import { DEFAULT_PROMPTS, ratioTable, resultNotes, resultsTable, runBenchmark, warmUp, type Target } from './run-load.ts';
 
 const MAX_CLIENTS = 256;
@@ -49,32 +48,22 @@ function apiFlag(name: string, value: string | undefined, fallback: ApiKind): Ap
 }
 
 function parse(argv: string[]) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        url: { type: 'string' },
-        api: { type: 'string' },
-        compare: { type: 'string' },
-        'compare-api': { type: 'string' },
-        clients: { type: 'string' },
-        requests: { type: 'string' },
-        'max-tokens': { type: 'string' },
-        prompts: { type: 'string' },
-        repeats: { type: 'string' },
-        'timeout-s': { type: 'string' },
-        'no-stream': { type: 'boolean' },
-        label: { type: 'string' },
-        'no-record': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}; see --help`);
-  }
+  const values = parseFlags(argv, {
+    url: { type: 'string' },
+    api: { type: 'string' },
+    compare: { type: 'string' },
+    'compare-api': { type: 'string' },
+    clients: { type: 'string' },
+    requests: { type: 'string' },
+    'max-tokens': { type: 'string' },
+    prompts: { type: 'string' },
+    repeats: { type: 'string' },
+    'timeout-s': { type: 'string' },
+    'no-stream': { type: 'boolean' },
+    label: { type: 'string' },
+    'no-record': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return null;
   if (values.url === undefined) throw new UsageError('--url is required, e.g. --url http://127.0.0.1:8080');
   if (values['compare-api'] !== undefined && values.compare === undefined) throw new UsageError('--compare-api needs --compare URL');
@@ -98,21 +87,9 @@ function parse(argv: string[]) {
   };
 }
 
-async function main(): Promise<number> {
-  let opts;
-  try {
-    opts = parse(process.argv.slice(2));
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`bench/load.ts: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  if (opts === null) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+type Options = NonNullable<ReturnType<typeof parse>>;
+
+async function main(opts: Options): Promise<number> {
   if (opts.fixedRequests !== undefined) {
     const over = opts.levels.filter((c) => c > opts.fixedRequests!);
     if (over.length > 0) process.stderr.write(`note: --requests ${opts.fixedRequests} is below --clients ${over.join(',')}: at most ${opts.fixedRequests} requests run at once there\n`);
@@ -146,25 +123,16 @@ async function main(): Promise<number> {
   const notes = resultNotes(results);
   if (!opts.stream) notes.push('non-streaming run (--no-stream): no TTFT or decode rate; tokens are the server-reported counts.');
   if (controller.signal.aborted) notes.push('interrupted before the end: incomplete levels are missing or based on fewer repeats.');
-  if (notes.length > 0) body.push(notes.map((n) => `- ${n}`).join('\n'));
-  process.stdout.write(`\n${body.join('\n\n')}\n`);
 
-  if (opts.record) {
-    const facts: Array<[string, string]> = [
+  publish(body, notes, opts.record && {
+    title: 'load', label: opts.label, command: commandLine('bench/load.ts'),
+    facts: [
       ['ours', `${opts.api} at ${opts.url}`],
       ...(opts.compare ? ([['peer', `${opts.compareApi} at ${opts.compare}`]] as Array<[string, string]>) : []),
       ['load', `max ${opts.maxTokens} new tokens, greedy, ${opts.stream ? 'streamed' : 'not streamed'}, prompts: ${opts.promptsFrom} (${opts.prompts.length}), ${opts.repeats} repeats`],
-    ];
-    const section = formatSection({ title: 'load', label: opts.label, command: commandLine('bench/load.ts'), facts, body });
-    process.stderr.write(`appended to ${appendResults(section)}\n`);
-  }
+    ],
+  });
   return results.some((r) => r.metrics.ok > 0) ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/load.ts: ${(err as Error).message ?? String(err)}\n`);
-    process.exit(1);
-  },
-);
+runCli('bench/load.ts', HELP, parse, main);

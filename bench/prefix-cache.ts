@@ -6,14 +6,12 @@
  * streamed greedy requests: a shared system prompt of about 1 KB followed by a question unique to each request.
  * Reports TTFT p50 / p90 for each and the ratio uncached/cached from the same run (medians over repeats).
  */
-import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { loadConfig, resolveWorkers, type Config, type ConfigInput } from '../src/config.ts';
-import { createLogger } from '../src/log.ts';
-import { startServer, type RunningServer } from '../src/serve.ts';
-import { createClient, type Client } from './clients.ts';
-import { intFlag, numberFlag, UsageError } from './cli-common.ts';
-import { appendResults, commandLine, formatSection } from './record.ts';
+import { loadConfig, resolveWorkers, type Config } from '../src/config.ts';
+import type { Client } from './clients.ts';
+import { intFlag, numberFlag, parseFlags, runCli } from './cli-common.ts';
+import { commandLine, publish } from './record.ts';
+import { loadLimits, loopbackOverrides, withGateways } from './servers.ts';
 import { fmt, markdownTable, median, percentile, ratio } from './stats.ts';
 
 const MAX_REQUESTS = 10_000;
@@ -57,20 +55,12 @@ const QUESTIONS = [
 ];
 
 function parse(argv: string[]) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv, strict: true, allowPositionals: false,
-      options: {
-        requests: { type: 'string' }, clients: { type: 'string' }, repeats: { type: 'string' },
-        'max-tokens': { type: 'string' }, 'system-bytes': { type: 'string' }, 'block-tokens': { type: 'string' },
-        model: { type: 'string' }, workers: { type: 'string' }, 'timeout-s': { type: 'string' },
-        label: { type: 'string' }, 'no-record': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}; see --help`);
-  }
+  const values = parseFlags(argv, {
+    requests: { type: 'string' }, clients: { type: 'string' }, repeats: { type: 'string' },
+    'max-tokens': { type: 'string' }, 'system-bytes': { type: 'string' }, 'block-tokens': { type: 'string' },
+    model: { type: 'string' }, workers: { type: 'string' }, 'timeout-s': { type: 'string' },
+    label: { type: 'string' }, 'no-record': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return null;
   return {
     requests: intFlag('requests', values.requests, 64, 1, MAX_REQUESTS),
@@ -90,12 +80,10 @@ function parse(argv: string[]) {
 type Options = NonNullable<ReturnType<typeof parse>>;
 
 function configs(opts: Options): { uncached: Config; cached: Config } {
-  const common: ConfigInput = { host: '127.0.0.1', port: 0, model: opts.model, workers: opts.workers };
+  const common = loopbackOverrides(opts.model, opts.workers);
   const base = loadConfig({ overrides: common });
   const limits = {
-    maxNewTokens: Math.max(base.limits.maxNewTokens, opts.maxTokens),
-    queueDepth: Math.max(base.limits.queueDepth, opts.clients),
-    requestTimeoutMs: Math.max(base.limits.requestTimeoutMs, opts.timeoutMs),
+    ...loadLimits(base.limits, opts),
     maxBodyBytes: Math.max(base.limits.maxBodyBytes, 4 * opts.systemBytes + 4096),
   };
   const response = { maxEntries: 0 };
@@ -133,35 +121,12 @@ async function prefixStats(url: string) {
   return info;
 }
 
-async function main(): Promise<number> {
-  let opts;
-  try {
-    opts = parse(process.argv.slice(2));
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`bench/prefix-cache.ts: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  if (opts === null) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+async function main(opts: Options): Promise<number> {
   const { uncached, cached } = configs(opts);
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort());
-  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
-  const servers: RunningServer[] = [];
-  try {
-    const targets: Array<{ name: 'uncached' | 'cached'; client: Client; url: string }> = [];
-    for (const [name, config] of [['uncached', uncached], ['cached', cached]] as const) {
-      process.stderr.write(`starting the ${name} gateway (prefix cache ${config.cache.prefix.maxBytes} bytes, model ${config.model})\n`);
-      const server = await startServer(config, { logger, closeGraceMs: 2_000 });
-      servers.push(server);
-      targets.push({ name, client: await createClient('tgi', server.url, { timeoutMs: opts.timeoutMs }), url: server.url });
-    }
-
+  const about = (config: Config) => `prefix cache ${config.cache.prefix.maxBytes} bytes`;
+  return withGateways({ uncached, cached }, { about, timeoutMs: opts.timeoutMs }, async (targets) => {
     // The byte-level tokenizer makes one token per byte (plus BOS): fit the system prompt into the context.
     const info = await prefixStats(targets[0].url);
     const room = Math.min(info.limits.max_prompt_tokens, info.context_length - opts.maxTokens) - 64;
@@ -202,28 +167,17 @@ async function main(): Promise<number> {
         + `${stats.evictions} evictions, ${(stats.bytes / 2 ** 20).toFixed(1)} MiB held.`);
     }
     if (controller.signal.aborted) notes.push('interrupted before the end: figures rest on fewer repeats.');
-    if (notes.length > 0) body.push(notes.map((n) => `- ${n}`).join('\n'));
-    process.stdout.write(`\n${body.join('\n\n')}\n`);
 
-    if (opts.record) {
-      const facts: Array<[string, string]> = [
+    publish(body, notes, opts.record && {
+      title: 'prefix cache TTFT', label: opts.label, command: commandLine('bench/prefix-cache.ts'),
+      facts: [
         ['model', cached.model],
         ['servers', `in-process, workers ${resolveWorkers(cached)}, response cache off; prefix cache off vs ${cached.cache.prefix.maxBytes} bytes in blocks of ${cached.cache.prefix.blockTokens} tokens`],
         ['load', `${opts.clients} client(s), ${opts.requests} requests per repeat, ${opts.repeats} repeats, shared system prompt ${systemBytes + 1} bytes + a unique question, max ${opts.maxTokens} new tokens, greedy, streamed (TGI)`],
-      ];
-      const section = formatSection({ title: 'prefix cache TTFT', label: opts.label, command: commandLine('bench/prefix-cache.ts'), facts, body });
-      process.stderr.write(`appended to ${appendResults(section)}\n`);
-    }
+      ],
+    });
     return samples.cached.length > 0 ? 0 : 1;
-  } finally {
-    for (const server of servers) await server.close();
-  }
+  });
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/prefix-cache.ts: ${(err as Error).message ?? String(err)}\n`);
-    process.exit(1);
-  },
-);
+runCli('bench/prefix-cache.ts', HELP, parse, main);

@@ -100,3 +100,13 @@ export function appendResults(section: string, file = RESULTS_FILE): string {
   appendFileSync(file, `\n${section.trimEnd()}\n`);
   return file;
 }
+
+/**
+ * Prints a benchmark's result on stdout: the body's blocks, then the notes (when there are any) as a list. Given a
+ * section (`record`, without its body), also appends the result to RESULTS.md and says so on stderr.
+ */
+export function publish(body: readonly string[], notes: readonly string[], record: false | Omit<ResultSection, 'body'>): void {
+  const blocks = notes.length > 0 ? [...body, notes.map((n) => `- ${n}`).join('\n')] : [...body];
+  process.stdout.write(`\n${blocks.join('\n\n')}\n`);
+  if (record) process.stderr.write(`appended to ${appendResults(formatSection({ ...record, body: blocks }))}\n`);
+}

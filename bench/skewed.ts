@@ -11,18 +11,17 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadConfig, type Config } from '../src/config.ts';
-import { createLogger } from '../src/log.ts';
-import { startServer, type RunningServer } from '../src/serve.ts';
+import type { RunningServer } from '../src/serve.ts';
 import { balanceOf, predictBalance } from '../src/placement/rebalance.ts';
 import { placementFromFile } from '../src/placement/placement.ts';
 import { fitCost, replay } from '../src/planning/capacity.ts';
 import { readLoadTrace, totalLoad, type LoadTrace } from '../src/planning/trace.ts';
 import { createClient } from './clients.ts';
-import { intFlag, UsageError } from './cli-common.ts';
-import { appendResults, commandLine, formatSection } from './record.ts';
+import { intFlag, parseFlags, runCli } from './cli-common.ts';
+import { commandLine, publish } from './record.ts';
 import { DEFAULT_PROMPTS, runLevel, summarize, type LevelMetrics } from './run-load.ts';
+import { loadLimits, loopbackOverrides, startGateway } from './servers.ts';
 import { fmt, markdownTable, median } from './stats.ts';
 
 const HELP = `Usage: npx tsx bench/skewed.ts [options]
@@ -53,20 +52,12 @@ Exit status: 0 done, 1 the benchmark failed, 2 bad arguments.
 `;
 
 function parse(argv: string[]) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv, strict: true, allowPositionals: false,
-      options: {
-        clients: { type: 'string' }, requests: { type: 'string' }, 'max-tokens': { type: 'string' }, repeats: { type: 'string' },
-        model: { type: 'string' }, workers: { type: 'string' }, 'max-experts-per-worker': { type: 'string' },
-        candidates: { type: 'string' }, prompts: { type: 'string' }, tiny: { type: 'boolean' },
-        label: { type: 'string' }, 'no-record': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}; see --help`);
-  }
+  const values = parseFlags(argv, {
+    clients: { type: 'string' }, requests: { type: 'string' }, 'max-tokens': { type: 'string' }, repeats: { type: 'string' },
+    model: { type: 'string' }, workers: { type: 'string' }, 'max-experts-per-worker': { type: 'string' },
+    candidates: { type: 'string' }, prompts: { type: 'string' }, tiny: { type: 'boolean' },
+    label: { type: 'string' }, 'no-record': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return null;
   const clients = intFlag('clients', values.clients, 16, 1, 256);
   const candidates = intFlag('candidates', values.candidates, 48, 4, 1000);
@@ -99,27 +90,15 @@ export function candidatePrompts(count: number): string[] {
   return [...new Set(out)].slice(0, count);
 }
 
+type Options = NonNullable<ReturnType<typeof parse>>;
+
 interface LoadSnapshot {
   steps: number;
   tokensPerExpert: number[][];
   workerTokensPerLayer: number[][];
 }
 
-async function main(): Promise<number> {
-  let opts;
-  try {
-    opts = parse(process.argv.slice(2));
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`bench/skewed.ts: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  if (opts === null) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+async function main(opts: Options): Promise<number> {
   let model = opts.model;
   if (opts.tiny) {
     const { tinyConfig, writeTinyPackage } = await import('../test/fixtures/tiny-package.ts');
@@ -127,25 +106,22 @@ async function main(): Promise<number> {
   }
   const token = randomUUID();
   const traceFile = join(mkdtempSync(join(tmpdir(), 'switchyard-skewed-')), 'load.jsonl');
-  const base = loadConfig({ overrides: { host: '127.0.0.1', port: 0, model, workers: opts.workers } });
+  const common = loopbackOverrides(model, opts.workers);
+  const base = loadConfig({ overrides: common });
   const config: Config = loadConfig({
     overrides: {
-      host: '127.0.0.1', port: 0, model, workers: opts.workers,
+      ...common,
       admin: { token, maxWorkers: opts.workers },
       placement: { maxExpertsPerWorker: opts.maxExpertsPerWorker },
       telemetry: { loadTraceFile: traceFile },
       cache: { prefix: { maxBytes: 0 }, response: { maxEntries: 0 } },
-      limits: {
-        maxNewTokens: Math.max(base.limits.maxNewTokens, opts.maxTokens),
-        queueDepth: Math.max(base.limits.queueDepth, opts.clients),
-        maxBatchSequences: Math.max(base.limits.maxBatchSequences, opts.clients),
-      },
+      // Room for the load and a batch slot per client; the server keeps its configured request timeout.
+      limits: { ...loadLimits(base.limits, opts), maxBatchSequences: Math.max(base.limits.maxBatchSequences, opts.clients) },
     },
   });
 
-  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   process.stderr.write(`starting the gateway (model ${config.model}, ${opts.workers} workers, load trace ${traceFile})\n`);
-  let server: RunningServer | null = await startServer(config, { logger, closeGraceMs: 2_000 });
+  let server: RunningServer | null = await startGateway(config);
   try {
     const url = server.url;
     const admin = async (path: string, init: RequestInit = {}) => {
@@ -272,28 +248,20 @@ async function main(): Promise<number> {
       `engine tok/s (trace): sequences advanced per second of scheduler step time in each run's own trace steps — what the planner models; the client-side rate also pays HTTP and the gaps between steps`,
       `calibration run (not in the medians): ${fmt(calibration.metrics.tokensPerS)} tok/s, balancedness ${fmt(calibration.balance, 3)}`,
     ];
-    const body = [table, ratios, notes.map((n) => `- ${n}`).join('\n')];
-    process.stdout.write(`\n${body.join('\n\n')}\n`);
+    const body = [table, ratios];
 
-    if (opts.record) {
-      const facts: Array<[string, string]> = [
+    publish(body, notes, opts.record && {
+      title: 'skewed routing: rebalancing', label: opts.label, command: commandLine('bench/skewed.ts'),
+      facts: [
         ['model', config.model + (opts.tiny ? ' (tiny random package, smoke run)' : '')],
         ['server', `in-process, ${opts.workers} workers, maxBatchSequences ${config.limits.maxBatchSequences}, response and prefix caches off, load trace on, placement.maxExpertsPerWorker ${opts.maxExpertsPerWorker ?? 'none'}`],
         ['load', `${opts.clients} clients, ${opts.requests} requests per run, max ${opts.maxTokens} new tokens, greedy, not streamed, ${opts.repeats} repeats per placement (alternating)`],
-      ];
-      const section = formatSection({ title: 'skewed routing: rebalancing', label: opts.label, command: commandLine('bench/skewed.ts'), facts, body });
-      process.stderr.write(`appended to ${appendResults(section)}\n`);
-    }
+      ],
+    });
     return m.start.errors + m.rebalanced.errors === 0 ? 0 : 1;
   } finally {
     await server?.close();
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/skewed.ts: ${(err as Error).message ?? String(err)}\n`);
-    process.exit(1);
-  },
-);
+runCli('bench/skewed.ts', HELP, parse, main);
