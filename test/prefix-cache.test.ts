@@ -194,6 +194,19 @@ describe('PrefixCache (unit)', () => {
     expect(pc.stats().entries).toBe(3);
   });
 
+  it('reports its counters and bound as CacheStats (no maxEntries); clear() empties it without counting evictions', () => {
+    const blockBytes = 2 * layers * 2 * rowSize * 4 + 2 * 4;
+    const pc = new PrefixCache({ modelId: 'm', blockTokens: 2, maxBytes: 1 << 20, layers });
+    pc.store(ids(5), filled(5)); // blocks [0,1] [2,3]
+    expect(pc.lookup(ids(5), new KvCache(layers, rowSize))).toBe(4);
+    expect(pc.lookup(ids(5, 1), new KvCache(layers, rowSize))).toBe(0);
+    expect(pc.stats()).toStrictEqual({ enabled: true, hits: 1, misses: 1, evictions: 0, entries: 2, bytes: 2 * blockBytes, maxBytes: 1 << 20, tokensReused: 4 });
+    pc.clear();
+    expect(pc.stats()).toStrictEqual({ enabled: true, hits: 1, misses: 1, evictions: 0, entries: 0, bytes: 0, maxBytes: 1 << 20, tokensReused: 4 });
+    expect(new PrefixCache({ modelId: 'm', blockTokens: 2, maxBytes: 0, layers }).stats())
+      .toStrictEqual({ enabled: false, hits: 0, misses: 0, evictions: 0, entries: 0, bytes: 0, maxBytes: 0, tokensReused: 0 });
+  });
+
   it('evicts the tail of a chain before its head', () => {
     const blockBytes = 2 * layers * 2 * rowSize * 4 + 2 * 4;
     const pc = new PrefixCache({ modelId: 'm', blockTokens: 2, maxBytes: 3 * blockBytes, layers });

@@ -156,6 +156,21 @@ describe('ResponseCache bounds (unit)', () => {
     expect(cache.get(fresh)?.generatedText).toBe('new experts');
   });
 
+  it('reports its counters and bounds as CacheStats; clear() empties it without counting evictions', () => {
+    const cache = new ResponseCache({ modelId: 'm', maxEntries: 10, maxBytes: 1 << 20 });
+    const key = cache.keyOf(request('x'))!;
+    cache.get(key);
+    cache.set(key, result('a'));
+    cache.get(key);
+    const bytes = cache.stats().bytes;
+    expect(bytes).toBeGreaterThan(0);
+    expect(cache.stats()).toStrictEqual({ enabled: true, hits: 1, misses: 1, evictions: 0, entries: 1, bytes, maxBytes: 1 << 20, maxEntries: 10 });
+    cache.clear();
+    expect(cache.stats()).toStrictEqual({ enabled: true, hits: 1, misses: 1, evictions: 0, entries: 0, bytes: 0, maxBytes: 1 << 20, maxEntries: 10 });
+    expect(new ResponseCache({ modelId: 'm', maxEntries: 0, maxBytes: 100 }).stats())
+      .toStrictEqual({ enabled: false, hits: 0, misses: 0, evictions: 0, entries: 0, bytes: 0, maxBytes: 100, maxEntries: 0 });
+  });
+
   it('is disabled by maxEntries 0 or maxBytes 0', () => {
     for (const bounds of [{ maxEntries: 0, maxBytes: 100 }, { maxEntries: 10, maxBytes: 0 }]) {
       const cache = new ResponseCache({ modelId: 'm', ...bounds });

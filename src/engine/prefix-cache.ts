@@ -21,7 +21,7 @@
  * same tokens at the same positions; test/prefix-cache.test.ts checks it), and attention over them is the same math.
  */
 import { createHash } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
+import { CountedLru } from './counted-lru.ts';
 import type { KvCache } from './kv-cache.ts';
 import type { CacheStats } from './types.ts';
 
@@ -42,27 +42,15 @@ interface Block {
 }
 
 export class PrefixCache {
-  private readonly lru: LRUCache<string, Block> | null;
+  private readonly blocks: CountedLru<Block>;
   private readonly root: Buffer;
-  private hits = 0;
-  private misses = 0;
-  private evictions = 0;
   private tokensReused = 0;
-  /** Bumped by clear(); the generation each sequence's cache joined in (see store). */
-  private generation = 0;
+  /** The generation (of `blocks`, bumped by clear()) each sequence's cache joined in (see store). */
   private readonly joined = new WeakMap<KvCache, number>();
 
   constructor(private readonly options: PrefixCacheOptions) {
     this.root = createHash('sha256').update(`switchyard prefix cache\0${options.modelId}`).digest();
-    this.lru = options.maxBytes > 0
-      ? new LRUCache<string, Block>({
-        maxSize: options.maxBytes,
-        sizeCalculation: (block) => block.bytes,
-        dispose: (_block, _key, reason) => {
-          if (reason === 'evict') this.evictions++;
-        },
-      })
-      : null;
+    this.blocks = new CountedLru<Block>({ maxBytes: options.maxBytes });
   }
 
   get blockTokens(): number {
@@ -75,28 +63,29 @@ export class PrefixCache {
    * Prompts too short to hold a block before their last token are not counted as a hit or a miss.
    */
   lookup(promptIds: readonly number[], cache: KvCache): number {
-    this.joined.set(cache, this.generation);
+    this.joined.set(cache, this.blocks.generation);
     const b = this.options.blockTokens;
     const usable = Math.floor((promptIds.length - 1) / b);
-    if (!this.lru || usable === 0 || cache.length !== 0) return 0;
+    const lru = this.blocks.lru;
+    if (!lru || usable === 0 || cache.length !== 0) return 0;
     const found: Block[] = [];
     const keys: string[] = [];
     let parent = this.root;
     for (let i = 0; i < usable; i++) {
       const digest = chain(parent, promptIds, i * b, b);
       const key = digest.toString('base64');
-      const block = this.lru.peek(key);
+      const block = lru.peek(key);
       if (!block || !sameTokens(block.tokens, promptIds, i * b)) break;
       found.push(block);
       keys.push(key);
       parent = digest;
     }
     if (found.length === 0) {
-      this.misses++;
+      this.blocks.misses++;
       return 0;
     }
-    this.hits++;
-    for (let i = keys.length - 1; i >= 0; i--) this.lru.get(keys[i]); // deepest first: parents end up most recent
+    this.blocks.hits++;
+    for (let i = keys.length - 1; i >= 0; i--) lru.get(keys[i]); // deepest first: parents end up most recent
     for (const block of found) {
       for (let layer = 0; layer < this.options.layers; layer++) cache.write(layer, block.keys[layer], block.values[layer]);
       cache.length += b;
@@ -113,7 +102,8 @@ export class PrefixCache {
     const b = this.options.blockTokens;
     const whole = Math.floor(promptIds.length / b);
     const joined = this.joined.get(cache);
-    if (!this.lru || whole === 0 || cache.length < whole * b || (joined !== undefined && joined !== this.generation)) return;
+    const lru = this.blocks.lru;
+    if (!lru || whole === 0 || cache.length < whole * b || (joined !== undefined && joined !== this.blocks.generation)) return;
     const keys: string[] = [];
     let parent = this.root;
     for (let i = 0; i < whole; i++) {
@@ -122,28 +112,18 @@ export class PrefixCache {
     }
     // Deepest first, so that under pressure the LRU drops a chain's tail before its head.
     for (let i = whole - 1; i >= 0; i--) {
-      if (this.lru.has(keys[i])) this.lru.get(keys[i]);
-      else this.lru.set(keys[i], this.sliceBlock(promptIds, cache, i));
+      if (lru.has(keys[i])) lru.get(keys[i]);
+      else lru.set(keys[i], this.sliceBlock(promptIds, cache, i));
     }
   }
 
   /** Drops every block (the model's outputs may have changed: new placement or expert kernels). */
   clear(): void {
-    this.generation++;
-    this.lru?.clear();
+    this.blocks.clear();
   }
 
   stats(): CacheStats {
-    return {
-      enabled: this.lru !== null,
-      hits: this.hits,
-      misses: this.misses,
-      evictions: this.evictions,
-      entries: this.lru?.size ?? 0,
-      bytes: this.lru?.calculatedSize ?? 0,
-      maxBytes: this.options.maxBytes,
-      tokensReused: this.tokensReused,
-    };
+    return { ...this.blocks.stats(), tokensReused: this.tokensReused };
   }
 
   private sliceBlock(promptIds: readonly number[], cache: KvCache, index: number): Block {

@@ -11,7 +11,7 @@
  * generation it was made in, so an answer computed across a clear() is not stored.
  */
 import { createHash } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
+import { CountedLru } from './counted-lru.ts';
 import type { CacheStats, GenerateRequest, GenerateResult } from './types.ts';
 
 export interface ResponseCacheOptions {
@@ -29,73 +29,51 @@ interface Entry {
 }
 
 export class ResponseCache {
-  private readonly lru: LRUCache<string, Entry> | null;
-  private hits = 0;
-  private misses = 0;
-  private evictions = 0;
-  /** Bumped by clear(); part of every key. */
-  private generation = 0;
+  /** Its generation (bumped by clear()) is part of every key. */
+  private readonly results: CountedLru<Entry>;
 
   constructor(private readonly options: ResponseCacheOptions) {
-    this.lru = options.maxEntries > 0 && options.maxBytes > 0
-      ? new LRUCache<string, Entry>({
-        max: options.maxEntries,
-        maxSize: options.maxBytes,
-        sizeCalculation: (entry) => entry.bytes,
-        dispose: (_entry, _key, reason) => {
-          if (reason === 'evict') this.evictions++;
-        },
-      })
-      : null;
+    this.results = new CountedLru<Entry>({ maxBytes: options.maxBytes, maxEntries: options.maxEntries });
   }
 
   get enabled(): boolean {
-    return this.lru !== null;
+    return this.results.lru !== null;
   }
 
   /** The cache key of a request whose output the request fully determines; null when it must not be cached. */
   keyOf(request: GenerateRequest): string | null {
-    if (!this.lru) return null;
+    if (!this.results.lru) return null;
     if (request.sampling.doSample && request.sampling.seed === null) return null;
     const hash = createHash('sha256').update(canonicalJson({ model: this.options.modelId, request })).digest('base64');
-    return `${this.generation}:${hash}`;
+    return `${this.results.generation}:${hash}`;
   }
 
   /** A copy of the stored result (callers may change it freely); counts a hit or a miss. */
   get(key: string): GenerateResult | undefined {
-    const entry = this.lru?.get(key);
+    const entry = this.results.lru?.get(key);
     if (!entry) {
-      this.misses++;
+      this.results.misses++;
       return undefined;
     }
-    this.hits++;
+    this.results.hits++;
     return structuredClone(entry.result);
   }
 
   /** Stores a copy, unless clear() ran since the key was made (the answer may come from the old experts). */
   set(key: string, result: GenerateResult): void {
-    if (!this.lru || !key.startsWith(`${this.generation}:`)) return;
+    const lru = this.results.lru;
+    if (!lru || !key.startsWith(`${this.results.generation}:`)) return;
     const copy = structuredClone(result);
     // Results larger than maxBytes are not stored (lru-cache's maxEntrySize defaults to maxSize).
-    this.lru.set(key, { result: copy, bytes: Buffer.byteLength(JSON.stringify(copy)) + key.length });
+    lru.set(key, { result: copy, bytes: Buffer.byteLength(JSON.stringify(copy)) + key.length });
   }
 
   clear(): void {
-    this.generation++;
-    this.lru?.clear();
+    this.results.clear();
   }
 
   stats(): CacheStats {
-    return {
-      enabled: this.lru !== null,
-      hits: this.hits,
-      misses: this.misses,
-      evictions: this.evictions,
-      entries: this.lru?.size ?? 0,
-      bytes: this.lru?.calculatedSize ?? 0,
-      maxBytes: this.options.maxBytes,
-      maxEntries: this.options.maxEntries,
-    };
+    return this.results.stats();
   }
 }
 
