@@ -385,4 +385,19 @@ describe('kernels in the workers', () => {
       await sparse.close();
     }
   });
+
+  it("a structurally pruned package's experts run 'structured' with their own width; a dense package's run 'dense'", async () => {
+    const structured = mkdtempSync(join(tmpdir(), 'kernels-structured-'));
+    await prunePackage({ modelDir: dense, outDir: structured, method: 'structured', sparsity: 0.25 });
+    for (const [dir, want, ffn] of [[structured, 'structured', 24], [dense, 'dense', 32]] as const) {
+      const engine = await Engine.load(engineConfig(dir, { workers: 1 }));
+      try {
+        const [stats] = await engine.pool.stats();
+        expect(Object.keys(stats.kernels)).toHaveLength(config.num_hidden_layers * config.num_experts);
+        for (const report of Object.values(stats.kernels)) expect(report).toMatchObject({ kernel: want, setting: 'auto', ffn, sparsity: 0 });
+      } finally {
+        await engine.close();
+      }
+    }
+  });
 });
