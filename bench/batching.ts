@@ -78,7 +78,8 @@ type Options = NonNullable<ReturnType<typeof parse>>;
 
 /** The two configurations: identical except limits.maxBatchSequences. */
 function configs(opts: Options): { unbatched: Config; batched: Config } {
-  const common = loopbackOverrides(opts.model, opts.workers);
+  // Caches off: repeated prompts must be computed, not answered from the response or prefix cache.
+  const common = { ...loopbackOverrides(opts.model, opts.workers), cache: { prefix: { maxBytes: 0 }, response: { maxEntries: 0 } } };
   const limits = loadLimits(loadConfig({ overrides: common }).limits, opts);
   return {
     unbatched: loadConfig({ overrides: { ...common, limits: { ...limits, maxBatchSequences: 1 } } }),
