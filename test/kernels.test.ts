@@ -184,8 +184,11 @@ describe('native sparse kernel', () => {
 
   describe.skipIf(!native.available)('against the reference', () => {
     const modes = native.available ? [true, false] : [];
+    const perTokenDefault = native.available ? native.addon.perTokenMax() : 0;
     afterAll(() => {
-      if (native.available) native.addon.setSimd(true);
+      if (!native.available) return;
+      native.addon.setSimd(true);
+      native.addon.perTokenMax(perTokenDefault);
     });
     for (const simd of modes) {
       for (const [hidden, ffn] of [[16, 24], [37, 53], [256, 512]] as Array<[number, number]>) {
@@ -200,13 +203,17 @@ describe('native sparse kernel', () => {
             for (let i = 0; i < hidden; i += 3) w.down.fill(0, i * ffn, (i + 1) * ffn);
             for (let j = 0; j < ffn; j++) w.gate[j * hidden + 1] = 0;
             const k = SparseKernel.create(w, hidden, ffn);
-            for (const tokens of [1, 2, 7, 8, 9, 16, 17, 32, 33, 64, 100]) {
+            for (const tokens of [1, 2, 3, 7, 8, 9, 16, 17, 32, 33, 64, 100]) {
               const x = checkInput(tokens, hidden, tokens + 5);
-              const y = new Float32Array(tokens * hidden).fill(Number.NaN);
-              k.runSync(x, tokens, y);
               const ref = referenceFfn(w, hidden, ffn, x, tokens);
-              expect(relativeMaxError(y, ref), `sparsity ${sparsity}, ${tokens} tokens`).toBeLessThan(DENSE_TOLERANCE);
-              for (let i = 0; i < hidden; i += 3) expect(y[i]).toBe(0); // an empty output row gives exactly 0
+              // Small batches run per token (gather path) or as a tile, depending on perTokenMax: check both.
+              for (const perToken of [1, 4]) {
+                native.addon.perTokenMax(perToken);
+                const y = new Float32Array(tokens * hidden).fill(Number.NaN);
+                k.runSync(x, tokens, y);
+                expect(relativeMaxError(y, ref), `sparsity ${sparsity}, ${tokens} tokens, per-token ≤ ${perToken}`).toBeLessThan(DENSE_TOLERANCE);
+                for (let i = 0; i < hidden; i += 3) expect(y[i]).toBe(0); // an empty output row gives exactly 0
+              }
             }
             void k.release();
           }

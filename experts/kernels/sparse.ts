@@ -44,7 +44,10 @@ interface Addon {
   run(handle: object, x: Float32Array, tokens: number, out: Float32Array): void;
   release(handle: object): void;
   info(): { simd: string };
+  /** For tests and benchmarks (process-wide): use the AVX2 path when the CPU has it (true) or the portable one. */
   setSimd(enabled: boolean): { simd: string };
+  /** For tests and benchmarks (process-wide): batches of at most n tokens use the per-token gather path. */
+  perTokenMax(n?: number): number;
 }
 
 export type NativeStatus = { available: true; simd: string; addon: Addon } | { available: false; reason: string };
