@@ -29,8 +29,11 @@ export const DEFAULT_KERNEL_SETTINGS: KernelSettings = { kernel: 'auto', sparseM
 /** One candidate kernel's load-time check and timing. */
 export interface KernelTrial {
   kernel: KernelName;
-  /** Error against the TypeScript reference FFN (relative max error for exact kernels, relative L2 for quantized). */
-  error: number;
+  /**
+   * Error against the TypeScript reference FFN at load (relative max error for exact kernels, relative L2 for
+   * quantized); absent when the kernel could not be built, or is the baseline dense kernel used without a check.
+   */
+  error?: number;
   tolerance: number;
   ok: boolean;
   /** Median µs per call at each timed batch size ("1", "8"); absent when not timed (a single candidate). */
