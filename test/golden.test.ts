@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
+import { evaluate, readValidationSet } from '../src/eval/evaluate.ts';
 import { BUNDLED_MODEL } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
 
@@ -25,6 +26,13 @@ describe('bundled model golden file', () => {
     engine = await Engine.load(engineConfig(BUNDLED_MODEL));
   });
   afterAll(() => engine.close());
+
+  it("reproduces the trainer's validation bits per byte on the held-out windows", async () => {
+    const training = JSON.parse(readFileSync(join(BUNDLED_MODEL, 'training.json'), 'utf8'));
+    const result = await evaluate(engine.model, readValidationSet(BUNDLED_MODEL));
+    expect(Math.abs(result.val_bpb - training.final_validation.val_bpb)).toBeLessThan(1e-4);
+    expect(training.final_validation.val_bpb).toBeLessThanOrEqual(2.3);
+  });
 
   it('has at least 3 prompts', () => {
     expect(golden.cases.length).toBeGreaterThanOrEqual(3);
