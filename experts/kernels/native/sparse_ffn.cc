@@ -163,21 +163,36 @@ __attribute__((target("avx2,fma"))) void one_token_avx2(Expert& e, const float* 
   gemv_avx2(e.down, e.g.data(), y);
 }
 
+// U independent accumulator sets per row (U·V = 8 vectors), so consecutive FMAs do not wait on each other's
+// 4-cycle latency; summed at the end of the row.
 template <int V>
 __attribute__((target("avx2,fma"))) void spmm_tile_avx2(const Csr& m, const float* in, float* out) {
   constexpr int T = 8 * V;
+  constexpr int U = 8 / V;
   const uint32_t* ptr = m.ptr.data();
   const uint16_t* idx = m.idx.data();
   const float* val = m.val.data();
   for (uint32_t r = 0; r < m.rows; r++) {
-    __m256 acc[V];
-    for (int v = 0; v < V; v++) acc[v] = _mm256_setzero_ps();
-    for (uint32_t k = ptr[r], end = m.end[r]; k < end; k++) {
+    __m256 acc[U][V];
+    for (int u = 0; u < U; u++)
+      for (int v = 0; v < V; v++) acc[u][v] = _mm256_setzero_ps();
+    uint32_t k = ptr[r];
+    const uint32_t end = m.end[r];
+    for (; k + U <= end; k += U) {
+      for (int u = 0; u < U; u++) {
+        const __m256 w = _mm256_broadcast_ss(val + k + u);
+        const float* row = in + static_cast<size_t>(idx[k + u]) * T;
+        for (int v = 0; v < V; v++) acc[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * v), acc[u][v]);
+      }
+    }
+    for (; k < end; k++) {
       const __m256 w = _mm256_broadcast_ss(val + k);
       const float* row = in + static_cast<size_t>(idx[k]) * T;
-      for (int v = 0; v < V; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * v), acc[v]);
+      for (int v = 0; v < V; v++) acc[0][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * v), acc[0][v]);
     }
-    for (int v = 0; v < V; v++) _mm256_storeu_ps(out + static_cast<size_t>(r) * T + 8 * v, acc[v]);
+    for (int u = 1; u < U; u++)
+      for (int v = 0; v < V; v++) acc[0][v] = _mm256_add_ps(acc[0][v], acc[u][v]);
+    for (int v = 0; v < V; v++) _mm256_storeu_ps(out + static_cast<size_t>(r) * T + 8 * v, acc[0][v]);
   }
 }
 
@@ -232,7 +247,8 @@ void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
   uint32_t t = 0;
   while (t < tokens) {
     const uint32_t left = tokens - t;
-    if (left > 16) { run_tile<4>(e, x, y, t, left < 32 ? left : 32); t += left < 32 ? left : 32; }
+    if (left > 16 && g_avx2) { run_tile<4>(e, x, y, t, left < 32 ? left : 32); t += left < 32 ? left : 32; }
+    else if (left > 16) { run_tile<2>(e, x, y, t, 16); t += 16; }
     else if (left > 8) { run_tile<2>(e, x, y, t, left); t += left; }
     else { run_tile<1>(e, x, y, t, left); t += left; }
   }
