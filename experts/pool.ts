@@ -32,6 +32,8 @@ export interface PoolOptions {
   executionProviders: string[];
   /** How each expert picks its kernel (config `experts`); default 'auto'. */
   kernel?: KernelSettings;
+  /** Most experts each worker keeps loaded (config experts.maxResidentPerWorker); null: all. */
+  maxResidentPerWorker?: number | null;
   /** A replicated expert's batch is split over its hosts only in parts of at least this many rows (default 32). */
   minSplitRows?: number;
   onError?: (error: Error) => void;
@@ -52,6 +54,8 @@ export interface WorkerTiming {
   /** From submitting the task to the worker starting it, and its compute time (ms). */
   queueMs: number;
   computeMs: number;
+  /** The worker's on-demand expert loads and evictions since start (expert residency). */
+  residency?: { loads: number; evictions: number };
 }
 
 export interface LayerOutcome {
@@ -188,7 +192,7 @@ export class ExpertPool {
       }
       return {
         worker, tokens: rows, experts: [...new Set(mine.map((p) => plan.batches[p.batch].expert))],
-        queueMs: Math.max(0, roundTripMs - result.computeMs), computeMs: result.computeMs,
+        queueMs: Math.max(0, roundTripMs - result.computeMs), computeMs: result.computeMs, residency: result.residency,
       };
     }));
     return { batches, workers: timings };
@@ -317,6 +321,7 @@ function startShard(options: PoolOptions, workerId: number, experts: ExpertKey[]
     workerId, weightsFile: options.weightsFile, hidden: options.hidden, ffn: options.ffn,
     experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
     ...(options.kernel ? { kernel: options.kernel } : {}),
+    maxResident: options.maxResidentPerWorker ?? null,
   };
   // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses.
   const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });

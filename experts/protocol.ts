@@ -11,6 +11,8 @@ export interface WorkerSetup {
   executionProviders: string[];
   /** How experts pick their kernel (config `experts`); default 'auto'. */
   kernel?: KernelSettings;
+  /** Most experts kept loaded (the rest of those hosted load on demand, LRU); null or absent: all. */
+  maxResident?: number | null;
 }
 
 export interface ExpertItem {
@@ -57,12 +59,18 @@ export interface RunResult {
   /** The items' outputs back to back, same layout as the input. */
   output: Float32Array;
   computeMs: number;
+  /** Since start: experts loaded on demand, and released to stay within maxResident. */
+  residency: { loads: number; evictions: number };
 }
 
 export interface WorkerStats {
   workerId: number;
   threadId: number;
+  /** The experts this worker hosts (its placement); with a residency limit, not all of them are loaded. */
   resident: Array<{ layer: number; expert: number }>;
+  /** The hosted experts loaded right now ("layer.expert"), at most residency.max. */
+  loaded: string[];
+  residency: { loads: number; evictions: number; max: number | null };
   /** Per "layer.expert": tasks run and tokens processed since start. */
   ran: Record<string, { tasks: number; tokens: number }>;
   busyMs: number;

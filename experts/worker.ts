@@ -8,6 +8,7 @@
 import { threadId, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { Piscina } from 'piscina';
+import { LRUCache } from 'lru-cache';
 import { log } from '../src/log.ts';
 import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
 import { readExpertWeights } from './expert-weights.ts';
@@ -21,30 +22,49 @@ interface Resident {
   report: KernelReport;
 }
 
-/** Builds each expert's kernel, reading just those experts' bytes from the package. */
-async function loadExperts(setup: WorkerSetup, experts: ExpertRef[], residents: Map<string, Resident>): Promise<void> {
-  const missing = experts.filter(({ layer, expert }) => !residents.has(expertKey(layer, expert)));
-  if (missing.length === 0) return;
-  const header = readSafetensorsHeader(setup.weightsFile);
-  const settings = setup.kernel ?? DEFAULT_KERNEL_SETTINGS;
-  for (const { layer, expert } of missing) {
-    // Dense, structurally pruned (fewer neurons) or sparse-bitmask storage: all become dense weights here.
-    const weights = readExpertWeights(setup.weightsFile, header, layer, expert, setup.hidden);
-    const { kernel, report } = await selectKernel(weights, setup.hidden, {
-      ...settings, threads: setup.threads, executionProviders: setup.executionProviders, modelFfn: setup.ffn,
-      name: `expert_${layer}_${expert}`,
-    });
-    if (report.fallback) log.warn('expert kernel fallback', { worker: setup.workerId, layer, expert, reason: report.fallback });
-    residents.set(expertKey(layer, expert), { kernel, report });
-  }
+/** Builds one expert's kernel, reading just its bytes from the package. */
+async function loadExpert(setup: WorkerSetup, header: ReturnType<typeof readSafetensorsHeader>, { layer, expert }: ExpertRef): Promise<Resident> {
+  // Dense, structurally pruned (fewer neurons) or sparse-bitmask storage: all become dense weights here.
+  const weights = readExpertWeights(setup.weightsFile, header, layer, expert, setup.hidden);
+  const { kernel, report } = await selectKernel(weights, setup.hidden, {
+    ...(setup.kernel ?? DEFAULT_KERNEL_SETTINGS), threads: setup.threads, executionProviders: setup.executionProviders,
+    modelFfn: setup.ffn, name: `expert_${layer}_${expert}`,
+  });
+  if (report.fallback) log.warn('expert kernel fallback', { worker: setup.workerId, layer, expert, reason: report.fallback });
+  return { kernel, report };
 }
 
 export async function initialize() {
   const setup = workerData as WorkerSetup;
-  const residents = new Map<string, Resident>();
-  await loadExperts(setup, setup.experts, residents);
-  // Tasks run one at a time on this thread (one task per worker), so a load or unload never overlaps a run.
-  const resident = () => [...residents.keys()].map((key) => {
+  const header = readSafetensorsHeader(setup.weightsFile);
+  // The experts this worker hosts (its placement), and those of them loaded now: at most maxResident, least
+  // recently used released first. Tasks run one at a time on this thread, so the expert released to make room is
+  // never one that is running (and a load or unload never overlaps a run).
+  const hosted = new Set<string>();
+  const residency = { loads: 0, evictions: 0 };
+  const residents = new LRUCache<string, Resident>({
+    max: setup.maxResident ?? 1_000_000,
+    dispose: (held, _key, reason) => {
+      if (reason === 'evict') residency.evictions++;
+      void held.kernel.release();
+    },
+  });
+  async function ensureLoaded(ref: ExpertRef, onDemand: boolean): Promise<Resident> {
+    const key = expertKey(ref.layer, ref.expert);
+    const held = residents.get(key);
+    if (held) return held;
+    const loaded = await loadExpert(setup, header, ref);
+    if (onDemand) residency.loads++;
+    residents.set(key, loaded);
+    return loaded;
+  }
+  async function host(experts: ExpertRef[]): Promise<void> {
+    for (const ref of experts) hosted.add(expertKey(ref.layer, ref.expert));
+    // Preload up to the residency limit; the rest load when first routed here.
+    for (const ref of experts.slice(0, setup.maxResident ?? experts.length)) await ensureLoaded(ref, false);
+  }
+  await host(setup.experts);
+  const resident = () => [...hosted].map((key) => {
     const [layer, expert] = key.split('.').map(Number);
     return { layer, expert };
   }).sort((a, b) => a.layer - b.layer || a.expert - b.expert);
@@ -57,8 +77,8 @@ export async function initialize() {
     let offset = 0;
     for (const item of task.items) {
       const key = expertKey(item.layer, item.expert);
-      const held = residents.get(key);
-      if (!held) throw new Error(`worker ${setup.workerId} does not host expert ${key}`);
+      if (!hosted.has(key)) throw new Error(`worker ${setup.workerId} does not host expert ${key}`);
+      const held = await ensureLoaded(item, true);
       const size = item.tokens * setup.hidden;
       await held.kernel.run(task.input.subarray(offset, offset + size), item.tokens, output.subarray(offset, offset + size));
       offset += size;
@@ -68,20 +88,18 @@ export async function initialize() {
     }
     const computeMs = performance.now() - started;
     busyMs += computeMs;
-    const result: RunResult = { workerId: setup.workerId, output, computeMs };
+    const result: RunResult = { workerId: setup.workerId, output, computeMs, residency: { ...residency } };
     return Piscina.move(transferable(result) as never);
   }
 
-  async function residency(task: Extract<WorkerTask, { kind: 'load' | 'unload' }>): Promise<ResidencyResult> {
+  async function changeHosted(task: Extract<WorkerTask, { kind: 'load' | 'unload' }>): Promise<ResidencyResult> {
     const started = performance.now();
-    if (task.kind === 'load') await loadExperts(setup, task.experts, residents);
+    if (task.kind === 'load') await host(task.experts);
     else {
       for (const { layer, expert } of task.experts) {
         const key = expertKey(layer, expert);
-        const held = residents.get(key);
-        if (!held) continue;
-        residents.delete(key);
-        await held.kernel.release();
+        hosted.delete(key);
+        residents.delete(key); // dispose releases its kernel
       }
     }
     return { workerId: setup.workerId, resident: resident(), ms: performance.now() - started };
@@ -89,11 +107,12 @@ export async function initialize() {
 
   return async (task: WorkerTask) => {
     if (task.kind === 'run') return run(task);
-    if (task.kind === 'load' || task.kind === 'unload') return residency(task);
+    if (task.kind === 'load' || task.kind === 'unload') return changeHosted(task);
     const stats: WorkerStats = {
       workerId: setup.workerId, threadId, busyMs,
       resident: resident(), ran: structuredClone(ran),
-      kernels: Object.fromEntries([...residents].map(([key, r]) => [key, structuredClone(r.report)])),
+      kernels: Object.fromEntries([...residents.entries()].map(([key, r]) => [key, structuredClone(r.report)])),
+      loaded: [...residents.keys()].sort(), residency: { ...residency, max: setup.maxResident ?? null },
     };
     return stats;
   };

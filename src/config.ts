@@ -57,6 +57,10 @@ const ExpertsSchema = z.strictObject({
     .max(1000)
     .default(2)
     .describe("'auto': milliseconds each candidate kernel is timed per batch size (1 and 8 tokens) when an expert loads."),
+  maxResidentPerWorker: int(1)
+    .nullable()
+    .default(null)
+    .describe('Most experts a worker keeps loaded; others it hosts are loaded on demand, least recently used released first. null keeps all.'),
 });
 
 const TelemetrySchema = z.strictObject({

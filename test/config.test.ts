@@ -46,7 +46,7 @@ describe('loadConfig', () => {
         requestTimeoutMs: 120000,
       },
       onnx: { trunkThreads: 1, expertThreads: 1 },
-      experts: { kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2 },
+      experts: { kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2, maxResidentPerWorker: null },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null },
       cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 } },
       placement: { maxExpertsPerWorker: null, minSplitRows: 32 },

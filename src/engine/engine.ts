@@ -56,6 +56,7 @@ export class Engine implements GenerationService {
       weightsFile: pkg.weightsFile, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
       threadsPerWorker: config.onnx.expertThreads, executionProviders, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
+      maxResidentPerWorker: config.experts.maxResidentPerWorker,
     });
     const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);

@@ -23,6 +23,10 @@ export class MoeMetrics {
   private readonly workerAttrs: Attributes[] = [];
   private readonly busyMs: number[] = [];
   private readonly tokensOfWorker: number[] = [];
+  /** Each worker's cumulative residency counters last seen, to add only what is new. */
+  private readonly residencySeen: Array<{ loads: number; evictions: number }> = [];
+  private readonly expertLoads;
+  private readonly expertEvictions;
 
   constructor(meter: Meter) {
     this.expertTokens = meter.createCounter(METRIC.expertTokens, {
@@ -40,6 +44,14 @@ export class MoeMetrics {
     this.workerTokens = meter.createCounter(METRIC.workerTokens, {
       description: 'Tokens processed by each worker (summed over its experts and layers).',
       unit: '{token}',
+    });
+    this.expertLoads = meter.createCounter(METRIC.workerExpertLoads, {
+      description: 'Experts a worker loaded on demand because they were routed to it while not resident.',
+      unit: '{expert}',
+    });
+    this.expertEvictions = meter.createCounter(METRIC.workerExpertEvictions, {
+      description: 'Experts a worker released (least recently used) to stay within experts.maxResidentPerWorker.',
+      unit: '{expert}',
     });
     this.workerQueue = meter.createHistogram(METRIC.workerQueueDuration, {
       description: 'Time a worker task waited between submission and start, per layer task.',
@@ -86,6 +98,12 @@ export class MoeMetrics {
         this.busyMs[w.worker] += w.computeMs;
         this.tokensOfWorker[w.worker] += w.tokens;
         this.workerQueue.record(w.queueMs / 1000, this.attrsOfWorker(w.worker));
+        if (w.residency) {
+          const seen = (this.residencySeen[w.worker] ??= { loads: 0, evictions: 0 });
+          if (w.residency.loads > seen.loads) this.expertLoads.add(w.residency.loads - seen.loads, this.attrsOfWorker(w.worker));
+          if (w.residency.evictions > seen.evictions) this.expertEvictions.add(w.residency.evictions - seen.evictions, this.attrsOfWorker(w.worker));
+          this.residencySeen[w.worker] = { ...w.residency };
+        }
       }
     }
     // One add per worker per step rather than per layer.

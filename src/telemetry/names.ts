@@ -83,6 +83,8 @@ export const METRIC = {
   workerBusyTime: 'moe.worker.busy_time',
   workerTokens: 'moe.worker.tokens',
   workerQueueDuration: 'moe.worker.queue.duration',
+  workerExpertLoads: 'moe.worker.expert_loads',
+  workerExpertEvictions: 'moe.worker.expert_evictions',
   dispatchDuration: 'moe.dispatch.duration',
   steps: 'moe.steps',
   stepTokens: 'moe.step.tokens',
