@@ -92,9 +92,9 @@ if (!values['no-record']) {
     title: 'pruning quality, size and decode speed',
     command: commandLine('bench/pruning.ts'),
     facts: [['model', model], ['decode', `${decodeTokens} greedy tokens, single stream, median of ${repeats}`]],
-    body: [table, 'Experts are served by the dense onnxruntime kernel after decompression (no sparse kernel yet), so decode '
-      + 'speed is not expected to change with unstructured sparsity; structured pruning shrinks the matrices themselves. '
-      + 'Greedy agreement: positions of the validation windows where the pruned and dense models make the same argmax choice.'],
+    body: [table, "Each package is served with the kernel experts.kernel 'auto' picks per expert at load: the native sparse kernel "
+      + 'for unstructured and 2:4 experts, dense onnxruntime for dense and structurally pruned ones. Greedy agreement: '
+      + 'positions of the validation windows where the pruned and dense models make the same argmax choice.'],
   }));
   process.stderr.write(`appended to ${file}\n`);
 }
