@@ -69,8 +69,8 @@ export function weightSparsity(w: ExpertWeights): number {
   return total === 0 ? 0 : zeros / total;
 }
 
-/** Deterministic activations with unit RMS (like the RMS-normalised hidden states experts receive). */
-export function checkInput(tokens: number, hidden: number, seed = 12345): Float32Array {
+/** Deterministic roughly normal values (a sum of three xorshift uniforms, variance scale²/4) from a seed. */
+export function randomValues(count: number, seed: number, scale: number): Float32Array {
   let s = seed >>> 0 || 1;
   const next = () => {
     s ^= s << 13;
@@ -78,6 +78,10 @@ export function checkInput(tokens: number, hidden: number, seed = 12345): Float3
     s ^= s << 5;
     return (s >>> 0) / 4294967296;
   };
-  // Sum of three uniforms: roughly normal with variance 1/4; × 2 gives unit variance.
-  return Float32Array.from({ length: tokens * hidden }, () => (next() + next() + next() - 1.5) * 2);
+  return Float32Array.from({ length: count }, () => (next() + next() + next() - 1.5) * scale);
+}
+
+/** Deterministic activations with unit RMS (like the RMS-normalised hidden states experts receive). */
+export function checkInput(tokens: number, hidden: number, seed = 12345): Float32Array {
+  return randomValues(tokens * hidden, seed, 2);
 }
