@@ -34,6 +34,8 @@ export interface PoolOptions {
   kernel?: KernelSettings;
   /** Most experts each worker keeps loaded (config experts.maxResidentPerWorker); null: all. */
   maxResidentPerWorker?: number | null;
+  /** Experts removed by pruning ("layer.expert"): never loaded. */
+  droppedExperts?: string[];
   /** A replicated expert's batch is split over its hosts only in parts of at least this many rows (default 32). */
   minSplitRows?: number;
   onError?: (error: Error) => void;
@@ -322,6 +324,7 @@ function startShard(options: PoolOptions, workerId: number, experts: ExpertKey[]
     experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
     ...(options.kernel ? { kernel: options.kernel } : {}),
     maxResident: options.maxResidentPerWorker ?? null,
+    dropped: options.droppedExperts ?? [],
   };
   // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses.
   const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });

@@ -13,6 +13,8 @@ export interface WorkerSetup {
   kernel?: KernelSettings;
   /** Most experts kept loaded (the rest of those hosted load on demand, LRU); null or absent: all. */
   maxResident?: number | null;
+  /** Experts removed by pruning ("layer.expert"): placed like any other, never loaded, never routed. */
+  dropped?: string[];
 }
 
 export interface ExpertItem {

@@ -58,10 +58,12 @@ export async function initialize() {
     residents.set(key, loaded);
     return loaded;
   }
+  const dropped = new Set(setup.dropped ?? []);
   async function host(experts: ExpertRef[]): Promise<void> {
-    for (const ref of experts) hosted.add(expertKey(ref.layer, ref.expert));
+    const live = experts.filter((ref) => !dropped.has(expertKey(ref.layer, ref.expert))); // no weights to load
+    for (const ref of live) hosted.add(expertKey(ref.layer, ref.expert));
     // Preload up to the residency limit; the rest load when first routed here.
-    for (const ref of experts.slice(0, setup.maxResident ?? experts.length)) await ensureLoaded(ref, false);
+    for (const ref of live.slice(0, setup.maxResident ?? live.length)) await ensureLoaded(ref, false);
   }
   await host(setup.experts);
   const resident = () => [...hosted].map((key) => {

@@ -37,6 +37,13 @@ function intFlag(values: Values, name: string, min: number): number | undefined 
   return Number(raw);
 }
 
+function dropFraction(raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const f = Number(raw);
+  if (!(f >= 0 && f < 1)) throw new UsageError(`--drop-experts must be a fraction with 0 <= F < 1 (got ${JSON.stringify(raw)})`);
+  return f;
+}
+
 const strFlag = (values: Values, name: string): string | undefined =>
   typeof values[name] === 'string' ? (values[name] as string) : undefined;
 
@@ -124,6 +131,8 @@ Options:
   --calibration FILE     calibration text (default: the package's calibration.txt)
   --calibration-tokens N most calibration tokens (default 8192)
   --experts L.E,...      only these experts (default: all)
+  --drop-experts F       also remove, per layer, this fraction of the experts the router chose least often on the
+                         calibration text (no weights kept; the router masks them)
   -h, --help             show this help`,
     options: {
       model: { type: 'string' },
@@ -134,6 +143,7 @@ Options:
       calibration: { type: 'string' },
       'calibration-tokens': { type: 'string' },
       experts: { type: 'string' },
+      'drop-experts': { type: 'string' },
     },
     async run(values, io) {
       const { METHODS, prunePackage } = await import('../experts/pruning/prune-package.ts');
@@ -159,6 +169,7 @@ Options:
         modelDir: model, outDir: out, method: method as (typeof METHODS)[number], sparsity,
         nm: nm ? { n: Number(nm[1]), m: Number(nm[2]) } : undefined,
         calibration: strFlag(values, 'calibration'), calibrationTokens: intFlag(values, 'calibration-tokens', 1), experts,
+        dropExperts: dropFraction(strFlag(values, 'drop-experts')),
         onProgress: (done, total, what) => {
           if (!started) bar.start(total, 0, { what });
           started = true;
@@ -166,6 +177,7 @@ Options:
         },
       });
       bar.stop();
+      if (result.dropped.length > 0) io.stdout(`dropped ${result.dropped.length} experts: ${result.dropped.map((e) => `${e.layer}.${e.expert} (${(100 * e.share).toFixed(1)}%)`).join(', ')}`);
       io.stdout(`wrote ${result.outDir}: ${result.experts.length} experts pruned, expert sparsity ${(100 * result.expertSparsity).toFixed(2)}%, weights ${result.bytes.before} -> ${result.bytes.after} bytes`);
       return 0;
     },

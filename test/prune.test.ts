@@ -86,6 +86,38 @@ describe('switchyard prune', () => {
     expect(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).quantization_config.sparsity_config.sparsity_structure).toBe('2:4');
   });
 
+  it('drops the rarely chosen experts: no weights kept, the router masks them, the package serves', async () => {
+    const dir = out();
+    const result = await prunePackage({ modelDir: dense, outDir: dir, method: 'magnitude', sparsity: 0, dropExperts: 0.25 });
+    expect(result.dropped).toHaveLength(config.num_hidden_layers * 1); // 25 % of 4 experts per layer
+    const header = readSafetensorsHeader(join(dir, 'model.safetensors'));
+    for (const { layer, expert } of result.dropped) {
+      expect(header.has(tensorNames.expert(layer, expert).gate)).toBe(false);
+      // The least chosen in its layer on the calibration text.
+      const shares = result.dropped.filter((d) => d.layer === layer).map((d) => d.share);
+      expect(Math.max(...shares)).toBeLessThanOrEqual(0.25);
+    }
+    const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+    expect(cfg.switchyard_pruning.dropped_experts.map((e: { layer: number; expert: number }) => `${e.layer}.${e.expert}`).sort())
+      .toEqual(result.dropped.map((e) => `${e.layer}.${e.expert}`).sort());
+
+    const engine = await Engine.load(engineConfig(dir));
+    try {
+      const ids = engine.codec.encode(readFileSync(join(dense, 'calibration.txt'), 'utf8').slice(0, 60));
+      const out = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }]);
+      for (const layer of out.layers) {
+        const droppedHere = result.dropped.filter((d) => d.layer === layer.layer).map((d) => d.expert);
+        expect(Array.from(layer.expert).some((e) => droppedHere.includes(e))).toBe(false);
+        expect(layer.gate.every((g) => g > 0 && g <= 1)).toBe(true);
+      }
+      const stats = await engine.pool.stats();
+      const loaded = stats.flatMap((s) => s.loaded);
+      for (const d of result.dropped) expect(loaded).not.toContain(`${d.layer}.${d.expert}`);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('structured pruning at 25% stores smaller dense experts that serve', async () => {
     const dir = out();
     await prunePackage({ modelDir: dense, outDir: dir, method: 'structured', sparsity: 0.25 });

@@ -30,6 +30,11 @@ export interface PruneOptions {
   calibrationTokens?: number;
   /** Only these experts (default: all). */
   experts?: Array<{ layer: number; expert: number }>;
+  /**
+   * Expert pruning: per layer, remove this fraction of the experts the router chose least often on the calibration
+   * text (their weights are dropped and the router masks them). Default 0.
+   */
+  dropExperts?: number;
   workers?: number;
   onProgress?: (done: number, total: number, what: string) => void;
 }
@@ -45,23 +50,27 @@ export interface PrunedExpert {
 export interface PruneResult {
   outDir: string;
   experts: PrunedExpert[];
+  /** Experts removed by expert pruning in this run, with their share of the calibration tokens in their layer. */
+  dropped: Array<{ layer: number; expert: number; share: number }>;
   expertSparsity: number;
   bytes: { before: number; after: number };
 }
 
 type ExpertKey = `${number}.${number}`;
 
-/** Each selected expert's calibration inputs: the moe-input rows the router sent it. */
-async function calibrate(engine: Engine, text: string, maxTokens: number, wanted: Set<ExpertKey>): Promise<Map<ExpertKey, { x: Float32Array; tokens: number }>> {
+/** Each selected expert's calibration inputs (the moe-input rows the router sent it), and every expert's token count. */
+async function calibrate(engine: Engine, text: string, maxTokens: number, wanted: Set<ExpertKey>) {
   const ids = engine.codec.encode(text).slice(0, maxTokens);
   const window = Math.min(256, engine.pkg.config.max_position_embeddings);
   const d = engine.pkg.config.hidden_size;
   const rows = new Map<ExpertKey, number[][]>();
+  const counts = new Map<ExpertKey, number>();
   for (let start = 0; start < ids.length; start += window) {
     const tokens = ids.slice(start, start + window);
     await engine.model.forward([{ cache: engine.model.newCache(), tokens }], {
       onRouted: (layer, x, expert) => expert.forEach((e, t) => {
         const key: ExpertKey = `${layer}.${e}`;
+        counts.set(key, (counts.get(key) ?? 0) + 1);
         if (!wanted.has(key)) return;
         const list = rows.get(key) ?? [];
         rows.set(key, list);
@@ -69,7 +78,24 @@ async function calibrate(engine: Engine, text: string, maxTokens: number, wanted
       }),
     });
   }
-  return new Map([...rows].map(([key, list]) => [key, { x: Float32Array.from(list.flat()), tokens: list.length }]));
+  return {
+    rows: new Map([...rows].map(([key, list]) => [key, { x: Float32Array.from(list.flat()), tokens: list.length }])),
+    counts,
+  };
+}
+
+/** Per layer, the `fraction` of experts with the fewest calibration tokens (never all of a layer's experts). */
+export function rarelyChosen(counts: Map<string, number>, layers: number, experts: number, fraction: number, alreadyDropped: Set<string>): Array<{ layer: number; expert: number; share: number }> {
+  const out: Array<{ layer: number; expert: number; share: number }> = [];
+  for (let layer = 0; layer < layers; layer++) {
+    const live = Array.from({ length: experts }, (_, expert) => expert).filter((e) => !alreadyDropped.has(`${layer}.${e}`));
+    const total = live.reduce((n, e) => n + (counts.get(`${layer}.${e}`) ?? 0), 0);
+    const drop = Math.min(live.length - 1, Math.round(fraction * experts));
+    live.sort((a, b) => (counts.get(`${layer}.${a}`) ?? 0) - (counts.get(`${layer}.${b}`) ?? 0) || a - b)
+      .slice(0, drop)
+      .forEach((expert) => out.push({ layer, expert, share: total > 0 ? (counts.get(`${layer}.${expert}`) ?? 0) / total : 0 }));
+  }
+  return out;
 }
 
 /** h = silu(gate·x) ⊙ (up·x) for calibration rows: the inputs the down projection sees. */
@@ -112,15 +138,23 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
   try {
     const c = engine.pkg.config;
     const d = c.hidden_size;
-    const all = Array.from({ length: c.num_hidden_layers }, (_, layer) => Array.from({ length: c.num_experts }, (_, expert) => ({ layer, expert }))).flat();
-    const selected = options.experts ?? all;
+    const allExperts = Array.from({ length: c.num_hidden_layers }, (_, layer) => Array.from({ length: c.num_experts }, (_, expert) => ({ layer, expert }))).flat();
     const pattern: Pattern = { sparsity: options.sparsity, nm: options.method === '2:4' ? { n: 2, m: 4 } : options.nm };
     if (pattern.nm) pattern.sparsity = 1 - pattern.nm.n / pattern.nm.m;
     const calibrationFile = options.calibration ?? join(src, 'calibration.txt');
-    const needsCalibration = !['magnitude', 'magnitude-global', '2:4'].includes(options.method);
-    const calibration = needsCalibration
-      ? await calibrate(engine, readFileSync(calibrationFile, 'utf8'), options.calibrationTokens ?? 8192, new Set(selected.map((e) => `${e.layer}.${e.expert}` as ExpertKey)))
-      : new Map<ExpertKey, { x: Float32Array; tokens: number }>();
+    const needsCalibration = !['magnitude', 'magnitude-global', '2:4'].includes(options.method) || (options.dropExperts ?? 0) > 0;
+    const wanted = new Set((options.experts ?? allExperts).map((e) => `${e.layer}.${e.expert}` as ExpertKey));
+    const calibrated = needsCalibration
+      ? await calibrate(engine, readFileSync(calibrationFile, 'utf8'), options.calibrationTokens ?? 8192, wanted)
+      : { rows: new Map<ExpertKey, { x: Float32Array; tokens: number }>(), counts: new Map<ExpertKey, number>() };
+    const calibration = calibrated.rows;
+    const newlyDropped = (options.dropExperts ?? 0) > 0
+      ? rarelyChosen(calibrated.counts, c.num_hidden_layers, c.num_experts, options.dropExperts!, engine.pkg.droppedExperts)
+      : [];
+    const dropped = new Set([...engine.pkg.droppedExperts, ...newlyDropped.map((e) => `${e.layer}.${e.expert}`)]);
+    // Dropped experts keep no weights: they are neither pruned nor written.
+    const all = allExperts.filter((e) => !dropped.has(`${e.layer}.${e.expert}`));
+    const selected = (options.experts ?? all).filter((e) => !dropped.has(`${e.layer}.${e.expert}`));
 
     const header = engine.pkg.tensors;
     const file = engine.pkg.weightsFile;
@@ -173,7 +207,7 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
         ? [[names.gate, p.gate], [names.up, p.up], [names.down, p.down]]
         : [[names.gate, { rows: w.ffn, cols: d, data: w.gate }], [names.up, { rows: w.ffn, cols: d, data: w.up }], [names.down, { rows: d, cols: w.ffn, data: w.down }]];
       for (const [name, m] of mats) {
-        if (!p || options.method === 'structured') {
+        if (!p || options.method === 'structured' || pattern.sparsity === 0) {
           tensors.set(name, { shape: [m.rows, m.cols], data: m.data });
         } else {
           const b = compressBitmask(m.data, m.rows, m.cols);
@@ -211,10 +245,15 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
         method: options.method, sparsity: options.sparsity, structure, source_model: config._name_or_path ?? src.split('/').pop(),
         calibration: needsCalibration ? { file: calibrationFile.split('/').pop(), max_tokens: options.calibrationTokens ?? 8192 } : null,
         experts: report.map((e) => ({ layer: e.layer, expert: e.expert, ffn: e.ffn, sparsity: Number(e.sparsity.toFixed(4)), calibration_tokens: e.calibrationTokens })),
+        // Read by the loader: these experts have no weights and the router masks them.
+        dropped_experts: [
+          ...(config.switchyard_pruning?.dropped_experts ?? []),
+          ...newlyDropped.map((e) => ({ layer: e.layer, expert: e.expert, calibration_share: Number(e.share.toFixed(4)) })),
+        ],
       },
     }, null, 2) + '\n');
     return {
-      outDir: out, experts: report, expertSparsity,
+      outDir: out, experts: report, expertSparsity, dropped: newlyDropped,
       bytes: { before: readSafetensorsHeaderBytes(file), after: readSafetensorsHeaderBytes(join(out, 'model.safetensors')) },
     };
   } finally {

@@ -57,6 +57,7 @@ export class Engine implements GenerationService {
       threadsPerWorker: config.onnx.expertThreads, executionProviders, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
+      droppedExperts: [...pkg.droppedExperts],
     });
     const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);

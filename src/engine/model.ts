@@ -53,6 +53,7 @@ export class MoeModel {
     private readonly attention: ort.InferenceSession[],
     private readonly head: ort.InferenceSession,
     private readonly routers: Float32Array[],
+    private readonly droppedByLayer: number[][],
     private readonly inverseFrequencies: Float32Array,
     readonly pool: ExpertPool,
     private readonly options: ModelOptions,
@@ -76,7 +77,9 @@ export class MoeModel {
     // As the reference computes them, in fp32: 1 / theta^(2i / head_dim).
     const inverseFrequencies = Float32Array.from({ length: headDim / 2 }, (_, i) =>
       1 / Math.fround(c.rope_theta ** Math.fround((2 * i) / headDim)));
-    return new MoeModel(c, await create(embeddingGraph(c, w)), attention, await create(headGraph(c, w)), routers,
+    const dropped = Array.from({ length: c.num_hidden_layers }, (_, l) =>
+      Array.from({ length: c.num_experts }, (_, e) => e).filter((e) => pkg.droppedExperts.has(`${l}.${e}`)));
+    return new MoeModel(c, await create(embeddingGraph(c, w)), attention, await create(headGraph(c, w)), routers, dropped,
       inverseFrequencies, pool, options);
   }
 
@@ -129,7 +132,10 @@ export class MoeModel {
         row += q.n;
       }
 
-      const gating = top1(routerLogits(moeInput, this.routers[layer], total, d, c.num_experts), total, c.num_experts);
+      const logits = routerLogits(moeInput, this.routers[layer], total, d, c.num_experts);
+      // Experts removed by pruning are masked: the softmax and the choice range over the remaining ones.
+      for (const e of this.droppedByLayer[layer]) for (let t = 0; t < total; t++) logits[t * c.num_experts + e] = -Infinity;
+      const gating = top1(logits, total, c.num_experts);
       options.onRouted?.(layer, moeInput, gating.expert);
       const plan = planDispatch(gating.expert, c.num_experts, this.options.capacityFactor);
       const started = performance.now();

@@ -43,6 +43,8 @@ export interface ModelPackage {
   tensors: Map<string, TensorEntry>;
   tokenizerJson: object;
   tokenizerConfig: object;
+  /** Experts removed by pruning ("layer.expert"): they have no weights and the router never chooses them. */
+  droppedExperts: Set<string>;
 }
 
 export const tensorNames = {
@@ -121,6 +123,29 @@ function checkExpert(file: string, header: Map<string, TensorEntry>, c: ModelCon
   }
 }
 
+const droppedSchema = z.object({
+  switchyard_pruning: z.object({
+    dropped_experts: z.array(z.object({ layer: z.number().int().nonnegative(), expert: z.number().int().nonnegative() })).optional(),
+  }).optional(),
+});
+
+/** Experts that expert pruning removed (config.json switchyard_pruning.dropped_experts); each layer keeps at least one. */
+function readDroppedExperts(configFile: string, c: ModelConfig): Set<string> {
+  const parsed = droppedSchema.safeParse(readJson(configFile));
+  if (!parsed.success) throw new PackageError(`${configFile}: switchyard_pruning.dropped_experts must list {layer, expert} pairs`);
+  const dropped = new Set<string>();
+  for (const { layer, expert } of parsed.data.switchyard_pruning?.dropped_experts ?? []) {
+    if (layer >= c.num_hidden_layers || expert >= c.num_experts) throw new PackageError(`${configFile}: dropped expert ${layer}.${expert} does not exist`);
+    dropped.add(`${layer}.${expert}`);
+  }
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    if (Array.from({ length: c.num_experts }, (_, e) => dropped.has(`${l}.${e}`)).every(Boolean)) {
+      throw new PackageError(`${configFile}: every expert of layer ${l} is dropped; the router needs at least one`);
+    }
+  }
+  return dropped;
+}
+
 function readJson(file: string): unknown {
   if (!existsSync(file)) throw new PackageError(`${file}: missing from the model package`);
   try {
@@ -152,8 +177,9 @@ export function loadModelPackage(dir: string): ModelPackage {
   if (!existsSync(weightsFile)) throw new PackageError(`${weightsFile}: missing from the model package`);
   const tensors = readSafetensorsHeader(weightsFile);
   const isExpert = /\.mlp\.experts\.\d+\./;
+  const droppedExperts = readDroppedExperts(configFile, config);
   for (let l = 0; l < config.num_hidden_layers; l++) {
-    for (let e = 0; e < config.num_experts; e++) checkExpert(weightsFile, tensors, config, l, e);
+    for (let e = 0; e < config.num_experts; e++) if (!droppedExperts.has(`${l}.${e}`)) checkExpert(weightsFile, tensors, config, l, e);
   }
   for (const [name, shape] of expectedTensors(config)) {
     if (isExpert.test(name)) continue; // checked above: dense, structurally pruned or sparse-bitmask
@@ -171,5 +197,5 @@ export function loadModelPackage(dir: string): ModelPackage {
   const tokenizerJson = readJson(join(root, 'tokenizer.json')) as object;
   const tokenizerConfigFile = join(root, 'tokenizer_config.json');
   const tokenizerConfig = existsSync(tokenizerConfigFile) ? (readJson(tokenizerConfigFile) as object) : {};
-  return { dir: root, id: basename(root), config, weightsFile, tensors, tokenizerJson, tokenizerConfig };
+  return { dir: root, id: basename(root), config, weightsFile, tensors, tokenizerJson, tokenizerConfig, droppedExperts };
 }
