@@ -35,14 +35,21 @@ const sparsities = values.quick ? [0.5] : [0.5, 0.7, 0.9];
 for (const method of ['magnitude', 'wanda', 'sparsegpt'] as const) {
   for (const sparsity of sparsities) variants.push({ name: `${method} ${sparsity * 100}%`, prune: { method, sparsity } });
 }
+variants.push({ name: 'sparsegpt 50% + drop 25% experts', prune: { method: 'sparsegpt', sparsity: 0.5, dropExperts: 0.25 } });
 variants.push({ name: '2:4 magnitude', prune: { method: '2:4', sparsity: 0.5 } });
 variants.push({ name: '2:4 sparsegpt', prune: { method: 'sparsegpt', sparsity: 0.5, nm: { n: 2, m: 4 } } });
 for (const fraction of values.quick ? [0.25] : [0.25, 0.5]) variants.push({ name: `structured ${fraction * 100}%`, prune: { method: 'structured', sparsity: fraction } });
 
-/** Single-stream greedy decode tokens/s (prefill excluded), median over repeats. */
-async function decodeRate(dir: string): Promise<number> {
+/**
+ * Single-stream greedy decode tokens/s (prefill excluded), median over repeats, and how much the process's resident
+ * memory grew while the engine loaded (trunk sessions and worker threads are the same for every variant, so
+ * differences between rows are the experts' kernels and weights; approximate: no GC is forced).
+ */
+async function decodeRate(dir: string): Promise<{ rate: number; loadRssMiB: number }> {
+  const rssBefore = process.memoryUsage().rss;
   const engine = await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: dir, cache: { prefix: { maxBytes: 0 }, response: { maxEntries: 0 } } } }));
   try {
+    const loadRssMiB = (process.memoryUsage().rss - rssBefore) / 2 ** 20;
     const rates: number[] = [];
     await engine.generate({ inputs: 'Warm up', maxNewTokens: 8, stop: [], sampling: { doSample: false, temperature: 1, topK: null, topP: null, repetitionPenalty: null, seed: null } });
     for (let r = 0; r < repeats; r++) {
@@ -53,7 +60,7 @@ async function decodeRate(dir: string): Promise<number> {
       );
       rates.push((times.length - 1) / ((times[times.length - 1] - times[0]) / 1000));
     }
-    return median(rates);
+    return { rate: median(rates), loadRssMiB };
   } finally {
     await engine.close();
   }
@@ -69,12 +76,12 @@ for (const v of variants) {
     const pruneS = (performance.now() - started) / 1000;
     const result = await runEval({ model: dir, reference: model });
     if (!v.prune) denseBpb = result.val_bpb;
-    const rate = await decodeRate(dir);
+    const { rate, loadRssMiB } = await decodeRate(dir);
     const bytes = statSync(join(dir, 'model.safetensors')).size;
     rows.push([
       v.name, pruned ? fmt(100 * pruned.expertSparsity, 1) : '0.0', fmt(result.val_bpb, 4),
       fmt((100 * (result.val_bpb - denseBpb)) / denseBpb, 2), result.greedy_agreement === null ? '—' : fmt(100 * result.greedy_agreement, 2),
-      fmt(bytes / 2 ** 20, 2), fmt(rate, 1), v.prune ? fmt(pruneS, 1) : '—',
+      fmt(bytes / 2 ** 20, 2), fmt(loadRssMiB, 1), fmt(rate, 1), v.prune ? fmt(pruneS, 1) : '—',
     ]);
     process.stderr.write(`${v.name}: val_bpb ${result.val_bpb.toFixed(4)}, decode ${rate.toFixed(1)} tok/s\n`);
   } finally {
@@ -83,8 +90,8 @@ for (const v of variants) {
 }
 
 const table = markdownTable(
-  ['variant', 'expert sparsity %', 'val bpb', 'Δ bpb %', 'greedy agreement %', 'weights MiB (disk)', 'decode tok/s', 'prune s'],
-  rows, ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  ['variant', 'expert sparsity %', 'val bpb', 'Δ bpb %', 'greedy agreement %', 'weights MiB (disk)', 'RSS growth at load MiB', 'decode tok/s', 'prune s'],
+  rows, ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
 );
 process.stdout.write(`${table}\n`);
 if (!values['no-record']) {
