@@ -41,15 +41,25 @@ variants.push({ name: '2:4 sparsegpt', prune: { method: 'sparsegpt', sparsity: 0
 for (const fraction of values.quick ? [0.25] : [0.25, 0.5]) variants.push({ name: `structured ${fraction * 100}%`, prune: { method: 'structured', sparsity: fraction } });
 
 /**
- * Single-stream greedy decode tokens/s (prefill excluded), median over repeats, and how much the process's resident
- * memory grew while the engine loaded (trunk sessions and worker threads are the same for every variant, so
- * differences between rows are the experts' kernels and weights; approximate: no GC is forced).
+ * Bytes of expert weights the workers' chosen kernels hold: dense kernels (onnxruntime dense or structured) keep
+ * 3·ffn·d float32 weights; the sparse kernel keeps CSR (float32 value + 16-bit column per non-zero, 32-bit row offsets).
  */
-async function decodeRate(dir: string): Promise<{ rate: number; loadRssMiB: number }> {
-  const rssBefore = process.memoryUsage().rss;
+function kernelBytes(report: { kernel: string; ffn: number; sparsity: number }, hidden: number): number {
+  const weights = 3 * report.ffn * hidden;
+  if (report.kernel !== 'sparse') return weights * 4;
+  return Math.round((1 - report.sparsity) * weights) * 6 + (2 * (report.ffn + 1) + hidden + 1) * 4;
+}
+
+/**
+ * Single-stream greedy decode tokens/s (prefill excluded), median over repeats, and the expert weight bytes the
+ * workers' kernels hold (computed from each resident expert's kernel, its width and sparsity).
+ */
+async function decodeRate(dir: string): Promise<{ rate: number; expertMiB: number }> {
   const engine = await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: dir, cache: { prefix: { maxBytes: 0 }, response: { maxEntries: 0 } } } }));
   try {
-    const loadRssMiB = (process.memoryUsage().rss - rssBefore) / 2 ** 20;
+    const hidden = engine.pkg.config.hidden_size;
+    const reports = (await engine.pool.stats()).flatMap((s) => Object.values(s.kernels));
+    const expertMiB = reports.reduce((n, r) => n + kernelBytes(r, hidden), 0) / 2 ** 20;
     const rates: number[] = [];
     await engine.generate({ inputs: 'Warm up', maxNewTokens: 8, stop: [], sampling: { doSample: false, temperature: 1, topK: null, topP: null, repetitionPenalty: null, seed: null } });
     for (let r = 0; r < repeats; r++) {
@@ -60,7 +70,7 @@ async function decodeRate(dir: string): Promise<{ rate: number; loadRssMiB: numb
       );
       rates.push((times.length - 1) / ((times[times.length - 1] - times[0]) / 1000));
     }
-    return { rate: median(rates), loadRssMiB };
+    return { rate: median(rates), expertMiB };
   } finally {
     await engine.close();
   }
@@ -76,12 +86,12 @@ for (const v of variants) {
     const pruneS = (performance.now() - started) / 1000;
     const result = await runEval({ model: dir, reference: model });
     if (!v.prune) denseBpb = result.val_bpb;
-    const { rate, loadRssMiB } = await decodeRate(dir);
+    const { rate, expertMiB } = await decodeRate(dir);
     const bytes = statSync(join(dir, 'model.safetensors')).size;
     rows.push([
       v.name, pruned ? fmt(100 * pruned.expertSparsity, 1) : '0.0', fmt(result.val_bpb, 4),
       fmt((100 * (result.val_bpb - denseBpb)) / denseBpb, 2), result.greedy_agreement === null ? '—' : fmt(100 * result.greedy_agreement, 2),
-      fmt(bytes / 2 ** 20, 2), fmt(loadRssMiB, 1), fmt(rate, 1), v.prune ? fmt(pruneS, 1) : '—',
+      fmt(bytes / 2 ** 20, 2), fmt(expertMiB, 2), fmt(rate, 1), v.prune ? fmt(pruneS, 1) : '—',
     ]);
     process.stderr.write(`${v.name}: val_bpb ${result.val_bpb.toFixed(4)}, decode ${rate.toFixed(1)} tok/s\n`);
   } finally {
@@ -90,7 +100,7 @@ for (const v of variants) {
 }
 
 const table = markdownTable(
-  ['variant', 'expert sparsity %', 'val bpb', 'Δ bpb %', 'greedy agreement %', 'weights MiB (disk)', 'RSS growth at load MiB', 'decode tok/s', 'prune s'],
+  ['variant', 'expert sparsity %', 'val bpb', 'Δ bpb %', 'greedy agreement %', 'weights MiB (disk)', 'expert weights in workers MiB', 'decode tok/s', 'prune s'],
   rows, ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
 );
 process.stdout.write(`${table}\n`);
