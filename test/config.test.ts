@@ -41,7 +41,7 @@ describe('loadConfig', () => {
         maxStopSequences: 4,
         maxStopSequenceLength: 64,
         queueDepth: 64,
-        maxBatchSequences: 16,
+        maxBatchSequences: 32,
         maxBatchTokens: 2048,
         requestTimeoutMs: 120000,
       },
