@@ -4,10 +4,12 @@
  */
 import type { ExpertWeights } from '../expert-graph.ts';
 
-/** y [tokens, hidden] for x [tokens, hidden]; weights in torch Linear layout (gate, up [ffn, hidden]; down [hidden, ffn]). */
-export function referenceFfn(w: ExpertWeights, hidden: number, ffn: number, x: Float32Array, tokens: number): Float32Array {
-  const y = new Float32Array(tokens * hidden);
-  const h = new Float64Array(ffn);
+/**
+ * h = silu(gate · x) ⊙ (up · x), [tokens, ffn] in float64: what a SwiGLU expert's down projection sees (also the
+ * calibration input of pruning's down projection and its neuron importance).
+ */
+export function swigluHidden(gate: Float32Array, up: Float32Array, hidden: number, ffn: number, x: Float32Array, tokens: number): Float64Array {
+  const h = new Float64Array(tokens * ffn);
   for (let t = 0; t < tokens; t++) {
     const xo = t * hidden;
     for (let j = 0; j < ffn; j++) {
@@ -16,16 +18,25 @@ export function referenceFfn(w: ExpertWeights, hidden: number, ffn: number, x: F
       const wo = j * hidden;
       for (let k = 0; k < hidden; k++) {
         const v = x[xo + k];
-        g += w.gate[wo + k] * v;
-        u += w.up[wo + k] * v;
+        g += gate[wo + k] * v;
+        u += up[wo + k] * v;
       }
-      h[j] = (g / (1 + Math.exp(-g))) * u;
+      h[t * ffn + j] = (g / (1 + Math.exp(-g))) * u;
     }
+  }
+  return h;
+}
+
+/** y [tokens, hidden] for x [tokens, hidden]; weights in torch Linear layout (gate, up [ffn, hidden]; down [hidden, ffn]). */
+export function referenceFfn(w: ExpertWeights, hidden: number, ffn: number, x: Float32Array, tokens: number): Float32Array {
+  const y = new Float32Array(tokens * hidden);
+  const h = swigluHidden(w.gate, w.up, hidden, ffn, x, tokens);
+  for (let t = 0; t < tokens; t++) {
     for (let i = 0; i < hidden; i++) {
       let s = 0;
       const wo = i * ffn;
-      for (let j = 0; j < ffn; j++) s += w.down[wo + j] * h[j];
-      y[xo + i] = s;
+      for (let j = 0; j < ffn; j++) s += w.down[wo + j] * h[t * ffn + j];
+      y[t * hidden + i] = s;
     }
   }
   return y;

@@ -3,7 +3,8 @@
  * Linear layout). Each unstructured method removes exactly round(sparsity · size) weights; N:M keeps n of every
  * m consecutive inputs per row. Calibration-aware methods take the inputs X [tokens, in] the matrix really sees.
  */
-import { gram, inverseSpd, upperCholesky } from './linalg.ts';
+import { inverseSpd, upperCholesky } from './linalg.ts';
+import { swigluHidden } from '../kernels/reference.ts';
 
 export interface Matrix {
   data: Float32Array;
@@ -180,8 +181,6 @@ export function sparseGpt(
   return { weights: { ...w, data }, mask };
 }
 
-export { gram };
-
 /**
  * Structured pruning of one SwiGLU expert: whole FFN neurons go, giving smaller dense matrices. A neuron's
  * importance is its mean |silu(gate)·up| activation on calibration inputs (or, without them, the product of its
@@ -199,17 +198,9 @@ export function structuredExpert(
   const downNorm = (j: number) => Math.hypot(...Array.from({ length: d }, (_, i) => expert.down.data[i * f + j]));
   const activation = new Float64Array(f);
   if (calibration && calibration.tokens > 0) {
+    const h = swigluHidden(expert.gate.data, expert.up.data, d, f, calibration.x, calibration.tokens);
     for (let t = 0; t < calibration.tokens; t++) {
-      const x = calibration.x.subarray(t * d, (t + 1) * d);
-      for (let j = 0; j < f; j++) {
-        let g = 0;
-        let u = 0;
-        for (let i = 0; i < d; i++) {
-          g += expert.gate.data[j * d + i] * x[i];
-          u += expert.up.data[j * d + i] * x[i];
-        }
-        activation[j] += Math.abs((g / (1 + Math.exp(-g))) * u) / calibration.tokens;
-      }
+      for (let j = 0; j < f; j++) activation[j] += Math.abs(h[t * f + j]) / calibration.tokens;
     }
   } else {
     for (let j = 0; j < f; j++) activation[j] = rowNorm(expert.gate, j) * rowNorm(expert.up, j);

@@ -12,7 +12,9 @@ import { tensorNames } from '../../src/engine/package.ts';
 import { readSafetensorsHeader, readTensors, writeSafetensors, type TensorData } from '../../src/engine/safetensors.ts';
 import { readExpertWeights } from '../expert-weights.ts';
 import { compressBitmask } from './bitmask.ts';
-import { gram, globalMagnitude, inputNorms, magnitude, sparseGpt, structuredExpert, wanda, type Matrix, type Pattern } from './methods.ts';
+import { swigluHidden } from '../kernels/reference.ts';
+import { gram } from './linalg.ts';
+import { globalMagnitude, inputNorms, magnitude, sparseGpt, structuredExpert, wanda, type Matrix, type Pattern } from './methods.ts';
 
 export const METHODS = ['magnitude', 'magnitude-global', 'wanda', 'sparsegpt', '2:4', 'structured'] as const;
 export type PruneMethod = (typeof METHODS)[number];
@@ -100,21 +102,7 @@ export function rarelyChosen(counts: Map<string, number>, layers: number, expert
 
 /** h = silu(gate·x) ⊙ (up·x) for calibration rows: the inputs the down projection sees. */
 function ffnHidden(x: Float32Array, tokens: number, gate: Matrix, up: Matrix): Float32Array {
-  const d = gate.cols;
-  const f = gate.rows;
-  const h = new Float32Array(tokens * f);
-  for (let t = 0; t < tokens; t++) {
-    for (let j = 0; j < f; j++) {
-      let g = 0;
-      let u = 0;
-      for (let i = 0; i < d; i++) {
-        g += gate.data[j * d + i] * x[t * d + i];
-        u += up.data[j * d + i] * x[t * d + i];
-      }
-      h[t * f + j] = (g / (1 + Math.exp(-g))) * u;
-    }
-  }
-  return h;
+  return Float32Array.from(swigluHidden(gate.data, up.data, gate.cols, gate.rows, x, tokens));
 }
 
 /** Calibration statistics of one input matrix, computed once and shared by the matrices that read it. */
