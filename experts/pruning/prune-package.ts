@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { loadConfig } from '../../src/config.ts';
 import { Engine } from '../../src/engine/engine.ts';
 import { tensorNames } from '../../src/engine/package.ts';
-import { readSafetensorsHeader, readTensors, writeSafetensors, type TensorData } from '../../src/engine/safetensors.ts';
+import { readSafetensorsHeader, readTensors, writeSafetensors, type TensorData, type TensorEntry } from '../../src/engine/safetensors.ts';
 import { readExpertWeights } from '../expert-weights.ts';
 import { compressBitmask } from './bitmask.ts';
 import { swigluHidden } from '../kernels/reference.ts';
@@ -242,14 +242,14 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
     }, null, 2) + '\n');
     return {
       outDir: out, experts: report, expertSparsity, dropped: newlyDropped,
-      bytes: { before: readSafetensorsHeaderBytes(file), after: readSafetensorsHeaderBytes(join(out, 'model.safetensors')) },
+      bytes: { before: tensorBytes(header), after: tensorBytes(readSafetensorsHeader(join(out, 'model.safetensors'))) },
     };
   } finally {
     await engine.close();
   }
 }
 
-/** Bytes of tensor data in a weights file. */
-function readSafetensorsHeaderBytes(file: string): number {
-  return [...readSafetensorsHeader(file).values()].reduce((n, t) => n + (t.end - t.begin), 0);
+/** Bytes of tensor data listed in a safetensors header. */
+function tensorBytes(header: Map<string, TensorEntry>): number {
+  return [...header.values()].reduce((n, t) => n + (t.end - t.begin), 0);
 }

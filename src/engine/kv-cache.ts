@@ -31,10 +31,6 @@ export class KvCache {
     this.keys[layer].set(keys, at);
     this.values[layer].set(values, at);
   }
-
-  get bytes(): number {
-    return 2 * this.keys.length * this.length * this.rowSize * 4;
-  }
 }
 
 function copyInto(target: Float32Array, source: Float32Array, count: number): Float32Array {

@@ -1,5 +1,6 @@
 /** `switchyard eval`: loads the model (and optionally a reference) through the real engine and scores it. */
-import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { loadConfig } from '../config.ts';
 import { Engine } from '../engine/engine.ts';
 import { evaluate, readValidationSet, type EvalResult } from './evaluate.ts';
@@ -10,19 +11,10 @@ export async function runEval(options: { model: string; reference?: string; work
   const reference = options.reference && resolve(options.reference) !== resolve(options.model) ? await load(options.reference) : null;
   try {
     // The windows come from the evaluated package, or from the reference (a pruned package may not carry them).
-    const set = readValidationSet(reference && !hasValidation(options.model) ? options.reference! : options.model);
+    const set = readValidationSet(reference && !existsSync(join(options.model, 'validation.json')) ? options.reference! : options.model);
     return await evaluate(engine.model, set, reference?.model);
   } finally {
     await engine.close();
     await reference?.close();
-  }
-}
-
-function hasValidation(dir: string): boolean {
-  try {
-    readValidationSet(dir);
-    return true;
-  } catch {
-    return false;
   }
 }
