@@ -5,7 +5,7 @@
  * (see kernels/quantize.ts for the exact packing).
  */
 import { GraphBuilder } from '../src/engine/onnx/builder.ts';
-import { quantizeInt4, quantizeInt8 } from './kernels/quantize.ts';
+import { INT8_ZERO_POINT, quantizeInt4, quantizeInt8 } from './kernels/quantize.ts';
 
 export interface ExpertWeights {
   gate: Float32Array; // [ffn, d]
@@ -30,12 +30,16 @@ export function expertGraph(name: string, hidden: number, ffn: number, w: Expert
 
 const MS = 'com.microsoft';
 
-/** Weights quantized to int8 per output column; activations quantized per tensor by onnxruntime at run time. */
+/**
+ * Weights quantized to 8 bits per output column (uint8 codes around zero point 128: see quantize.ts for why not
+ * int8); activations quantized per tensor by onnxruntime at run time.
+ */
 export function int8ExpertGraph(name: string, hidden: number, ffn: number, w: ExpertWeights): Uint8Array {
   return swiglu(new GraphBuilder(name, { domains: { [MS]: 1 } }), hidden, ffn, w, (g, x, n, weight, outF, inF) => {
     const q = quantizeInt8(weight, outF, inF);
-    const b = g.rawTensor(`${n}.q`, q.b, [inF, outF], 'int8');
-    return g.op('DynamicQuantizeMatMul', [x, b, g.weight(`${n}.scale`, q.scales, [outF])], {}, MS);
+    const b = g.rawTensor(`${n}.q`, q.b, [inF, outF], 'uint8');
+    const zeroPoints = g.rawTensor(`${n}.zero_point`, new Uint8Array(outF).fill(INT8_ZERO_POINT), [outF], 'uint8');
+    return g.op('DynamicQuantizeMatMul', [x, b, g.weight(`${n}.scale`, q.scales, [outF]), zeroPoints], {}, MS);
   });
 }
 

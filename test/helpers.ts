@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { ConfigSchema, type Config, type ConfigInput } from '../src/config.ts';
 import type { GenerateRequest, SamplingParams } from '../src/engine/types.ts';
 
@@ -16,4 +17,21 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
+}
+
+/**
+ * The CPU the tests run on, for suite names and failure messages: model name and the x86 SIMD flags that change
+ * quantized kernels' arithmetic (e.g. "AMD EPYC [avx2]" or "Intel Xeon [avx2 avx512f avx512bw avx512_vnni]").
+ */
+export function cpuDescription(): string {
+  let info = '';
+  try {
+    info = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return `${process.arch} (no /proc/cpuinfo)`;
+  }
+  const model = /^model name\s*:\s*(.+)$/m.exec(info)?.[1].trim() ?? process.arch;
+  const flags = new Set((/^flags\s*:\s*(.+)$/m.exec(info)?.[1] ?? '').split(/\s+/));
+  const simd = ['avx2', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx_vnni', 'amx_int8'].filter((f) => flags.has(f));
+  return `${model} [${simd.join(' ') || 'no avx2'}]`;
 }

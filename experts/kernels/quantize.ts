@@ -1,9 +1,14 @@
 /**
  * Weight quantization for onnxruntime's com.microsoft contrib operators, computed here in TypeScript.
  *
- * int8 — `DynamicQuantizeMatMul(A, B, b_scale)`: B is the int8 [K, N] right-hand matrix (K = in features,
- * N = out features), symmetric per output column (b_scale [N], zero point 0, codes in −127..127); onnxruntime
- * quantizes A to uint8 per tensor at run time.
+ * int8 — `DynamicQuantizeMatMul(A, B, b_scale, b_zero_point)`: B is the [K, N] right-hand matrix (K = in
+ * features, N = out features) of 8-bit codes, symmetric per output column: code = 128 + round(w / scale) with
+ * round(w / scale) in −127..127, stored as uint8 with zero point 128 (b_scale [N], b_zero_point [N] = 128).
+ * onnxruntime quantizes A to uint8 per tensor at run time. Why uint8 weights and not int8: onnxruntime's u8×s8
+ * kernel on x86 CPUs without VNNI (`vpmaddubsw`) adds pairs of products in saturating int16, and
+ * 2 · 255 · 127 = 64 770 overflows it (relative error 0.09–0.19 on an AVX2-only AMD EPYC, < 0.05 with VNNI);
+ * its u8×u8 kernels widen to int16 before multiplying and accumulate in int32 on every CPU, so they never
+ * saturate, keep all 8 bits (unlike onnxruntime's own `reduce_range` 7-bit fix) and measured as fast here.
  *
  * int4 — `MatMulNBits(A, B, scales, zero_points)`, bits = 4: the torch weight W [N, K] is cut into blocks of
  * `blockSize` along K (the last block padded); each block has a float scale and a 4-bit zero point, and
@@ -13,33 +18,40 @@
  * so a zero weight is stored exactly (pruned weights stay zero).
  */
 
+/** Zero point of the uint8 weight codes: a code stands for (code − 128) · scale, so a zero weight is exact. */
+export const INT8_ZERO_POINT = 128;
+
 export interface Int8Weights {
-  /** int8 [K, N] (the MatMul right-hand side: transposed torch weight). */
-  b: Int8Array;
+  /** uint8 codes [K, N] (the MatMul right-hand side: transposed torch weight), zero point INT8_ZERO_POINT. */
+  b: Uint8Array;
   /** [N] per output column. */
   scales: Float32Array;
   k: number;
   n: number;
 }
 
-/** Quantizes a torch Linear weight W [outF, inF] to int8 per output column. */
+/** Quantizes a torch Linear weight W [outF, inF] to 8-bit codes per output column (symmetric, 255 levels). */
 export function quantizeInt8(w: Float32Array, outF: number, inF: number): Int8Weights {
-  const b = new Int8Array(inF * outF);
+  const b = new Uint8Array(inF * outF);
   const scales = new Float32Array(outF);
   for (let n = 0; n < outF; n++) {
     let max = 0;
     for (let k = 0; k < inF; k++) max = Math.max(max, Math.abs(w[n * inF + k]));
     const scale = max === 0 ? 1 : max / 127;
     scales[n] = scale;
-    for (let k = 0; k < inF; k++) b[k * outF + n] = Math.max(-127, Math.min(127, Math.round(w[n * inF + k] / scale)));
+    for (let k = 0; k < inF; k++) {
+      b[k * outF + n] = INT8_ZERO_POINT + Math.max(-127, Math.min(127, Math.round(w[n * inF + k] / scale)));
+    }
   }
   return { b, scales, k: inF, n: outF };
 }
 
-/** The weight int8 codes stand for, in torch layout [N, K]. */
+/** The weight the 8-bit codes stand for, in torch layout [N, K]. */
 export function dequantizeInt8(q: Int8Weights): Float32Array {
   const w = new Float32Array(q.n * q.k);
-  for (let n = 0; n < q.n; n++) for (let k = 0; k < q.k; k++) w[n * q.k + k] = q.b[k * q.n + n] * q.scales[n];
+  for (let n = 0; n < q.n; n++) {
+    for (let k = 0; k < q.k; k++) w[n * q.k + k] = (q.b[k * q.n + n] - INT8_ZERO_POINT) * q.scales[n];
+  }
   return w;
 }
 
