@@ -1,6 +1,7 @@
 /** The HTTP app: middleware, routes and error handling over a GenerationService. */
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import type { HttpBindings } from '@hono/node-server';
 import type { Config } from '../config.ts';
 import type { GenerationService } from '../engine/types.ts';
 import { log, type Logger } from '../log.ts';
@@ -31,6 +32,15 @@ export function createApp(service: GenerationService, config: Config, options: A
 
   app.onError(createErrorHandler(logger));
   app.notFound(notFoundHandler);
+
+  // A response sent before the request body arrived in full (404, 405, 401, 413, a 422 from the headers alone)
+  // must close the connection: @hono/node-server drains an unread body for only ~0.5 s and then destroys the
+  // socket, so a keep-alive client that was told nothing would send its next request into a closing socket.
+  app.use('*', async (c, next) => {
+    await next();
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+    if (incoming && !incoming.complete) c.res.headers.set('Connection', 'close');
+  });
 
   app.use('*', async (c, next) => {
     const started = performance.now();
