@@ -4,7 +4,7 @@
  */
 import type { MoeModel, StepOutput } from './model.ts';
 import type { Sequence } from './sequence.ts';
-import { CancelledError, OverloadedError, RequestTimeoutError } from './types.ts';
+import { CancelledError, OverloadedError, RequestTimeoutError, ShuttingDownError } from './types.ts';
 
 export interface SchedulerLimits {
   maxBatchSequences: number;
@@ -54,9 +54,9 @@ export class Scheduler {
     return this.queue.length;
   }
 
-  /** Throws OverloadedError when a new request would find the queue full. */
+  /** Throws OverloadedError when a new request would find the queue full, ShuttingDownError once close() began. */
   checkCapacity(): void {
-    if (this.closed) throw new OverloadedError('the engine is shutting down', 5);
+    if (this.closed) throw new ShuttingDownError('the engine is shutting down');
     if (this.queue.length >= this.limits.queueDepth) {
       throw new OverloadedError(`the request queue is full (${this.limits.queueDepth} waiting); retry shortly`, 1);
     }
@@ -79,11 +79,14 @@ export class Scheduler {
     });
   }
 
-  /** Stops taking requests and waits for the current step to end (no task is left inside a worker). */
+  /**
+   * Stops taking requests, rejects every queued and running one with ShuttingDownError (at once, so their callers
+   * can answer before the step in flight ends), then waits for that step to end (no task is left inside a worker).
+   */
   async close(): Promise<void> {
     this.closed = true;
-    for (const entry of this.queue.splice(0)) entry.reject(new Error('the engine is shutting down'));
-    for (const entry of this.active.splice(0)) entry.reject(new Error('the engine is shutting down'));
+    for (const entry of this.queue.splice(0)) entry.reject(new ShuttingDownError('the engine shut down before this request started'));
+    for (const entry of this.active.splice(0)) entry.reject(new ShuttingDownError('the engine shut down while generating this request'));
     await this.running;
   }
 

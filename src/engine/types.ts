@@ -65,6 +65,18 @@ export class OverloadedError extends Error {
   }
 }
 
+/**
+ * The engine (or the server around it) is shutting down and takes no more work, or cut a request it was running
+ * when the shutdown grace period ran out (maps to HTTP 503 `overloaded` with Retry-After and Connection: close).
+ */
+export class ShuttingDownError extends Error {
+  override readonly name = 'ShuttingDownError';
+  /** @param retryAfterSeconds when a client may retry (another instance, or this one restarted), in seconds. */
+  constructor(message = 'the server is shutting down', readonly retryAfterSeconds = 5) {
+    super(message);
+  }
+}
+
 /** The request ran past limits.requestTimeoutMs and was cancelled (maps to HTTP 503). */
 export class RequestTimeoutError extends Error {
   override readonly name = 'RequestTimeoutError';

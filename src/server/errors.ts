@@ -3,7 +3,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { randomUUID } from 'node:crypto';
-import { InvalidRequestError, OverloadedError, RequestTimeoutError } from '../engine/types.ts';
+import { InvalidRequestError, OverloadedError, RequestTimeoutError, ShuttingDownError } from '../engine/types.ts';
 import type { Logger } from '../log.ts';
 
 export type ErrorType = 'validation' | 'overloaded' | 'generation' | 'not_found' | 'unauthorized' | 'internal';
@@ -42,6 +42,12 @@ export function errorResponse(
 export function classifyError(err: unknown): HttpError | null {
   if (err instanceof HttpError) return err;
   if (err instanceof InvalidRequestError) return new HttpError(422, 'validation', err.message);
+  if (err instanceof ShuttingDownError) {
+    // 503, not 429: this instance is going away, so the client should go elsewhere (and not reuse the connection).
+    const retryAfter = Math.max(1, Math.ceil(err.retryAfterSeconds));
+    return new HttpError(503, 'overloaded', `${err.message}; retry after ${retryAfter} s (on another instance if there is one)`,
+      { 'Retry-After': String(retryAfter), Connection: 'close' });
+  }
   if (err instanceof OverloadedError) {
     const retryAfter = Math.max(1, Math.ceil(err.retryAfterSeconds));
     return new HttpError(429, 'overloaded', `${err.message}; retry after ${retryAfter} s`, { 'Retry-After': String(retryAfter) });
