@@ -12,7 +12,10 @@ export class Sequence {
   finishReason: FinishReason | null = null;
   private readonly decoder: IncrementalDecoder;
   private readonly random: () => number;
+  /** The generated text so far: the concatenation of the tokens' texts, = codec.decode of the non-special ids. */
   private text = '';
+  /** Token events not sent yet (they wait for an incomplete character to be completed). */
+  private readonly unsent: GeneratedToken[] = [];
 
   constructor(
     readonly id: number,
@@ -52,29 +55,50 @@ export class Sequence {
     return this.pending.splice(0, n);
   }
 
-  /** After a step that consumed all pending input: choose the next token from the logits and decide if done. */
+  /**
+   * After a step that consumed all pending input: choose the next token from the logits and decide if done.
+   *
+   * Token events carry text only on non-special tokens, and their texts add up to `result().generatedText`. A
+   * token whose bytes end inside a UTF-8 character has no text yet; its event waits (with any others like it) until
+   * a later token completes the character, so that if generation ends first — on EOS, say — the held-back bytes
+   * (U+FFFD) go on the last non-special token, never on the special one.
+   */
   advance(logits: Float32Array): void {
     const choice = chooseToken(logits, this.request.sampling, this.history, this.random);
     const special = this.codec.specialIds.has(choice.id);
-    let text = special ? '' : this.decoder.push(choice.id);
+    const token: GeneratedToken = { id: choice.id, text: special ? '' : this.decoder.push(choice.id), logprob: choice.logprob, special };
     this.history.push(choice.id);
+    this.tokens.push(token);
     const searchFrom = Math.max(0, this.text.length - maxLength(this.request.stop));
-    this.text += text;
+    this.text += token.text;
     if (choice.id === this.eosId) this.finishReason = 'eos_token';
     else if (this.request.stop.some((s) => this.text.indexOf(s, searchFrom) >= 0)) this.finishReason = 'stop_sequence';
-    else if (this.tokens.length + 1 >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
+    else if (this.tokens.length >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
     else this.pending = [choice.id];
-    // The last token carries any text held back for an incomplete character, so token texts add up to the result.
-    if (this.finishReason) text += this.decoder.flush();
-    const token: GeneratedToken = { id: choice.id, text, logprob: choice.logprob, special };
-    this.tokens.push(token);
-    this.options.onToken?.(token, this.finishReason ? this.result() : null);
+
+    this.unsent.push(token);
+    if (this.finishReason) {
+      const rest = this.decoder.flush();
+      if (rest) {
+        // Held-back text came from a non-special token that is still unsent.
+        for (let i = this.unsent.length - 1; i >= 0; i--) {
+          if (this.unsent[i].special) continue;
+          this.unsent[i].text += rest;
+          break;
+        }
+        this.text += rest;
+      }
+    } else if (!special && token.text === '') {
+      return; // an incomplete character: wait for the token that completes it
+    }
+    const result = this.finishReason ? this.result() : null;
+    const events = this.unsent.splice(0);
+    events.forEach((t, i) => this.options.onToken?.(t, i === events.length - 1 ? result : null));
   }
 
   result(): GenerateResult {
-    const generated = this.tokens.filter((t) => !t.special).map((t) => t.id);
     return {
-      generatedText: this.codec.decode(generated),
+      generatedText: this.text,
       finishReason: this.finishReason ?? 'length',
       generatedTokens: this.tokens.length,
       promptTokens: this.promptIds.length,

@@ -16,35 +16,48 @@ export class TextCodec {
     return this.tokenizer.encode(text).ids;
   }
 
-  decode(ids: number[]): string {
-    return this.tokenizer.decode(ids, { skip_special_tokens: true });
+  /**
+   * The text of `ids` exactly as the model produced it: special tokens skipped, and no clean-up rules (the
+   * tokenizer's `clean_up_tokenization_spaces` would turn "A , b" into "A, b"), as TGI decodes. An empty list is ''.
+   */
+  decode(ids: readonly number[]): string {
+    if (ids.length === 0) return '';
+    return this.tokenizer.decode(ids as number[], { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
 }
 
 /**
- * Turns a growing list of generated ids into text increments. Byte-level tokens can split a UTF-8 character,
- * so text ending in an incomplete character (U+FFFD) is held back until the next token completes it.
+ * Turns a growing list of generated (non-special) ids into text increments whose concatenation is exactly
+ * `codec.decode(ids)`. Byte-level tokens can split a UTF-8 character, so text ending in an incomplete character
+ * (U+FFFD) is held back until a later token completes it or `flush()` ends the text. Decodes a window of recent
+ * ids, not all of them, as TGI's and vLLM's incremental detokenizers do: `prefix` marks where the window starts
+ * (context for decoders that treat the first token specially), `read` how far text has been emitted.
  */
 export class IncrementalDecoder {
   private readonly ids: number[] = [];
-  private emitted = '';
+  private prefix = 0;
+  private read = 0;
 
   constructor(private readonly codec: TextCodec) {}
 
+  /** Adds one id; returns the text it completes ('' while a character is incomplete). */
   push(id: number): string {
     this.ids.push(id);
-    const text = this.codec.decode(this.ids);
-    if (text.endsWith('\uFFFD') || !text.startsWith(this.emitted)) return '';
-    const delta = text.slice(this.emitted.length);
-    this.emitted = text;
-    return delta;
+    return this.next(false);
   }
 
-  /** At the end of generation: whatever was held back (an incomplete character stays as U+FFFD). */
+  /** At the end of generation: whatever was held back (an incomplete character becomes U+FFFD, as decode gives). */
   flush(): string {
-    const text = this.codec.decode(this.ids);
-    const rest = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
-    return rest;
+    return this.next(true);
+  }
+
+  private next(final: boolean): string {
+    if (this.read === this.ids.length) return '';
+    const before = this.codec.decode(this.ids.slice(this.prefix, this.read));
+    const after = this.codec.decode(this.ids.slice(this.prefix));
+    if (!final && (after.length <= before.length || after.endsWith('\uFFFD'))) return '';
+    this.prefix = this.read;
+    this.read = this.ids.length;
+    return after.slice(before.length);
   }
 }
