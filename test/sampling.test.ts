@@ -64,3 +64,52 @@ describe('sampling', () => {
     expect(chooseToken(logits, { ...GREEDY, repetitionPenalty: 1.5 }, [1], () => 0).id).toBe(4);
   });
 });
+
+describe('sampling edge cases (TGI and transformers semantics)', () => {
+  it('temperatures at or below 1e-5 are greedy, with a finite log probability', () => {
+    for (const temperature of [1e-5, 1e-9, 1e-30]) {
+      const c = chooseToken(logits, { ...sample, temperature }, [], seededRandom(1));
+      expect(c.id).toBe(1);
+      expect(Number.isFinite(c.logprob)).toBe(true);
+    }
+    // Just above the threshold it still samples from a (very peaked) distribution without NaN.
+    const c = chooseToken(logits, { ...sample, temperature: 2e-5 }, [], seededRandom(1));
+    expect(c.id).toBe(1);
+    expect(Number.isFinite(c.logprob)).toBe(true);
+  });
+
+  it('a huge repetition penalty keeps every logit and log probability finite', () => {
+    const neg = Float32Array.from([-1, -3, -2, -0.5, -2.9]);
+    const penalised = applyRepetitionPenalty(neg, [0, 1, 2, 3, 4], 1e300);
+    expect([...penalised].every(Number.isFinite)).toBe(true);
+    for (const params of [{ ...GREEDY, repetitionPenalty: 1e300 }, { ...sample, repetitionPenalty: 1e300 }]) {
+      expect(Number.isFinite(chooseToken(neg, params, [0, 1, 2, 3, 4], seededRandom(3)).logprob)).toBe(true);
+    }
+  });
+
+  it('top-p after top-k counts mass over the top-k tokens renormalised (as chained warpers do)', () => {
+    // p ∝ e^[1, 3, 2, 0.5, 2.9]; top-k 2 keeps ids 1 and 4 with renormalised masses ≈ 0.525 / 0.475: top-p 0.5 keeps
+    // only id 1. Without renormalising, their raw masses (≈ 0.43, 0.39) would need both to reach 0.5.
+    const random = seededRandom(5);
+    const ids = new Set(Array.from({ length: 200 }, () => chooseToken(logits, { ...sample, topK: 2, topP: 0.5 }, [], random).id));
+    expect([...ids]).toEqual([1]);
+  });
+
+  it('typical-p keeps the tokens whose surprisal is closest to the entropy (Meister et al. 2022)', () => {
+    // Plain reference: entropy H of softmax(logits); order by |−log p − H|; keep up to mass typical_p.
+    const lp = Array.from(logSoftmax(logits));
+    const h = -lp.reduce((s, v) => s + Math.exp(v) * v, 0);
+    const order = lp.map((v, id) => ({ id, d: Math.abs(-v - h) })).sort((a, b) => a.d - b.d).map((x) => x.id);
+    const want = new Set<number>();
+    let mass = 0;
+    for (const id of order) {
+      want.add(id);
+      mass += Math.exp(lp[id]);
+      if (mass >= 0.5) break;
+    }
+    const random = seededRandom(9);
+    const got = new Set(Array.from({ length: 400 }, () => chooseToken(logits, { ...sample, typicalP: 0.5 }, [], random).id));
+    expect([...got].sort()).toEqual([...want].sort());
+    expect(want.size).toBeLessThan(logits.length); // the case is not trivial
+  });
+});

@@ -1,6 +1,6 @@
 /**
  * Choosing the next token from logits, as Text Generation Inference does: repetition penalty, then temperature,
- * top-k and top-p; greedy takes the argmax. Pure functions over Float32Arrays plus a seeded generator.
+ * top-k, top-p and typical-p; greedy takes the argmax. Pure functions over Float32Arrays plus a seeded generator.
  */
 import type { SamplingParams } from './types.ts';
 
@@ -16,12 +16,24 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+/** Largest finite float32: penalised logits are clamped to it so that no logit (and no logprob) becomes infinite. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 /** CTRL-style penalty (as in transformers and TGI): seen tokens' positive logits are divided, negative multiplied. */
 export function applyRepetitionPenalty(logits: Float32Array, seen: Iterable<number>, penalty: number): Float32Array {
   const out = Float32Array.from(logits);
-  for (const id of new Set(seen)) out[id] = out[id] > 0 ? out[id] / penalty : out[id] * penalty;
+  for (const id of new Set(seen)) {
+    const v = out[id] > 0 ? out[id] / penalty : out[id] * penalty;
+    out[id] = Math.max(-FLOAT32_MAX, Math.min(FLOAT32_MAX, v));
+  }
   return out;
 }
+
+/**
+ * Temperatures at or below this sample as greedy: dividing logits by them overflows float32 (NaN probabilities),
+ * and the distribution they ask for is the argmax anyway.
+ */
+export const GREEDY_TEMPERATURE = 1e-5;
 
 export function logSoftmax(logits: Float32Array): Float64Array {
   let max = -Infinity;
@@ -46,31 +58,23 @@ export interface Choice {
 
 /**
  * One token. `history` is every token so far (prompt and generated), for the repetition penalty.
- * Sampling keeps the tokens allowed by top-k and top-p, renormalises, and draws with `random`.
+ * Sampling applies temperature, then keeps the tokens allowed by top-k, top-p and typical-p (in that order, as
+ * transformers' and TGI's warpers do), renormalises, and draws with `random`. The returned logprob is always finite.
  */
 export function chooseToken(logits: Float32Array, params: SamplingParams, history: readonly number[], random: () => number): Choice {
   const penalised = params.repetitionPenalty && params.repetitionPenalty !== 1
     ? applyRepetitionPenalty(logits, history, params.repetitionPenalty)
     : logits;
-  if (!params.doSample) {
+  if (!params.doSample || params.temperature <= GREEDY_TEMPERATURE) {
     const id = argmax(penalised);
     return { id, logprob: logSoftmax(penalised)[id] };
   }
   const scaled = params.temperature === 1 ? penalised : Float32Array.from(penalised, (v) => v / params.temperature);
   const logp = logSoftmax(scaled);
   const order = Array.from(logp.keys()).sort((a, b) => logp[b] - logp[a] || a - b);
-  let keep = params.topK ? Math.min(params.topK, order.length) : order.length;
-  if (params.topP !== null && params.topP < 1) {
-    let mass = 0;
-    for (let i = 0; i < keep; i++) {
-      mass += Math.exp(logp[order[i]]);
-      if (mass >= params.topP) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  const kept = order.slice(0, keep);
+  let kept = order.slice(0, params.topK ? Math.min(params.topK, order.length) : order.length);
+  if (params.topP !== null && params.topP < 1) kept = kept.slice(0, massPrefix(kept, logp, params.topP));
+  if (params.typicalP != null && params.typicalP < 1) kept = typical(kept, logp, params.typicalP);
   const total = kept.reduce((sum, id) => sum + Math.exp(logp[id]), 0);
   let r = random() * total;
   for (const id of kept) {
@@ -79,4 +83,40 @@ export function chooseToken(logits: Float32Array, params: SamplingParams, histor
   }
   const last = kept[kept.length - 1];
   return { id: last, logprob: logp[last] - Math.log(total) };
+}
+
+/** log Σ exp(logp[id]) over `ids`: renormalises a filtered distribution. */
+function logMass(ids: readonly number[], logp: Float64Array): number {
+  let max = -Infinity;
+  for (const id of ids) max = Math.max(max, logp[id]);
+  let total = 0;
+  for (const id of ids) total += Math.exp(logp[id] - max);
+  return Math.log(total) + max;
+}
+
+/**
+ * How many of `ids` (in their order) it takes to reach probability mass `p` of the distribution renormalised over
+ * `ids` — each warper sees the previous one's output, as in transformers (at least one).
+ */
+function massPrefix(ids: readonly number[], logp: Float64Array, p: number): number {
+  const norm = logMass(ids, logp);
+  let mass = 0;
+  for (let i = 0; i < ids.length; i++) {
+    mass += Math.exp(logp[ids[i]] - norm);
+    if (mass >= p) return i + 1;
+  }
+  return ids.length;
+}
+
+/**
+ * Locally typical sampling (Meister et al. 2022, transformers' TypicalLogitsWarper): over the candidates `ids`
+ * (renormalised), keep the tokens whose surprisal −log p is closest to the entropy, up to mass `p`.
+ */
+function typical(ids: readonly number[], logp: Float64Array, p: number): number[] {
+  const norm = logMass(ids, logp);
+  let entropy = 0;
+  for (const id of ids) entropy -= Math.exp(logp[id] - norm) * (logp[id] - norm);
+  const surprise = (id: number) => Math.abs(norm - logp[id] - entropy);
+  const byTypicality = [...ids].sort((a, b) => surprise(a) - surprise(b) || a - b);
+  return byTypicality.slice(0, massPrefix(byTypicality, logp, p));
 }
