@@ -6,6 +6,8 @@ export interface SamplingParams {
   temperature: number;
   topK: number | null;
   topP: number | null;
+  /** Locally typical sampling's mass (Meister et al. 2022; TGI's `typical_p`); null or 1: off. */
+  typicalP?: number | null;
   repetitionPenalty: number | null;
   /** Seed for the sampler; null lets the engine pick one (it is reported back). */
   seed: number | null;
