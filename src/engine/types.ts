@@ -19,15 +19,34 @@ export interface GenerateRequest {
   sampling: SamplingParams;
   /** Generation stops once the text ends with any of these; they stay in the generated text (as TGI does). */
   stop: string[];
+  /** Report this many most likely tokens with each generated token (TGI `top_n_tokens`, OpenAI `top_logprobs`). */
+  topTokens?: number;
+  /** Keep generating after EOS, up to maxNewTokens (vLLM's `ignore_eos`; benchmarks need equal token counts). */
+  ignoreEos?: boolean;
+  /** Report each prompt token's log probability (TGI `decoder_input_details`); skips the prefix cache. */
+  promptLogprobs?: boolean;
+  /** Keep only the prompt's last this many tokens (TGI `truncate`; a BOS the tokenizer added stays first). */
+  truncate?: number | null;
 }
 
 export type FinishReason = 'length' | 'eos_token' | 'stop_sequence';
+
+/** A token and its log probability, e.g. one of the most likely alternatives at a position. */
+export interface TokenLogprob {
+  id: number;
+  /** The token's own text (a special token's content; a lone byte of a multi-byte character decodes to U+FFFD). */
+  text: string;
+  logprob: number;
+  special: boolean;
+}
 
 export interface GeneratedToken {
   id: number;
   text: string;
   logprob: number;
   special: boolean;
+  /** With request.topTokens: the most likely tokens at this position, most likely first. */
+  top?: TokenLogprob[];
 }
 
 export interface GenerateResult {
@@ -38,6 +57,8 @@ export interface GenerateResult {
   /** The seed actually used when sampling; null for greedy requests. */
   seed: number | null;
   tokens: GeneratedToken[];
+  /** With request.promptLogprobs: every prompt token, the first with logprob null (nothing predicts it). */
+  prefill?: Array<Omit<TokenLogprob, 'logprob'> & { logprob: number | null }>;
 }
 
 export interface GenerateOptions {
