@@ -1,0 +1,93 @@
+/**
+ * What a model package must contain (shared DESIGN.md, "Model package format"): the config.json fields the gateway
+ * reads, the Hugging Face OLMoE tensor names and the shapes the config implies. A leaf module, so that both the
+ * package check (package-check.ts) and the loader (package.ts) can use it without importing each other.
+ */
+import { z } from 'zod';
+
+/**
+ * config.json as the gateway reads it (Hugging Face `OlmoeConfig` field names). Each field's description says what
+ * it must be; the package check quotes it when a field is missing or wrong.
+ */
+export const modelConfigSchema = z.object({
+  model_type: z.literal('olmoe').describe('"olmoe" (the Hugging Face OLMoE architecture)'),
+  vocab_size: z.number().int().positive().describe('a positive integer: rows of the embedding and LM head'),
+  hidden_size: z.number().int().positive().describe('a positive integer: the model width'),
+  intermediate_size: z.number().int().positive().describe('a positive integer: the FFN width of each expert'),
+  num_hidden_layers: z.number().int().positive().describe('a positive integer: the number of layers'),
+  num_attention_heads: z.number().int().positive().describe('a positive integer that divides hidden_size'),
+  num_key_value_heads: z.number().int().positive().describe('a positive integer equal to num_attention_heads'),
+  num_experts: z.number().int().positive().describe('a positive integer: experts per layer'),
+  num_experts_per_tok: z.literal(1, { message: 'only top-1 (Switch) routing is supported' }).describe('1 (top-1 Switch routing)'),
+  norm_topk_prob: z.literal(false, { message: 'top-1 gating multiplies by the raw softmax probability' })
+    .describe('false (the gate is the raw softmax probability)'),
+  rms_norm_eps: z.number().positive().describe('a positive number, e.g. 1e-5'),
+  rope_theta: z.number().positive().describe('a positive number, e.g. 10000'),
+  max_position_embeddings: z.number().int().positive().describe('a positive integer: the context length'),
+  tie_word_embeddings: z.boolean().default(false).describe('false (lm_head.weight is its own tensor)'),
+  bos_token_id: z.number().int().nonnegative().describe('the id of the beginning-of-sequence token, below vocab_size'),
+  eos_token_id: z.number().int().nonnegative().describe('the id of the end-of-sequence token, below vocab_size'),
+  rope_scaling: z.null().optional().describe('null or absent (no RoPE scaling)'),
+  clip_qkv: z.null().optional().describe('null or absent (no QKV clipping)'),
+  attention_bias: z.literal(false).optional().describe('false or absent (attention without biases)'),
+});
+
+export type ModelConfig = z.infer<typeof modelConfigSchema>;
+
+/**
+ * What `switchyard prune` records in config.json: experts it removed (no weights; the router masks them) and, per
+ * pruned expert, its FFN width after pruning (structured pruning stores narrower dense matrices).
+ */
+export const pruningMetadataSchema = z.object({
+  dropped_experts: z.array(z.object({ layer: z.number().int().nonnegative(), expert: z.number().int().nonnegative() })).optional(),
+  experts: z.array(z.object({
+    layer: z.number().int().nonnegative(), expert: z.number().int().nonnegative(), ffn: z.number().int().positive().optional(),
+  })).optional(),
+});
+
+export type PruningMetadata = z.infer<typeof pruningMetadataSchema>;
+
+export const tensorNames = {
+  embed: 'model.embed_tokens.weight',
+  finalNorm: 'model.norm.weight',
+  lmHead: 'lm_head.weight',
+  layer: (l: number) => ({
+    inputNorm: `model.layers.${l}.input_layernorm.weight`,
+    q: `model.layers.${l}.self_attn.q_proj.weight`,
+    k: `model.layers.${l}.self_attn.k_proj.weight`,
+    v: `model.layers.${l}.self_attn.v_proj.weight`,
+    o: `model.layers.${l}.self_attn.o_proj.weight`,
+    qNorm: `model.layers.${l}.self_attn.q_norm.weight`,
+    kNorm: `model.layers.${l}.self_attn.k_norm.weight`,
+    postNorm: `model.layers.${l}.post_attention_layernorm.weight`,
+    router: `model.layers.${l}.mlp.gate.weight`,
+  }),
+  expert: (l: number, e: number) => ({
+    gate: `model.layers.${l}.mlp.experts.${e}.gate_proj.weight`,
+    up: `model.layers.${l}.mlp.experts.${e}.up_proj.weight`,
+    down: `model.layers.${l}.mlp.experts.${e}.down_proj.weight`,
+  }),
+};
+
+/** Every tensor the architecture needs, with its expected (unpruned, dense) shape. */
+export function expectedTensors(c: ModelConfig): Map<string, number[]> {
+  const d = c.hidden_size;
+  const shapes = new Map<string, number[]>([
+    [tensorNames.embed, [c.vocab_size, d]],
+    [tensorNames.finalNorm, [d]],
+    [tensorNames.lmHead, [c.vocab_size, d]],
+  ]);
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const t = tensorNames.layer(l);
+    for (const name of [t.inputNorm, t.postNorm, t.qNorm, t.kNorm]) shapes.set(name, [d]);
+    for (const name of [t.q, t.k, t.v, t.o]) shapes.set(name, [d, d]);
+    shapes.set(t.router, [c.num_experts, d]);
+    for (let e = 0; e < c.num_experts; e++) {
+      const x = tensorNames.expert(l, e);
+      shapes.set(x.gate, [c.intermediate_size, d]);
+      shapes.set(x.up, [c.intermediate_size, d]);
+      shapes.set(x.down, [d, c.intermediate_size]);
+    }
+  }
+  return shapes;
+}
