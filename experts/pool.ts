@@ -12,16 +12,28 @@
  *   4. send `unload` tasks for experts a worker no longer hosts, and retire workers beyond the new count once they
  *      are idle (no task in flight or queued), so a thread is never terminated inside onnxruntime.
  * Changes are serialized; close() waits for one in progress.
+ *
+ * Worker recovery: each worker's current experts also live in shared memory (WorkerSetup.hosting), rewritten before
+ * every load and unload. When a worker's thread dies, Piscina starts a new one with the same workerData, and that
+ * thread loads the experts the shared map names — what the placement says now, after any live change. The pool
+ * logs the death and tells onWorkerRestart listeners (telemetry counts `moe.worker.restarts`); the tasks the thread
+ * was running are run again on the new thread (they are pure functions of their input), so no request fails.
  */
 import { performance } from 'node:perf_hooks';
 import { Piscina } from 'piscina';
+import { log } from '../src/log.ts';
 import { assignBatches, expertsOfWorker, MIN_SPLIT_ROWS, type ExpertKey, type Placement } from '../src/placement/placement.ts';
 import type { DispatchPlan } from '../router/dispatch.ts';
 import { gatherRows } from '../router/dispatch.ts';
 import type { KernelSettings } from './kernels/types.ts';
-import { expertKey, type ResidencyResult, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
+import {
+  createHosting, expertKey, readHosting, writeHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask,
+} from './protocol.ts';
 
 const WORKER_BOOTSTRAP = new URL('./worker.mjs', import.meta.url).href;
+/** Most times one task is run again (after its thread died or it threw); of those, after throwing: once. */
+export const MAX_TASK_RETRIES = 2;
+const MAX_RETRIES_AFTER_THROW = 1;
 
 export interface PoolOptions {
   weightsFile: string;
@@ -77,20 +89,138 @@ export interface PlacementChange {
   loadMs: number;
 }
 
-/** One worker thread and the tasks it has in flight, so it is closed only when idle. */
+/** A worker thread died and Piscina started a new one, which loads `experts` (the worker's experts now). */
+export interface WorkerRestart {
+  worker: number;
+  /** Restarts of this worker since the pool started, this one included. */
+  restarts: number;
+  experts: ExpertKey[];
+}
+
+/** What an observer of the pool may hear about (telemetry counts restarts). */
+export interface PoolObserver {
+  onWorkerRestart?(event: WorkerRestart): void;
+}
+
+interface Submission {
+  task: WorkerTask;
+  transferList?: ArrayBuffer[];
+}
+
+/**
+ * One worker: a Piscina instance with one thread, the tasks it has in flight (so it is closed only when idle), and
+ * its hosted experts in shared memory (WorkerSetup.hosting), which a replacement thread loads when it starts.
+ */
 class Shard {
   private inflight = 0;
   private waiters: Array<() => void> = [];
+  private closing = false;
+  /** Piscina's start-up workerCreate comes before the thread has loaded anything, so it is not taken as ready. */
+  private creates = 0;
+  /** Whether the current thread (at most one at a time) has started: a workerCreate after start-up, or a task done. */
+  private threadReady = false;
+  /** Threads lost (died, or failed to start); a task that fails while this grows lost its thread. */
+  private lost = 0;
+  private restarts = 0;
+  private lastThreadError: Error | null = null;
+  /**
+   * Rejects the tasks waiting for a thread when a replacement failed to start: Piscina then starts no other by
+   * itself, so they would wait forever (a later task makes it try again).
+   */
+  private stalled = rejector();
 
-  constructor(readonly id: number, private readonly piscina: Piscina) {}
+  constructor(
+    readonly id: number,
+    private readonly piscina: Piscina,
+    private readonly hosting: NonNullable<WorkerSetup['hosting']>,
+    private readonly onRestart: (event: WorkerRestart) => void,
+    onError?: (error: Error) => void,
+  ) {
+    piscina.on('workerCreate', () => this.threadStarted());
+    piscina.on('workerDestroy', () => this.threadGone());
+    piscina.on('error', (error: Error) => {
+      this.lastThreadError = error;
+      if (onError) onError(error);
+      else log.warn('expert worker error', { worker: id, err: error });
+    });
+  }
 
-  async run<T>(task: WorkerTask, transferList?: ArrayBuffer[]): Promise<T> {
+  /** Sets the experts a replacement thread would load ("layer.expert" keys); call before sending load or unload. */
+  publish(keys: Iterable<string>): void {
+    writeHosting(this.hosting, keys);
+  }
+
+  /**
+   * Runs a task on this worker's thread and resolves with its answer. If the thread dies meanwhile, the task runs
+   * again on the replacement; if the task throws, it runs once more; at most MAX_TASK_RETRIES times in all.
+   * `make` builds the task for each attempt (a run task's input is transferred, so an attempt consumes it).
+   * `retry: false` runs it once. Rejects with an Error naming the worker, the task kind, the attempts and the last
+   * failure (as `cause`).
+   */
+  async run<T>(make: Submission | (() => Submission), retry = true): Promise<T> {
     this.inflight++;
     try {
-      return (await this.piscina.run(task, transferList ? { transferList } : {})) as T;
+      let died = 0;
+      let threw = 0;
+      for (;;) {
+        const lostBefore = this.lost;
+        const { task, transferList } = typeof make === 'function' ? make() : make;
+        try {
+          const result = await this.attempt<T>(task, transferList);
+          this.threadReady = true;
+          return result;
+        } catch (error) {
+          const lostThread = this.lost > lostBefore;
+          if (lostThread) died++;
+          else threw++;
+          const message = (error as Error)?.message ?? String(error);
+          if (!retry || this.closing || died + threw > MAX_TASK_RETRIES || threw > MAX_RETRIES_AFTER_THROW) {
+            const attempts = died + threw;
+            throw new Error(`expert worker ${this.id}: ${task.kind} task failed ${attempts === 1 ? 'once' : `${attempts} times`} `
+              + `(thread died ${died}, task threw ${threw}); last: ${message}`, { cause: error });
+          }
+          log.warn('expert task failed; running it again', {
+            worker: this.id, task: task.kind, attempt: died + threw, reason: lostThread ? 'thread died' : 'task threw', error: message,
+          });
+        }
+      }
     } finally {
       if (--this.inflight === 0) for (const wake of this.waiters.splice(0)) wake();
     }
+  }
+
+  private attempt<T>(task: WorkerTask, transferList?: ArrayBuffer[]): Promise<T> {
+    const running = this.piscina.run(task, transferList ? { transferList } : {}) as Promise<T>;
+    running.catch(() => undefined); // it may lose the race below; its rejection is then nobody's business
+    return Promise.race([running, this.stalled.promise]);
+  }
+
+  private threadStarted(): void {
+    if (this.creates++ === 0) return; // Piscina's start-up announcement, before the thread loaded its experts
+    this.threadReady = true;
+    if (this.restarts > 0) log.info('expert worker replaced', { worker: this.id, restarts: this.restarts, experts: readHosting(this.hosting).length });
+  }
+
+  private threadGone(): void {
+    if (this.closing) return;
+    this.lost++;
+    const started = this.threadReady;
+    this.threadReady = false;
+    if (started) {
+      this.restarts++;
+      const experts = readHosting(this.hosting);
+      log.warn('expert worker thread died; a new thread loads its current experts', { worker: this.id, restarts: this.restarts, experts: experts.length });
+      this.onRestart({ worker: this.id, restarts: this.restarts, experts });
+      return;
+    }
+    // Piscina emits the thread's error (if it had one) right after this event: wait for it to name the cause.
+    const stalled = this.stalled;
+    this.stalled = rejector();
+    queueMicrotask(() => {
+      const cause = this.lastThreadError?.message ?? 'it exited while starting';
+      log.error('expert worker thread failed to start', { worker: this.id, error: cause });
+      stalled.reject(new Error(`worker ${this.id}'s thread failed to start (${cause})`));
+    });
   }
 
   idle(): Promise<void> {
@@ -100,9 +230,19 @@ class Shard {
   /** Waits for its tasks, then ends the thread (Piscina's close without force). */
   async close(): Promise<void> {
     await this.idle();
+    this.closing = true; // from here a thread's end is not a death
     await this.piscina.close();
   }
 }
+
+/** A promise that only ever rejects, when told to; never an unhandled rejection. */
+function rejector(): { promise: Promise<never>; reject: (error: Error) => void } {
+  let reject!: (error: Error) => void;
+  const promise = new Promise<never>((_, r) => (reject = r));
+  promise.catch(() => undefined);
+  return { promise, reject };
+}
+
 
 export class ExpertPool {
   private shards: Shard[];
@@ -115,17 +255,17 @@ export class ExpertPool {
   private drainWaiters: Array<{ epoch: number; wake: () => void }> = [];
   private changing: Promise<unknown> = Promise.resolve();
   private closed = false;
+  private readonly restartListeners = new Set<(event: WorkerRestart) => void>();
 
-  private constructor(private readonly options: PoolOptions, shards: Shard[]) {
-    this.shards = shards;
+  private constructor(private readonly options: PoolOptions) {
     this.current = options.placement;
-    this.resident = shards.map((_, w) => new Set(expertsOfWorker(options.placement, w).map((k) => expertKey(k.layer, k.expert))));
+    this.shards = Array.from({ length: options.placement.workers }, (_, w) => this.startShard(w, expertsOfWorker(options.placement, w)));
+    this.resident = this.shards.map((_, w) => new Set(expertsOfWorker(options.placement, w).map((k) => expertKey(k.layer, k.expert))));
   }
 
   static async start(options: PoolOptions): Promise<ExpertPool> {
-    const { placement } = options;
-    const shards = Array.from({ length: placement.workers }, (_, w) => startShard(options, w, expertsOfWorker(placement, w)));
-    const pool = new ExpertPool(options, shards);
+    const pool = new ExpertPool(options);
+    const shards = pool.shards;
     try {
       await pool.stats(); // every worker has loaded its experts (or start-up fails here)
     } catch (error) {
@@ -146,6 +286,28 @@ export class ExpertPool {
 
   get workerCount(): number {
     return this.shards.length;
+  }
+
+  /**
+   * Calls `listener` whenever a worker's thread dies and a new one starts with the worker's current experts (after
+   * the pool has logged it). Returns a function that removes the listener. A listener that throws is logged.
+   */
+  onWorkerRestart(listener: (event: WorkerRestart) => void): () => void {
+    this.restartListeners.add(listener);
+    return () => this.restartListeners.delete(listener);
+  }
+
+  /**
+   * Test-only fault injection (FaultTask): worker `worker`'s current thread fails in a later run task — throws, or
+   * ends with process.exit(1) — after `afterRuns` run tasks that pass; null clears a pending fault. Nothing in the
+   * gateway calls this: no HTTP route can reach it. Resolves once the thread has the fault; throws a RangeError for
+   * a worker the placement does not have.
+   */
+  async injectFault(worker: number, fault: WorkerFault | null): Promise<void> {
+    if (!Number.isInteger(worker) || worker < 0 || worker >= this.shards.length) {
+      throw new RangeError(`no worker ${worker}: the pool has workers 0..${this.shards.length - 1}`);
+    }
+    await this.shards[worker].run({ task: { kind: 'fault', fault } }, false);
   }
 
   /** Runs one layer's dispatch plan over x [tokens, hidden]: one task per worker, all workers in parallel. */
@@ -173,20 +335,21 @@ export class ExpertPool {
     const batches: BatchOutcome[] = [];
     const timings = await Promise.all([...byWorker].map(async ([worker, mine]) => {
       const rows = mine.reduce((n, p) => n + p.rows.length, 0);
-      const input = new Float32Array(rows * hidden);
-      let offset = 0;
-      for (const p of mine) {
-        input.set(gatherRows(x, p.rows, hidden), offset);
-        offset += p.rows.length * hidden;
-      }
-      const task: WorkerTask = {
-        kind: 'run', input,
-        items: mine.map((p) => ({ layer, expert: plan.batches[p.batch].expert, tokens: p.rows.length })),
+      const items = mine.map((p) => ({ layer, expert: plan.batches[p.batch].expert, tokens: p.rows.length }));
+      // Built again if the task has to run again: its input is transferred to the thread, and x stays here.
+      const makeTask = () => {
+        const input = new Float32Array(rows * hidden);
+        let at = 0;
+        for (const p of mine) {
+          input.set(gatherRows(x, p.rows, hidden), at);
+          at += p.rows.length * hidden;
+        }
+        return { task: { kind: 'run', input, items } satisfies WorkerTask, transferList: [input.buffer as ArrayBuffer] };
       };
       const submitted = performance.now();
-      const result = await shards[worker].run<RunResult>(task, [input.buffer as ArrayBuffer]);
+      const result = await shards[worker].run<RunResult>(makeTask);
       const roundTripMs = performance.now() - submitted;
-      offset = 0;
+      let offset = 0;
       for (const p of mine) {
         const size = p.rows.length * hidden;
         batches.push({ expert: plan.batches[p.batch].expert, rows: p.rows, worker, output: result.output.subarray(offset, offset + size) });
@@ -202,7 +365,7 @@ export class ExpertPool {
 
   /** Each worker's own report: the experts it holds and what it ran. */
   async stats(): Promise<WorkerStats[]> {
-    return Promise.all(this.shards.map((s) => s.run<WorkerStats>({ kind: 'stats' })));
+    return Promise.all(this.shards.map((s) => s.run<WorkerStats>({ task: { kind: 'stats' } })));
   }
 
   /**
@@ -234,16 +397,18 @@ export class ExpertPool {
     const wanted = Array.from({ length: next.workers }, (_, w) => expertsOfWorker(next, w));
     for (let w = 0; w < next.workers; w++) {
       if (w >= oldCount) {
-        const shard = startShard(this.options, w, wanted[w]);
+        const shard = this.startShard(w, wanted[w]);
         added.push(shard);
-        loads.push(shard.run({ kind: 'stats' }));
+        loads.push(shard.run({ task: { kind: 'stats' } }));
         loaded.push(...wanted[w].map((k) => ({ ...k, worker: w })));
         continue;
       }
       const missing = wanted[w].filter((k) => !this.resident[w].has(keyOf(k)));
       if (missing.length === 0) continue;
       loaded.push(...missing.map((k) => ({ ...k, worker: w })));
-      loads.push(this.shards[w].run<ResidencyResult>({ kind: 'load', experts: missing }).then((r) => {
+      // Published first: a thread that replaces this one while it loads then loads them too.
+      this.shards[w].publish([...this.resident[w], ...missing.map(keyOf)]);
+      loads.push(this.shards[w].run<ResidencyResult>({ task: { kind: 'load', experts: missing } }).then((r) => {
         for (const k of r.resident) this.resident[w].add(keyOf(k));
       }));
     }
@@ -251,6 +416,7 @@ export class ExpertPool {
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) {
       // Experts loaded on existing workers stay resident (harmless; a later change unloads what is not placed).
+      for (let w = 0; w < Math.min(oldCount, next.workers); w++) this.shards[w].publish(this.resident[w]);
       await Promise.allSettled(added.map((s) => s.close()));
       throw new Error(`placement not applied: a worker failed to load its experts (${(failed.reason as Error)?.message ?? failed.reason})`);
     }
@@ -276,7 +442,8 @@ export class ExpertPool {
       const experts = extra.map(parse);
       unloaded.push(...experts.map((k) => ({ ...k, worker: w })));
       for (const k of extra) this.resident[w].delete(k);
-      releases.push(this.shards[w].run({ kind: 'unload', experts }));
+      this.shards[w].publish(this.resident[w]);
+      releases.push(this.shards[w].run({ task: { kind: 'unload', experts } }));
     }
     releases.push(...retiring.map((s) => s.close()));
     const released = await Promise.allSettled(releases);
@@ -307,6 +474,34 @@ export class ExpertPool {
     });
   }
 
+  /** A worker's Piscina instance (one thread), hosting `experts` and recovering its thread as the file comment says. */
+  private startShard(workerId: number, experts: ExpertKey[]): Shard {
+    const options = this.options;
+    const hosts = options.placement.hosts;
+    const setup: WorkerSetup = {
+      workerId, weightsFile: options.weightsFile, hidden: options.hidden, ffn: options.ffn,
+      experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
+      ...(options.kernel ? { kernel: options.kernel } : {}),
+      maxResident: options.maxResidentPerWorker ?? null,
+      dropped: options.droppedExperts ?? [],
+      hosting: createHosting(hosts.length, hosts[0]?.length ?? 0, experts),
+    };
+    // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses. Piscina restarts
+    // the thread if it dies (minThreads), with this workerData: `hosting` is shared memory, so it is current.
+    const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });
+    return new Shard(workerId, piscina, setup.hosting!, (event) => this.restarted(event), options.onError);
+  }
+
+  private restarted(event: WorkerRestart): void {
+    for (const listener of this.restartListeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        log.warn('worker restart listener failed', { worker: event.worker, err: error });
+      }
+    }
+  }
+
   /**
    * Call only when no task is in flight (the scheduler has stopped): terminating a thread inside onnxruntime
    * aborts the whole process. Waits for a placement change in progress; each shard closes once idle.
@@ -318,16 +513,3 @@ export class ExpertPool {
   }
 }
 
-function startShard(options: PoolOptions, workerId: number, experts: ExpertKey[]): Shard {
-  const setup: WorkerSetup = {
-    workerId, weightsFile: options.weightsFile, hidden: options.hidden, ffn: options.ffn,
-    experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
-    ...(options.kernel ? { kernel: options.kernel } : {}),
-    maxResident: options.maxResidentPerWorker ?? null,
-    dropped: options.droppedExperts ?? [],
-  };
-  // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses.
-  const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });
-  piscina.on('error', (error: Error) => options.onError?.(error));
-  return new Shard(workerId, piscina);
-}

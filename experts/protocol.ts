@@ -15,6 +15,12 @@ export interface WorkerSetup {
   maxResident?: number | null;
   /** Experts removed by pruning ("layer.expert"): placed like any other, never loaded, never routed. */
   dropped?: string[];
+  /**
+   * The experts this worker hosts *now*, in memory shared with the pool (layout: createHosting). The pool rewrites
+   * it before every load and unload it sends, so a thread that Piscina starts to replace one that died loads the
+   * worker's current experts, not the start-up `experts`. Absent: use `experts`.
+   */
+  hosting?: { map: SharedArrayBuffer; expertsPerLayer: number };
 }
 
 export interface ExpertItem {
@@ -46,7 +52,27 @@ export interface UnloadTask {
   experts: Array<{ layer: number; expert: number }>;
 }
 
-export type WorkerTask = RunTask | StatsTask | LoadTask | UnloadTask;
+/**
+ * Test-only fault injection: makes this thread fail inside a later `run` task. The pool sends it only from
+ * ExpertPool.injectFault, which nothing in the gateway calls (no HTTP route reaches it). A thread that replaces
+ * one that died starts without a fault. Answers `{ workerId }`.
+ */
+export interface FaultTask {
+  kind: 'fault';
+  /** null clears a fault not yet triggered. */
+  fault: WorkerFault | null;
+}
+
+export interface WorkerFault {
+  /** 'throw': the run task rejects with an Error; 'exit': the thread calls process.exit(1) (only it ends). */
+  kind: 'throw' | 'exit';
+  /** Run tasks that complete normally first (default 0: the next run task fails). */
+  afterRuns?: number;
+  /** How many run tasks in a row fail, for 'throw' (default 1). */
+  times?: number;
+}
+
+export type WorkerTask = RunTask | StatsTask | LoadTask | UnloadTask | FaultTask;
 
 export interface ResidencyResult {
   workerId: number;
@@ -81,3 +107,41 @@ export interface WorkerStats {
 }
 
 export const expertKey = (layer: number, expert: number) => `${layer}.${expert}`;
+
+/**
+ * The shared hosting map (WorkerSetup.hosting): an Int32 version, then one byte per expert. The pool writes it
+ * (writeHosting, main thread) while a starting thread may read it (readHosting): the version is odd during a write,
+ * and a reader retries until it saw the same even version before and after, so it never sees half of a change.
+ */
+export function createHosting(layers: number, expertsPerLayer: number, experts: Iterable<{ layer: number; expert: number }>): NonNullable<WorkerSetup['hosting']> {
+  const hosting = { map: new SharedArrayBuffer(4 + layers * expertsPerLayer), expertsPerLayer };
+  writeHosting(hosting, [...experts].map((k) => expertKey(k.layer, k.expert)));
+  return hosting;
+}
+
+/** Replaces the hosted set with `keys` ("layer.expert"). */
+export function writeHosting(hosting: NonNullable<WorkerSetup['hosting']>, keys: Iterable<string>): void {
+  const version = new Int32Array(hosting.map, 0, 1);
+  const bytes = new Uint8Array(hosting.map, 4);
+  Atomics.add(version, 0, 1); // odd: writing
+  for (let i = 0; i < bytes.length; i++) Atomics.store(bytes, i, 0);
+  for (const key of keys) {
+    const [layer, expert] = key.split('.').map(Number);
+    Atomics.store(bytes, layer * hosting.expertsPerLayer + expert, 1);
+  }
+  Atomics.add(version, 0, 1); // even: done
+}
+
+/** The hosted experts, in layer then expert order. */
+export function readHosting(hosting: NonNullable<WorkerSetup['hosting']>): Array<{ layer: number; expert: number }> {
+  const version = new Int32Array(hosting.map, 0, 1);
+  const bytes = new Uint8Array(hosting.map, 4);
+  const per = hosting.expertsPerLayer;
+  for (;;) {
+    const before = Atomics.load(version, 0);
+    if (before % 2 === 1) continue; // a write is in progress on the main thread (a few microseconds)
+    const experts: Array<{ layer: number; expert: number }> = [];
+    for (let i = 0; i < bytes.length; i++) if (Atomics.load(bytes, i) === 1) experts.push({ layer: Math.floor(i / per), expert: i % per });
+    if (Atomics.load(version, 0) === before) return experts;
+  }
+}

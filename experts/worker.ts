@@ -3,7 +3,10 @@
  * and runs expert FFN batches. One instance per worker thread. Each expert gets a kernel when it loads
  * (kernels/select.ts: dense/structured onnxruntime, our native sparse kernel, or int8/int4 when configured), checked
  * against the reference FFN; `stats` reports every resident expert's kernel. `load` and `unload` tasks change the
- * resident set while serving (live placement changes); the pool sends them only when it is safe.
+ * resident set while serving (live placement changes); the pool sends them only when it is safe. A thread that
+ * Piscina starts to replace one that died reads the worker's current experts from `setup.hosting` (shared memory
+ * the pool keeps up to date), so it hosts what the placement says now. `fault` tasks (tests only) make a later run
+ * task throw or end the thread.
  */
 import { threadId, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -14,7 +17,7 @@ import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
 import { readExpertWeights } from './expert-weights.ts';
 import { selectKernel } from './kernels/select.ts';
 import { DEFAULT_KERNEL_SETTINGS, type ExpertKernel, type KernelReport } from './kernels/types.ts';
-import { expertKey, type ResidencyResult, type RunResult, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
+import { expertKey, readHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
 type ExpertRef = WorkerSetup['experts'][number];
 interface Resident {
@@ -65,24 +68,44 @@ export async function initialize() {
     // Preload up to the residency limit; the rest load when first routed here.
     for (const ref of live.slice(0, setup.maxResident ?? live.length)) await ensureLoaded(ref, false);
   }
-  await host(setup.experts);
+  // A replacement thread loads what the worker hosts now (the pool keeps setup.hosting current).
+  await host(setup.hosting ? readHosting(setup.hosting) : setup.experts);
   const resident = () => [...hosted].map((key) => {
     const [layer, expert] = key.split('.').map(Number);
     return { layer, expert };
   }).sort((a, b) => a.layer - b.layer || a.expert - b.expert);
   const ran: WorkerStats['ran'] = {};
   let busyMs = 0;
+  // Test-only (FaultTask): run tasks still to pass before the fault, and how many fail.
+  let fault: { kind: WorkerFault['kind']; skip: number; left: number } | null = null;
+
+  /** Fails this run task if a fault is due: throws, or ends the thread between two kernel runs. */
+  function maybeFail(): void {
+    if (!fault) return;
+    if (fault.skip > 0) {
+      fault.skip--;
+      return;
+    }
+    const { kind } = fault;
+    if (--fault.left <= 0) fault = null;
+    if (kind === 'exit') {
+      // Inside a worker thread process.exit() ends only this thread; no onnxruntime call is running here.
+      process.exit(1);
+    }
+    throw new Error(`worker ${setup.workerId}: injected fault`);
+  }
 
   async function run(task: Extract<WorkerTask, { kind: 'run' }>) {
     const started = performance.now();
     const output = new Float32Array(task.input.length);
     let offset = 0;
-    for (const item of task.items) {
+    for (const [i, item] of task.items.entries()) {
       const key = expertKey(item.layer, item.expert);
       if (!hosted.has(key)) throw new Error(`worker ${setup.workerId} does not host expert ${key}`);
       const held = await ensureLoaded(item, true);
       const size = item.tokens * setup.hidden;
       await held.kernel.run(task.input.subarray(offset, offset + size), item.tokens, output.subarray(offset, offset + size));
+      if (i === 0) maybeFail(); // after the first batch: the task fails part-way through
       offset += size;
       const counter = (ran[key] ??= { tasks: 0, tokens: 0 });
       counter.tasks++;
@@ -110,6 +133,10 @@ export async function initialize() {
   return async (task: WorkerTask) => {
     if (task.kind === 'run') return run(task);
     if (task.kind === 'load' || task.kind === 'unload') return changeHosted(task);
+    if (task.kind === 'fault') {
+      fault = task.fault && { kind: task.fault.kind, skip: task.fault.afterRuns ?? 0, left: task.fault.times ?? 1 };
+      return { workerId: setup.workerId };
+    }
     const stats: WorkerStats = {
       workerId: setup.workerId, threadId, busyMs,
       resident: resident(), ran: structuredClone(ran),
