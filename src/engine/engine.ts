@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { randomInt } from 'node:crypto';
 import type { Config } from '../config.ts';
-import { ExpertPool } from '../../experts/pool.ts';
+import { ExpertPool, type PoolObserver } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
@@ -47,7 +47,8 @@ export class Engine implements GenerationService {
   /** Live placement changes, recent expert load and rebalancing (the admin API's engine side). */
   placementAdmin!: PlacementController;
 
-  static async load(config: Config, observers: StepObserver | StepObserver[] = []): Promise<Engine> {
+  /** `observers` see every step; those with onWorkerRestart also hear of expert worker restarts (telemetry). */
+  static async load(config: Config, observers: (StepObserver & PoolObserver) | Array<StepObserver & PoolObserver> = []): Promise<Engine> {
     const pkg = loadModelPackage(config.model);
     const c = pkg.config;
     const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
@@ -59,6 +60,7 @@ export class Engine implements GenerationService {
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
       droppedExperts: [...pkg.droppedExperts],
     });
+    for (const o of [observers].flat()) if (o.onWorkerRestart) pool.onWorkerRestart((event) => o.onWorkerRestart?.(event));
     const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);
     try {

@@ -17,6 +17,7 @@ import type { PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { ConfigError } from '../config.ts';
 import type { StepObserver } from '../engine/scheduler.ts';
+import type { PoolObserver } from '../../experts/pool.ts';
 import { registerCacheMetrics, type CacheStatsReader } from './cache-metrics.ts';
 import { LoadTraceWriter } from './load-trace.ts';
 import { MoeMetrics } from './moe-metrics.ts';
@@ -34,8 +35,11 @@ export type { CacheStatsReader } from './cache-metrics.ts';
 export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 
 export interface Telemetry {
-  /** Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line. */
-  readonly observer: StepObserver;
+  /**
+   * Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line;
+   * per expert worker restart (the engine wires it to the pool) → `moe.worker.restarts`.
+   */
+  readonly observer: StepObserver & PoolObserver;
   /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
   startRequest(info: RequestInfo): RequestTelemetry;
   /** Registers the `switchyard.cache.*` metrics, read from `read` at each collection (call once per instance). */
@@ -107,7 +111,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
 
   let steps = 0;
   let closed: Promise<void> | null = null;
-  const observer: StepObserver = {
+  const observer: StepObserver & PoolObserver = {
     onStep(step) {
       if (closed) return;
       try {
@@ -115,6 +119,14 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
         moeMetrics.record(summary);
         if (providers.tracer) recordStepSpans(providers.tracer, summary);
         loadTrace?.write(summary);
+      } catch (error) {
+        fail(error);
+      }
+    },
+    onWorkerRestart(event) {
+      if (closed) return;
+      try {
+        moeMetrics.recordWorkerRestart(event.worker);
       } catch (error) {
         fail(error);
       }

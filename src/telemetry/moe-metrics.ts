@@ -1,6 +1,7 @@
 /**
  * Expert-load metrics per step: tokens routed per (layer, expert), overflow per layer, worker busy time, tokens
- * and queue wait per worker, dispatch duration per layer, steps and tokens per step. Labels are only
+ * and queue wait per worker, dispatch duration per layer, steps and tokens per step; and worker thread restarts
+ * (from the expert pool, not from steps). Labels are only
  * `moe.layer`, `moe.expert` and `moe.worker`, so series stay bounded by layers × experts.
  */
 import type { Attributes, Meter } from '@opentelemetry/api';
@@ -27,6 +28,7 @@ export class MoeMetrics {
   private readonly residencySeen: Array<{ loads: number; evictions: number }> = [];
   private readonly expertLoads;
   private readonly expertEvictions;
+  private readonly workerRestarts;
 
   constructor(meter: Meter) {
     this.expertTokens = meter.createCounter(METRIC.expertTokens, {
@@ -52,6 +54,10 @@ export class MoeMetrics {
     this.expertEvictions = meter.createCounter(METRIC.workerExpertEvictions, {
       description: 'Experts a worker released (least recently used) to stay within experts.maxResidentPerWorker.',
       unit: '{expert}',
+    });
+    this.workerRestarts = meter.createCounter(METRIC.workerRestarts, {
+      description: 'Expert worker threads that died and were replaced by a new thread loading the worker\'s current experts.',
+      unit: '{restart}',
     });
     this.workerQueue = meter.createHistogram(METRIC.workerQueueDuration, {
       description: 'Time a worker task waited between submission and start, per layer task.',
@@ -113,6 +119,11 @@ export class MoeMetrics {
       this.workerBusy.add(this.busyMs[worker] / 1000, attrs);
       this.workerTokens.add(tokens, attrs);
     });
+  }
+
+  /** One worker thread died and was replaced (ExpertPool.onWorkerRestart). */
+  recordWorkerRestart(worker: number): void {
+    this.workerRestarts.add(1, this.attrsOfWorker(worker));
   }
 
   private attrsOfLayer(layer: number): Attributes {

@@ -85,6 +85,7 @@ export const METRIC = {
   workerQueueDuration: 'moe.worker.queue.duration',
   workerExpertLoads: 'moe.worker.expert_loads',
   workerExpertEvictions: 'moe.worker.expert_evictions',
+  workerRestarts: 'moe.worker.restarts',
   dispatchDuration: 'moe.dispatch.duration',
   steps: 'moe.steps',
   stepTokens: 'moe.step.tokens',
