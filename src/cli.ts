@@ -5,6 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
+import { PackageError } from './engine/safetensors.ts';
 import { log } from './log.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -383,7 +384,8 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo): Prom
       io.stderr(`switchyard ${name}: ${err.message}\n\n${commandUsage(cmd)}`);
       return 2;
     }
-    if (err instanceof ConfigError) {
+    // A bad configuration or model package: the message says what is wrong and how to fix it; a stack would not help.
+    if (err instanceof ConfigError || err instanceof PackageError) {
       io.stderr(`switchyard ${name}: ${err.message}`);
       return 1;
     }
