@@ -28,9 +28,9 @@ function pick(id: number): Float32Array {
 }
 
 /** Runs a greedy Sequence that produces exactly `ids`, collecting its token events. */
-function generate(ids: number[], maxNewTokens = ids.length, stop: string[] = []) {
+function generate(ids: number[], maxNewTokens = ids.length, stop: string[] = [], ignoreEos = false) {
   const events: Array<{ token: GeneratedToken; finished: GenerateResult | null }> = [];
-  const seq = new Sequence(0, request('x', maxNewTokens, GREEDY, stop), [BOS], { length: 1 } as KvCache, codec, EOS, 512, null, {
+  const seq = new Sequence(0, { ...request('x', maxNewTokens, GREEDY, stop), ignoreEos }, [BOS], { length: 1 } as KvCache, codec, EOS, 512, null, {
     onToken: (token, finished) => events.push({ token: { ...token }, finished }),
   });
   for (const id of ids) {
@@ -80,6 +80,12 @@ describe('token events', () => {
     expect(events).toHaveLength(1);
     expect(events[0].token).toMatchObject({ id: EOS, text: '', special: true });
     expect(events[0].finished?.generatedText).toBe('');
+  });
+
+  it('ignore_eos generates through EOS up to max_new_tokens; EOS carries no text', () => {
+    const { result } = generate([0x41, EOS, 0x42, EOS], 4, [], true);
+    expect(result).toMatchObject({ generatedText: 'AB', finishReason: 'length', generatedTokens: 4 });
+    expect(generate([0x41, EOS, 0x42], 3).result).toMatchObject({ generatedText: 'A', finishReason: 'eos_token', generatedTokens: 2 });
   });
 
   it('an incomplete character cut off by EOS goes on the last non-special token, never on EOS', () => {

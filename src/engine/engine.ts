@@ -87,13 +87,22 @@ export class Engine implements GenerationService {
     }
   }
 
+  /** The request's prompt ids: tokenized, then cut to its last `truncate` tokens (a leading BOS stays first). */
+  private promptIds(request: GenerateRequest): number[] {
+    const ids = this.codec.encode(request.inputs);
+    const keep = request.truncate;
+    if (keep == null || ids.length <= keep) return ids;
+    const bos = this.pkg.config.bos_token_id;
+    return ids[0] === bos && keep > 1 ? [bos, ...ids.slice(ids.length - keep + 1)] : ids.slice(ids.length - keep);
+  }
+
   admit(request: GenerateRequest): void {
-    this.checkPrompt(this.codec.encode(request.inputs), request);
+    this.checkPrompt(this.promptIds(request), request);
     this.scheduler.checkCapacity();
   }
 
   async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerateResult> {
-    const promptIds = this.codec.encode(request.inputs);
+    const promptIds = this.promptIds(request);
     this.checkPrompt(promptIds, request);
     const cacheKey = options.cache === false ? null : this.caches.response.keyOf(request);
     const cached = cacheKey === null ? undefined : this.caches.response.get(cacheKey);
@@ -179,6 +188,7 @@ function replay(result: GenerateResult, options: GenerateOptions): GenerateResul
 function prefixCacheHooks(cache: PrefixCache): PrefillHooks {
   return {
     onJoin(sequence) {
+      if (sequence.request.promptLogprobs) return; // cached rows carry no logits for the prompt's positions
       try {
         if (cache.lookup(sequence.promptIds, sequence.cache) > 0) sequence.skipCachedPrompt();
       } catch (err) {

@@ -19,6 +19,8 @@ export interface SequenceInput {
   cache: KvCache;
   /** New token ids, continuing at position cache.length. */
   tokens: number[];
+  /** Logits at every new position of this sequence, not only the last (prompt log probabilities). */
+  allPositions?: boolean;
 }
 
 /** What the router and the pool did at one layer in one step: the load telemetry and traces record this. */
@@ -35,7 +37,10 @@ export interface LayerTrace {
 }
 
 export interface StepOutput {
-  /** Logits at each sequence's last new position, [vocab] per sequence; with allPositions, [tokens · vocab]. */
+  /**
+   * Logits at each sequence's last new position, [vocab] per sequence; for sequences with allPositions (or all of
+   * them with the forward option), [tokens · vocab].
+   */
   logits: Float32Array[];
   layers: LayerTrace[];
 }
@@ -151,21 +156,20 @@ export class MoeModel {
     }
     for (const s of inputs) s.cache.length += s.tokens.length;
 
+    // The LM head runs on the rows that need logits: each sequence's last position, or all of its new positions.
     const v = c.vocab_size;
-    if (options.allPositions) {
-      const logits = (await this.head.run({ x: new ort.Tensor('float32', x, [total, d]) })).logits.data as Float32Array;
-      let start = 0;
-      return { logits: inputs.map((s) => logits.slice(start * v, (start += s.tokens.length) * v)), layers };
-    }
-    // Sampling needs only each sequence's last position.
-    const last = new Float32Array(inputs.length * d);
+    const rows = inputs.map((s) => (options.allPositions || s.allPositions ? s.tokens.length : 1));
+    const headInput = new Float32Array(rows.reduce((a, b) => a + b, 0) * d);
     let end = 0;
+    let at = 0;
     inputs.forEach((s, i) => {
       end += s.tokens.length;
-      last.set(x.subarray((end - 1) * d, end * d), i * d);
+      headInput.set(x.subarray((end - rows[i]) * d, end * d), at * d);
+      at += rows[i];
     });
-    const logits = (await this.head.run({ x: new ort.Tensor('float32', last, [inputs.length, d]) })).logits.data as Float32Array;
-    return { logits: inputs.map((_, i) => logits.slice(i * v, (i + 1) * v)), layers };
+    const logits = (await this.head.run({ x: new ort.Tensor('float32', headInput, [at, d]) })).logits.data as Float32Array;
+    let start = 0;
+    return { logits: rows.map((n) => logits.slice(start * v, (start += n) * v)), layers };
   }
 
   private rotary(start: number, n: number) {

@@ -54,6 +54,24 @@ export interface Choice {
   id: number;
   /** Log probability of the chosen token under the distribution it was drawn from. */
   logprob: number;
+  /**
+   * With `topN`: the topN most likely tokens, most likely first, under the distribution before truncation (after
+   * the repetition penalty and, when sampling, the temperature); for greedy choices top[0] is the choice.
+   */
+  top?: Array<{ id: number; logprob: number }>;
+}
+
+/** The n largest of `logp`, largest first (ties: lower id first). */
+export function topLogprobs(logp: Float64Array, n: number): Array<{ id: number; logprob: number }> {
+  const best: number[] = [];
+  for (let id = 0; id < logp.length; id++) {
+    if (best.length === n && logp[id] <= logp[best[n - 1]]) continue;
+    let at = best.length === n ? n - 1 : best.length;
+    while (at > 0 && logp[best[at - 1]] < logp[id]) at--;
+    best.splice(at, 0, id);
+    if (best.length > n) best.pop();
+  }
+  return best.map((id) => ({ id, logprob: logp[id] }));
 }
 
 /**
@@ -61,13 +79,15 @@ export interface Choice {
  * Sampling applies temperature, then keeps the tokens allowed by top-k, top-p and typical-p (in that order, as
  * transformers' and TGI's warpers do), renormalises, and draws with `random`. The returned logprob is always finite.
  */
-export function chooseToken(logits: Float32Array, params: SamplingParams, history: readonly number[], random: () => number): Choice {
+export function chooseToken(logits: Float32Array, params: SamplingParams, history: readonly number[], random: () => number, topN = 0): Choice {
   const penalised = params.repetitionPenalty && params.repetitionPenalty !== 1
     ? applyRepetitionPenalty(logits, history, params.repetitionPenalty)
     : logits;
+  const withTop = (choice: Choice, logp: Float64Array): Choice => (topN > 0 ? { ...choice, top: topLogprobs(logp, topN) } : choice);
   if (!params.doSample || params.temperature <= GREEDY_TEMPERATURE) {
     const id = argmax(penalised);
-    return { id, logprob: logSoftmax(penalised)[id] };
+    const logp = logSoftmax(penalised);
+    return withTop({ id, logprob: logp[id] }, logp);
   }
   const scaled = params.temperature === 1 ? penalised : Float32Array.from(penalised, (v) => v / params.temperature);
   const logp = logSoftmax(scaled);
@@ -77,12 +97,15 @@ export function chooseToken(logits: Float32Array, params: SamplingParams, histor
   if (params.typicalP != null && params.typicalP < 1) kept = typical(kept, logp, params.typicalP);
   const total = kept.reduce((sum, id) => sum + Math.exp(logp[id]), 0);
   let r = random() * total;
+  let chosen = kept[kept.length - 1];
   for (const id of kept) {
     r -= Math.exp(logp[id]);
-    if (r <= 0) return { id, logprob: logp[id] - Math.log(total) };
+    if (r <= 0) {
+      chosen = id;
+      break;
+    }
   }
-  const last = kept[kept.length - 1];
-  return { id: last, logprob: logp[last] - Math.log(total) };
+  return withTop({ id: chosen, logprob: logp[chosen] - Math.log(total) }, logp);
 }
 
 /** log Σ exp(logp[id]) over `ids`: renormalises a filtered distribution. */

@@ -117,27 +117,37 @@ export class Scheduler {
       // Decode tokens first (one each), then prefill chunks share what is left of the token budget.
       const batch = [...this.active].sort((a, b) => Number(a.sequence.prefilling) - Number(b.sequence.prefilling));
       let budget = this.limits.maxBatchTokens;
-      const step: Array<{ entry: Entry; tokens: number[] }> = [];
+      // A prefill chunk of a request that asked for prompt log probabilities needs logits at all its positions.
+      const step: Array<{ entry: Entry; tokens: number[]; start: number; allPositions: boolean }> = [];
       for (const entry of batch) {
         if (budget <= 0) break;
-        const tokens = entry.sequence.take(budget);
+        const s = entry.sequence;
+        const allPositions = s.request.promptLogprobs === true && s.prefilling;
+        const start = s.cache.length;
+        const tokens = s.take(budget);
         budget -= tokens.length;
-        step.push({ entry, tokens });
+        step.push({ entry, tokens, start, allPositions });
       }
       const started = performance.now();
       let output: StepOutput;
       try {
-        output = await this.model.forward(step.map(({ entry, tokens }) => ({ cache: entry.sequence.cache, tokens })));
+        output = await this.model.forward(step.map(({ entry, tokens, allPositions }) => ({ cache: entry.sequence.cache, tokens, allPositions })));
       } catch (error) {
         for (const { entry } of step) this.finish(entry, error as Error);
         continue;
       }
-      step.forEach(({ entry }, i) => {
+      step.forEach(({ entry, tokens, start, allPositions }, i) => {
         const s = entry.sequence;
-        if (!this.active.includes(entry) || s.pending.length > 0) return; // cancelled, or more prompt to prefill
+        if (!this.active.includes(entry)) return; // cancelled
+        let logits = output.logits[i];
+        if (allPositions) {
+          s.observePromptLogits(start, tokens.length, logits);
+          logits = logits.subarray(logits.length - logits.length / tokens.length);
+        }
+        if (s.pending.length > 0) return; // more prompt to prefill
         if (s.tokens.length === 0) this.hooks.onPrefilled?.(s);
         try {
-          s.advance(output.logits[i]);
+          s.advance(logits);
         } catch (error) {
           this.finish(entry, error as Error);
           return;

@@ -1,5 +1,5 @@
 /** One request's generation state: prompt, KV cache, sampler, generated tokens and text, and how it ends. */
-import { chooseToken, seededRandom } from './sampling.ts';
+import { chooseToken, logSoftmax, seededRandom } from './sampling.ts';
 import { IncrementalDecoder, type TextCodec } from './tokenizer.ts';
 import type { KvCache } from './kv-cache.ts';
 import type { FinishReason, GenerateOptions, GenerateRequest, GenerateResult, GeneratedToken } from './types.ts';
@@ -14,6 +14,8 @@ export class Sequence {
   private readonly random: () => number;
   /** The generated text so far: the concatenation of the tokens' texts, = codec.decode of the non-special ids. */
   private text = '';
+  /** With request.promptLogprobs: log probability of each prompt token given those before it (index 0 unused). */
+  private readonly promptLogprobs: number[] = [];
   /** Token events not sent yet (they wait for an incomplete character to be completed). */
   private readonly unsent: GeneratedToken[] = [];
 
@@ -64,14 +66,15 @@ export class Sequence {
    * (U+FFFD) go on the last non-special token, never on the special one.
    */
   advance(logits: Float32Array): void {
-    const choice = chooseToken(logits, this.request.sampling, this.history, this.random);
+    const choice = chooseToken(logits, this.request.sampling, this.history, this.random, this.request.topTokens ?? 0);
     const special = this.codec.specialIds.has(choice.id);
     const token: GeneratedToken = { id: choice.id, text: special ? '' : this.decoder.push(choice.id), logprob: choice.logprob, special };
+    if (choice.top) token.top = choice.top.map(({ id, logprob }) => ({ ...this.codec.token(id), logprob }));
     this.history.push(choice.id);
     this.tokens.push(token);
     const searchFrom = Math.max(0, this.text.length - maxLength(this.request.stop));
     this.text += token.text;
-    if (choice.id === this.eosId) this.finishReason = 'eos_token';
+    if (choice.id === this.eosId && !this.request.ignoreEos) this.finishReason = 'eos_token';
     else if (this.request.stop.some((s) => this.text.indexOf(s, searchFrom) >= 0)) this.finishReason = 'stop_sequence';
     else if (this.tokens.length >= this.request.maxNewTokens || this.history.length >= this.contextLength) this.finishReason = 'length';
     else this.pending = [choice.id];
@@ -96,8 +99,25 @@ export class Sequence {
     events.forEach((t, i) => this.options.onToken?.(t, i === events.length - 1 ? result : null));
   }
 
+  /**
+   * After a prefill step, with request.promptLogprobs: `logits` [n · vocab] are the model's outputs at the prompt
+   * positions start … start + n − 1; each predicts the prompt token after it.
+   */
+  observePromptLogits(start: number, n: number, logits: Float32Array): void {
+    const vocab = logits.length / n;
+    for (let j = 0; j < n; j++) {
+      const next = start + j + 1;
+      if (next >= this.promptIds.length) break;
+      this.promptLogprobs[next] = logSoftmax(logits.subarray(j * vocab, (j + 1) * vocab))[this.promptIds[next]];
+    }
+  }
+
   result(): GenerateResult {
+    const prefill = this.request.promptLogprobs
+      ? { prefill: this.promptIds.map((id, i) => ({ ...this.codec.token(id), logprob: i === 0 ? null : this.promptLogprobs[i] ?? null })) }
+      : {};
     return {
+      ...prefill,
       generatedText: this.text,
       finishReason: this.finishReason ?? 'length',
       generatedTokens: this.tokens.length,

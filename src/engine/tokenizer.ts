@@ -16,6 +16,12 @@ export class TextCodec {
     return this.tokenizer.encode(text).ids;
   }
 
+  /** One token on its own, for log-probability listings: its text (a special token's content) and whether it is special. */
+  token(id: number): { id: number; text: string; special: boolean } {
+    const special = this.specialIds.has(id);
+    return { id, text: special ? this.tokenizer.decode([id], { skip_special_tokens: false }) : this.decode([id]), special };
+  }
+
   /**
    * The text of `ids` exactly as the model produced it: special tokens skipped, and no clean-up rules (the
    * tokenizer's `clean_up_tokenization_spaces` would turn "A , b" into "A, b"), as TGI decodes. An empty list is ''.
