@@ -68,8 +68,8 @@ export interface WorkerTiming {
   /** From submitting the task to the worker starting it, and its compute time (ms). */
   queueMs: number;
   computeMs: number;
-  /** The worker's on-demand expert loads and evictions since start (expert residency). */
-  residency?: { loads: number; evictions: number };
+  /** The worker's on-demand expert loads and evictions since its thread `thread` started (expert residency). */
+  residency?: { loads: number; evictions: number; thread?: number };
 }
 
 export interface LayerOutcome {

@@ -88,7 +88,8 @@ export interface RunResult {
   output: Float32Array;
   computeMs: number;
   /** Since start: experts loaded on demand, and released to stay within maxResident. */
-  residency: { loads: number; evictions: number };
+  /** Since this thread started (a replacement thread counts from 0 again): experts loaded on demand and released. */
+  residency: { loads: number; evictions: number; thread: number };
 }
 
 export interface WorkerStats {

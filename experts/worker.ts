@@ -113,7 +113,7 @@ export async function initialize() {
     }
     const computeMs = performance.now() - started;
     busyMs += computeMs;
-    const result: RunResult = { workerId: setup.workerId, output, computeMs, residency: { ...residency } };
+    const result: RunResult = { workerId: setup.workerId, output, computeMs, residency: { ...residency, thread: threadId } };
     return Piscina.move(transferable(result) as never);
   }
 

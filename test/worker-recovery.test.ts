@@ -13,6 +13,9 @@ import { createLogger } from '../src/log.ts';
 import { expertsOfWorker, placementFromFile, type Placement } from '../src/placement/placement.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
 import type { WorkerRestart } from '../experts/pool.ts';
+import type { StepOutput } from '../src/engine/model.ts';
+import type { Sequence } from '../src/engine/sequence.ts';
+import { createTelemetry } from '../src/telemetry/index.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig } from './helpers.ts';
 
@@ -266,5 +269,31 @@ describe('expert worker recovery under load (HTTP)', () => {
       watch.stop();
     }
     expect(restarts).toHaveLength(2); // throwing is not dying
+  });
+});
+
+describe('worker restart telemetry', () => {
+  it('counts restarts per worker, and a new thread\'s residency counters (from 0 again) still add up', async () => {
+    const telemetry = createTelemetry({ exporter: 'none', otlpEndpoint: null, loadTraceFile: null }, { modelId: 'm' });
+    const step = (loads: number, thread: number): { sequences: Sequence[]; output: StepOutput; ms: number } => ({
+      sequences: [], ms: 1,
+      output: {
+        logits: [],
+        layers: [{
+          layer: 0, expert: Int32Array.from([0]), gate: Float32Array.from([1]), tokensPerExpert: [1], overflow: 0, capacity: 1, dispatchMs: 0.5,
+          workers: [{ worker: 1, tokens: 1, experts: [0], queueMs: 0, computeMs: 0.1, residency: { loads, evictions: 0, thread } }],
+        }],
+      },
+    });
+    try {
+      telemetry.observer.onStep?.(step(3, 7));
+      telemetry.observer.onWorkerRestart?.({ worker: 1, restarts: 1, experts: [] });
+      telemetry.observer.onStep?.(step(5, 8)); // the new thread (8) has loaded 5 experts on demand so far
+      const text = await telemetry.metricsText();
+      expect(text).toMatch(/^moe_worker_restarts(_total)?\{[^}]*moe_worker="1"[^}]*\} 1$/m);
+      expect(text).toMatch(/^moe_worker_expert_loads(_total)?\{[^}]*moe_worker="1"[^}]*\} 8$/m);
+    } finally {
+      await telemetry.shutdown();
+    }
   });
 });

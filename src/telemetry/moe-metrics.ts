@@ -24,8 +24,8 @@ export class MoeMetrics {
   private readonly workerAttrs: Attributes[] = [];
   private readonly busyMs: number[] = [];
   private readonly tokensOfWorker: number[] = [];
-  /** Each worker's cumulative residency counters last seen, to add only what is new. */
-  private readonly residencySeen: Array<{ loads: number; evictions: number }> = [];
+  /** Each worker's cumulative residency counters last seen, and of which thread, to add only what is new. */
+  private readonly residencySeen: Array<{ loads: number; evictions: number; thread?: number }> = [];
   private readonly expertLoads;
   private readonly expertEvictions;
   private readonly workerRestarts;
@@ -105,7 +105,9 @@ export class MoeMetrics {
         this.tokensOfWorker[w.worker] += w.tokens;
         this.workerQueue.record(w.queueMs / 1000, this.attrsOfWorker(w.worker));
         if (w.residency) {
-          const seen = (this.residencySeen[w.worker] ??= { loads: 0, evictions: 0 });
+          const last = this.residencySeen[w.worker];
+          // A worker's replacement thread counts from 0 again.
+          const seen = last && last.thread === w.residency.thread ? last : { loads: 0, evictions: 0 };
           if (w.residency.loads > seen.loads) this.expertLoads.add(w.residency.loads - seen.loads, this.attrsOfWorker(w.worker));
           if (w.residency.evictions > seen.evictions) this.expertEvictions.add(w.residency.evictions - seen.evictions, this.attrsOfWorker(w.worker));
           this.residencySeen[w.worker] = { ...w.residency };
