@@ -286,10 +286,18 @@ describe('damaged packages are refused at load, naming the tensor or field', () 
     expect(problem(refused(undeclared).problems, 'pruning', 'quantization_config').message).toMatch(/stores 3 expert matrices as sparse-bitmask/);
   });
 
-  it('a tokenizer.json the tokenizers library cannot load, or missing files', () => {
+  it('a tokenizer the gateway cannot use (unloadable, empty vocabulary, broken chat template), or missing files', () => {
     const dir = writeTinyPackage();
     editConfig(dir, (t) => { t.added_tokens = 3; }, 'tokenizer.json');
     expect(problem(refused(dir).problems, 'tokenizer').message).toMatch(/tokenizer\.json: the tokenizers library cannot load it/);
+
+    const emptyVocab = writeTinyPackage();
+    editConfig(emptyVocab, (t) => { (t.model as Record<string, unknown>).vocab = [1, 2]; }, 'tokenizer.json');
+    expect(problem(refused(emptyVocab).problems, 'tokenizer', 'model.vocab').message).toMatch(/encodes to special tokens only/);
+
+    const template = writeTinyPackage();
+    editConfig(template, (t) => { t.chat_template = '{% for m in messages %}'; }, 'tokenizer_config.json');
+    expect(problem(refused(template).problems, 'tokenizer', 'chat_template').message).toMatch(/tokenizer_config\.json: chat_template is not a valid Jinja template/);
 
     rmSync(join(dir, 'tokenizer.json'));
     writeFileSync(join(dir, 'config.json'), '{"model_type": "olmoe",');

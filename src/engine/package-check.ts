@@ -12,6 +12,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
 import { expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
@@ -165,6 +166,15 @@ function checkTokens(dir: string, c: ModelConfig, raw: Json, files: { tokenizer:
     const v = files.tokenizerConfig?.[`${role}_token`];
     return typeof v === 'string' ? v : isObject(v) && typeof v.content === 'string' ? v.content : undefined;
   };
+  for (const role of ['bos', 'eos', 'pad', 'unk']) {
+    const v = files.tokenizerConfig?.[`${role}_token`];
+    if (v !== undefined && v !== null && specialToken(role) === undefined) {
+      problems.add({
+        kind: 'tokenizer', file: tokenizerConfigFile, field: `${role}_token`,
+        message: `${tokenizerConfigFile}: ${role}_token is ${JSON.stringify(v)}, but it must be the token's text or {"content": text}; fix tokenizer_config.json`,
+      });
+    }
+  }
   const hint = (role: string) => {
     const token = specialToken(role);
     const id = token !== undefined ? vocab?.idOf.get(token) : undefined;
@@ -261,17 +271,48 @@ function checkTokens(dir: string, c: ModelConfig, raw: Json, files: { tokenizer:
   }
 }
 
-/** The tokenizers library itself must accept tokenizer.json (it otherwise fails later with a bare TypeError). */
+/**
+ * The tokenizers library must accept tokenizer.json (it otherwise fails later with a bare TypeError) and turn a test
+ * sentence into in-vocabulary ids beyond the special tokens (an empty or malformed vocabulary gives only those).
+ */
 function checkTokenizerLoads(dir: string, tokenizer: Json, tokenizerConfig: Json | null, vocabSize: number | null, problems: Problems): void {
   const file = join(dir, 'tokenizer.json');
+  const model = isObject(tokenizer.model) ? tokenizer.model : null;
+  const entries = model && (isObject(model.vocab) ? Object.keys(model.vocab).length : Array.isArray(model.vocab) ? model.vocab.length : 0);
+  if (!entries) {
+    problems.add({ kind: 'tokenizer', file, field: 'model.vocab', message: `${file}: model.vocab is missing or empty, so text cannot be tokenized; re-export the package` });
+    return;
+  }
+  let ids: number[];
   try {
-    const ids = new Tokenizer(tokenizer as never, (tokenizerConfig ?? {}) as never).encode('Call me Ishmael.').ids;
-    const bad = vocabSize === null ? undefined : ids.find((id: number) => id >= vocabSize);
-    if (bad !== undefined) {
-      problems.add({ kind: 'token-id', file, message: `${file}: encoding a test sentence gives id ${bad}, outside the vocabulary (vocab_size ${vocabSize}); the tokenizer belongs to another model` });
-    }
+    ids = new Tokenizer(tokenizer as never, (tokenizerConfig ?? {}) as never).encode('Call me Ishmael.').ids;
   } catch (error) {
     problems.add({ kind: 'tokenizer', file, message: `${file}: the tokenizers library cannot load it (${(error as Error).message}); it is not a Hugging Face tokenizers file — re-export the package` });
+    return;
+  }
+  const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || (vocabSize !== null && id >= vocabSize));
+  const specials = new Set((Array.isArray(tokenizer.added_tokens) ? tokenizer.added_tokens : []).filter((t) => isObject(t) && t.special).map((t) => (t as Json).id));
+  if (bad !== undefined) {
+    problems.add({ kind: 'token-id', file, message: `${file}: encoding a test sentence gives id ${bad}, outside the vocabulary (vocab_size ${vocabSize}); the tokenizer belongs to another model` });
+  } else if (ids.every((id) => specials.has(id))) {
+    problems.add({ kind: 'tokenizer', file, field: 'model.vocab', message: `${file}: a test sentence encodes to special tokens only (${JSON.stringify(ids)}); its model.vocab or model.merges are malformed — re-export the package` });
+  }
+}
+
+/** tokenizer_config.json's chat_template must be a Jinja template the gateway can compile (or absent). */
+function checkChatTemplate(dir: string, tokenizerConfig: Json, problems: Problems): void {
+  const file = join(dir, 'tokenizer_config.json');
+  const template = tokenizerConfig.chat_template;
+  if (template === undefined || template === null) return;
+  const fix = 'fix it, or remove it (chat requests then get a 422 and completions still work)';
+  if (typeof template !== 'string') {
+    problems.add({ kind: 'tokenizer', file, field: 'chat_template', message: `${file}: chat_template must be a Jinja template string (named template lists are not supported); ${fix}` });
+    return;
+  }
+  try {
+    new Template(template);
+  } catch (error) {
+    problems.add({ kind: 'tokenizer', file, field: 'chat_template', message: `${file}: chat_template is not a valid Jinja template (${(error as Error).message}); ${fix}` });
   }
 }
 
@@ -525,10 +566,13 @@ export function checkModelPackage(dir: string, options: PackageCheckOptions = {}
   const pruning = config && raw ? checkPruning(configFile, config, raw, problems) : null;
   if (config && raw) checkTokens(dir, config, raw, { tokenizer, tokenizerConfig, generation }, problems);
   if (tokenizer) checkTokenizerLoads(dir, tokenizer, tokenizerConfig, config?.vocab_size ?? null, problems);
+  if (tokenizerConfig) checkChatTemplate(dir, tokenizerConfig, problems);
 
   const weightsFile = join(dir, 'model.safetensors');
   let layout: SafetensorsLayout | null = null;
-  if (!existsSync(weightsFile)) {
+  if (existsSync(weightsFile) && !statSync(weightsFile).isFile()) {
+    problems.add({ kind: 'file', file: weightsFile, message: `${weightsFile}: not a file; the weights must be one safetensors file — ${REEXPORT}` });
+  } else if (!existsSync(weightsFile)) {
     const sharded = existsSync(join(dir, 'model.safetensors.index.json'));
     problems.add({
       kind: 'file', file: weightsFile,

@@ -120,7 +120,14 @@ export function inspectSafetensors(file: string, report: (p: PackageProblem) => 
   try {
     const fileSize = fstatSync(fd).size;
     const lengthBytes = Buffer.alloc(8);
-    if (fileSize < 8 || readSync(fd, lengthBytes, 0, 8, 0) !== 8) {
+    let read: number;
+    try {
+      read = fileSize < 8 ? 0 : readSync(fd, lengthBytes, 0, 8, 0);
+    } catch (error) {
+      report({ kind: 'file', file, message: `${file}: cannot read the weights file (${(error as Error).message})` });
+      return null;
+    }
+    if (read !== 8) {
       report({ kind: 'header', file, message: `${file}: ${fileSize} bytes, too short to be safetensors (an 8-byte header length comes first); ${DAMAGED}` });
       return null;
     }
