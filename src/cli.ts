@@ -1,7 +1,8 @@
 /**
  * The `switchyard` command line. Each subcommand is one entry in COMMANDS: its flags (node:util parseArgs
  * options), usage text and a run function that returns the exit code.
- * Exit codes: 0 ok, 1 failure (bad configuration, startup error), 2 usage error (unknown command or flag).
+ * Exit codes: 0 ok, 1 failure (bad configuration, startup error; `serve`: requests cut at shutdown, or a second
+ * signal), 2 usage error (unknown command or flag).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
@@ -48,18 +49,26 @@ function dropFraction(raw: string | undefined): number | undefined {
 const strFlag = (values: Values, name: string): string | undefined =>
   typeof values[name] === 'string' ? (values[name] as string) : undefined;
 
-/** Resolves once SIGINT or SIGTERM arrives; a second signal exits at once. */
+/**
+ * A repeat of the first signal within this many ms is the same request delivered twice, not a second one: Ctrl-C
+ * under `npm start` reaches the server from the terminal and again from npm, which forwards SIGINT and SIGTERM.
+ */
+const DUPLICATE_SIGNAL_MS = 1000;
+
+/** Resolves once SIGINT or SIGTERM arrives; a second signal exits at once (code 1). */
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
+      const first = performance.now();
       const force = (again: NodeJS.Signals) => {
+        if (again === signal && performance.now() - first < DUPLICATE_SIGNAL_MS) return;
         log.warn('second signal, exiting without waiting', { signal: again });
         process.exit(1);
       };
-      process.once('SIGINT', force);
-      process.once('SIGTERM', force);
+      process.on('SIGINT', force);
+      process.on('SIGTERM', force);
       resolve(signal);
     };
     process.on('SIGINT', onSignal);
@@ -73,6 +82,10 @@ export const COMMANDS: Record<string, Command> = {
     usage: `Usage: switchyard serve [options]
 
 Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info).
+
+SIGTERM or SIGINT shuts down gracefully: the listener closes, requests in flight get up to shutdown.graceMs to
+finish, then what is left ends with an error (streams: a terminal error event). Exit code 0 when every request
+finished, 1 when some were cut; a second signal exits at once with 1.
 
 Options:
   --config FILE   JSON configuration file (default: $SWITCHYARD_CONFIG, else config/default.json if present)
@@ -101,9 +114,9 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       const { startServer } = await import('./serve.ts');
       const server = await startServer(config);
       const signal = await shutdownSignal();
-      log.info('shutting down', { signal });
-      await server.close();
-      return 0;
+      log.info('signal received', { signal });
+      const report = await server.close();
+      return report.cut > 0 ? 1 : 0;
     },
   },
   prune: {

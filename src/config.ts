@@ -145,6 +145,12 @@ const AdminSchema = z.strictObject({
     .describe('Automatic rebalancing waits until the window holds at least this many routed tokens.'),
 });
 
+const ShutdownSchema = z.strictObject({
+  graceMs: int(0)
+    .default(30000)
+    .describe('On SIGTERM/SIGINT, milliseconds requests in flight may take to finish before they are ended with an error (streams get an error event).'),
+});
+
 export const ConfigSchema = z
   .strictObject({
     host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
@@ -169,6 +175,7 @@ export const ConfigSchema = z
     cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
     placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
     admin: AdminSchema.prefault({}).describe('Token-protected admin API: live placement changes, load, rebalancing.'),
+    shutdown: ShutdownSchema.prefault({}).describe('Graceful shutdown: stop accepting, let requests in flight finish.'),
   })
   .superRefine((config, ctx) => {
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
@@ -193,6 +200,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   'cache.response': ResponseCacheSchema,
   placement: PlacementSchema,
   admin: AdminSchema,
+  shutdown: ShutdownSchema,
 };
 
 export type Config = z.infer<typeof ConfigSchema>;

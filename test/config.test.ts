@@ -54,6 +54,7 @@ describe('loadConfig', () => {
         token: null, maxWorkers: null, rebalanceWindowSeconds: 60, autoRebalance: false,
         autoRebalanceIntervalSeconds: 60, autoRebalanceThreshold: 0.8, autoRebalanceMinTokens: 1000,
       },
+      shutdown: { graceMs: 30000 },
     });
   });
 

@@ -3,7 +3,7 @@ import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { HttpBindings } from '@hono/node-server';
 import type { Config } from '../config.ts';
-import type { GenerationService } from '../engine/types.ts';
+import { ShuttingDownError, type GenerationService } from '../engine/types.ts';
 import { log, type Logger } from '../log.ts';
 import { createErrorHandler, errorResponse, notFoundHandler } from './errors.ts';
 import { registerGenerateRoute } from './routes/generate.ts';
@@ -23,6 +23,8 @@ export interface AppOptions {
   telemetry?: Telemetry;
   /** The engine's placement controller: serves /admin/* when given and config.admin.token is set. */
   admin?: PlacementController | null;
+  /** True once a graceful shutdown began: new requests get 503 `overloaded`, every response Connection: close. */
+  shuttingDown?: () => boolean;
 }
 
 export function createApp(service: GenerationService, config: Config, options: AppOptions = {}): Hono {
@@ -33,15 +35,6 @@ export function createApp(service: GenerationService, config: Config, options: A
   app.onError(createErrorHandler(logger));
   app.notFound(notFoundHandler);
 
-  // A response sent before the request body arrived in full (404, 405, 401, 413, a 422 from the headers alone)
-  // must close the connection: @hono/node-server drains an unread body for only ~0.5 s and then destroys the
-  // socket, so a keep-alive client that was told nothing would send its next request into a closing socket.
-  app.use('*', async (c, next) => {
-    await next();
-    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
-    if (incoming && !incoming.complete) c.res.headers.set('Connection', 'close');
-  });
-
   app.use('*', async (c, next) => {
     const started = performance.now();
     await next();
@@ -51,6 +44,18 @@ export function createApp(service: GenerationService, config: Config, options: A
       status: c.res.status,
       duration_ms: Math.round((performance.now() - started) * 100) / 100,
     });
+  });
+
+  const shuttingDown = options.shuttingDown ?? (() => false);
+  app.use('*', async (c, next) => {
+    // The listener is closed by then: these come on connections opened before (keep-alive, pipelined).
+    if (shuttingDown()) throw new ShuttingDownError('the server is shutting down and takes no new requests');
+    await next();
+    // A response sent before the request body arrived in full (404, 405, 401, 413, a 422 from the headers alone)
+    // must close the connection: @hono/node-server drains an unread body for only ~0.5 s and then destroys the
+    // socket, so a keep-alive client that was told nothing would send its next request into a closing socket.
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+    if (shuttingDown() || (incoming && !incoming.complete)) c.res.headers.set('Connection', 'close');
   });
 
   // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked).
