@@ -33,6 +33,7 @@ const LimitsSchema = z.strictObject({
   maxBatchSequences: int(1).default(32).describe('Most sequences decoded together in one scheduler step.'),
   maxBatchTokens: int(1).default(2048).describe('Most tokens (prefill and decode) processed in one scheduler step.'),
   requestTimeoutMs: int(1).default(120000).describe('A request still running after this many milliseconds is cancelled.'),
+  maxTopNTokens: int(0).default(5).describe('Largest top_n_tokens (TGI) a request may ask for: most likely alternatives reported per generated token.'),
 });
 
 const OnnxSchema = z.strictObject({

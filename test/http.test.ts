@@ -77,7 +77,8 @@ describe('POST /generate', () => {
     ['empty inputs', { inputs: '' }, /inputs: must not be empty/],
     ['max_new_tokens 0', { inputs: 'x', parameters: { max_new_tokens: 0 } }, /max_new_tokens: must be an integer from 1 to 40/],
     ['max_new_tokens above the limit', { inputs: 'x', parameters: { max_new_tokens: 41 } }, /max_new_tokens: must be an integer from 1 to 40/],
-    ['unknown parameter', { inputs: 'x', parameters: { best_of: 2 } }, /unknown field "parameters\.best_of"/],
+    ['unknown parameter', { inputs: 'x', parameters: { num_beams: 2 } }, /unknown field "parameters\.num_beams"/],
+    ['best_of > 1 (not supported)', { inputs: 'x', parameters: { best_of: 2 } }, /parameters\.best_of: must be 1: best_of > 1 is not supported/],
     ['prompt longer than the context', { inputs: 'y'.repeat(100) }, /prompt is 101 tokens; at most 63/],
     ['prompt plus max_new_tokens over the context', { inputs: 'y'.repeat(50), parameters: { max_new_tokens: 30 } }, /must be <= 64/],
   ];

@@ -115,7 +115,7 @@ describe('POST /generate: mapping to the engine', () => {
     expect(service.calls[0].request).toEqual({
       inputs: 'Call me Ishmael',
       maxNewTokens: 7,
-      sampling: { doSample: true, temperature: 0.7, topK: 40, topP: 0.9, repetitionPenalty: 1.1, seed: 4294967295 },
+      sampling: { doSample: true, temperature: 0.7, topK: 40, topP: 0.9, typicalP: null, repetitionPenalty: 1.1, seed: 4294967295 },
       stop: ['\n', 'END'],
     });
     expect(service.calls[0].options?.signal).toBeInstanceOf(AbortSignal);
@@ -128,7 +128,7 @@ describe('POST /generate: mapping to the engine', () => {
     expect(service.calls[0].request).toEqual({
       inputs: 'x',
       maxNewTokens: 11,
-      sampling: { doSample: false, temperature: 1, topK: null, topP: null, repetitionPenalty: null, seed: null },
+      sampling: { doSample: false, temperature: 1, topK: null, topP: null, typicalP: null, repetitionPenalty: null, seed: null },
       stop: [],
     });
   });
@@ -161,6 +161,7 @@ describe('POST /generate: mapping to the engine', () => {
         generated_tokens: 2,
         seed: null,
         prompt_tokens: 5,
+        prefill: [],
         tokens: [
           { id: 7, text: ' echo', logprob: -0.5, special: false },
           { id: 9, text: ':', logprob: -1.25, special: false },
@@ -213,7 +214,7 @@ describe('POST /generate: validation (422)', () => {
       422,
       'validation',
       /parameters\.do_sample: must be true or false \(got "yes"\)/,
-      /parameters\.temperature: must be a number greater than 0 \(got "0\.5"\)/,
+      /parameters\.temperature: must be a finite number greater than 0 \(got "0\.5"\)/,
       /parameters\.top_k: must be an integer greater than 0 \(got 2\.5\)/,
     );
     await expectError(await post({ inputs: 'x', parameters: 'fast' }), 422, 'validation', /parameters: must be an object/);
@@ -247,9 +248,9 @@ describe('POST /generate: validation (422)', () => {
       await post({ inputs: 'x', parameters: { temperature: 0, top_p: 1.5, repetition_penalty: -1, seed: 2 ** 32 } }),
       422,
       'validation',
-      /parameters\.temperature: must be a number greater than 0 \(got 0\)/,
-      /parameters\.top_p: must be a number greater than 0 and at most 1 \(got 1\.5\)/,
-      /parameters\.repetition_penalty: must be a number greater than 0/,
+      /parameters\.temperature: must be a finite number greater than 0 \(got 0\)/,
+      /parameters\.top_p: must be a number greater than 0 and less than 1 \(got 1\.5\)/,
+      /parameters\.repetition_penalty: must be a finite number greater than 0/,
       /parameters\.seed: must be an integer from 0 to 4294967295 \(got 4294967296\)/,
     );
   });
@@ -267,10 +268,10 @@ describe('POST /generate: validation (422)', () => {
   it('rejects an unknown parameter, naming it and the supported ones', async () => {
     const { post } = setup();
     await expectError(
-      await post({ inputs: 'x', parameters: { best_of: 2, max_new_tokens: 3 } }),
+      await post({ inputs: 'x', parameters: { num_beams: 2, max_new_tokens: 3 } }),
       422,
       'validation',
-      /unknown field "parameters\.best_of"; allowed in parameters: max_new_tokens, do_sample/,
+      /unknown field "parameters\.num_beams"; allowed in parameters: max_new_tokens, do_sample/,
     );
   });
 

@@ -1,10 +1,17 @@
 /** POST /generate — Text Generation Inference request and response shape. */
 import type { Hono } from 'hono';
 import type { Config } from '../../config.ts';
-import type { GenerateResult, GenerationService } from '../../engine/types.ts';
+import type { GenerateResult, GenerationService, TokenLogprob } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
-import { createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest } from '../schemas.ts';
+import { createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest, type GenerateBody } from '../schemas.ts';
 
+/** TGI's `Token`. */
+export interface TgiToken { id: number; text: string; logprob: number; special: boolean }
+
+/** TGI's `PrefillToken`: the first prompt token's logprob is null (nothing predicts it). */
+export interface TgiPrefillToken { id: number; text: string; logprob: number | null }
+
+/** TGI's `GenerateResponse` (router/src/lib.rs, docs/openapi.json); `details.prompt_tokens` is ours. */
 export interface GenerateResponseBody {
   generated_text: string;
   details?: {
@@ -12,23 +19,45 @@ export interface GenerateResponseBody {
     generated_tokens: number;
     seed: number | null;
     prompt_tokens: number;
-    tokens: Array<{ id: number; text: string; logprob: number; special: boolean }>;
+    /** With decoder_input_details: every prompt token; otherwise empty (as TGI). */
+    prefill: TgiPrefillToken[];
+    tokens: TgiToken[];
+    /** With top_n_tokens > 0: per generated token, the most likely tokens at its position (absent otherwise, as TGI). */
+    top_tokens?: TgiToken[][];
   };
 }
 
-export function toGenerateResponse(result: GenerateResult, details: boolean): GenerateResponseBody {
-  if (!details) return { generated_text: result.generatedText };
+export const tgiToken = ({ id, text, logprob, special }: TgiToken): TgiToken => ({ id, text, logprob, special });
+
+/** The text TGI answers: the prompt before the generated text when `return_full_text` is true. */
+export function answerText(body: GenerateBody, generatedText: string): string {
+  return body.parameters?.return_full_text === true ? body.inputs + generatedText : generatedText;
+}
+
+/**
+ * The `/generate` answer. Details come with `details: true` or `decoder_input_details: true` (TGI returns them for
+ * either), with `prefill` always present and `top_tokens` only when asked for.
+ */
+export function toGenerateResponse(result: GenerateResult, body: GenerateBody): GenerateResponseBody {
+  const p = body.parameters ?? {};
+  const generated_text = answerText(body, result.generatedText);
+  if (p.details !== true && p.decoder_input_details !== true) return { generated_text };
+  const topTokens = p.top_n_tokens ? { top_tokens: result.tokens.map((t) => (t.top ?? []).map(topToken)) } : {};
   return {
-    generated_text: result.generatedText,
+    generated_text,
     details: {
       finish_reason: result.finishReason,
       generated_tokens: result.generatedTokens,
       seed: result.seed,
       prompt_tokens: result.promptTokens,
-      tokens: result.tokens.map(({ id, text, logprob, special }) => ({ id, text, logprob, special })),
+      prefill: (result.prefill ?? []).map(({ id, text, logprob }) => ({ id, text, logprob })),
+      tokens: result.tokens.map(tgiToken),
+      ...topTokens,
     },
   };
 }
+
+export const topToken = ({ id, text, logprob, special }: TokenLogprob): TgiToken => ({ id, text, logprob, special });
 
 /** Reads the body as JSON whatever the Content-Type says; malformed JSON is a 422. */
 export async function readJsonBody(request: Request): Promise<unknown> {
@@ -56,6 +85,6 @@ export function registerGenerateRoute(app: Hono, service: GenerationService, con
       signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
       cache: responseCacheAllowed(c.req.header('cache-control'), parsed.body),
     });
-    return c.json(toGenerateResponse(result, parsed.body.parameters?.details === true));
+    return c.json(toGenerateResponse(result, parsed.body));
   });
 }
