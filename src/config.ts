@@ -146,6 +146,13 @@ const AdminSchema = z.strictObject({
     .describe('Automatic rebalancing waits until the window holds at least this many routed tokens.'),
 });
 
+const CorsSchema = z.strictObject({
+  origins: z
+    .array(z.string().min(1))
+    .default([])
+    .describe('Browser origins allowed to call the API cross-origin (e.g. "https://chat.example.com"); empty turns CORS off.'),
+});
+
 const ShutdownSchema = z.strictObject({
   graceMs: int(0)
     .default(30000)
@@ -177,6 +184,7 @@ export const ConfigSchema = z
     placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
     admin: AdminSchema.prefault({}).describe('Token-protected admin API: live placement changes, load, rebalancing.'),
     shutdown: ShutdownSchema.prefault({}).describe('Graceful shutdown: stop accepting, let requests in flight finish.'),
+    cors: CorsSchema.prefault({}).describe('Cross-origin (CORS) access for browser front ends; off by default.'),
   })
   .superRefine((config, ctx) => {
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
@@ -202,6 +210,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   placement: PlacementSchema,
   admin: AdminSchema,
   shutdown: ShutdownSchema,
+  cors: CorsSchema,
 };
 
 export type Config = z.infer<typeof ConfigSchema>;

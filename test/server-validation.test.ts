@@ -448,8 +448,10 @@ describe('GET /health, GET /info, unknown routes', () => {
     await expectError(await app.request('/v2/nothing'), 404, 'not_found', /no route for GET \/v2\/nothing/, /POST \/generate/);
   });
 
-  it('answers a known path with the wrong method with 404 JSON', async () => {
+  it('answers a known path with the wrong method with 405 JSON and Allow', async () => {
     const { app } = setup();
-    await expectError(await app.request('/generate'), 404, 'not_found', /no route for GET \/generate/);
+    const res = await app.request('/generate');
+    expect(res.headers.get('allow')).toBe('POST');
+    await expectError(res, 405, 'not_found', /GET is not allowed on \/generate; use POST/);
   });
 });

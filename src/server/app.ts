@@ -15,6 +15,9 @@ import { registerMetricsRoute } from './routes/metrics.ts';
 import type { Telemetry } from '../telemetry/index.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
 import type { PlacementController } from '../placement/controller.ts';
+import { rejectContentEncoding } from './content-encoding.ts';
+import { corsFor } from './cors.ts';
+import { methodNotAllowedOr } from './method-not-allowed.ts';
 
 export interface AppOptions {
   /** Default: the process-wide logger. */
@@ -33,7 +36,7 @@ export function createApp(service: GenerationService, config: Config, options: A
   const app = new Hono();
 
   app.onError(createErrorHandler(logger));
-  app.notFound(notFoundHandler);
+  app.notFound(methodNotAllowedOr(app, notFoundHandler));
 
   app.use('*', async (c, next) => {
     const started = performance.now();
@@ -46,6 +49,9 @@ export function createApp(service: GenerationService, config: Config, options: A
     });
   });
 
+  // First, so that every answer a browser gets — errors and 503s included — carries the CORS headers it needs.
+  if (config.cors.origins.length > 0) app.use('*', corsFor(config.cors.origins));
+
   const shuttingDown = options.shuttingDown ?? (() => false);
   app.use('*', async (c, next) => {
     // The listener is closed by then: these come on connections opened before (keep-alive, pipelined).
@@ -57,6 +63,8 @@ export function createApp(service: GenerationService, config: Config, options: A
     const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
     if (shuttingDown() || (incoming && !incoming.complete)) c.res.headers.set('Connection', 'close');
   });
+
+  app.use('*', rejectContentEncoding);
 
   // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked).
   app.use(
