@@ -44,6 +44,7 @@ describe('loadConfig', () => {
         maxBatchSequences: 32,
         maxBatchTokens: 2048,
         requestTimeoutMs: 120000,
+        maxTopNTokens: 5,
       },
       onnx: { trunkThreads: 1, expertThreads: 1 },
       experts: { kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2, maxResidentPerWorker: null },
@@ -55,6 +56,7 @@ describe('loadConfig', () => {
         autoRebalanceIntervalSeconds: 60, autoRebalanceThreshold: 0.8, autoRebalanceMinTokens: 1000,
       },
       shutdown: { graceMs: 30000 },
+      cors: { origins: [] },
     });
   });
 
