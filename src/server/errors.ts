@@ -5,6 +5,7 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { randomUUID } from 'node:crypto';
 import { InvalidRequestError, OverloadedError, RequestTimeoutError, ShuttingDownError } from '../engine/types.ts';
 import type { Logger } from '../log.ts';
+import { isOpenAiPath, openAiErrorBody } from './openai/error-shape.ts';
 
 export type ErrorType = 'validation' | 'overloaded' | 'generation' | 'not_found' | 'unauthorized' | 'internal';
 
@@ -34,6 +35,8 @@ export function errorResponse(
   message: string,
   headers: Record<string, string> = {},
 ): Response {
+  // OpenAI clients parse only OpenAI's error shape; this covers /v1/* errors raised outside its routes too (413, 503).
+  if (isOpenAiPath(c.req.path)) return c.json(openAiErrorBody(status, errorType, message), status, headers);
   const body: ErrorBody = { error: message, error_type: errorType };
   return c.json(body, status, headers);
 }
