@@ -148,6 +148,10 @@ export class Engine implements GenerationService {
     return this.chatTemplate.render(messages);
   }
 
+  countPromptTokens(request: GenerateRequest): number {
+    return this.promptIds(request).length;
+  }
+
   info(): ModelInfo {
     const c = this.pkg.config;
     const total = [...this.pkg.tensors.values()].reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);

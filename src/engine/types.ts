@@ -158,6 +158,12 @@ export interface GenerationService {
   admit(request: GenerateRequest): void;
   /** Renders a conversation with the model package's chat template, ready to continue as the assistant. */
   renderChat(messages: ChatMessage[]): string;
+  /**
+   * The prompt's length in tokens as generate() would run it (after `truncate`), so that a caller can size
+   * maxNewTokens to the rest of the context (OpenAI chat without max_tokens). Optional: services that cannot
+   * tell (test fakes) leave it out.
+   */
+  countPromptTokens?(request: GenerateRequest): number;
   info(): ModelInfo;
   close(): Promise<void>;
 }

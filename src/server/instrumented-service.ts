@@ -6,6 +6,7 @@ export function instrument(service: GenerationService, telemetry: Telemetry, mod
   return {
     admit: (request) => service.admit(request),
     renderChat: (messages) => service.renderChat(messages),
+    ...(service.countPromptTokens ? { countPromptTokens: (request) => service.countPromptTokens!(request) } : {}),
     info: () => service.info(),
     close: () => service.close(),
     async generate(request, options = {}) {
