@@ -159,6 +159,13 @@ const ShutdownSchema = z.strictObject({
     .describe('On SIGTERM/SIGINT, milliseconds requests in flight may take to finish before they are ended with an error (streams get an error event).'),
 });
 
+const OpenAiSchema = z.strictObject({
+  strictModel: z
+    .boolean()
+    .default(false)
+    .describe("false: the /v1 routes serve every request with the loaded model whatever its `model` field says (as TGI does); true: a model id other than the served one gets 404."),
+});
+
 export const ConfigSchema = z
   .strictObject({
     host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
@@ -184,6 +191,7 @@ export const ConfigSchema = z
     placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
     admin: AdminSchema.prefault({}).describe('Token-protected admin API: live placement changes, load, rebalancing.'),
     shutdown: ShutdownSchema.prefault({}).describe('Graceful shutdown: stop accepting, let requests in flight finish.'),
+    openai: OpenAiSchema.prefault({}).describe('The OpenAI-compatible routes (/v1/*).'),
     cors: CorsSchema.prefault({}).describe('Cross-origin (CORS) access for browser front ends; off by default.'),
   })
   .superRefine((config, ctx) => {
@@ -210,6 +218,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   placement: PlacementSchema,
   admin: AdminSchema,
   shutdown: ShutdownSchema,
+  openai: OpenAiSchema,
   cors: CorsSchema,
 };
 

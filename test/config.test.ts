@@ -57,6 +57,7 @@ describe('loadConfig', () => {
       },
       shutdown: { graceMs: 30000 },
       cors: { origins: [] },
+      openai: { strictModel: false },
     });
   });
 
