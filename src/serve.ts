@@ -172,7 +172,17 @@ export async function startServer(config: Config, options: StartServerOptions = 
   let address: AddressInfo;
   try {
     const app = createApp(service, config, { logger, telemetry, admin, shuttingDown: () => shuttingDown });
-    server = createServer(getRequestListener(app.fetch, { hostname: config.host, errorHandler: onRequestError }));
+    const listener = getRequestListener(app.fetch, { hostname: config.host, errorHandler: onRequestError });
+    // Node's own requireHostHeader check answers with an empty 400: the same check here, with the JSON shape.
+    server = createServer({ requireHostHeader: false }, (req, res) => {
+      if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor >= 1) {
+        const body: ErrorBody = { error: 'an HTTP/1.1 request needs a Host header', error_type: 'validation' };
+        const text = JSON.stringify(body);
+        res.writeHead(400, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), connection: 'close' }).end(text);
+        return;
+      }
+      void listener(req, res);
+    });
     server.on('clientError', onClientError);
     server.on('request', track);
     address = await listen(server, config.port, config.host);
