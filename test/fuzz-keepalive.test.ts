@@ -269,16 +269,15 @@ async function send(base: string, agent: Agent, req: FuzzRequest): Promise<Outco
 }
 
 /**
- * The error shape: `{"error": "...", "error_type": "..."}`, or on the OpenAI routes (/v1/*) OpenAI's
- * `{"error": {"message", "type", "param", "code"}}` (code: our error_type).
+ * The error shape: `{"error": "...", "error_type": "..."}`; on the OpenAI routes (/v1/*) also OpenAI's
+ * `{"error": {"message", "type", "param", "code"}}`, which OpenAI clients parse (and which answers from below
+ * routing, e.g. node's 431, cannot use: they know no path).
  */
-function isErrorShape(path: string, status: number, body: unknown): boolean {
+function isErrorShape(path: string, body: unknown): boolean {
   const b = body as { error?: unknown; error_type?: unknown } | null;
-  const plain = typeof b?.error === 'string' && ERROR_TYPES.includes(b.error_type as string);
-  // 431 comes from node's HTTP parser, before any route (or path) is known: always the plain shape.
-  if (status === 431 || !(path === '/v1' || path.startsWith('/v1/') || path.startsWith('/v1?'))) return plain;
+  if (typeof b?.error === 'string' && ERROR_TYPES.includes(b.error_type as string)) return true;
   const e = b?.error as { message?: unknown; type?: unknown } | undefined;
-  return typeof e?.message === 'string' && typeof e.type === 'string';
+  return /^\/v1(\/|\?|$)/.test(path) && typeof e?.message === 'string' && typeof e.type === 'string';
 }
 
 /** Problems with one answer: a 5xx, an error that is not the JSON error shape, an internal error inside a stream. */
@@ -293,7 +292,7 @@ function problems(req: FuzzRequest, out: Outcome): string[] {
       found.push(`error body is not JSON (status ${out.status}, content-type ${out.contentType}): ${JSON.stringify(out.text.slice(0, 100))}`);
     }
     if (!out.contentType.startsWith('application/json')) found.push(`error content-type ${JSON.stringify(out.contentType)} (status ${out.status})`);
-    if (body !== undefined && !isErrorShape(req.path, out.status, body)) found.push(`not the error shape: ${out.text.slice(0, 200)}`);
+    if (body !== undefined && !isErrorShape(req.path, body)) found.push(`not the error shape: ${out.text.slice(0, 200)}`);
   }
   if (out.contentType.startsWith('text/event-stream') && /"(error_type|code)":"internal"/.test(out.text)) {
     found.push(`internal error event in a stream: ${out.text.slice(-200)}`);
