@@ -1,7 +1,11 @@
-/** Queue limits and cancellation in the continuous-batching scheduler (real engine, tiny package). */
-import { describe, expect, it } from 'vitest';
+/**
+ * Admission limits and cancellation in the continuous-batching scheduler, and the scheduler releasing each request's
+ * abort listener however the request ends (real engine, tiny package).
+ */
+import { getEventListeners } from 'node:events';
+import { describe, expect, it, vi } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
-import { CancelledError, OverloadedError } from '../src/engine/types.ts';
+import { CancelledError, OverloadedError, RequestTimeoutError } from '../src/engine/types.ts';
 import { writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, request } from './helpers.ts';
 
@@ -23,7 +27,7 @@ describe('scheduler limits', () => {
     }
   });
 
-  it('cancels a sequence whose signal aborts, freeing its slot', async () => {
+    it('cancels a sequence whose signal aborts, freeing its slot', async () => {
     const engine = await Engine.load(engineConfig(dir));
     try {
       const controller = new AbortController();
@@ -41,5 +45,76 @@ describe('scheduler limits', () => {
     } finally {
       await engine.close();
     }
+  });
+});
+
+const abortListeners = (signal: AbortSignal) => getEventListeners(signal, 'abort').length;
+
+describe('the scheduler releases a request\'s abort listener however the request ends', () => {
+  // The listener holds the sequence and its KV cache; a signal that outlives the request must not keep them.
+  it('finish (length), stop sequence, client gone, error in a token callback, and a failing step', async () => {
+    const engine = await Engine.load(engineConfig(dir));
+    try {
+      const signal = new AbortController().signal; // one long-lived signal shared by every request below
+      const first = await engine.generate(request('listeners', 6), { signal, cache: false });
+      expect(first.finishReason).toBe('length');
+      expect(abortListeners(signal)).toBe(0);
+
+      const stop = first.generatedText.slice(0, 2);
+      const stopped = await engine.generate(request('listeners', 6, {}, [stop]), { signal, cache: false });
+      expect(stopped.finishReason).toBe('stop_sequence');
+      expect(abortListeners(signal)).toBe(0);
+
+      const client = new AbortController();
+      const gone = engine.generate(request('listeners', 20), { signal: client.signal, cache: false, onToken: () => client.abort() });
+      await expect(gone).rejects.toBeInstanceOf(CancelledError);
+      expect(abortListeners(client.signal)).toBe(0);
+
+      const throwing = engine.generate(request('listeners', 20), { signal, cache: false, onToken: () => {
+        throw new Error('the writer failed');
+      } });
+      await expect(throwing).rejects.toThrow('the writer failed');
+      expect(abortListeners(signal)).toBe(0);
+
+      const forward = engine.model.forward;
+      engine.model.forward = () => Promise.reject(new Error('expert worker failed'));
+      try {
+        await expect(engine.generate(request('listeners', 5), { signal, cache: false })).rejects.toThrow('expert worker failed');
+      } finally {
+        engine.model.forward = forward;
+      }
+      expect(abortListeners(signal)).toBe(0);
+      expect(engine.info().activeSequences + engine.info().queuedRequests).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('a timeout (limits.requestTimeoutMs), with the clock moved on by each step instead of waiting', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const engine = await Engine.load(engineConfig(dir, { limits: { requestTimeoutMs: 1_000 } }), {
+      onStep: () => vi.setSystemTime(Date.now() + 5_000),
+    });
+    try {
+      const signal = new AbortController().signal;
+      await expect(engine.generate(request('too slow', 20), { signal, cache: false })).rejects.toBeInstanceOf(RequestTimeoutError);
+      expect(abortListeners(signal)).toBe(0);
+    } finally {
+      vi.useRealTimers();
+      await engine.close();
+    }
+  });
+
+  it('close() with one request running and one queued', async () => {
+    const engine = await Engine.load(engineConfig(dir, { limits: { maxBatchSequences: 1 } }));
+    const signals = [new AbortController().signal, new AbortController().signal];
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    const pending = signals.map((signal, i) => engine.generate(request(`closing ${i}`, 40), { signal, cache: false, onToken: () => started() }));
+    const settled = Promise.allSettled(pending);
+    await running; // the first has produced a token; the second waits for the batch slot
+    await engine.close();
+    for (const r of await settled) expect(r.status === 'rejected' && String(r.reason)).toMatch(/shut/);
+    expect(signals.map(abortListeners)).toEqual([0, 0]);
   });
 });

@@ -28,6 +28,7 @@ export interface PrefillHooks {
 
 interface Entry {
   sequence: Sequence;
+  /** Settle the request; both also remove the entry's abort listener (see submit). */
   resolve: () => void;
   reject: (error: Error) => void;
   deadline: number;
@@ -70,10 +71,25 @@ export class Scheduler {
       return Promise.reject(error);
     }
     return new Promise<void>((resolve, reject) => {
-      const entry: Entry = { sequence, resolve, reject, deadline: Date.now() + this.limits.requestTimeoutMs };
       const signal = sequence.options.signal;
       if (signal?.aborted) return reject(new CancelledError('the client went away'));
-      signal?.addEventListener('abort', () => this.cancel(entry), { once: true });
+      // The listener holds the entry (the sequence and its KV cache) and the signal may outlive the request: undici
+      // keeps an HTTP request's signal in a FinalizationRegistry, callers may reuse one. Every way an entry settles
+      // (finish, stop, cancel, timeout, step error, close) goes through resolve/reject, which remove it.
+      const onAbort = () => this.cancel(entry);
+      const entry: Entry = {
+        sequence,
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject: (error) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+        deadline: Date.now() + this.limits.requestTimeoutMs,
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.queue.push(entry);
       this.running ??= this.run().finally(() => (this.running = null));
     });

@@ -22,10 +22,12 @@ export function streamTokens(
 ): Response {
   // Validation and queue errors surface before the stream starts, so they still get a proper status code.
   service.admit(request);
+  const clientSignal = c.req.raw.signal;
   return streamSSE(c, async (stream: SSEStreamingApi) => {
     const cancel = new AbortController();
-    stream.onAbort(() => cancel.abort());
-    c.req.raw.signal.addEventListener('abort', () => cancel.abort(), { once: true });
+    // Hono offers no way to unsubscribe; abortWith's closure holds only `cancel`, not this request's context.
+    stream.onAbort(abortWith(cancel));
+    const unlink = forwardAbort(clientSignal, cancel);
     let writing = Promise.resolve();
     const send = (events: Array<unknown | string>) => {
       for (const e of events) {
@@ -43,7 +45,27 @@ export function streamTokens(
       send(handlers.end?.(result) ?? []);
     } catch (error) {
       if (!cancel.signal.aborted) send([errorBodyFor(error as Error)]);
+    } finally {
+      unlink();
     }
     await writing;
   });
+}
+
+const abortWith = (controller: AbortController) => () => controller.abort();
+
+/**
+ * Aborts `target` when `source` aborts, until the returned function is called. The request's signal outlives the
+ * request (undici keeps it in a FinalizationRegistry until its Request is collected, and a listener that reaches the
+ * Hono context closes a cycle that is never collected), so the listener must go when the request ends. A module-level
+ * function: the listener's closure holds only `target`, not the caller's scope.
+ */
+export function forwardAbort(source: AbortSignal, target: AbortController): () => void {
+  if (source.aborted) {
+    target.abort(source.reason);
+    return () => {};
+  }
+  const onAbort = () => target.abort(source.reason);
+  source.addEventListener('abort', onAbort, { once: true });
+  return () => source.removeEventListener('abort', onAbort);
 }
