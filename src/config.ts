@@ -29,7 +29,7 @@ const LimitsSchema = z.strictObject({
   defaultMaxNewTokens: int(1).default(20).describe('max_new_tokens used when a request does not set it.'),
   maxStopSequences: int(0).default(4).describe('Most stop sequences one request may send.'),
   maxStopSequenceLength: int(1).default(64).describe('Longest stop sequence in characters.'),
-  queueDepth: int(0).default(64).describe('Requests that may wait for a batch slot before new ones get 429.'),
+  queueDepth: int(0).default(64).describe('Requests that may wait when all maxBatchSequences batch slots are taken; beyond that, 429 (a request that finds a free slot is never refused).'),
   maxBatchSequences: int(1).default(32).describe('Most sequences decoded together in one scheduler step.'),
   maxBatchTokens: int(1).default(2048).describe('Most tokens (prefill and decode) processed in one scheduler step.'),
   requestTimeoutMs: int(1).default(120000).describe('A request still running after this many milliseconds is cancelled.'),

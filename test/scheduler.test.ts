@@ -15,7 +15,7 @@ describe('scheduler limits', () => {
   it('refuses requests beyond the queue depth with OverloadedError, and serves the rest', async () => {
     const engine = await Engine.load(engineConfig(dir, { limits: { maxBatchSequences: 1, queueDepth: 1 } }));
     try {
-      // Submitted in one tick: the first becomes active, the second waits in the queue, the third finds it full.
+      // Submitted in one tick: the first takes the batch slot, the second waits in the queue, the third finds it full.
       const results = await Promise.allSettled([1, 2, 3].map((i) => engine.generate(request(`prompt ${i}`, 5))));
       expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
       const refused = (results[2] as PromiseRejectedResult).reason;
@@ -27,7 +27,34 @@ describe('scheduler limits', () => {
     }
   });
 
-    it('cancels a sequence whose signal aborts, freeing its slot', async () => {
+  it('queueDepth 0 admits maxBatchSequences concurrent requests and refuses the next', async () => {
+    const engine = await Engine.load(engineConfig(dir, { limits: { maxBatchSequences: 3, queueDepth: 0 } }));
+    try {
+      // generate() reaches submit() synchronously, so these four arrive in one tick, before any step runs.
+      const pending = [1, 2, 3, 4].map((i) => engine.generate(request(`prompt ${i}`, 4)));
+      expect(() => engine.admit(request('one more', 4))).toThrow(OverloadedError); // admit() agrees with submit()
+      const results = await Promise.allSettled(pending);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'rejected']);
+      expect((results[3] as PromiseRejectedResult).reason).toBeInstanceOf(OverloadedError);
+      expect(() => engine.admit(request('fits again', 4))).not.toThrow();
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('a burst of maxBatchSequences + queueDepth into an idle engine is all admitted; one more is refused', async () => {
+    const engine = await Engine.load(engineConfig(dir, { limits: { maxBatchSequences: 2, queueDepth: 3 } }));
+    try {
+      const pending = [1, 2, 3, 4, 5, 6].map((i) => engine.generate(request(`burst ${i}`, 3)));
+      const results = await Promise.allSettled(pending);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'rejected']);
+      expect((results[5] as PromiseRejectedResult).reason).toBeInstanceOf(OverloadedError);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('cancels a sequence whose signal aborts, freeing its slot', async () => {
     const engine = await Engine.load(engineConfig(dir));
     try {
       const controller = new AbortController();

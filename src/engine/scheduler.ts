@@ -55,11 +55,15 @@ export class Scheduler {
     return this.queue.length;
   }
 
-  /** Throws OverloadedError when a new request would find the queue full, ShuttingDownError once close() began. */
+  /** Throws OverloadedError when a new request would find no free batch slot and the queue full, ShuttingDownError once close() began. */
   checkCapacity(): void {
     if (this.closed) throw new ShuttingDownError('the engine is shutting down');
-    if (this.queue.length >= this.limits.queueDepth) {
-      throw new OverloadedError(`the request queue is full (${this.limits.queueDepth} waiting); retry shortly`, 1);
+    // Admitted while a batch slot or one of limits.queueDepth waiting places is free; queued entries that will take
+    // a free slot at the next step are running, not waiting.
+    const { maxBatchSequences, queueDepth } = this.limits;
+    if (this.active.length + this.queue.length >= maxBatchSequences + queueDepth) {
+      throw new OverloadedError(
+        `the server is at capacity (${maxBatchSequences} sequences running and ${queueDepth} waiting: limits.maxBatchSequences, limits.queueDepth); retry shortly`, 1);
     }
   }
 
