@@ -258,10 +258,10 @@ describe('POST /generate: validation (422)', () => {
   it('rejects an unknown top-level key, naming it and the allowed ones', async () => {
     const { post } = setup();
     await expectError(
-      await post({ inputs: 'x', stream: true }),
+      await post({ inputs: 'x', model: 'gpt2' }),
       422,
       'validation',
-      /unknown field "stream"; allowed at the top level: inputs, parameters/,
+      /unknown field "model"; allowed at the top level: inputs, parameters, stream, options/,
     );
   });
 

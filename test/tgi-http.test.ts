@@ -80,6 +80,7 @@ describe('405 Method Not Allowed', () => {
   it('lists the methods registered for a path (GET brings HEAD; middleware does not count)', () => {
     const app = appWith();
     expect(allowedMethods(app, '/generate')).toEqual(['POST']);
+    expect(allowedMethods(app, '/')).toEqual(['POST']);
     expect(allowedMethods(app, '/health')).toEqual(['GET', 'HEAD']);
     expect(allowedMethods(app, '/v1/models')).toEqual(['GET', 'HEAD']);
     expect(allowedMethods(app, '/nowhere')).toEqual([]);

@@ -220,6 +220,29 @@ describe('TGI response shapes', () => {
     ]);
   });
 
+  it('POST / (TGI compat_generate): an array of one GenerateResponse, or with stream: true the stream events', async () => {
+    const { post } = setup();
+    const plain = await post('/', { inputs: 'xy', parameters: { details: true } });
+    expect(plain.status).toBe(200);
+    const [only, ...rest] = await plain.json();
+    expect(rest).toEqual([]);
+    expect(only).toMatchObject({ generated_text: 'A', details: { finish_reason: 'eos_token', prefill: [] } });
+    expect(await (await post('/', { inputs: 'xy', stream: false })).json()).toEqual([{ generated_text: 'A' }]);
+    const streamed = await post('/', { inputs: 'xy', stream: true, parameters: { return_full_text: true } });
+    expect(streamed.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const evs = await events(streamed);
+    expect(evs.map((e) => e.index)).toEqual([1, 2]);
+    expect(evs.at(-1)!.generated_text).toBe('xyA');
+  });
+
+  it('accepts the stream flag that matches the route and refuses the other', async () => {
+    const { post } = setup();
+    expect((await post('/generate', { inputs: 'xy', stream: false })).status).toBe(200);
+    expect((await post('/generate_stream', { inputs: 'xy', stream: true })).status).toBe(200);
+    await expect422(await post('/generate', { inputs: 'xy', stream: true }), /stream: true is not supported on POST \/generate; use POST \/generate_stream/);
+    await expect422(await post('/generate_stream', { inputs: 'xy', stream: false }), /stream: false is not supported on POST \/generate_stream; use POST \/generate/);
+  });
+
   it('refuses decoder_input_details on /generate_stream before the stream starts (TGI refuses it too)', async () => {
     const { post, service } = setup();
     await expect422(await post('/generate_stream', { inputs: 'xy', parameters: { decoder_input_details: true } }),

@@ -10,6 +10,7 @@ import { registerGenerateRoute } from './routes/generate.ts';
 import { registerHealthRoute } from './routes/health.ts';
 import { registerInfoRoute } from './routes/info.ts';
 import { registerGenerateStreamRoute } from './routes/generate-stream.ts';
+import { registerCompatRoute } from './routes/compat.ts';
 import { registerOpenAiRoutes } from './openai/routes.ts';
 import { registerMetricsRoute } from './routes/metrics.ts';
 import type { Telemetry } from '../telemetry/index.ts';
@@ -83,6 +84,7 @@ export function createApp(service: GenerationService, config: Config, options: A
 
   registerGenerateRoute(app, service, config);
   registerGenerateStreamRoute(app, service, config);
+  registerCompatRoute(app, service, config);
   registerOpenAiRoutes(app, service, config);
   registerHealthRoute(app);
   registerInfoRoute(app, service);

@@ -90,6 +90,8 @@ export function createGenerateSchema(limits: Limits) {
         .string(msg('is required and must be a string (the prompt text)'))
         .min(1, msg('must not be empty; send the prompt text to continue')),
       parameters: parameters.nullish(),
+      // TGI's compat route (POST /) chooses with it; the other routes accept the value that matches them.
+      stream: z.boolean(msg('must be true or false (true streams server-sent events)')).nullish(),
       // As in the Hugging Face Inference API: {"options": {"use_cache": false}} bypasses the response cache.
       options: z
         .strictObject(

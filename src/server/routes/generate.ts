@@ -1,9 +1,11 @@
 /** POST /generate — Text Generation Inference request and response shape. */
-import type { Hono } from 'hono';
+import type { Context, Hono } from 'hono';
 import type { Config } from '../../config.ts';
 import type { GenerateResult, GenerationService, TokenLogprob } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
-import { createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest, type GenerateBody } from '../schemas.ts';
+import {
+  createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest, type GenerateBody, type GenerateSchema,
+} from '../schemas.ts';
 
 /** TGI's `Token`. */
 export interface TgiToken { id: number; text: string; logprob: number; special: boolean }
@@ -28,6 +30,7 @@ export interface GenerateResponseBody {
 }
 
 export const tgiToken = ({ id, text, logprob, special }: TgiToken): TgiToken => ({ id, text, logprob, special });
+export const topToken = ({ id, text, logprob, special }: TokenLogprob): TgiToken => ({ id, text, logprob, special });
 
 /** The text TGI answers: the prompt before the generated text when `return_full_text` is true. */
 export function answerText(body: GenerateBody, generatedText: string): string {
@@ -57,8 +60,6 @@ export function toGenerateResponse(result: GenerateResult, body: GenerateBody): 
   };
 }
 
-export const topToken = ({ id, text, logprob, special }: TokenLogprob): TgiToken => ({ id, text, logprob, special });
-
 /** Reads the body as JSON whatever the Content-Type says; malformed JSON is a 422. */
 export async function readJsonBody(request: Request): Promise<unknown> {
   const text = await request.text();
@@ -72,19 +73,32 @@ export async function readJsonBody(request: Request): Promise<unknown> {
   }
 }
 
+/** A TGI request body, validated (422 with every problem otherwise). */
+export async function readGenerateBody(request: Request, schema: GenerateSchema): Promise<GenerateBody> {
+  const parsed = parseGenerateBody(schema, await readJsonBody(request));
+  if (!parsed.ok) throw new HttpError(422, 'validation', parsed.message);
+  return parsed.body;
+}
+
+/** Runs a validated TGI request to its end and answers TGI's GenerateResponse. */
+export async function generateAnswer(c: Context, service: GenerationService, config: Config, body: GenerateBody): Promise<GenerateResponseBody> {
+  // The request's signal aborts when the client disconnects: the engine then drops the sequence.
+  // (limits.requestTimeoutMs is enforced by the engine's scheduler.)
+  const result = await service.generate(toGenerateRequest(body, config.limits), {
+    signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
+    cache: responseCacheAllowed(c.req.header('cache-control'), body),
+  });
+  return toGenerateResponse(result, body);
+}
+
 export function registerGenerateRoute(app: Hono, service: GenerationService, config: Config): void {
   const schema = createGenerateSchema(config.limits);
 
   app.post('/generate', async (c) => {
-    const input = await readJsonBody(c.req.raw);
-    const parsed = parseGenerateBody(schema, input);
-    if (!parsed.ok) throw new HttpError(422, 'validation', parsed.message);
-    // The request's signal aborts when the client disconnects: the engine then drops the sequence.
-    // (limits.requestTimeoutMs is enforced by the engine's scheduler.)
-    const result = await service.generate(toGenerateRequest(parsed.body, config.limits), {
-      signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
-      cache: responseCacheAllowed(c.req.header('cache-control'), parsed.body),
-    });
-    return c.json(toGenerateResponse(result, parsed.body));
+    const body = await readGenerateBody(c.req.raw, schema);
+    if (body.stream === true) {
+      throw new HttpError(422, 'validation', 'stream: true is not supported on POST /generate; use POST /generate_stream (or POST / with stream: true)');
+    }
+    return c.json(await generateAnswer(c, service, config, body));
   });
 }
