@@ -111,9 +111,12 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
         workers: intFlag(values, 'workers', 1),
       };
       const config = loadConfig({ file: strFlag(values, 'config'), overrides });
+      // Listening for signals first: one that arrives while the model loads (or just after 'listening' is logged)
+      // then shuts the server down once it is up, instead of killing the process by the default action.
+      const signalled = shutdownSignal();
       const { startServer } = await import('./serve.ts');
       const server = await startServer(config);
-      const signal = await shutdownSignal();
+      const signal = await signalled;
       log.info('signal received', { signal });
       const report = await server.close();
       return report.cut > 0 ? 1 : 0;

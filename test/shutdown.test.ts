@@ -327,7 +327,8 @@ async function startCli(command: string, args: string[], config: object, env: Re
     if (seen) return Promise.resolve(seen);
     return new Promise<Record<string, unknown>>((resolve, reject) => {
       waiting.push({ msg, resolve });
-      void exit.then(({ code }) => reject(new Error(`the server exited (code ${code}) before logging '${msg}'`)));
+      void exit.then(({ code, signal }) => reject(new Error(
+        `the server exited (code ${code}, signal ${signal}) before logging '${msg}'; it logged:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`)));
     });
   };
   const listening = await log('listening');

@@ -39,6 +39,17 @@ export function createApp(service: GenerationService, config: Config, options: A
   app.onError(createErrorHandler(logger));
   app.notFound(methodNotAllowedOr(app, notFoundHandler));
 
+  const shuttingDown = options.shuttingDown ?? (() => false);
+  // Outermost, so it sees every answer, whichever middleware or handler gives it. A response sent before the
+  // request body arrived in full (404, 405, 401, 413, a 422 from the headers alone, a CORS preflight) must close
+  // the connection: @hono/node-server drains an unread body for only ~0.5 s and then destroys the socket, so a
+  // keep-alive client that was told nothing would send its next request into a closing socket.
+  app.use('*', async (c, next) => {
+    await next();
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+    if (shuttingDown() || (incoming && !incoming.complete)) c.res.headers.set('Connection', 'close');
+  });
+
   app.use('*', async (c, next) => {
     const started = performance.now();
     await next();
@@ -53,16 +64,10 @@ export function createApp(service: GenerationService, config: Config, options: A
   // First, so that every answer a browser gets — errors and 503s included — carries the CORS headers it needs.
   if (config.cors.origins.length > 0) app.use('*', corsFor(config.cors.origins));
 
-  const shuttingDown = options.shuttingDown ?? (() => false);
   app.use('*', async (c, next) => {
     // The listener is closed by then: these come on connections opened before (keep-alive, pipelined).
     if (shuttingDown()) throw new ShuttingDownError('the server is shutting down and takes no new requests');
     await next();
-    // A response sent before the request body arrived in full (404, 405, 401, 413, a 422 from the headers alone)
-    // must close the connection: @hono/node-server drains an unread body for only ~0.5 s and then destroys the
-    // socket, so a keep-alive client that was told nothing would send its next request into a closing socket.
-    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
-    if (shuttingDown() || (incoming && !incoming.complete)) c.res.headers.set('Connection', 'close');
   });
 
   app.use('*', rejectContentEncoding);
