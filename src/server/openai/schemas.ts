@@ -118,6 +118,7 @@ const message = z.strictObject({
   role: z.string({ error: 'is required: "system", "developer", "user" or "assistant"' }),
   content: z.union([z.string(), z.array(z.unknown())], { error: 'must be a string or an array of {"type": "text", "text": ...} parts' }).nullish(),
   name: z.string({ error: 'must be a string' }).nullish(),
+  tool_call_id: z.string({ error: 'must be a string' }).nullish(), // of "tool" messages, which messageIssues refuses
   ...Object.fromEntries(Object.keys(UNSUPPORTED_MESSAGE).map((k) => [k, unsupported()])),
 }, { error: 'must be an object like {"role": "user", "content": "Hello"}' });
 
@@ -289,11 +290,11 @@ export function parseChatBody(input: unknown, limits: Limits, maxN: number): Cha
   const body = requireObject(input, '{"model": "...", "messages": [{"role": "user", "content": "Hello"}]}');
   const schema = chatSchema(limits, maxN);
   const issues = checkUnsupported(body, UNSUPPORTED_CHAT);
+  if (Array.isArray(body.messages)) issues.push(...messageIssues(body.messages));
   const result = schema.safeParse(body);
   const known = (path: ReadonlyArray<PropertyKey>) =>
     path.length === 0 ? keysOf(schema) : path[0] === 'stream_options' ? ['include_usage', 'include_obfuscation'] : keysOf(message);
   if (!result.success) issues.push(...zodIssues(result.error.issues, body, known, 'POST /v1/chat/completions'));
-  if (Array.isArray(body.messages)) issues.push(...messageIssues(body.messages));
   if (result.success) {
     const b = result.data;
     if (b.max_tokens != null && b.max_completion_tokens != null && b.max_tokens !== b.max_completion_tokens) {
