@@ -53,7 +53,7 @@ const strFlag = (values: Values, name: string): string | undefined =>
  * A repeat of the first signal within this many ms is the same request delivered twice, not a second one: Ctrl-C
  * under `npm start` reaches the server from the terminal and again from npm, which forwards SIGINT and SIGTERM.
  */
-const DUPLICATE_SIGNAL_MS = 1000;
+const DUPLICATE_SIGNAL_MS = 500;
 
 /** Resolves once SIGINT or SIGTERM arrives; a second signal exits at once (code 1). */
 function shutdownSignal(): Promise<string> {

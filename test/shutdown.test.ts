@@ -299,11 +299,12 @@ afterEach(() => {
   for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
-async function startCli(command: string, args: string[], config: object, env: Record<string, string> = {}): Promise<Cli> {
+/** @param detached start it as the leader of a new process group (as a shell does with a foreground job). */
+async function startCli(command: string, args: string[], config: object, env: Record<string, string> = {}, detached = false): Promise<Cli> {
   const file = path.join(mkdtempSync(path.join(tmpdir(), 'switchyard-shutdown-')), 'config.json');
   writeFileSync(file, JSON.stringify(config));
   const child = spawn(command, args, {
-    cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'],
+    cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], detached,
     env: { ...process.env, LOG_LEVEL: 'info', SWITCHYARD_CONFIG: file, PORT: '0', SWITCHYARD_WORKERS: '1', ...env },
   });
   children.push(child);
@@ -392,5 +393,13 @@ describe('switchyard serve under SIGTERM (real CLI, bundled model)', () => {
     const pid = (await npm.log('listening')).pid as number;
     expect(pid).not.toBe(npm.child.pid);
     expect(() => process.kill(pid, 0)).toThrow(/ESRCH/); // the server's process is gone, not orphaned
+  });
+
+  it('Ctrl-C under npm start (SIGINT to the whole process group, which npm forwards again) is one graceful shutdown', async () => {
+    const npm = await startCli('npm', ['start', '--silent'], {}, {}, true);
+    process.kill(-npm.child.pid!, 'SIGINT'); // what a terminal does: npm and the server both get it
+    expect(await npm.log('closed')).toMatchObject({ cut: 0 });
+    await npm.exit;
+    await expect(npm.log('second signal, exiting without waiting')).rejects.toThrow(/exited/);
   });
 });
