@@ -192,7 +192,13 @@ class Shard {
   private attempt<T>(task: WorkerTask, transferList?: ArrayBuffer[]): Promise<T> {
     const running = this.piscina.run(task, transferList ? { transferList } : {}) as Promise<T>;
     running.catch(() => undefined); // it may lose the race below; its rejection is then nobody's business
-    return Promise.race([running, this.stalled.promise]);
+    // Not Promise.race with the long-lived stalled promise: every race left a reaction on it that kept this task's
+    // result (a step's expert outputs) reachable until a thread failed to start, i.e. normally forever.
+    const stalled = this.stalled;
+    return new Promise<T>((resolve, reject) => {
+      stalled.waiting.add(reject);
+      void running.then(resolve, reject).finally(() => stalled.waiting.delete(reject));
+    });
   }
 
   private threadStarted(): void {
@@ -235,12 +241,16 @@ class Shard {
   }
 }
 
-/** A promise that only ever rejects, when told to; never an unhandled rejection. */
-function rejector(): { promise: Promise<never>; reject: (error: Error) => void } {
-  let reject!: (error: Error) => void;
-  const promise = new Promise<never>((_, r) => (reject = r));
-  promise.catch(() => undefined);
-  return { promise, reject };
+/** Rejects, when told to, the attempts waiting on it then; each attempt removes itself when it settles. */
+function rejector(): { waiting: Set<(error: Error) => void>; reject: (error: Error) => void } {
+  const waiting = new Set<(error: Error) => void>();
+  return {
+    waiting,
+    reject: (error) => {
+      for (const reject of [...waiting]) reject(error);
+      waiting.clear();
+    },
+  };
 }
 
 
