@@ -121,7 +121,7 @@ async function textOf(route: Route, response: Response): Promise<string> {
 /**
  * Runs `send` (one request) and waits until the server's generate() calls it made have settled and the scheduler's
  * step in flight is over (a one-token request after it can only finish after that step); then GC, and returns the
- * labels of KV caches still alive and the listeners left on the engine's signals.
+ * labels of tracked objects (KV caches, signals) still alive and the listeners left on the engine's signals.
  */
 async function scenario(label: string, send: () => Promise<unknown>): Promise<{ alive: string[]; leftListeners: number; errors: string[] }> {
   probe.label = label;
