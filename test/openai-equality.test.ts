@@ -9,6 +9,7 @@
 import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { seededRandom } from '../src/engine/sampling.ts';
 import { createLogger } from '../src/log.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
 import { engineConfig } from './helpers.ts';
@@ -29,17 +30,6 @@ const PROMPTS = [
 ];
 const STOPS: Array<string | string[] | undefined> = [' the', 'e', '\n', ['a', 'o'], [', ', '.', '!'], 'th', ' '];
 
-/** A small deterministic generator (mulberry32), so every run asks the same requests. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Case {
   prompt: string;
@@ -52,7 +42,7 @@ interface Case {
 }
 
 function cases(count: number, seed: number): Case[] {
-  const r = random(seed);
+  const r = seededRandom(seed); // every run asks the same requests
   const pick = <T>(xs: readonly T[]) => xs[Math.floor(r() * xs.length)];
   return Array.from({ length: count }, (_, i) => ({
     prompt: pick(PROMPTS),

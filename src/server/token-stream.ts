@@ -52,7 +52,8 @@ export function streamTokens(
   });
 }
 
-const abortWith = (controller: AbortController) => () => controller.abort();
+/** A listener that aborts `controller` (module-level: the closure holds only the controller). */
+export const abortWith = (controller: AbortController) => () => controller.abort();
 
 /**
  * Aborts `target` when `source` aborts, until the returned function is called. The request's signal outlives the

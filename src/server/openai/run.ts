@@ -6,6 +6,7 @@
 import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { GenerateResult, GenerationService } from '../../engine/types.ts';
+import { abortWith, forwardAbort } from '../token-stream.ts';
 import { choiceOf, ChoiceText, type ChoiceDelta } from './choice-text.ts';
 import { openAiStreamError } from './errors.ts';
 import type { ChoicePlan, Plan } from './request.ts';
@@ -111,20 +112,4 @@ export function streamChoices(c: Context, service: GenerationService, plan: Plan
     }
     await writing;
   });
-}
-
-const abortWith = (controller: AbortController) => () => controller.abort();
-
-/**
- * Aborts `target` when `source` aborts, until the returned function is called: the request's signal outlives the
- * request, so its listener must go when the request ends (and hold nothing but `target`).
- */
-function forwardAbort(source: AbortSignal, target: AbortController): () => void {
-  if (source.aborted) {
-    target.abort(source.reason);
-    return () => {};
-  }
-  const onAbort = () => target.abort(source.reason);
-  source.addEventListener('abort', onAbort, { once: true });
-  return () => source.removeEventListener('abort', onAbort);
 }
