@@ -1,19 +1,24 @@
 /**
  * The sparse model's forward pass over one scheduler step. Every active sequence contributes its new tokens
- * (a prefill chunk or one decode token); per layer, attention runs per sequence against its KV cache, then all
- * of the step's tokens are routed together, so each expert receives one batch per step:
+ * (a prefill chunk or one decode token); the step reads like the model:
  *
- *   embed → for each layer: attention (+ residual) → router (fp32 softmax, top-1) → dispatch plan
- *         → expert FFNs in the worker pool → combine (× gate, + residual) → … → final norm, LM head
+ *   x = embed(tokens)
+ *   per layer:  x = x + attention(x)     batched over the step's sequences (attention.ts), KV cache per sequence
+ *               x = x + moe(x)           route → dispatch plan → experts (ExpertRunner) → combine (moe-layer.ts)
+ *   logits = lm_head(norm(x))            at each sequence's last position (or all of them)
+ *
+ * All of the step's tokens are routed together, so each expert receives one batch per step.
  */
 import ort from 'onnxruntime-node';
-import { performance } from 'node:perf_hooks';
-import { routerLogits, top1, planDispatch, combineInto } from '../../router/index.ts';
-import type { ExpertPool, WorkerTiming } from '../../experts/pool.ts';
+import type { ExpertPool } from '../../experts/pool.ts';
 import { KvCache } from './kv-cache.ts';
 import { readTensors } from './safetensors.ts';
 import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
+import { attentionCoreGraph, gatherPadded, groupSequences, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
+import { moeLayer, type ExpertRunner, type LayerTrace, type RouterWeights } from './moe-layer.ts';
+
+export type { ExpertRunner, LayerTrace } from './moe-layer.ts';
 
 export interface SequenceInput {
   cache: KvCache;
@@ -21,19 +26,6 @@ export interface SequenceInput {
   tokens: number[];
   /** Logits at every new position of this sequence, not only the last (prompt log probabilities). */
   allPositions?: boolean;
-}
-
-/** What the router and the pool did at one layer in one step: the load telemetry and traces record this. */
-export interface LayerTrace {
-  layer: number;
-  /** Chosen expert and gate per token of the step, sequences back to back in input order. */
-  expert: Int32Array;
-  gate: Float32Array;
-  tokensPerExpert: number[];
-  overflow: number;
-  capacity: number;
-  workers: WorkerTiming[];
-  dispatchMs: number;
 }
 
 export interface StepOutput {
@@ -49,22 +41,41 @@ export interface ModelOptions {
   capacityFactor: number | null;
   trunkThreads: number;
   executionProviders: string[];
+  /**
+   * 'batched' (default): two runs per layer for all of a step's sequences (attention.ts). 'per-sequence': one run
+   * per sequence and layer, the earlier path, kept as the reference for tests and benchmarks.
+   */
+  attention?: 'batched' | 'per-sequence';
+}
+
+/** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
+interface Scratch {
+  keys: Float32Array;
+  values: Float32Array;
+}
+
+interface AttentionSessions {
+  perSequence?: ort.InferenceSession[];
+  projection?: ort.InferenceSession[];
+  core?: ort.InferenceSession[];
 }
 
 export class MoeModel {
+  private scratch: Scratch | null = { keys: new Float32Array(0), values: new Float32Array(0) };
+
   private constructor(
     readonly config: ModelConfig,
     private readonly embed: ort.InferenceSession,
-    private readonly attention: ort.InferenceSession[],
+    private readonly sessions: AttentionSessions,
     private readonly head: ort.InferenceSession,
-    private readonly routers: Float32Array[],
-    private readonly droppedByLayer: number[][],
+    private readonly routers: RouterWeights[],
     private readonly inverseFrequencies: Float32Array,
-    readonly pool: ExpertPool,
+    readonly runner: ExpertRunner,
     private readonly options: ModelOptions,
   ) {}
 
-  static async load(pkg: ModelPackage, pool: ExpertPool, options: ModelOptions): Promise<MoeModel> {
+  /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */
+  static async load(pkg: ModelPackage, runner: ExpertPool | ExpertRunner, options: ModelOptions): Promise<MoeModel> {
     const c = pkg.config;
     const trunkNames = [tensorNames.embed, tensorNames.finalNorm, tensorNames.lmHead];
     for (let l = 0; l < c.num_hidden_layers; l++) trunkNames.push(...Object.values(tensorNames.layer(l)));
@@ -75,17 +86,30 @@ export class MoeModel {
       executionProviders: options.executionProviders,
     };
     const create = (graph: Uint8Array) => ort.InferenceSession.create(graph, sessionOptions);
-    const attention = [];
-    for (let l = 0; l < c.num_hidden_layers; l++) attention.push(await create(attentionGraph(c, l, w)));
-    const routers = Array.from({ length: c.num_hidden_layers }, (_, l) => w(tensorNames.layer(l).router));
+    const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
+    const sessions: AttentionSessions = {};
+    if (options.attention === 'per-sequence') {
+      sessions.perSequence = [];
+      for (const l of layers) sessions.perSequence.push(await create(attentionGraph(c, l, w)));
+    } else {
+      sessions.projection = [];
+      sessions.core = [];
+      for (const l of layers) {
+        sessions.projection.push(await create(projectionGraph(c, l, w)));
+        sessions.core.push(await create(attentionCoreGraph(c, l, w)));
+      }
+    }
+    const routers = layers.map((l) => ({
+      weights: w(tensorNames.layer(l).router),
+      // Experts removed by pruning: the router's mask.
+      dropped: Array.from({ length: c.num_experts }, (_, e) => e).filter((e) => pkg.droppedExperts.has(`${l}.${e}`)),
+    }));
     const headDim = c.hidden_size / c.num_attention_heads;
     // As the reference computes them, in fp32: 1 / theta^(2i / head_dim).
     const inverseFrequencies = Float32Array.from({ length: headDim / 2 }, (_, i) =>
       1 / Math.fround(c.rope_theta ** Math.fround((2 * i) / headDim)));
-    const dropped = Array.from({ length: c.num_hidden_layers }, (_, l) =>
-      Array.from({ length: c.num_experts }, (_, e) => e).filter((e) => pkg.droppedExperts.has(`${l}.${e}`)));
-    return new MoeModel(c, await create(embeddingGraph(c, w)), attention, await create(headGraph(c, w)), routers, dropped,
-      inverseFrequencies, pool, options);
+    return new MoeModel(c, await create(embeddingGraph(c, w)), sessions, await create(headGraph(c, w)), routers,
+      inverseFrequencies, runner, options);
   }
 
   newCache(): KvCache {
@@ -94,7 +118,7 @@ export class MoeModel {
 
   /**
    * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`
-   * sees each layer's expert inputs and the router's choices (pruning calibration).
+   * sees each layer's expert inputs [tokens, d] and the router's choices [tokens] (pruning calibration).
    */
   async forward(
     inputs: SequenceInput[],
@@ -106,53 +130,19 @@ export class MoeModel {
     const ids = new ort.Tensor('int64', BigInt64Array.from(inputs.flatMap((s) => s.tokens), BigInt), [total]);
     let x = (await this.embed.run({ ids })).hidden.data as Float32Array;
 
-    // Per sequence: rotary tables and causal mask for its new positions (the same at every layer).
-    const perSequence = inputs.map((s) => {
-      const past = s.cache.length;
-      const n = s.tokens.length;
-      const rotary = this.rotary(past, n);
-      const mask = new Float32Array(n * (past + n));
-      for (let i = 0; i < n; i++) mask.fill(-Infinity, i * (past + n) + past + i + 1, (i + 1) * (past + n));
-      return { past, n, ...rotary, mask: new ort.Tensor('float32', mask, [n, past + n]) };
-    });
-
+    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
     const layers: LayerTrace[] = [];
-    for (let layer = 0; layer < c.num_hidden_layers; layer++) {
-      const h = new Float32Array(total * d);
-      const moeInput = new Float32Array(total * d);
-      let row = 0;
-      for (const [i, s] of inputs.entries()) {
-        const q = perSequence[i];
-        const past = s.cache.past(layer);
-        const feeds = {
-          x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
-          cos: q.cos, sin: q.sin, mask: q.mask,
-          past_k: new ort.Tensor('float32', past.keys, [q.past, d]),
-          past_v: new ort.Tensor('float32', past.values, [q.past, d]),
-        };
-        const out = await this.attention[layer].run(feeds);
-        h.set(out.h.data as Float32Array, row * d);
-        moeInput.set(out.moe_input.data as Float32Array, row * d);
-        s.cache.write(layer, out.new_k.data as Float32Array, out.new_v.data as Float32Array);
-        row += q.n;
+    try {
+      for (let layer = 0; layer < c.num_hidden_layers; layer++) {
+        const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
+        layers.push(await moeLayer({ // h = h + moe(h)
+          layer, h, moeInput, tokens: total, d, experts: c.num_experts, router: this.routers[layer],
+          capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted: options.onRouted,
+        }));
+        x = h;
       }
-
-      const logits = routerLogits(moeInput, this.routers[layer], total, d, c.num_experts);
-      // Experts removed by pruning are masked: the softmax and the choice range over the remaining ones.
-      for (const e of this.droppedByLayer[layer]) for (let t = 0; t < total; t++) logits[t * c.num_experts + e] = -Infinity;
-      const gating = top1(logits, total, c.num_experts);
-      options.onRouted?.(layer, moeInput, gating.expert);
-      const plan = planDispatch(gating.expert, c.num_experts, this.options.capacityFactor);
-      const started = performance.now();
-      const outcome = await this.pool.runLayer(layer, moeInput, plan);
-      for (const batch of outcome.batches) combineInto(h, batch.output, batch.rows, gating.gate, d);
-      layers.push({
-        layer, expert: gating.expert, gate: gating.gate,
-        tokensPerExpert: Array.from({ length: c.num_experts }, (_, e) => plan.batches.find((b) => b.expert === e)?.rows.length ?? 0),
-        overflow: plan.overflow.length, capacity: plan.capacity, workers: outcome.workers,
-        dispatchMs: performance.now() - started,
-      });
-      x = h;
+    } finally {
+      attention.done();
     }
     for (const s of inputs) s.cache.length += s.tokens.length;
 
@@ -172,6 +162,125 @@ export class MoeModel {
     return { logits: rows.map((n) => logits.slice(start * v, (start += n) * v)), layers };
   }
 
+  /**
+   * attention(x) for all of a step's sequences: per layer one projection run over the packed tokens, the new k/v
+   * rows appended to each cache, then one core run per group (attention.ts). Rotary tables, masks and index
+   * tensors are built once per step.
+   */
+  private batchedAttention(inputs: SequenceInput[]): StepAttention {
+    const d = this.config.hidden_size;
+    const projection = this.sessions.projection!;
+    const core = this.sessions.core!;
+    const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
+    const sequences: StepSequence[] = [];
+    let row = 0;
+    for (const s of inputs) {
+      sequences.push({ cache: s.cache, row, n: s.tokens.length });
+      row += s.tokens.length;
+    }
+    const { cos, sin } = this.rotaryPacked(sequences, total);
+    const groups = groupSequences(sequences.filter((s) => s.n > 0)).map((m) => planGroup(m, total));
+    // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
+    const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
+    this.scratch = null;
+    const padded = Math.max(0, ...groups.map((g) => g.members.length * g.keys * d));
+    if (scratch.keys.length < padded) {
+      scratch.keys = new Float32Array(padded);
+      scratch.values = new Float32Array(padded);
+    }
+    return {
+      run: async (layer, x) => {
+        const xTensor = new ort.Tensor('float32', x, [total, d]);
+        const qkv = await projection[layer].run({ x: xTensor, cos, sin });
+        const q = qkv.q.data as Float32Array;
+        const k = qkv.k.data as Float32Array;
+        const v = qkv.v.data as Float32Array;
+        for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
+        if (groups.length === 1 && groups[0].wholeStep) {
+          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch);
+          return { h: out.h, moeInput: out.moeInput };
+        }
+        const h = new Float32Array(total * d);
+        const moeInput = new Float32Array(total * d);
+        for (const group of groups) {
+          const gx = packRows(x, group, d);
+          const gq = packRows(q, group, d);
+          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch);
+          unpackRows(out.h, h, group, d);
+          unpackRows(out.moeInput, moeInput, group, d);
+        }
+        return { h, moeInput };
+      },
+      done: () => {
+        this.scratch = scratch;
+      },
+    };
+  }
+
+  private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch) {
+    const d = this.config.hidden_size;
+    const dims = [group.members.length, group.keys, d];
+    const out = await session.run({
+      x: new ort.Tensor('float32', x, [group.tokens, d]),
+      q: new ort.Tensor('float32', q, [group.tokens, d]),
+      q_index: group.qIndex, out_index: group.outIndex, mask: group.mask,
+      keys: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.keys, 'keys'), dims),
+      values: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.values, 'values'), dims),
+    });
+    return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
+  }
+
+  /** The earlier path: one attention run per sequence and layer (attentionGraph). */
+  private perSequenceAttention(inputs: SequenceInput[]): StepAttention {
+    const d = this.config.hidden_size;
+    const sessions = this.sessions.perSequence!;
+    const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
+    const perSequence = inputs.map((s) => {
+      const past = s.cache.length;
+      const n = s.tokens.length;
+      const rotary = this.rotary(past, n);
+      const mask = new Float32Array(n * (past + n));
+      for (let i = 0; i < n; i++) mask.fill(-Infinity, i * (past + n) + past + i + 1, (i + 1) * (past + n));
+      return { past, n, ...rotary, mask: new ort.Tensor('float32', mask, [n, past + n]) };
+    });
+    return {
+      run: async (layer, x) => {
+        const h = new Float32Array(total * d);
+        const moeInput = new Float32Array(total * d);
+        let row = 0;
+        for (const [i, s] of inputs.entries()) {
+          const q = perSequence[i];
+          const past = s.cache.past(layer);
+          const out = await sessions[layer].run({
+            x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
+            cos: q.cos, sin: q.sin, mask: q.mask,
+            past_k: new ort.Tensor('float32', past.keys, [q.past, d]),
+            past_v: new ort.Tensor('float32', past.values, [q.past, d]),
+          });
+          h.set(out.h.data as Float32Array, row * d);
+          moeInput.set(out.moe_input.data as Float32Array, row * d);
+          s.cache.write(layer, out.new_k.data as Float32Array, out.new_v.data as Float32Array);
+          row += q.n;
+        }
+        return { h, moeInput };
+      },
+      done: () => {},
+    };
+  }
+
+  /** cos/sin [N, 1, head_dim] for each packed token at its own position. */
+  private rotaryPacked(sequences: StepSequence[], total: number) {
+    const headDim = this.config.hidden_size / this.config.num_attention_heads;
+    const cos = new Float32Array(total * headDim);
+    const sin = new Float32Array(total * headDim);
+    for (const s of sequences) {
+      const r = this.rotary(s.cache.length, s.n);
+      cos.set(r.cos.data as Float32Array, s.row * headDim);
+      sin.set(r.sin.data as Float32Array, s.row * headDim);
+    }
+    return { cos: new ort.Tensor('float32', cos, [total, 1, headDim]), sin: new ort.Tensor('float32', sin, [total, 1, headDim]) };
+  }
+
   private rotary(start: number, n: number) {
     const headDim = this.config.hidden_size / this.config.num_attention_heads;
     const half = headDim / 2;
@@ -185,5 +294,30 @@ export class MoeModel {
       }
     }
     return { cos: new ort.Tensor('float32', cos, [n, 1, headDim]), sin: new ort.Tensor('float32', sin, [n, 1, headDim]) };
+  }
+}
+
+/** x = x + attention(x) for one step, layer by layer; done() releases the step's buffers. */
+interface StepAttention {
+  run(layer: number, x: Float32Array): Promise<{ h: Float32Array; moeInput: Float32Array }>;
+  done(): void;
+}
+
+/** The group's rows of a packed [N, d] array, sequences back to back in group order. */
+function packRows(x: Float32Array, group: AttentionGroup, d: number): Float32Array {
+  const out = new Float32Array(group.tokens * d);
+  let at = 0;
+  for (const s of group.members) {
+    out.set(x.subarray(s.row * d, (s.row + s.n) * d), at * d);
+    at += s.n;
+  }
+  return out;
+}
+
+function unpackRows(from: Float32Array, into: Float32Array, group: AttentionGroup, d: number): void {
+  let at = 0;
+  for (const s of group.members) {
+    into.set(from.subarray(at * d, (at + s.n) * d), s.row * d);
+    at += s.n;
   }
 }

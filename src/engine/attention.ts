@@ -1,0 +1,200 @@
+/**
+ * Batched attention: one step's sequences (prefill chunks and decode tokens mixed) in two ONNX runs per layer
+ * instead of one run per sequence.
+ *
+ *   1. projection (all of the step's tokens, packed [N, d]): input norm, q/k/v, q/k norms, rotary.
+ *   2. the new k/v rows are appended to each sequence's KvCache (rows p..p+n), then per *group* of sequences
+ *      one core run: each sequence's keys/values rows 0..p+n padded with zeros to the group's Tk, its queries
+ *      padded to the group's Tn, an additive mask [B, Tn, Tk] (0 or -inf) for causality and padding; then the
+ *      output projection, residual and post-attention norm on the packed tokens.
+ *
+ * Why a sequence's numbers do not depend on its batch: every reduction runs along a row of its own — q·k over the
+ * head dimension; the softmax over its keys 0..p+n in the same positions as alone, followed only by -inf
+ * entries (exp → 0) in place of the causal -inf tail it has alone; p·v over its own rows followed by zero rows
+ * (0 · 0 adds nothing). The per-sequence path is kept (`attentionGraph`) as the reference the tests compare with.
+ *
+ * Groups: decode tokens (n = 1) form one group; prefill chunks join a group while padding stays cheap (see
+ * `groupSequences`), so a step is usually 1–2 core runs per layer.
+ */
+import ort from 'onnxruntime-node';
+import { GraphBuilder } from './onnx/builder.ts';
+import { tensorNames, type ModelConfig } from './package.ts';
+import type { KvCache } from './kv-cache.ts';
+import type { Weights } from './trunk-graphs.ts';
+
+/**
+ * Projection graph. Inputs: x [N, d] (the residual stream, packed tokens), cos/sin [N, 1, head_dim] (each token's
+ * own position). Outputs: q, k [N, d] (normed, after rotary), v [N, d].
+ */
+export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+  const d = c.hidden_size;
+  const heads = c.num_attention_heads;
+  const headDim = d / heads;
+  const t = tensorNames.layer(layer);
+  const g = new GraphBuilder(`projection_${layer}`);
+  const x = g.input('x', ['tokens', d]);
+  const cos = g.input('cos', ['tokens', 1, headDim]);
+  const sin = g.input('sin', ['tokens', 1, headDim]);
+  const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
+  const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
+  const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), d, d), g.weight('k_norm', w(t.kNorm), [d]), c.rms_norm_eps);
+  const v = g.linear(xn, 'v_proj', w(t.v), d, d);
+  const half = headDim / 2;
+  // NeoX rotary over each head, as in attentionGraph: x·cos + rotate_half(x)·sin.
+  const rope = (value: string) => {
+    const byHead = g.op('Reshape', [value, g.int64s([-1, heads, headDim])]);
+    const first = g.op('Slice', [byHead, g.int64s([0]), g.int64s([half]), g.int64s([-1])]);
+    const second = g.op('Slice', [byHead, g.int64s([half]), g.int64s([headDim]), g.int64s([-1])]);
+    const rotated = g.op('Concat', [g.op('Neg', [second]), first], { axis: -1 });
+    return g.op('Reshape', [g.op('Add', [g.op('Mul', [byHead, cos]), g.op('Mul', [rotated, sin])]), g.int64s([-1, d])]);
+  };
+  g.output(rope(q), 'q', ['tokens', d]);
+  g.output(rope(k), 'k', ['tokens', d]);
+  g.output(v, 'v', ['tokens', d]);
+  return g.toBytes();
+}
+
+/**
+ * Core graph for one group of B sequences. Inputs:
+ *   x [G, d]            the group's tokens' residual stream (packed, sequences back to back)
+ *   q [G, d]            their queries (projection output rows)
+ *   q_index [B·Tn]      for each padded query slot, its row of q, or G for padding (a zero row)
+ *   out_index [G]       for each token, its padded slot b·Tn + i
+ *   keys, values [B, Tk, d]  each sequence's cached rows 0..p+n (new ones included), zero beyond
+ *   mask [B, Tn, Tk]    0 where a query may look, -inf elsewhere
+ * Outputs: h = x + o_proj(attention) and moe_input = post_attention_layernorm(h), both [G, d].
+ */
+export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+  const d = c.hidden_size;
+  const heads = c.num_attention_heads;
+  const headDim = d / heads;
+  const t = tensorNames.layer(layer);
+  const g = new GraphBuilder(`attention_core_${layer}`);
+  const x = g.input('x', ['tokens', d]);
+  const q = g.input('q', ['tokens', d]);
+  const qIndex = g.input('q_index', ['slots'], 'int64');
+  const outIndex = g.input('out_index', ['tokens'], 'int64');
+  const keys = g.input('keys', ['batch', 'keys', d]);
+  const values = g.input('values', ['batch', 'keys', d]);
+  const mask = g.input('mask', ['batch', 'queries', 'keys']);
+
+  const shape = g.op('Shape', [mask]); // [B, Tn, Tk]
+  const batchQueries = g.op('Slice', [shape, g.int64s([0]), g.int64s([2])]); // [B, Tn]
+  const zeroRow = g.weight('zero_row', new Float32Array(d), [1, d]);
+  const padded = g.op('Gather', [g.op('Concat', [q, zeroRow], { axis: 0 }), qIndex], { axis: 0 }); // [B·Tn, d]
+  // [B, Tn, heads, head_dim] → [B, heads, Tn, head_dim]
+  const qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
+  const byHead = (value: string) => g.op('Reshape', [value, g.int64s([0, 0, heads, headDim])]); // [B, Tk, heads, head_dim]
+  const kT = g.op('Transpose', [byHead(keys)], { perm: [0, 2, 3, 1] }); // [B, heads, head_dim, Tk]
+  const vh = g.op('Transpose', [byHead(values)], { perm: [0, 2, 1, 3] }); // [B, heads, Tk, head_dim]
+  const scores = g.op('Add', [
+    g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]),
+    g.op('Unsqueeze', [mask, g.int64s([1])]),
+  ]);
+  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), vh]); // [B, heads, Tn, head_dim]
+  const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
+  const rows = g.op('Gather', [merged, outIndex], { axis: 0 }); // [G, d]
+  const h = g.op('Add', [x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
+  const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
+  g.output(h, 'h', ['tokens', d]); // output() renames h in the nodes already added: add its users first
+  g.output(moeInput, 'moe_input', ['tokens', d]);
+  return g.toBytes();
+}
+
+/** One sequence of a step: its cache (length = p, the past) and how many new tokens it brings (n). */
+export interface StepSequence {
+  cache: KvCache;
+  /** First packed token row of this sequence in the step. */
+  row: number;
+  n: number;
+}
+
+/** A group of sequences sharing one core run, and the per-step tensors it needs (the same at every layer). */
+export interface AttentionGroup {
+  members: StepSequence[];
+  /** Tokens of the group, G; maxNew = Tn, keys = Tk. */
+  tokens: number;
+  maxNew: number;
+  keys: number;
+  /** Whether the group's tokens are rows 0..G of the step in order (no gather or scatter of x and outputs). */
+  wholeStep: boolean;
+  qIndex: ort.Tensor;
+  outIndex: ort.Tensor;
+  mask: ort.Tensor;
+}
+
+/**
+ * Splits a step's sequences into core runs. Decode tokens (n = 1) form one group; longer chunks are added to a
+ * group, in order of size, while the padded work B·Tn·Tk stays within twice the useful work (plus a small slack so
+ * tiny chunks share a run): padding costs compute, an extra run costs tens of µs of fixed overhead.
+ */
+export function groupSequences(sequences: StepSequence[]): StepSequence[][] {
+  const cost = (s: StepSequence) => s.n * (s.cache.length + s.n);
+  const decode = sequences.filter((s) => s.n === 1);
+  const chunks = sequences.filter((s) => s.n > 1).sort((a, b) => a.n - b.n || a.cache.length - b.cache.length);
+  const groups: StepSequence[][] = decode.length > 0 ? [decode] : [];
+  let current: StepSequence[] = [];
+  let useful = 0;
+  for (const s of chunks) {
+    const members = [...current, s];
+    const maxNew = Math.max(...members.map((m) => m.n));
+    const maxKeys = Math.max(...members.map((m) => m.cache.length + m.n));
+    if (current.length > 0 && members.length * maxNew * maxKeys > 2 * (useful + cost(s)) + 4096) {
+      groups.push(current);
+      current = [s];
+      useful = cost(s);
+    } else {
+      current = members;
+      useful += cost(s);
+    }
+  }
+  if (current.length > 0) groups.push(current);
+  return groups;
+}
+
+/** Index tensors and the mask of a group (built once per step, before the first layer). */
+export function planGroup(members: StepSequence[], stepTokens: number): AttentionGroup {
+  const maxNew = Math.max(...members.map((s) => s.n));
+  const keys = Math.max(...members.map((s) => s.cache.length + s.n));
+  const tokens = members.reduce((a, s) => a + s.n, 0);
+  const qIndex = new BigInt64Array(members.length * maxNew).fill(BigInt(tokens));
+  const outIndex = new BigInt64Array(tokens);
+  const mask = new Float32Array(members.length * maxNew * keys).fill(-Infinity);
+  let at = 0;
+  let wholeStep = tokens === stepTokens;
+  members.forEach((s, b) => {
+    if (s.row !== at) wholeStep = false;
+    const past = s.cache.length;
+    for (let i = 0; i < s.n; i++) {
+      qIndex[b * maxNew + i] = BigInt(at + i);
+      outIndex[at + i] = BigInt(b * maxNew + i);
+      // Query i sees positions 0..p+i; the rest of its row (later new tokens, padding) stays -inf.
+      mask.fill(0, (b * maxNew + i) * keys, (b * maxNew + i) * keys + past + i + 1);
+    }
+    // Padded query slots see position 0 only, so that their (discarded) softmax rows stay finite.
+    for (let i = s.n; i < maxNew; i++) mask[(b * maxNew + i) * keys] = 0;
+    at += s.n;
+  });
+  return {
+    members, tokens, maxNew, keys, wholeStep,
+    qIndex: new ort.Tensor('int64', qIndex, [qIndex.length]),
+    outIndex: new ort.Tensor('int64', outIndex, [tokens]),
+    mask: new ort.Tensor('float32', mask, [members.length, maxNew, keys]),
+  };
+}
+
+/**
+ * Copies each member's cached rows 0..p+n of `layer` (keys or values) into `into` as [B, Tk, d], zeros beyond.
+ * This is the O(B·Tk·d) gather per layer and step that a padded layout costs (bench/trunk.ts measures it).
+ */
+export function gatherPadded(group: AttentionGroup, layer: number, d: number, into: Float32Array, which: 'keys' | 'values'): Float32Array {
+  const stride = group.keys * d;
+  const out = into.subarray(0, group.members.length * stride);
+  group.members.forEach((s, b) => {
+    const valid = (s.cache.length + s.n) * d;
+    const source = which === 'keys' ? s.cache.keys[layer] : s.cache.values[layer];
+    out.set(source.subarray(0, valid), b * stride);
+    if (valid < stride) out.fill(0, b * stride + valid, (b + 1) * stride);
+  });
+  return out;
+}
