@@ -58,6 +58,11 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** openai only: the model id to send; default: the first one GET /v1/models lists. */
   model?: string;
+  /**
+   * Send `ignore_eos: true` (all three APIs accept it), so every request generates exactly its max tokens and two
+   * servers do equal work whatever their EOS behaviour.
+   */
+  ignoreEos?: boolean;
 }
 
 /** A non-2xx response. */
@@ -138,7 +143,7 @@ interface Decoded {
 interface ApiSpec {
   streamPath: string;
   completePath: string;
-  body(prompt: string, maxTokens: number, stream: boolean, model: string | undefined): unknown;
+  body(prompt: string, maxTokens: number, stream: boolean, model: string | undefined, ignoreEos: boolean): unknown;
   decode(data: string): Decoded;
   completion(json: Record<string, unknown>): Completion;
 }
@@ -147,9 +152,9 @@ const SPECS: Record<ApiKind, ApiSpec> = {
   tgi: {
     streamPath: '/generate_stream',
     completePath: '/generate',
-    body: (prompt, maxTokens, stream) => ({
+    body: (prompt, maxTokens, stream, _model, ignoreEos) => ({
       inputs: prompt,
-      parameters: { max_new_tokens: maxTokens, do_sample: false, ...(stream ? {} : { details: true }) },
+      parameters: { max_new_tokens: maxTokens, do_sample: false, ...(stream ? {} : { details: true }), ...(ignoreEos ? { ignore_eos: true } : {}) },
     }),
     decode(data) {
       const json = parseJson(data, 'a /generate_stream event');
@@ -177,13 +182,14 @@ const SPECS: Record<ApiKind, ApiSpec> = {
     streamPath: '/v1/completions',
     completePath: '/v1/completions',
     // include_usage: a last chunk with usage (and no choices), so the token-event count can be checked.
-    body: (prompt, maxTokens, stream, model) => ({
+    body: (prompt, maxTokens, stream, model, ignoreEos) => ({
       model,
       prompt,
       max_tokens: maxTokens,
       temperature: 0,
       stream,
       ...(stream ? { stream_options: { include_usage: true } } : {}),
+      ...(ignoreEos ? { ignore_eos: true } : {}),
     }),
     decode(data) {
       if (data.trim() === '[DONE]') return { done: true };
@@ -213,7 +219,9 @@ const SPECS: Record<ApiKind, ApiSpec> = {
   llamacpp: {
     streamPath: '/completion',
     completePath: '/completion',
-    body: (prompt, maxTokens, stream) => ({ prompt, n_predict: maxTokens, temperature: 0, stream, cache_prompt: false }),
+    body: (prompt, maxTokens, stream, _model, ignoreEos) => ({
+      prompt, n_predict: maxTokens, temperature: 0, stream, cache_prompt: false, ...(ignoreEos ? { ignore_eos: true } : {}),
+    }),
     decode(data) {
       const json = parseJson(data, 'a /completion event');
       if (json.error !== undefined && json.error !== null) {
@@ -261,6 +269,7 @@ export async function firstModelId(url: string, timeoutMs: number, signal?: Abor
 export async function createClient(api: ApiKind, url: string, options: ClientOptions = {}): Promise<Client> {
   const base = url.replace(/\/+$/, '');
   const timeoutMs = options.timeoutMs ?? 60_000;
+  const ignoreEos = options.ignoreEos ?? false;
   const spec = SPECS[api];
   const model = api === 'openai' ? (options.model ?? (await firstModelId(base, timeoutMs))) : undefined;
 
@@ -273,7 +282,7 @@ export async function createClient(api: ApiKind, url: string, options: ClientOpt
       const sig = deadline(timeoutMs, signal);
       const result: StreamSummary = { reportedTokens: null, finishReason: null };
       try {
-        const res = await post(endpoint, spec.body(prompt, maxTokens, true, model), sig, 'text/event-stream');
+        const res = await post(endpoint, spec.body(prompt, maxTokens, true, model, ignoreEos), sig, 'text/event-stream');
         if (!res.body) throw new Error(`${endpoint} sent no body`);
         let count = 0;
         for await (const ev of parseSse(readChunks(res.body))) {
@@ -302,7 +311,7 @@ export async function createClient(api: ApiKind, url: string, options: ClientOpt
   const complete = async (prompt: string, maxTokens: number, signal?: AbortSignal): Promise<Completion> => {
     const endpoint = base + spec.completePath;
     try {
-      const res = await post(endpoint, spec.body(prompt, maxTokens, false, model), deadline(timeoutMs, signal), 'application/json');
+      const res = await post(endpoint, spec.body(prompt, maxTokens, false, model, ignoreEos), deadline(timeoutMs, signal), 'application/json');
       return spec.completion(parseJson(await res.text(), `the response of ${endpoint}`));
     } catch (err) {
       throw explain(err, endpoint, timeoutMs);
