@@ -45,6 +45,8 @@ Options:
   --prompts FILE      JSON array of prompts (default: the built-in short English prompts)
   --timeout-s S       hard limit per request (default 120)
   --threads T         llama-server -t and the gateway's expert workers (default: this machine's cores)
+  --peer-threads T    llama-server -t only (default: --threads); on a machine busy with other work, llama.cpp's
+                      spinning thread barrier can collapse with -t = cores (say so when you use this)
   --peer PATH         llama-server binary (default ../shared/peer/llama-server)
   --no-peer           the gateway alone
   --profile           instead: where a step's time goes at each level's batch size (gateway in this process)
@@ -151,9 +153,9 @@ class Peer {
     if (this.proc && this.client && this.parallel === parallel && this.proc.child.exitCode === null) return this.client;
     await this.stop();
     const port = await freePort();
-    const args = ['-m', this.gguf, '--host', '127.0.0.1', '--port', String(port), '-t', String(this.opts.threads),
+    const args = ['-m', this.gguf, '--host', '127.0.0.1', '--port', String(port), '-t', String(this.opts.peerThreads),
       '--parallel', String(parallel), '-c', String(CONTEXT * parallel)];
-    process.stderr.write(`starting llama-server --parallel ${parallel} -c ${CONTEXT * parallel} -t ${this.opts.threads} on port ${port}\n`);
+    process.stderr.write(`starting llama-server --parallel ${parallel} -c ${CONTEXT * parallel} -t ${this.opts.peerThreads} on port ${port}\n`);
     this.proc = startProc('llama-server', this.binary, args, path.join(this.tmp, 'llama-server.log'));
     this.parallel = parallel;
     const url = `http://127.0.0.1:${port}`;
@@ -199,7 +201,7 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
     execFileSync(process.execPath, [SWITCHYARD, 'convert-gguf', '--model', MODEL_DIR, '--out', gguf], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'], timeout: 300_000 });
     peer = new Peer(binary, gguf, tmp, opts);
     onCleanup(() => peer!.stop());
-    peerAbout = `llama-server ${peerVersion(binary)} (${path.relative(REPO, binary)}), GGUF F32 from switchyard convert-gguf, -t ${opts.threads}, --parallel per level (see rows), -c ${CONTEXT}×parallel, /completion with ignore_eos, cache_prompt false`;
+    peerAbout = `llama-server ${peerVersion(binary)} (${path.relative(REPO, binary)}), GGUF F32 from switchyard convert-gguf, -t ${opts.peerThreads}, --parallel per level (see rows), -c ${CONTEXT}×parallel, /completion with ignore_eos, cache_prompt false`;
   }
 
   const port = await freePort();
@@ -213,6 +215,7 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
   const ours = await createClient('tgi', oursUrl, { timeoutMs: opts.timeoutMs, ignoreEos: true });
   await warmUp([{ name: OURS, client: ours }], opts.prompts[0], 8, true, signal);
 
+  const loadBefore = os.loadavg();
   const results: LevelResult[] = [];
   for (const clients of opts.levels) {
     const requests = opts.requestsFor(clients);
@@ -240,6 +243,7 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
   notes.push('Ratios are only computed within this one run: the servers alternate run by run (peer, ours, peer, …) so drift hits both alike. ' +
     `On a small machine (${os.cpus().length} cores) shared with other work the absolute numbers are noisy; compare ratios, not absolute numbers across sections.`);
   if (!peer) notes.push('no llama-server: the gateway alone, no ratios.');
+  if (peer && opts.peerThreads !== opts.threads) notes.push(`llama-server ran with -t ${opts.peerThreads}, the gateway with ${opts.threads} expert workers (not equal threads; --peer-threads).`);
   if (signal.aborted) notes.push('interrupted before the end: incomplete levels are missing or based on fewer repeats.');
   publish(body, notes, opts.record && {
     title: 'side by side with llama.cpp', label: opts.label, command: commandLine('bench/peer.ts'),
@@ -247,6 +251,7 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
       ['ours', `switchyard serve --config config/bench-no-cache.json (caches off) --workers ${opts.threads}, /generate_stream with ignore_eos`],
       ['peer', peerAbout],
       ['load', `${opts.maxTokens} new tokens (ignore_eos), greedy, streamed, prompts: ${opts.promptsFrom} (${opts.prompts.length}), ${opts.repeats} repeats interleaved`],
+      ['machine load', `load average (1 min) ${loadBefore[0].toFixed(1)} at the start, ${os.loadavg()[0].toFixed(1)} at the end (other work on the machine)`],
     ],
   });
   return results.some((r) => r.metrics.ok > 0) ? 0 : 1;
@@ -339,7 +344,10 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   ];
   publish(body, notes, opts.record && {
     title: 'step profile', label: opts.label, command: commandLine('bench/peer.ts'),
-    facts: [['gateway', `in-process, config/bench-no-cache.json (caches off), ${opts.threads} expert workers, trunk threads ${config.onnx.trunkThreads}`]],
+    facts: [
+      ['gateway', `in-process, config/bench-no-cache.json (caches off), ${opts.threads} expert workers, trunk threads ${config.onnx.trunkThreads}`],
+      ['machine load', `load average (1 min) ${os.loadavg()[0].toFixed(1)} at the end (other work on the machine)`],
+    ],
   });
   return 0;
 }

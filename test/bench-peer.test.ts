@@ -37,7 +37,8 @@ describe('parsePeerArgs', () => {
 
   it('reads the flags and rejects bad ones', () => {
     const o = parsePeerArgs(['--clients', '2,16', '--requests', '5', '--repeats', '4', '--threads', '3', '--profile', '--no-record'], 2)!;
-    expect(o).toMatchObject({ levels: [2, 16], repeats: 4, threads: 3, profile: true, record: false });
+    expect(o).toMatchObject({ levels: [2, 16], repeats: 4, threads: 3, peerThreads: 3, profile: true, record: false });
+    expect(parsePeerArgs(['--peer-threads', '1'], 2)).toMatchObject({ threads: 2, peerThreads: 1 });
     expect(o.requestsFor(16)).toBe(5);
     expect(parsePeerArgs(['--help'], 2)).toBeNull();
     expect(() => parsePeerArgs(['--clients', '0'], 2)).toThrow(UsageError);
