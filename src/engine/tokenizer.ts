@@ -7,6 +7,7 @@ export class TextCodec {
 
   constructor(tokenizerJson: object, tokenizerConfig: object) {
     this.tokenizer = new Tokenizer(tokenizerJson as never, tokenizerConfig as never);
+    limitWordCache(this.tokenizer);
     const added = (tokenizerJson as { added_tokens?: Array<{ id: number; special?: boolean }> }).added_tokens ?? [];
     this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
   }
@@ -30,6 +31,17 @@ export class TextCodec {
     if (ids.length === 0) return '';
     return this.tokenizer.decode(ids as number[], { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
+}
+
+/**
+ * The BPE model caches the pieces of every pre-tokenized word shorter than 256 characters, 10,000 words at most. The
+ * byte-level pre-tokenizer here leaves a whole prompt as one word, so the cache kept the last 10,000 prompts (about
+ * 3 KB each, some 33 MB) long after their requests. Words of up to 32 characters are still cached: that is where a
+ * cache pays (tokenizers whose pre-tokenizer splits text into words); longer ones are rarely seen twice.
+ */
+function limitWordCache(tokenizer: Tokenizer): void {
+  const model = (tokenizer as unknown as { model?: { max_length_to_cache?: unknown } }).model;
+  if (typeof model?.max_length_to_cache === 'number') model.max_length_to_cache = Math.min(model.max_length_to_cache, 32);
 }
 
 /**
