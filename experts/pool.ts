@@ -1,7 +1,11 @@
 /**
  * The expert pool: one Piscina-managed thread per worker shard, each holding the experts its placement gives
- * it. A layer's dispatch plan becomes at most one task per worker; each worker runs its experts' batches and
- * sends the outputs back as transferred buffers.
+ * it. A layer's dispatch plan becomes at most one batch per worker; each worker runs its experts' batches. With
+ * `channel: 'shared-memory'` (default) a batch goes through the worker's SharedArrayBuffer channel (channel.ts: rows
+ * written in place, Atomics to wake either side, no message per layer); with 'tasks' it is a Piscina task whose
+ * input and output travel as transferred buffers. Load, unload, stats and fault always go as Piscina tasks; the
+ * worker runs those and channel batches one at a time. A channel batch whose thread dies is cancelled (workerDestroy)
+ * and runs again on the replacement, which is handed the channel again first.
  *
  * Live placement changes (applyPlacement), in this order, so that no step ever finds an expert missing:
  *   1. start shards for new workers (they load their experts while starting) and send `load` tasks to existing
@@ -25,9 +29,10 @@ import { log } from '../src/log.ts';
 import { assignBatches, expertsOfWorker, MIN_SPLIT_ROWS, type ExpertKey, type Placement } from '../src/placement/placement.ts';
 import type { DispatchPlan } from '../router/dispatch.ts';
 import { gatherRows } from '../router/dispatch.ts';
+import { ChannelView } from './channel.ts';
 import type { KernelSettings } from './kernels/types.ts';
 import {
-  createHosting, expertKey, readHosting, writeHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask,
+  createHosting, expertKey, type ExpertItem, readHosting, writeHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask,
 } from './protocol.ts';
 
 const WORKER_BOOTSTRAP = new URL('./worker.mjs', import.meta.url).href;
@@ -51,7 +56,23 @@ export interface PoolOptions {
   /** A replicated expert's batch is split over its hosts only in parts of at least this many rows (default 32). */
   minSplitRows?: number;
   onError?: (error: Error) => void;
+  /**
+   * How layer batches reach the workers (config experts.channel): 'shared-memory' (channel.ts, no message per
+   * layer) or 'tasks' (one Piscina task per worker per layer). Default DEFAULT_CHANNEL.
+   */
+  channel?: ChannelMode;
+  /** µs each side spins before waiting on the channel (bench/dispatch.ts tunes these); default DEFAULT_SPIN. */
+  channelSpin?: ChannelSpin;
 }
+
+export type ChannelMode = 'shared-memory' | 'tasks';
+export const DEFAULT_CHANNEL: ChannelMode = 'shared-memory';
+/** mainUs: the pool's wait for a batch; workerUs: the worker's wait for the next batch. */
+export interface ChannelSpin {
+  mainUs: number;
+  workerUs: number;
+}
+export const DEFAULT_SPIN: ChannelSpin = { mainUs: 0, workerUs: 0 };
 
 /** What happened to one expert batch (or, for a replicated expert, one part of it) of a layer. */
 export interface BatchOutcome {
@@ -129,12 +150,21 @@ class Shard {
    */
   private stalled = rejector();
 
+  /** The shared-memory channel (null until first used, or in 'tasks' mode), and `lost` when it was attached. */
+  private channel: ChannelView | null = null;
+  private attachedLost = -1;
+  private channelTail: Promise<unknown> = Promise.resolve();
+  /** Cancels the channel batch being awaited, when the thread dies. */
+  private readonly channelWaiters = new Set<() => void>();
+
   constructor(
     readonly id: number,
     private readonly piscina: Piscina,
     private readonly hosting: NonNullable<WorkerSetup['hosting']>,
     private readonly onRestart: (event: WorkerRestart) => void,
-    onError?: (error: Error) => void,
+    onError: ((error: Error) => void) | undefined,
+    private readonly hidden: number,
+    private readonly spin: ChannelSpin,
   ) {
     piscina.on('workerCreate', () => this.threadStarted());
     piscina.on('workerDestroy', () => this.threadGone());
@@ -158,15 +188,79 @@ class Shard {
    * failure (as `cause`).
    */
   async run<T>(make: Submission | (() => Submission), retry = true): Promise<T> {
+    return this.withRetries((make as Submission).task?.kind ?? 'run', () => {
+      const { task, transferList } = typeof make === 'function' ? make() : make;
+      return this.attempt<T>(task, transferList);
+    }, retry);
+  }
+
+  /**
+   * Runs one layer batch over the shared-memory channel (channel.ts), with run()'s retries: `fill` writes the rows
+   * (items back to back) into the channel's input, and is called again for each attempt. Resolves with the outputs
+   * copied out of the channel ([Σ tokens, hidden], item order). One batch at a time per worker: concurrent callers
+   * queue here (the scheduler awaits each layer, so normally there is no queue).
+   */
+  runChannel(items: ExpertItem[], fill: (input: Float32Array) => void): Promise<RunResult> {
+    const floats = items.reduce((n, item) => n + item.tokens, 0) * this.hidden;
+    this.inflight++; // counted while queued too, so close() waits for it
+    const queued = this.channelTail.then(() => this.withRetries('run', () => this.channelAttempt(items, floats, fill), true));
+    this.channelTail = queued.catch(() => undefined);
+    return queued.finally(() => this.settled());
+  }
+
+  private async channelAttempt(items: ExpertItem[], floats: number, fill: (input: Float32Array) => void): Promise<RunResult> {
+    let view = this.channel;
+    if (!view || view.setup.capacity < floats || view.setup.maxItems < items.length) {
+      // Grow: a fresh buffer (at least double, so growth is rare), handed to the thread in a Piscina task. The old
+      // loop is told to stop first; no batch is in flight (runChannel serializes).
+      const capacity = Math.max(floats, (view?.setup.capacity ?? 0) * 2, this.hidden * 8);
+      const maxItems = Math.max(items.length, view?.setup.maxItems ?? 0, 64);
+      view?.stop();
+      view = ChannelView.create(capacity, maxItems, this.spin.workerUs);
+      this.channel = view;
+      this.attachedLost = -1;
+    }
+    if (this.attachedLost !== this.lost) {
+      // First use, a new buffer, or the thread that served it died: (re)attach it to the current thread.
+      const lostBefore = this.lost;
+      await this.attempt({ kind: 'channel', channel: view.setup });
+      this.attachedLost = lostBefore;
+      if (this.lost !== lostBefore) throw new Error(`worker ${this.id}: thread died while taking the channel`);
+    }
+    const seq = view.post(items, fill);
+    const lostAtPost = this.lost;
+    const waiting = view;
+    const cancel = { error: null as Error | null };
+    const waiter = () => {
+      cancel.error = new Error(`worker ${this.id}: thread died during a channel batch`);
+      waiting.wake();
+    };
+    this.channelWaiters.add(waiter);
+    try {
+      // A death between post and here has already bumped `lost` (events run between tasks, not inside this code).
+      await view.awaitDone(seq, this.spin.mainUs, () => cancel.error ?? (this.lost !== lostAtPost ? new Error(`worker ${this.id}: thread died`) : null));
+    } finally {
+      this.channelWaiters.delete(waiter);
+    }
+    const result = view.result();
+    if ('error' in result) throw new Error(result.error);
+    return { workerId: this.id, output: view.output.slice(0, floats), computeMs: result.computeMs, residency: result.residency };
+  }
+
+  /**
+   * Runs `once` and resolves with its answer. If the thread dies meanwhile, it runs again (on the replacement); if it
+   * throws, it runs once more; at most MAX_TASK_RETRIES times in all. `retry: false` runs it once. Rejects with an
+   * Error naming the worker, the task kind, the attempts and the last failure (as `cause`).
+   */
+  private async withRetries<T>(kind: string, once: () => Promise<T>, retry: boolean): Promise<T> {
     this.inflight++;
     try {
       let died = 0;
       let threw = 0;
       for (;;) {
         const lostBefore = this.lost;
-        const { task, transferList } = typeof make === 'function' ? make() : make;
         try {
-          const result = await this.attempt<T>(task, transferList);
+          const result = await once();
           this.threadReady = true;
           return result;
         } catch (error) {
@@ -176,17 +270,21 @@ class Shard {
           const message = (error as Error)?.message ?? String(error);
           if (!retry || this.closing || died + threw > MAX_TASK_RETRIES || threw > MAX_RETRIES_AFTER_THROW) {
             const attempts = died + threw;
-            throw new Error(`expert worker ${this.id}: ${task.kind} task failed ${attempts === 1 ? 'once' : `${attempts} times`} `
+            throw new Error(`expert worker ${this.id}: ${kind} task failed ${attempts === 1 ? 'once' : `${attempts} times`} `
               + `(thread died ${died}, task threw ${threw}); last: ${message}`, { cause: error });
           }
           log.warn('expert task failed; running it again', {
-            worker: this.id, task: task.kind, attempt: died + threw, reason: lostThread ? 'thread died' : 'task threw', error: message,
+            worker: this.id, task: kind, attempt: died + threw, reason: lostThread ? 'thread died' : 'task threw', error: message,
           });
         }
       }
     } finally {
-      if (--this.inflight === 0) for (const wake of this.waiters.splice(0)) wake();
+      this.settled();
     }
+  }
+
+  private settled(): void {
+    if (--this.inflight === 0) for (const wake of this.waiters.splice(0)) wake();
   }
 
   private attempt<T>(task: WorkerTask, transferList?: ArrayBuffer[]): Promise<T> {
@@ -210,6 +308,7 @@ class Shard {
   private threadGone(): void {
     if (this.closing) return;
     this.lost++;
+    for (const cancel of [...this.channelWaiters]) cancel();
     const started = this.threadReady;
     this.threadReady = false;
     if (started) {
@@ -266,8 +365,10 @@ export class ExpertPool {
   private changing: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly restartListeners = new Set<(event: WorkerRestart) => void>();
+  private readonly channelMode: ChannelMode;
 
   private constructor(private readonly options: PoolOptions) {
+    this.channelMode = options.channel ?? DEFAULT_CHANNEL;
     this.current = options.placement;
     this.shards = Array.from({ length: options.placement.workers }, (_, w) => this.startShard(w, expertsOfWorker(options.placement, w)));
     this.resident = this.shards.map((_, w) => new Set(expertsOfWorker(options.placement, w).map((k) => expertKey(k.layer, k.expert))));
@@ -357,7 +458,17 @@ export class ExpertPool {
         return { task: { kind: 'run', input, items } satisfies WorkerTask, transferList: [input.buffer as ArrayBuffer] };
       };
       const submitted = performance.now();
-      const result = await shards[worker].run<RunResult>(makeTask);
+      const result = this.channelMode === 'shared-memory'
+        ? await shards[worker].runChannel(items, (input) => {
+          let at = 0;
+          for (const p of mine) {
+            for (const row of p.rows) {
+              input.set(x.subarray(row * hidden, (row + 1) * hidden), at);
+              at += hidden;
+            }
+          }
+        })
+        : await shards[worker].run<RunResult>(makeTask);
       const roundTripMs = performance.now() - submitted;
       let offset = 0;
       for (const p of mine) {
@@ -498,8 +609,13 @@ export class ExpertPool {
     };
     // One thread per shard, kept for the pool's life: a shard is the unit that placement addresses. Piscina restarts
     // the thread if it dies (minThreads), with this workerData: `hosting` is shared memory, so it is current.
-    const piscina = new Piscina({ filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup });
-    return new Shard(workerId, piscina, setup.hosting!, (event) => this.restarted(event), options.onError);
+    // atomics 'disabled': in Piscina's default 'sync' mode an idle thread blocks in Atomics.wait for its next task,
+    // so the channel loop (which runs on the thread's event loop) would never run.
+    const piscina = new Piscina({
+      filename: WORKER_BOOTSTRAP, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1, workerData: setup,
+      ...(this.channelMode === 'shared-memory' ? { atomics: 'disabled' as const } : {}),
+    });
+    return new Shard(workerId, piscina, setup.hosting!, (event) => this.restarted(event), options.onError, options.hidden, options.channelSpin ?? DEFAULT_SPIN);
   }
 
   private restarted(event: WorkerRestart): void {

@@ -1,4 +1,5 @@
 /** Messages between the gateway and an expert worker. Activations travel as transferred Float32Arrays. */
+import type { ChannelSetup } from './channel.ts';
 import type { KernelReport, KernelSettings } from './kernels/types.ts';
 
 export interface WorkerSetup {
@@ -72,7 +73,17 @@ export interface WorkerFault {
   times?: number;
 }
 
-export type WorkerTask = RunTask | StatsTask | LoadTask | UnloadTask | FaultTask;
+/**
+ * Serve layer batches from this shared-memory channel (channel.ts) from now on, instead of any earlier one (the pool
+ * stops that first). Answers `{ workerId }`. Sent again after a thread restarts, and with a larger buffer when a
+ * batch does not fit.
+ */
+export interface ChannelTask {
+  kind: 'channel';
+  channel: ChannelSetup;
+}
+
+export type WorkerTask = RunTask | StatsTask | LoadTask | UnloadTask | FaultTask | ChannelTask;
 
 export interface ResidencyResult {
   workerId: number;

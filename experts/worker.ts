@@ -6,7 +6,8 @@
  * resident set while serving (live placement changes); the pool sends them only when it is safe. A thread that
  * Piscina starts to replace one that died reads the worker's current experts from `setup.hosting` (shared memory
  * the pool keeps up to date), so it hosts what the placement says now. `fault` tasks (tests only) make a later run
- * task throw or end the thread.
+ * task throw or end the thread. A `channel` task hands the thread a shared-memory channel (channel.ts): from then
+ * on it also serves layer batches posted there, on its own event loop, between Piscina tasks.
  */
 import { threadId, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -17,7 +18,8 @@ import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
 import { readExpertWeights } from './expert-weights.ts';
 import { selectKernel } from './kernels/select.ts';
 import { DEFAULT_KERNEL_SETTINGS, type ExpertKernel, type KernelReport } from './kernels/types.ts';
-import { expertKey, readHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
+import { ChannelView } from './channel.ts';
+import { expertKey, readHosting, type ResidencyResult, type RunResult, type ExpertItem, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
 type ExpertRef = WorkerSetup['experts'][number];
 interface Resident {
@@ -95,16 +97,16 @@ export async function initialize() {
     throw new Error(`worker ${setup.workerId}: injected fault`);
   }
 
-  async function run(task: Extract<WorkerTask, { kind: 'run' }>) {
+  /** Runs the items' batches from `input` into `output` (rows back to back, item order); returns compute ms. */
+  async function compute(items: ExpertItem[], input: Float32Array, output: Float32Array): Promise<number> {
     const started = performance.now();
-    const output = new Float32Array(task.input.length);
     let offset = 0;
-    for (const [i, item] of task.items.entries()) {
+    for (const [i, item] of items.entries()) {
       const key = expertKey(item.layer, item.expert);
       if (!hosted.has(key)) throw new Error(`worker ${setup.workerId} does not host expert ${key}`);
       const held = await ensureLoaded(item, true);
       const size = item.tokens * setup.hidden;
-      await held.kernel.run(task.input.subarray(offset, offset + size), item.tokens, output.subarray(offset, offset + size));
+      await held.kernel.run(input.subarray(offset, offset + size), item.tokens, output.subarray(offset, offset + size));
       if (i === 0) maybeFail(); // after the first batch: the task fails part-way through
       offset += size;
       const counter = (ran[key] ??= { tasks: 0, tokens: 0 });
@@ -113,8 +115,36 @@ export async function initialize() {
     }
     const computeMs = performance.now() - started;
     busyMs += computeMs;
+    return computeMs;
+  }
+
+  async function run(task: Extract<WorkerTask, { kind: 'run' }>) {
+    const output = new Float32Array(task.input.length);
+    const computeMs = await compute(task.items, task.input, output);
     const result: RunResult = { workerId: setup.workerId, output, computeMs, residency: { ...residency, thread: threadId } };
     return Piscina.move(transferable(result) as never);
+  }
+
+  // The shared-memory channel (channel.ts) this thread serves now, if any. Kernels get thread-local copies of the
+  // rows (scratch), not views of the shared buffer: native code is not promised to accept SharedArrayBuffer memory.
+  let channel: ChannelView | null = null;
+  let scratchIn = new Float32Array(0);
+  let scratchOut = new Float32Array(0);
+  function attach(task: Extract<WorkerTask, { kind: 'channel' }>): { workerId: number } {
+    const view = new ChannelView(task.channel);
+    channel = view;
+    void view.serve((items, input, output) => exclusive(async () => {
+      const floats = items.reduce((n, item) => n + item.tokens, 0) * setup.hidden;
+      if (scratchIn.length < floats) {
+        scratchIn = new Float32Array(floats);
+        scratchOut = new Float32Array(floats);
+      }
+      scratchIn.set(input.subarray(0, floats));
+      const computeMs = await compute(items, scratchIn.subarray(0, floats), scratchOut.subarray(0, floats));
+      output.set(scratchOut.subarray(0, floats));
+      return { computeMs, loads: residency.loads, evictions: residency.evictions, thread: threadId };
+    }), () => channel === view);
+    return { workerId: setup.workerId };
   }
 
   async function changeHosted(task: Extract<WorkerTask, { kind: 'load' | 'unload' }>): Promise<ResidencyResult> {
@@ -130,8 +160,20 @@ export async function initialize() {
     return { workerId: setup.workerId, resident: resident(), ms: performance.now() - started };
   }
 
-  return async (task: WorkerTask) => {
+  // Piscina tasks and channel batches share this thread's event loop: one at a time, so a load or an eviction never
+  // releases a kernel that a batch is running.
+  let tail: Promise<unknown> = Promise.resolve();
+  function exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const next = tail.then(fn);
+    tail = next.catch(() => undefined);
+    return next;
+  }
+
+  return (task: WorkerTask) => exclusive(() => handle(task));
+
+  async function handle(task: WorkerTask) {
     if (task.kind === 'run') return run(task);
+    if (task.kind === 'channel') return attach(task);
     if (task.kind === 'load' || task.kind === 'unload') return changeHosted(task);
     if (task.kind === 'fault') {
       fault = task.fault && { kind: task.fault.kind, skip: task.fault.afterRuns ?? 0, left: task.fault.times ?? 1 };
@@ -144,7 +186,7 @@ export async function initialize() {
       loaded: [...residents.keys()].sort(), residency: { ...residency, max: setup.maxResident ?? null },
     };
     return stats;
-  };
+  }
 }
 
 /** Wraps a result so that its output buffer is transferred, not copied, back to the gateway. */

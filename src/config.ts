@@ -62,6 +62,10 @@ const ExpertsSchema = z.strictObject({
     .nullable()
     .default(null)
     .describe('Most experts a worker keeps loaded; others it hosts are loaded on demand, least recently used released first. null keeps all.'),
+  channel: z
+    .enum(['shared-memory', 'tasks'])
+    .default('shared-memory')
+    .describe("How a layer's expert batches reach the workers: 'shared-memory' (SharedArrayBuffer + Atomics, no message per layer) or 'tasks' (one Piscina task per worker per layer)."),
 });
 
 const TelemetrySchema = z.strictObject({

@@ -58,6 +58,7 @@ export class Engine implements GenerationService {
       threadsPerWorker: config.onnx.expertThreads, executionProviders, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
+      channel: config.experts.channel,
       droppedExperts: [...pkg.droppedExperts],
     });
     for (const o of [observers].flat()) if (o.onWorkerRestart) pool.onWorkerRestart((event) => o.onWorkerRestart?.(event));
