@@ -13,7 +13,7 @@ import { performance } from 'node:perf_hooks';
 import { loadConfig, resolveWorkers, type Config } from '../src/config.ts';
 import { createClient, type ApiKind, type Client } from './clients.ts';
 import { intFlag, numberFlag, parseFlags, runCli, UsageError } from './cli-common.ts';
-import { commandLine, publish } from './record.ts';
+import { commandLine, gitCommit, publish } from './record.ts';
 import { DEFAULT_PROMPTS } from './run-load.ts';
 import type { FromGateway, ToGateway } from './soak-gateway.ts';
 import { loadLimits, loopbackOverrides } from './servers.ts';
@@ -212,6 +212,8 @@ async function main(opts: Options): Promise<number> {
     controller.abort();
   });
 
+  // The run is long and the checkout may move meanwhile: record the code the gateway started from.
+  const startCommit = gitCommit();
   process.stderr.write(`starting the gateway process (model ${config.model}, workers ${resolveWorkers(config)})\n`);
   const { gateway, url } = await GatewayProcess.start(config);
   try {
@@ -315,6 +317,7 @@ async function main(opts: Options): Promise<number> {
     publish([table, verdict], notes, opts.record && {
       title: 'soak', label: opts.label, command: commandLine('bench/soak.ts'),
       facts: [
+        ['gateway code', `commit ${startCommit} when the run started`],
         ['server', `child process (node --expose-gc), workers ${resolveWorkers(config)}, maxBatchSequences ${config.limits.maxBatchSequences}, `
           + `prefix cache ${fmt(config.cache.prefix.maxBytes / 2 ** 20, 0)} MiB, response cache ${config.cache.response.maxEntries} entries / ${fmt(config.cache.response.maxBytes / 2 ** 20, 0)} MiB`],
         ['load', `${opts.requests} greedy requests, ${opts.clients} clients, max ${opts.maxTokens} new tokens, mix ${opts.mix} (TGI and OpenAI routes), `
