@@ -8,10 +8,11 @@
  *      padded to the group's Tn, an additive mask [B, Tn, Tk] (0 or -inf) for causality and padding; then the
  *      output projection, residual and post-attention norm on the packed tokens.
  *
- * Why a sequence's numbers do not depend on its batch: every reduction runs along a row of its own — q·k over the
- * head dimension; the softmax over its keys 0..p+n in the same positions as alone, followed only by -inf
- * entries (exp → 0) in place of the causal -inf tail it has alone; p·v over its own rows followed by zero rows
- * (0 · 0 adds nothing). The per-sequence path is kept (`attentionGraph`) as the reference the tests compare with.
+ * Why a sequence's numbers do not depend on its batch (bit for bit; test/batched-attention.test.ts): every
+ * reduction runs along a row of its own — q·k over the head dimension; the softmax over its keys 0..p+n in the
+ * same positions as alone, followed only by -inf entries (exp → 0); p·v over its own rows followed by zero rows,
+ * with the key axis padded to a multiple of KEY_ALIGNMENT even alone, so the kernel's K tail is the same.
+ * The per-sequence path is kept (`attentionGraph`) as the reference the tests compare with.
  *
  * Groups: decode tokens (n = 1) form one group; prefill chunks join a group while padding stays cheap (see
  * `groupSequences`), so a step is usually 1–2 core runs per layer.
@@ -60,7 +61,7 @@ export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint
  *   q [G, d]            their queries (projection output rows)
  *   q_index [B·Tn]      for each padded query slot, its row of q, or G for padding (a zero row)
  *   out_index [G]       for each token, its padded slot b·Tn + i
- *   keys, values [B, Tk, d]  each sequence's cached rows 0..p+n (new ones included), zero beyond
+ *   keys, values [B, heads, Tk, head_dim]  each sequence's cached positions 0..p+n (new ones included), zero beyond
  *   mask [B, Tn, Tk]    0 where a query may look, -inf elsewhere
  * Outputs: h = x + o_proj(attention) and moe_input = post_attention_layernorm(h), both [G, d].
  */
@@ -74,8 +75,8 @@ export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): U
   const q = g.input('q', ['tokens', d]);
   const qIndex = g.input('q_index', ['slots'], 'int64');
   const outIndex = g.input('out_index', ['tokens'], 'int64');
-  const keys = g.input('keys', ['batch', 'keys', d]);
-  const values = g.input('values', ['batch', 'keys', d]);
+  const keys = g.input('keys', ['batch', heads, 'keys', headDim]);
+  const values = g.input('values', ['batch', heads, 'keys', headDim]);
   const mask = g.input('mask', ['batch', 'queries', 'keys']);
 
   const shape = g.op('Shape', [mask]); // [B, Tn, Tk]
@@ -84,14 +85,14 @@ export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): U
   const padded = g.op('Gather', [g.op('Concat', [q, zeroRow], { axis: 0 }), qIndex], { axis: 0 }); // [B·Tn, d]
   // [B, Tn, heads, head_dim] → [B, heads, Tn, head_dim]
   const qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
-  const byHead = (value: string) => g.op('Reshape', [value, g.int64s([0, 0, heads, headDim])]); // [B, Tk, heads, head_dim]
-  const kT = g.op('Transpose', [byHead(keys)], { perm: [0, 2, 3, 1] }); // [B, heads, head_dim, Tk]
-  const vh = g.op('Transpose', [byHead(values)], { perm: [0, 2, 1, 3] }); // [B, heads, Tk, head_dim]
+  // Keys and values arrive heads first (the cache's layout): the transpose of the keys' last two axes folds into
+  // the MatMul (onnxruntime's FusedMatMul transB), so nothing is re-laid out here.
+  const kT = g.op('Transpose', [keys], { perm: [0, 1, 3, 2] }); // [B, heads, head_dim, Tk]
   const scores = g.op('Add', [
     g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]),
     g.op('Unsqueeze', [mask, g.int64s([1])]),
   ]);
-  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), vh]); // [B, heads, Tn, head_dim]
+  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]); // [B, heads, Tn, head_dim]
   const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
   const rows = g.op('Gather', [merged, outIndex], { axis: 0 }); // [G, d]
   const h = g.op('Add', [x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
@@ -152,10 +153,22 @@ export function groupSequences(sequences: StepSequence[]): StepSequence[][] {
   return groups;
 }
 
+/**
+ * The key axis is always padded to a multiple of this, even for a sequence alone. Measured (onnxruntime 1.30 MLAS
+ * MatMul, p·v): with K a multiple of 4, appending zero rows leaves every output bit unchanged; with other K the
+ * kernel's tail handling changes the summation (e.g. K = 31 alone vs 151 padded differ in the last bit). 16 leaves
+ * room for wider kernels.
+ */
+export const KEY_ALIGNMENT = 16;
+
+function roundUp(n: number, multiple: number): number {
+  return Math.ceil(n / multiple) * multiple;
+}
+
 /** Index tensors and the mask of a group (built once per step, before the first layer). */
 export function planGroup(members: StepSequence[], stepTokens: number): AttentionGroup {
   const maxNew = Math.max(...members.map((s) => s.n));
-  const keys = Math.max(...members.map((s) => s.cache.length + s.n));
+  const keys = roundUp(Math.max(...members.map((s) => s.cache.length + s.n)), KEY_ALIGNMENT);
   const tokens = members.reduce((a, s) => a + s.n, 0);
   const qIndex = new BigInt64Array(members.length * maxNew).fill(BigInt(tokens));
   const outIndex = new BigInt64Array(tokens);
@@ -184,17 +197,13 @@ export function planGroup(members: StepSequence[], stepTokens: number): Attentio
 }
 
 /**
- * Copies each member's cached rows 0..p+n of `layer` (keys or values) into `into` as [B, Tk, d], zeros beyond.
- * This is the O(B·Tk·d) gather per layer and step that a padded layout costs (bench/trunk.ts measures it).
+ * Copies each member's cached positions 0..p+n of `layer` (keys or values) into `into` as [B, heads, Tk, head_dim],
+ * zeros beyond: one copy per sequence and head. This is the O(B·Tk·d) gather per layer and step that a padded
+ * batch costs (bench/trunk.ts measures it).
  */
 export function gatherPadded(group: AttentionGroup, layer: number, d: number, into: Float32Array, which: 'keys' | 'values'): Float32Array {
   const stride = group.keys * d;
   const out = into.subarray(0, group.members.length * stride);
-  group.members.forEach((s, b) => {
-    const valid = (s.cache.length + s.n) * d;
-    const source = which === 'keys' ? s.cache.keys[layer] : s.cache.values[layer];
-    out.set(source.subarray(0, valid), b * stride);
-    if (valid < stride) out.fill(0, b * stride + valid, (b + 1) * stride);
-  });
+  group.members.forEach((s, b) => s.cache.gather(layer, which, s.cache.length + s.n, out, b * stride, group.keys));
   return out;
 }

@@ -1,39 +1,101 @@
 /**
- * Per-sequence attention cache. For each layer, keys and values are stored position-major — row t holds
- * position t's heads side by side ([capacity, heads · head_dim]) — so the first `length` rows are one
- * contiguous block: the attention graph reads it without a copy, and a prefix of it is a prefix of the array.
+ * Per-sequence attention cache. For each layer, keys and values are stored head-major — [heads, capacity,
+ * head_dim], head h's positions one contiguous run — so that batched attention gathers a sequence's keys with one
+ * copy per head straight into the [B, heads, Tk, head_dim] layout its MatMuls read (a position-major cache needs a
+ * float-by-float transpose there: measured 3–4× slower at batch 32). Rows go in and out position-major
+ * ([n, heads · head_dim], heads side by side), as the graphs produce them and the prefix cache stores them.
  */
 export class KvCache {
   length = 0;
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
+  /** Positions each layer's arrays have room for. */
+  private readonly capacity: number[];
+  readonly headDim: number;
 
-  constructor(layers: number, readonly rowSize: number, capacity = 64) {
+  /** rowSize = heads · head_dim; heads = 1 makes the layout plain position-major. */
+  constructor(layers: number, readonly rowSize: number, capacity = 64, readonly heads = 1) {
+    this.headDim = rowSize / heads;
+    this.capacity = new Array<number>(layers).fill(capacity);
     this.keys = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
     this.values = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
   }
 
-  /** The valid rows of a layer, [length, rowSize], as views (no copy). */
+  /** The valid rows of a layer, position-major [length, rowSize] (copies). */
   past(layer: number): { keys: Float32Array; values: Float32Array } {
-    const end = this.length * this.rowSize;
-    return { keys: this.keys[layer].subarray(0, end), values: this.values[layer].subarray(0, end) };
+    return this.rows(layer, 0, this.length);
   }
 
-  /** Writes new rows for a layer after the valid ones; `length` advances once every layer has been written. */
+  /** Rows [from, to) of a layer, position-major [to − from, rowSize] (copies). */
+  rows(layer: number, from: number, to: number): { keys: Float32Array; values: Float32Array } {
+    return { keys: this.read(this.keys[layer], layer, from, to), values: this.read(this.values[layer], layer, from, to) };
+  }
+
+  /**
+   * Writes position-major rows [n, rowSize] for a layer after the valid ones; `length` advances once every layer
+   * has been written.
+   */
   write(layer: number, keys: Float32Array, values: Float32Array): void {
-    const at = this.length * this.rowSize;
-    const needed = at + keys.length;
-    if (needed > this.keys[layer].length) {
-      const grown = Math.max(needed, this.keys[layer].length * 2);
-      this.keys[layer] = copyInto(new Float32Array(grown), this.keys[layer], at);
-      this.values[layer] = copyInto(new Float32Array(grown), this.values[layer], at);
-    }
-    this.keys[layer].set(keys, at);
-    this.values[layer].set(values, at);
+    const n = keys.length / this.rowSize;
+    if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2));
+    this.put(this.keys[layer], layer, keys, n);
+    this.put(this.values[layer], layer, values, n);
   }
-}
 
-function copyInto(target: Float32Array, source: Float32Array, count: number): Float32Array {
-  target.set(source.subarray(0, count));
-  return target;
+  /**
+   * Copies a layer's first `count` positions into `out` at `offset` as [heads, stride, head_dim], zeros in
+   * positions count..stride (batched attention's padded [B, heads, Tk, head_dim] input).
+   */
+  gather(layer: number, which: 'keys' | 'values', count: number, out: Float32Array, offset: number, stride: number): void {
+    const source = which === 'keys' ? this.keys[layer] : this.values[layer];
+    const hd = this.headDim;
+    const cap = this.capacity[layer];
+    for (let h = 0; h < this.heads; h++) {
+      const at = offset + h * stride * hd;
+      out.set(source.subarray(h * cap * hd, (h * cap + count) * hd), at);
+      if (count < stride) out.fill(0, at + count * hd, at + stride * hd);
+    }
+  }
+
+  private put(target: Float32Array, layer: number, rows: Float32Array, n: number): void {
+    const hd = this.headDim;
+    const cap = this.capacity[layer];
+    if (this.heads === 1) {
+      target.set(rows, this.length * hd);
+      return;
+    }
+    for (let t = 0; t < n; t++) {
+      for (let h = 0; h < this.heads; h++) {
+        target.set(rows.subarray(t * this.rowSize + h * hd, t * this.rowSize + (h + 1) * hd), (h * cap + this.length + t) * hd);
+      }
+    }
+  }
+
+  private read(source: Float32Array, layer: number, from: number, to: number): Float32Array {
+    const hd = this.headDim;
+    const cap = this.capacity[layer];
+    const out = new Float32Array((to - from) * this.rowSize);
+    if (this.heads === 1) {
+      out.set(source.subarray(from * hd, to * hd));
+      return out;
+    }
+    for (let t = from; t < to; t++) {
+      for (let h = 0; h < this.heads; h++) {
+        out.set(source.subarray((h * cap + t) * hd, (h * cap + t + 1) * hd), (t - from) * this.rowSize + h * hd);
+      }
+    }
+    return out;
+  }
+
+  /** Re-lays a layer out with room for `capacity` positions, keeping its first `length` rows. */
+  private grow(layer: number, capacity: number): void {
+    const hd = this.headDim;
+    const old = this.capacity[layer];
+    for (const arrays of [this.keys, this.values]) {
+      const grown = new Float32Array(capacity * this.rowSize);
+      for (let h = 0; h < this.heads; h++) grown.set(arrays[layer].subarray(h * old * hd, (h * old + this.length) * hd), h * capacity * hd);
+      arrays[layer] = grown;
+    }
+    this.capacity[layer] = capacity;
+  }
 }

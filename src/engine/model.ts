@@ -113,7 +113,7 @@ export class MoeModel {
   }
 
   newCache(): KvCache {
-    return new KvCache(this.config.num_hidden_layers, this.config.hidden_size);
+    return new KvCache(this.config.num_hidden_layers, this.config.hidden_size, 64, this.config.num_attention_heads);
   }
 
   /**
@@ -219,7 +219,8 @@ export class MoeModel {
 
   private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch) {
     const d = this.config.hidden_size;
-    const dims = [group.members.length, group.keys, d];
+    const heads = this.config.num_attention_heads;
+    const dims = [group.members.length, heads, group.keys, d / heads];
     const out = await session.run({
       x: new ort.Tensor('float32', x, [group.tokens, d]),
       q: new ort.Tensor('float32', q, [group.tokens, d]),
@@ -250,12 +251,16 @@ export class MoeModel {
         let row = 0;
         for (const [i, s] of inputs.entries()) {
           const q = perSequence[i];
-          const past = s.cache.past(layer);
+          const heads = this.config.num_attention_heads;
+          const pastK = new Float32Array(q.past * d);
+          const pastV = new Float32Array(q.past * d);
+          s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
+          s.cache.gather(layer, 'values', q.past, pastV, 0, q.past);
           const out = await sessions[layer].run({
             x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
             cos: q.cos, sin: q.sin, mask: q.mask,
-            past_k: new ort.Tensor('float32', past.keys, [q.past, d]),
-            past_v: new ort.Tensor('float32', past.values, [q.past, d]),
+            past_k: new ort.Tensor('float32', pastK, [heads, q.past, d / heads]),
+            past_v: new ort.Tensor('float32', pastV, [heads, q.past, d / heads]),
           });
           h.set(out.h.data as Float32Array, row * d);
           moeInput.set(out.moe_input.data as Float32Array, row * d);

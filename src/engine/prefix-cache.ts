@@ -5,7 +5,7 @@
  *
  * Keys form a hash chain — key₀ = sha256(model id), keyᵢ = sha256(keyᵢ₋₁ ‖ token ids of block i) — so a block's key
  * names the whole prefix up to the block's end, for this model. A block's entry holds only its own rows
- * ([blockTokens, rowSize] per layer, position-major like KvCache) and its token ids (checked on lookup), so prompts
+ * ([blockTokens, rowSize] per layer, position-major: KvCache's rows() and write() format) and its token ids (checked on lookup), so prompts
  * that share a prefix share its blocks, and memory grows with distinct blocks, not with prefixes × lengths.
  *
  * - lookup (a sequence joins the batch): follow the prompt's blocks while they are cached, at most up to the last
@@ -128,16 +128,15 @@ export class PrefixCache {
 
   private sliceBlock(promptIds: readonly number[], cache: KvCache, index: number): Block {
     const b = this.options.blockTokens;
-    const from = index * b * cache.rowSize;
-    const to = from + b * cache.rowSize;
     const keys: Float32Array[] = [];
     const values: Float32Array[] = [];
     for (let layer = 0; layer < this.options.layers; layer++) {
-      keys.push(cache.keys[layer].slice(from, to));
-      values.push(cache.values[layer].slice(from, to));
+      const rows = cache.rows(layer, index * b, (index + 1) * b);
+      keys.push(rows.keys);
+      values.push(rows.values);
     }
     const tokens = Int32Array.from(promptIds.slice(index * b, (index + 1) * b));
-    return { tokens, keys, values, bytes: 2 * this.options.layers * (to - from) * 4 + tokens.byteLength };
+    return { tokens, keys, values, bytes: 2 * this.options.layers * b * cache.rowSize * 4 + tokens.byteLength };
   }
 }
 

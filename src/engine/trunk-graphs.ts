@@ -21,7 +21,7 @@ export function embeddingGraph(c: ModelConfig, w: Weights): Uint8Array {
  *   h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v))      with x normed by input_layernorm
  *   moe_input = post_attention_layernorm(h)
  * Inputs: x [tokens, d], cos/sin [tokens, 1, head_dim], mask [tokens, past+tokens] (0 or -inf), past_k/past_v
- * [past, d] (position-major, heads side by side). Outputs: h, moe_input, and the new positions' rows new_k/new_v
+ * [heads, past, head_dim] (the KV cache's head-major layout). Outputs: h, moe_input, and the new positions' rows new_k/new_v
  * [tokens, d] (keys after rotary) for the caller to append to its cache.
  */
 export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
@@ -34,8 +34,8 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   const cos = g.input('cos', ['tokens', 1, headDim]);
   const sin = g.input('sin', ['tokens', 1, headDim]);
   const mask = g.input('mask', ['tokens', 'total']);
-  const pastK = g.input('past_k', ['past', d]);
-  const pastV = g.input('past_v', ['past', d]);
+  const pastK = g.input('past_k', [heads, 'past', headDim]);
+  const pastV = g.input('past_v', [heads, 'past', headDim]);
 
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
   const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
@@ -54,8 +54,8 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   };
   const qh = headsFirst(rope(byHead(q)));
   const newK = g.op('Reshape', [rope(byHead(k)), g.int64s([-1, d])]);
-  const keys = headsFirst(byHead(g.op('Concat', [pastK, newK], { axis: 0 })));
-  const values = headsFirst(byHead(g.op('Concat', [pastV, v], { axis: 0 })));
+  const keys = g.op('Concat', [pastK, headsFirst(byHead(newK))], { axis: 1 });
+  const values = g.op('Concat', [pastV, headsFirst(byHead(v))], { axis: 1 });
 
   const scores = g.op('Add', [
     g.op('Mul', [g.op('MatMul', [qh, g.op('Transpose', [keys], { perm: [0, 2, 1] })]), g.scalar(1 / Math.sqrt(headDim))]),

@@ -1,0 +1,123 @@
+/**
+ * Batched attention (src/engine/attention.ts) against the per-sequence path it replaced and the TS reference:
+ * mixed prefill and decode lengths in one step, empty and long pasts; a sequence's outputs do not depend on the
+ * other sequences of its step (bit for bit).
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { MoeModel, type SequenceInput } from '../src/engine/model.ts';
+import { LocalExpertRunner } from '../src/engine/expert-runner.ts';
+import { loadModelPackage } from '../src/engine/package.ts';
+import { groupSequences, type StepSequence } from '../src/engine/attention.ts';
+import { KvCache } from '../src/engine/kv-cache.ts';
+import { ReferenceModel } from './reference/reference-model.ts';
+import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { maxAbsDiff } from './helpers.ts';
+
+const config = tinyConfig({ max_position_embeddings: 256 });
+const dir = writeTinyPackage(config, 11);
+const reference = ReferenceModel.fromPackage(dir, config);
+
+/** Deterministic pseudo-random token ids below 256 (byte tokens). */
+function tokens(count: number, seed: number): number[] {
+  let s = seed * 2654435761;
+  return Array.from({ length: count }, () => ((s = (s * 1103515245 + 12345) >>> 0) >>> 8) % 256);
+}
+
+async function load(attention: 'batched' | 'per-sequence'): Promise<MoeModel> {
+  const pkg = loadModelPackage(dir);
+  return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention });
+}
+
+/** A cache holding `ids` (prefilled with the model alone, in one run). */
+async function prefilled(model: MoeModel, ids: number[]): Promise<KvCache> {
+  const cache = model.newCache();
+  if (ids.length > 0) await model.forward([{ cache, tokens: ids }]);
+  return cache;
+}
+
+describe('batched attention', () => {
+  let batched: MoeModel;
+  let perSequence: MoeModel;
+  beforeAll(async () => {
+    [batched, perSequence] = await Promise.all([load('batched'), load('per-sequence')]);
+  });
+
+  // (past length, new tokens) per sequence: decode after empty/short/long pasts, prefill chunks after none or some.
+  const SHAPES: Array<[number, number]> = [[0, 1], [5, 1], [120, 1], [0, 9], [17, 4], [64, 1], [3, 23], [0, 2], [90, 7]];
+
+  it('equals the per-sequence path (logits at every position, cache rows) for a mixed step', async () => {
+    const pasts = SHAPES.map(([p], i) => tokens(p, i + 1));
+    const news = SHAPES.map(([, n], i) => tokens(n, 100 + i));
+    const run = async (model: MoeModel) => {
+      const caches = await Promise.all(pasts.map((p) => prefilled(model, p)));
+      const out = await model.forward(caches.map((cache, i): SequenceInput => ({ cache, tokens: news[i], allPositions: true })));
+      return { caches, out };
+    };
+    const a = await run(batched);
+    const b = await run(perSequence);
+    SHAPES.forEach((_, i) => expect(maxAbsDiff(a.out.logits[i], b.out.logits[i])).toBeLessThan(1e-5));
+    a.out.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(Array.from(b.out.layers[l].expert)));
+    SHAPES.forEach(([p, n], i) => {
+      expect(a.caches[i].length).toBe(p + n);
+      for (let l = 0; l < config.num_hidden_layers; l++) {
+        expect(maxAbsDiff(a.caches[i].past(l).keys, b.caches[i].past(l).keys)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(a.caches[i].past(l).values, b.caches[i].past(l).values)).toBeLessThan(1e-5);
+      }
+    });
+  });
+
+  it('matches the reference model at every position of a mixed step', async () => {
+    const pick: Array<[number, number]> = [[0, 6], [40, 1], [11, 5], [0, 1]];
+    const ids = pick.map(([p, n], i) => tokens(p + n, 50 + i));
+    const caches = await Promise.all(pick.map(([p], i) => prefilled(batched, ids[i].slice(0, p))));
+    const out = await batched.forward(caches.map((cache, i) => ({ cache, tokens: ids[i].slice(pick[i][0]), allPositions: true })));
+    pick.forEach(([p, n], i) => {
+      const want = reference.forward(ids[i]).logits;
+      for (let t = 0; t < n; t++) {
+        expect(maxAbsDiff(out.logits[i].subarray(t * config.vocab_size, (t + 1) * config.vocab_size), want[p + t])).toBeLessThan(1e-4);
+      }
+    });
+  });
+
+  it('gives a sequence bit-identical logits alone or in a step with longer, shorter and prefilling sequences', async () => {
+    const mine = tokens(30, 7);
+    const others: Array<[number, number]> = [[150, 1], [2, 1], [0, 40], [60, 3]];
+    // Decode: one token after a 30-token past; prefill: an 8-token chunk after it.
+    for (const n of [1, 8]) {
+      const next = tokens(n, 8);
+      const alone = await batched.forward([{ cache: await prefilled(batched, mine), tokens: next }]);
+      const othersIn = await Promise.all(others.map(async ([p, m], i) => ({ cache: await prefilled(batched, tokens(p, 200 + i)), tokens: tokens(m, 300 + i) })));
+      const together = await batched.forward([othersIn[0], othersIn[1], { cache: await prefilled(batched, mine), tokens: next }, othersIn[2], othersIn[3]]);
+      expect(maxAbsDiff(together.logits[2], alone.logits[0])).toBe(0);
+    }
+  });
+
+  it('continues decoding from caches written by the batched path as the per-sequence path does (greedy)', async () => {
+    const prompts = [tokens(12, 1), tokens(3, 2), tokens(33, 3)];
+    const greedy = async (model: MoeModel) => {
+      const caches = prompts.map(() => model.newCache());
+      let out = await model.forward(caches.map((cache, i) => ({ cache, tokens: prompts[i] })));
+      const chosen: number[][] = prompts.map(() => []);
+      for (let step = 0; step < 6; step++) {
+        const next = out.logits.map((l) => l.indexOf(Math.max(...l)));
+        next.forEach((t, i) => chosen[i].push(t));
+        out = await model.forward(caches.map((cache, i) => ({ cache, tokens: [next[i]] })));
+      }
+      return chosen;
+    };
+    expect(await greedy(batched)).toEqual(await greedy(perSequence));
+  });
+});
+
+describe('groupSequences', () => {
+  const seq = (past: number, n: number, row = 0): StepSequence => {
+    const cache = new KvCache(1, 4);
+    cache.length = past;
+    return { cache, row, n };
+  };
+  it('puts decode tokens in one group and keeps a long prefill chunk apart from short ones', () => {
+    const groups = groupSequences([seq(10, 1), seq(0, 200), seq(300, 1), seq(0, 3), seq(4, 2)]);
+    expect(groups[0].map((s) => s.n)).toEqual([1, 1]);
+    expect(groups.slice(1).map((g) => g.map((s) => s.n))).toEqual([[2, 3], [200]]);
+  });
+});
