@@ -6,7 +6,7 @@
  * the identical streamed greedy load against both, interleaved run by run. `--profile` instead splits the
  * gateway's step time (in this process) at each batch size. Every child process is killed on exit, Ctrl-C or error.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
@@ -174,15 +174,22 @@ class Peer {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+/**
+ * What llama-server says it is. The shared build reports "version: 0 (unknown)" (built outside a git checkout),
+ * so the release named in the README beside it is used then.
+ */
 function peerVersion(binary: string): string {
+  const run = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  const line = `${run.stdout ?? ''}\n${run.stderr ?? ''}`.split('\n').find((l) => l.startsWith('version:'))?.trim();
+  if (line && !line.includes('unknown')) return line;
   try {
-    const out = execFileSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'pipe'] });
-    return out.trim().split('\n')[0] ?? 'unknown';
-  } catch (err) {
-    // llama-server prints its version on stderr
-    const e = err as { stderr?: string };
-    return (e.stderr ?? '').trim().split('\n')[0] || 'unknown';
+    const readme = readFileSync(path.join(path.dirname(binary), 'README.md'), 'utf8');
+    const release = /release (b\d+) \(commit ([0-9a-f]{7})/.exec(readme);
+    if (release) return `${release[1]} (${release[2]}, from the README beside it)`;
+  } catch {
+    // no README
   }
+  return line ?? 'version unknown';
 }
 
 async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: () => Promise<void>) => void): Promise<number> {
@@ -201,7 +208,7 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
     execFileSync(process.execPath, [SWITCHYARD, 'convert-gguf', '--model', MODEL_DIR, '--out', gguf], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'], timeout: 300_000 });
     peer = new Peer(binary, gguf, tmp, opts);
     onCleanup(() => peer!.stop());
-    peerAbout = `llama-server ${peerVersion(binary)} (${path.relative(REPO, binary)}), GGUF F32 from switchyard convert-gguf, -t ${opts.peerThreads}, --parallel per level (see rows), -c ${CONTEXT}×parallel, /completion with ignore_eos, cache_prompt false`;
+    peerAbout = `llama-server ${peerVersion(binary)} (${binary}), GGUF F32 from switchyard convert-gguf, -t ${opts.peerThreads}, --parallel per level (see rows), -c ${CONTEXT}×parallel, /completion with ignore_eos, cache_prompt false`;
   }
 
   const port = await freePort();
