@@ -81,7 +81,7 @@ try {
       }
     }
     // The padded gather alone (keys and values, every layer), as the batched path does it per step.
-    const group = planGroup(caches.map((cache, i) => ({ cache, row: i, n: 1 })), batch);
+    const group = planGroup(caches.map((cache, i) => ({ cache, row: i, n: 1 })), batch, c.num_attention_heads);
     const scratch = new Float32Array(batch * group.keys * c.hidden_size);
     const gather: number[] = [];
     for (let r = 0; r < repeats; r++) {

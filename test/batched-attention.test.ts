@@ -23,9 +23,12 @@ function tokens(count: number, seed: number): number[] {
   return Array.from({ length: count }, () => ((s = (s * 1103515245 + 12345) >>> 0) >>> 8) % 256);
 }
 
-async function load(attention: 'batched' | 'per-sequence'): Promise<MoeModel> {
+/** fusedAttentionMaxFloats 0: always the two-run path (projection, then core); the default fuses small steps. */
+async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number): Promise<MoeModel> {
   const pkg = loadModelPackage(dir);
-  return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention });
+  return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
+    capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats,
+  });
 }
 
 /** A cache holding `ids` (prefilled with the model alone, in one run). */
@@ -37,9 +40,10 @@ async function prefilled(model: MoeModel, ids: number[]): Promise<KvCache> {
 
 describe('batched attention', () => {
   let batched: MoeModel;
+  let twoRun: MoeModel;
   let perSequence: MoeModel;
   beforeAll(async () => {
-    [batched, perSequence] = await Promise.all([load('batched'), load('per-sequence')]);
+    [batched, twoRun, perSequence] = await Promise.all([load('batched'), load('batched', 0), load('per-sequence')]);
   });
 
   // (past length, new tokens) per sequence: decode after empty/short/long pasts, prefill chunks after none or some.
@@ -64,6 +68,22 @@ describe('batched attention', () => {
         expect(maxAbsDiff(a.caches[i].past(l).values, b.caches[i].past(l).values)).toBeLessThan(1e-5);
       }
     });
+  });
+
+  it('gives bit-identical outputs and caches on the fused (one run per layer) and two-run paths', async () => {
+    for (const shapes of [SHAPES, SHAPES.filter(([, n]) => n === 1), [[37, 1]] as Array<[number, number]>]) {
+      const run = async (model: MoeModel) => {
+        const caches = await Promise.all(shapes.map(([p], i) => prefilled(model, tokens(p, i + 1))));
+        const out = await model.forward(caches.map((cache, i) => ({ cache, tokens: tokens(shapes[i][1], 100 + i), allPositions: true })));
+        return { caches, out };
+      };
+      const a = await run(batched);
+      const b = await run(twoRun);
+      shapes.forEach((_, i) => {
+        expect(maxAbsDiff(a.out.logits[i], b.out.logits[i])).toBe(0);
+        expect(maxAbsDiff(a.caches[i].past(1).keys, b.caches[i].past(1).keys)).toBe(0);
+      });
+    }
   });
 
   it('matches the reference model at every position of a mixed step', async () => {

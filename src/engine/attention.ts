@@ -14,6 +14,9 @@
  * with the key axis padded to a multiple of KEY_ALIGNMENT even alone, so the kernel's K tail is the same.
  * The per-sequence path is kept (`attentionGraph`) as the reference the tests compare with.
  *
+ * A small step (one group, little to pad) runs both halves as one graph instead (attentionFusedGraph): the same
+ * numbers, one run per layer.
+ *
  * Groups: decode tokens (n = 1) form one group; prefill chunks join a group while padding stays cheap (see
  * `groupSequences`), so a step is usually 1–2 core runs per layer.
  */
@@ -23,19 +26,12 @@ import { tensorNames, type ModelConfig } from './package.ts';
 import type { KvCache } from './kv-cache.ts';
 import type { Weights } from './trunk-graphs.ts';
 
-/**
- * Projection graph. Inputs: x [N, d] (the residual stream, packed tokens), cos/sin [N, 1, head_dim] (each token's
- * own position). Outputs: q, k [N, d] (normed, after rotary), v [N, d].
- */
-export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+/** The projection half: input norm, q/k/v, q/k norms, NeoX rotary; x [N, d], cos/sin [N, 1, head_dim] → [N, d] each. */
+function project(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, x: string, cos: string, sin: string) {
   const d = c.hidden_size;
   const heads = c.num_attention_heads;
   const headDim = d / heads;
   const t = tensorNames.layer(layer);
-  const g = new GraphBuilder(`projection_${layer}`);
-  const x = g.input('x', ['tokens', d]);
-  const cos = g.input('cos', ['tokens', 1, headDim]);
-  const sin = g.input('sin', ['tokens', 1, headDim]);
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
   const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
   const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), d, d), g.weight('k_norm', w(t.kNorm), [d]), c.rms_norm_eps);
@@ -49,8 +45,51 @@ export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint
     const rotated = g.op('Concat', [g.op('Neg', [second]), first], { axis: -1 });
     return g.op('Reshape', [g.op('Add', [g.op('Mul', [byHead, cos]), g.op('Mul', [rotated, sin])]), g.int64s([-1, d])]);
   };
-  g.output(rope(q), 'q', ['tokens', d]);
-  g.output(rope(k), 'k', ['tokens', d]);
+  return { q: rope(q), k: rope(k), v };
+}
+
+/**
+ * The attention half over padded heads-first keys/values [B, heads, Tk, head_dim]: queries gathered into padded
+ * slots, softmax(q·kᵀ/√head_dim + mask)·v, back to packed rows, then h = x + o_proj(·) and moe_input.
+ */
+function attend(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, a: {
+  x: string; q: string; qIndex: string; outIndex: string; keys: string; values: string; mask: string;
+}) {
+  const d = c.hidden_size;
+  const heads = c.num_attention_heads;
+  const headDim = d / heads;
+  const t = tensorNames.layer(layer);
+  const shape = g.op('Shape', [a.mask]); // [B, Tn, Tk]
+  const batchQueries = g.op('Slice', [shape, g.int64s([0]), g.int64s([2])]); // [B, Tn]
+  const zeroRow = g.weight('zero_row', new Float32Array(d), [1, d]);
+  const padded = g.op('Gather', [g.op('Concat', [a.q, zeroRow], { axis: 0 }), a.qIndex], { axis: 0 }); // [B·Tn, d]
+  // [B, Tn, heads, head_dim] → [B, heads, Tn, head_dim]
+  const qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
+  // Keys and values arrive heads first (the cache's layout): the transpose of the keys' last two axes folds into
+  // the MatMul (onnxruntime's FusedMatMul transB), so nothing is re-laid out here.
+  const kT = g.op('Transpose', [a.keys], { perm: [0, 1, 3, 2] }); // [B, heads, head_dim, Tk]
+  const scores = g.op('Add', [
+    g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]),
+    g.op('Unsqueeze', [a.mask, g.int64s([1])]),
+  ]);
+  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), a.values]); // [B, heads, Tn, head_dim]
+  const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
+  const rows = g.op('Gather', [merged, a.outIndex], { axis: 0 }); // [G, d]
+  const h = g.op('Add', [a.x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
+  return { h, moeInput: g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps) };
+}
+
+/**
+ * Projection graph. Inputs: x [N, d] (the residual stream, packed tokens), cos/sin [N, 1, head_dim] (each token's
+ * own position). Outputs: q, k [N, d] (normed, after rotary), v [N, d].
+ */
+export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+  const d = c.hidden_size;
+  const headDim = d / c.num_attention_heads;
+  const g = new GraphBuilder(`projection_${layer}`);
+  const { q, k, v } = project(g, c, layer, w, g.input('x', ['tokens', d]), g.input('cos', ['tokens', 1, headDim]), g.input('sin', ['tokens', 1, headDim]));
+  g.output(q, 'q', ['tokens', d]);
+  g.output(k, 'k', ['tokens', d]);
   g.output(v, 'v', ['tokens', d]);
   return g.toBytes();
 }
@@ -69,36 +108,46 @@ export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): U
   const d = c.hidden_size;
   const heads = c.num_attention_heads;
   const headDim = d / heads;
-  const t = tensorNames.layer(layer);
   const g = new GraphBuilder(`attention_core_${layer}`);
-  const x = g.input('x', ['tokens', d]);
-  const q = g.input('q', ['tokens', d]);
-  const qIndex = g.input('q_index', ['slots'], 'int64');
-  const outIndex = g.input('out_index', ['tokens'], 'int64');
-  const keys = g.input('keys', ['batch', heads, 'keys', headDim]);
-  const values = g.input('values', ['batch', heads, 'keys', headDim]);
-  const mask = g.input('mask', ['batch', 'queries', 'keys']);
-
-  const shape = g.op('Shape', [mask]); // [B, Tn, Tk]
-  const batchQueries = g.op('Slice', [shape, g.int64s([0]), g.int64s([2])]); // [B, Tn]
-  const zeroRow = g.weight('zero_row', new Float32Array(d), [1, d]);
-  const padded = g.op('Gather', [g.op('Concat', [q, zeroRow], { axis: 0 }), qIndex], { axis: 0 }); // [B·Tn, d]
-  // [B, Tn, heads, head_dim] → [B, heads, Tn, head_dim]
-  const qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
-  // Keys and values arrive heads first (the cache's layout): the transpose of the keys' last two axes folds into
-  // the MatMul (onnxruntime's FusedMatMul transB), so nothing is re-laid out here.
-  const kT = g.op('Transpose', [keys], { perm: [0, 1, 3, 2] }); // [B, heads, head_dim, Tk]
-  const scores = g.op('Add', [
-    g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]),
-    g.op('Unsqueeze', [mask, g.int64s([1])]),
-  ]);
-  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]); // [B, heads, Tn, head_dim]
-  const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
-  const rows = g.op('Gather', [merged, outIndex], { axis: 0 }); // [G, d]
-  const h = g.op('Add', [x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
-  const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
-  g.output(h, 'h', ['tokens', d]); // output() renames h in the nodes already added: add its users first
+  const { h, moeInput } = attend(g, c, layer, w, {
+    x: g.input('x', ['tokens', d]), q: g.input('q', ['tokens', d]),
+    qIndex: g.input('q_index', ['slots'], 'int64'), outIndex: g.input('out_index', ['tokens'], 'int64'),
+    keys: g.input('keys', ['batch', heads, 'keys', headDim]), values: g.input('values', ['batch', heads, 'keys', headDim]),
+    mask: g.input('mask', ['batch', 'queries', 'keys']),
+  });
+  g.output(h, 'h', ['tokens', d]);
   g.output(moeInput, 'moe_input', ['tokens', d]);
+  return g.toBytes();
+}
+
+/**
+ * Both halves in one run, for small steps where a run's fixed cost outweighs copying the padded keys once more:
+ * the projection, then the new keys/values scattered into the padded past at each token's position p + i (so the
+ * key layout, and every number, equals the two-run path's), then the attention half. Inputs: x, cos, sin (as
+ * projectionGraph), q_index, out_index, mask (as attentionCoreGraph), past_keys/past_values [B, heads, Tk,
+ * head_dim] (positions 0..p, zero beyond), new_index [N, heads, 3] (b, h, p + i of each token). Outputs: h,
+ * moe_input, and new_k/new_v [N, d] for the caller's caches.
+ */
+export function attentionFusedGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
+  const d = c.hidden_size;
+  const heads = c.num_attention_heads;
+  const headDim = d / heads;
+  const g = new GraphBuilder(`attention_fused_${layer}`);
+  const x = g.input('x', ['tokens', d]);
+  const { q, k, v } = project(g, c, layer, w, x, g.input('cos', ['tokens', 1, headDim]), g.input('sin', ['tokens', 1, headDim]));
+  const newIndex = g.input('new_index', ['tokens', heads, 3], 'int64');
+  const scatter = (past: string, rows: string) => g.op('ScatterND', [past, newIndex, g.op('Reshape', [rows, g.int64s([-1, heads, headDim])])]);
+  const { h, moeInput } = attend(g, c, layer, w, {
+    x, q,
+    qIndex: g.input('q_index', ['slots'], 'int64'), outIndex: g.input('out_index', ['tokens'], 'int64'),
+    keys: scatter(g.input('past_keys', ['batch', heads, 'keys', headDim]), k),
+    values: scatter(g.input('past_values', ['batch', heads, 'keys', headDim]), v),
+    mask: g.input('mask', ['batch', 'queries', 'keys']),
+  });
+  g.output(h, 'h', ['tokens', d]);
+  g.output(moeInput, 'moe_input', ['tokens', d]);
+  g.output(k, 'new_k', ['tokens', d]);
+  g.output(v, 'new_v', ['tokens', d]);
   return g.toBytes();
 }
 
@@ -122,6 +171,8 @@ export interface AttentionGroup {
   qIndex: ort.Tensor;
   outIndex: ort.Tensor;
   mask: ort.Tensor;
+  /** (b, head, p + i) of each token, [G, heads, 3]: where attentionFusedGraph puts its new keys and values. */
+  newIndex: ort.Tensor;
 }
 
 /**
@@ -166,13 +217,14 @@ function roundUp(n: number, multiple: number): number {
 }
 
 /** Index tensors and the mask of a group (built once per step, before the first layer). */
-export function planGroup(members: StepSequence[], stepTokens: number): AttentionGroup {
+export function planGroup(members: StepSequence[], stepTokens: number, heads: number): AttentionGroup {
   const maxNew = Math.max(...members.map((s) => s.n));
   const keys = roundUp(Math.max(...members.map((s) => s.cache.length + s.n)), KEY_ALIGNMENT);
   const tokens = members.reduce((a, s) => a + s.n, 0);
   const qIndex = new BigInt64Array(members.length * maxNew).fill(BigInt(tokens));
   const outIndex = new BigInt64Array(tokens);
   const mask = new Float32Array(members.length * maxNew * keys).fill(-Infinity);
+  const newIndex = new BigInt64Array(tokens * heads * 3);
   let at = 0;
   let wholeStep = tokens === stepTokens;
   members.forEach((s, b) => {
@@ -181,6 +233,7 @@ export function planGroup(members: StepSequence[], stepTokens: number): Attentio
     for (let i = 0; i < s.n; i++) {
       qIndex[b * maxNew + i] = BigInt(at + i);
       outIndex[at + i] = BigInt(b * maxNew + i);
+      for (let h = 0; h < heads; h++) newIndex.set([BigInt(b), BigInt(h), BigInt(past + i)], ((at + i) * heads + h) * 3);
       // Query i sees positions 0..p+i; the rest of its row (later new tokens, padding) stays -inf.
       mask.fill(0, (b * maxNew + i) * keys, (b * maxNew + i) * keys + past + i + 1);
     }
@@ -193,6 +246,7 @@ export function planGroup(members: StepSequence[], stepTokens: number): Attentio
     qIndex: new ort.Tensor('int64', qIndex, [qIndex.length]),
     outIndex: new ort.Tensor('int64', outIndex, [tokens]),
     mask: new ort.Tensor('float32', mask, [members.length, maxNew, keys]),
+    newIndex: new ort.Tensor('int64', newIndex, [tokens, heads, 3]),
   };
 }
 
@@ -201,9 +255,11 @@ export function planGroup(members: StepSequence[], stepTokens: number): Attentio
  * zeros beyond: one copy per sequence and head. This is the O(B·Tk·d) gather per layer and step that a padded
  * batch costs (bench/trunk.ts measures it).
  */
-export function gatherPadded(group: AttentionGroup, layer: number, d: number, into: Float32Array, which: 'keys' | 'values'): Float32Array {
+export function gatherPadded(
+  group: AttentionGroup, layer: number, d: number, into: Float32Array, which: 'keys' | 'values', pastOnly = false,
+): Float32Array {
   const stride = group.keys * d;
   const out = into.subarray(0, group.members.length * stride);
-  group.members.forEach((s, b) => s.cache.gather(layer, which, s.cache.length + s.n, out, b * stride, group.keys));
+  group.members.forEach((s, b) => s.cache.gather(layer, which, s.cache.length + (pastOnly ? 0 : s.n), out, b * stride, group.keys));
   return out;
 }

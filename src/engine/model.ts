@@ -15,7 +15,7 @@ import { KvCache } from './kv-cache.ts';
 import { readTensors } from './safetensors.ts';
 import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
-import { attentionCoreGraph, gatherPadded, groupSequences, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
+import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RouterWeights } from './moe-layer.ts';
 
 export type { ExpertRunner, LayerTrace } from './moe-layer.ts';
@@ -42,10 +42,12 @@ export interface ModelOptions {
   trunkThreads: number;
   executionProviders: string[];
   /**
-   * 'batched' (default): two runs per layer for all of a step's sequences (attention.ts). 'per-sequence': one run
+   * 'batched' (default): one or two runs per layer for all of a step's sequences (attention.ts). 'per-sequence': one run
    * per sequence and layer, the earlier path, kept as the reference for tests and benchmarks.
    */
   attention?: 'batched' | 'per-sequence';
+  /** Batched attention runs as one fused graph per layer when the padded keys have at most this many floats (B·Tk·d). */
+  fusedAttentionMaxFloats?: number;
 }
 
 /** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
@@ -58,7 +60,14 @@ interface AttentionSessions {
   perSequence?: ort.InferenceSession[];
   projection?: ort.InferenceSession[];
   core?: ort.InferenceSession[];
+  fused?: ort.InferenceSession[];
 }
+
+/**
+ * Largest padded key tensor (B·Tk·d floats) for which a step runs attention as one fused graph per layer: below it
+ * one run's fixed cost outweighs the extra copy of the padded keys and values the fused graph makes.
+ */
+const FUSED_MAX_FLOATS = 1 << 17;
 
 export class MoeModel {
   private scratch: Scratch | null = { keys: new Float32Array(0), values: new Float32Array(0) };
@@ -94,9 +103,11 @@ export class MoeModel {
     } else {
       sessions.projection = [];
       sessions.core = [];
+      sessions.fused = [];
       for (const l of layers) {
         sessions.projection.push(await create(projectionGraph(c, l, w)));
         sessions.core.push(await create(attentionCoreGraph(c, l, w)));
+        sessions.fused.push(await create(attentionFusedGraph(c, l, w)));
       }
     }
     const routers = layers.map((l) => ({
@@ -179,7 +190,7 @@ export class MoeModel {
       row += s.tokens.length;
     }
     const { cos, sin } = this.rotaryPacked(sequences, total);
-    const groups = groupSequences(sequences.filter((s) => s.n > 0)).map((m) => planGroup(m, total));
+    const groups = groupSequences(sequences.filter((s) => s.n > 0)).map((m) => planGroup(m, total, this.config.num_attention_heads));
     // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
     const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
     this.scratch = null;
@@ -188,9 +199,24 @@ export class MoeModel {
       scratch.keys = new Float32Array(padded);
       scratch.values = new Float32Array(padded);
     }
+    const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
     return {
       run: async (layer, x) => {
         const xTensor = new ort.Tensor('float32', x, [total, d]);
+        if (fused) {
+          const group = groups[0];
+          const heads = this.config.num_attention_heads;
+          const dims = [group.members.length, heads, group.keys, d / heads];
+          const out = await this.sessions.fused![layer].run({
+            x: xTensor, cos, sin, q_index: group.qIndex, out_index: group.outIndex, mask: group.mask, new_index: group.newIndex,
+            past_keys: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.keys, 'keys', true), dims),
+            past_values: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.values, 'values', true), dims),
+          });
+          const k = out.new_k.data as Float32Array;
+          const v = out.new_v.data as Float32Array;
+          for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
+          return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
+        }
         const qkv = await projection[layer].run({ x: xTensor, cos, sin });
         const q = qkv.q.data as Float32Array;
         const k = qkv.k.data as Float32Array;
