@@ -15,7 +15,12 @@
  * Protocol: one batch in flight per channel (the pool serializes batches per worker). Main writes items and input,
  * then `Atomics.add(SEQ)` + notify; the worker computes, writes output, stores DONE = SEQ, notifies. Both sides spin a
  * few µs before waiting: the main thread with Atomics.waitAsync (it must never block its event loop), the worker too,
- * on its own event loop, so Piscina tasks (load, unload, stats) still reach it between batches.
+ * on its own event loop, so Piscina tasks (load, unload, stats) still reach it between batches. (A blocking
+ * Atomics.wait in the worker would wake faster but would hold Piscina's messages until the next batch.)
+ *
+ * Sizing: a channel is created for the first batch (at least 8 rows) and replaced by one at least twice as large when
+ * a batch does not fit; it never shrinks, so each worker keeps 8 bytes per float of its largest batch (a 4096-row
+ * prefill at hidden 256: 8 MiB).
  */
 import type { ExpertItem } from './protocol.ts';
 

@@ -1,4 +1,7 @@
-/** Messages between the gateway and an expert worker. Activations travel as transferred Float32Arrays. */
+/**
+ * Messages between the gateway and an expert worker. Layer batches go through the worker's shared-memory channel
+ * (channel.ts) by default; in a RunTask (config experts.channel 'tasks') activations travel as transferred Float32Arrays.
+ */
 import type { ChannelSetup } from './channel.ts';
 import type { KernelReport, KernelSettings } from './kernels/types.ts';
 
