@@ -3,14 +3,15 @@
  *
  * In one process, times MoeModel.forward for decode steps at batch 1, 8 and 32 (each sequence one new token after a
  * past of 64–256 tokens) with the per-sequence attention path (one run per sequence and layer) and the batched one
- * (attention.ts), interleaved A/B within each repeat, medians. Two expert runners: the configured worker pool
- * (the whole step) and a null runner that returns zeros (the trunk alone). Also times the padded K/V gather alone.
+ * (attention.ts; with and without the KvSlab), interleaved within each repeat, medians. Two expert runners: the
+ * configured worker pool (the whole step) and a null runner that returns zeros (the trunk alone). Also times the
+ * padded K/V gather alone.
  */
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
-import { MoeModel, type ExpertRunner } from '../src/engine/model.ts';
+import { MoeModel, type ExpertRunner, type ModelOptions } from '../src/engine/model.ts';
 import type { KvCache } from '../src/engine/kv-cache.ts';
 import { gatherPadded, planGroup } from '../src/engine/attention.ts';
 import { commandLine, publish } from './record.ts';
@@ -49,38 +50,43 @@ try {
     }),
   };
   const options = { capacityFactor: null, trunkThreads: config.onnx.trunkThreads, executionProviders: ['cpu'] };
-  const variants = {
-    'per-sequence': { pool: await MoeModel.load(pkg, engine.pool, { ...options, attention: 'per-sequence' }), trunk: await MoeModel.load(pkg, nullRunner, { ...options, attention: 'per-sequence' }) },
-    batched: { pool: await MoeModel.load(pkg, engine.pool, { ...options, attention: 'batched' }), trunk: await MoeModel.load(pkg, nullRunner, { ...options, attention: 'batched' }) },
-  };
+  const load = (runner: ExpertRunner, extra: Partial<ModelOptions>) => MoeModel.load(pkg, runner, { ...options, ...extra });
+  // name → model; "pool" variants run the whole step, "trunk" ones the trunk alone.
+  const variants: Array<[string, MoeModel]> = [
+    ['per-sequence/pool', await load(engine.pool, { attention: 'per-sequence' })],
+    ['batched/pool', await load(engine.pool, { attention: 'batched' })],
+    ['per-sequence/trunk', await load(nullRunner, { attention: 'per-sequence' })],
+    ['batched-no-slab/trunk', await load(nullRunner, { attention: 'batched', kvSlab: false })],
+    ['batched/trunk', await load(nullRunner, { attention: 'batched' })],
+  ];
 
   const rows: Array<Array<string | number>> = [];
   for (const batch of batches) {
-    // Pasts 64–256, prefilled once (batched path); every timed step decodes one token and rewinds the caches.
+    // Pasts 64–256, prefilled once per variant; every timed step decodes one more token (the pasts grow by one a step).
     const pasts = Array.from({ length: batch }, (_, i) => 64 + ((i * 97) % 193));
-    const caches: KvCache[] = pasts.map(() => variants.batched.trunk.newCache());
-    for (const [i, cache] of caches.entries()) {
-      await variants.batched.trunk.forward([{ cache, tokens: Array.from({ length: pasts[i] }, (_, t) => (t * 31 + i) % 256) }]);
+    const cachesOf = new Map<MoeModel, KvCache[]>();
+    for (const [, model] of variants) {
+      const caches = pasts.map(() => model.newCache());
+      for (const [i, cache] of caches.entries()) {
+        await model.forward([{ cache, tokens: Array.from({ length: pasts[i] }, (_, t) => (t * 31 + i) % 256) }]);
+      }
+      cachesOf.set(model, caches);
     }
     const step = async (model: MoeModel) => {
+      const caches = cachesOf.get(model)!;
       const started = performance.now();
-      await model.forward(caches.map((cache, i) => ({ cache, tokens: [(i * 7) % 256] })));
-      const ms = performance.now() - started;
-      caches.forEach((cache, i) => (cache.length = pasts[i]));
-      return ms;
+      await model.forward(caches.map((cache, i) => ({ cache, tokens: [(i * 7 + cache.length) % 256] })));
+      return performance.now() - started;
     };
-    console.error(`batch ${batch}: prefilled`);
     const times: Record<string, number[]> = {};
     for (let r = 0; r < repeats + 2; r++) {
-      for (const [name, v] of Object.entries(variants)) {
-        for (const kind of ['pool', 'trunk'] as const) {
-          if (r === 0) console.error(`  ${name}/${kind}`);
-          const ms = await step(v[kind]);
-          if (r >= 2) (times[`${name}/${kind}`] ??= []).push(ms); // the first two repeats warm up
-        }
+      for (const [name, model] of variants) {
+        const ms = await step(model);
+        if (r >= 2) (times[name] ??= []).push(ms); // the first two repeats warm up
       }
     }
-    // The padded gather alone (keys and values, every layer), as the batched path does it per step.
+    // The padded gather alone (keys and values, every layer), as the batched path without the slab does it per step.
+    const caches = cachesOf.get(variants[0][1])!;
     const group = planGroup(caches.map((cache, i) => ({ cache, row: i, n: 1 })), batch, c.num_attention_heads);
     const scratch = new Float32Array(batch * group.keys * c.hidden_size);
     const gather: number[] = [];
@@ -94,17 +100,19 @@ try {
     }
     const m = (k: string) => median(times[k]);
     rows.push([batch, fmt(m('per-sequence/pool'), 2), fmt(m('batched/pool'), 2), fmt(ratio(m('per-sequence/pool'), m('batched/pool')), 2),
-      fmt(m('per-sequence/trunk'), 2), fmt(m('batched/trunk'), 2), fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2), fmt(median(gather), 3)]);
+      fmt(m('per-sequence/trunk'), 2), fmt(m('batched-no-slab/trunk'), 2), fmt(m('batched/trunk'), 2),
+      fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2), fmt(median(gather), 2)]);
     console.error(`batch ${batch} done`);
   }
   const table = markdownTable(
-    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'trunk only, per-sequence (ms)', 'trunk only, batched (ms)', 'speedup', 'K/V gather (ms)'],
+    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'trunk, per-sequence (ms)', 'trunk, batched without slab (ms)', 'trunk, batched (ms)', 'trunk speedup', 'K/V gather (ms)'],
     rows,
   );
   publish([table], [
-    `decode steps, one token per sequence, pasts 64–256; medians of ${repeats} interleaved repeats (after 2 warm-up)`,
-    '"step": MoeModel.forward with the configured worker pool; "trunk only": experts replaced by a runner returning zeros',
-    '"K/V gather": copying every sequence\'s cached keys and values into the padded [B, Tk, d] buffers, all layers, per step (part of the batched time)',
+    `decode steps, one token per sequence, pasts 64–256 at the start (one longer each step); medians of ${repeats} interleaved repeats (after 2 warm-up)`,
+    '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
+    '"batched": one fused run per layer for small steps, else projection + core with the decode group\'s keys kept in the KvSlab; "without slab": gathered afresh each step',
+    '"K/V gather": copying every sequence\'s cached keys and values into the padded [B, heads, Tk, head_dim] buffers, all layers: what the slab saves per step',
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });
 } finally {

@@ -24,10 +24,10 @@ function tokens(count: number, seed: number): number[] {
 }
 
 /** fusedAttentionMaxFloats 0: always the two-run path (projection, then core); the default fuses small steps. */
-async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number): Promise<MoeModel> {
+async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number, kvSlab?: boolean): Promise<MoeModel> {
   const pkg = loadModelPackage(dir);
   return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
-    capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats,
+    capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats, kvSlab,
   });
 }
 
@@ -84,6 +84,32 @@ describe('batched attention', () => {
         expect(maxAbsDiff(a.caches[i].past(1).keys, b.caches[i].past(1).keys)).toBe(0);
       });
     }
+  });
+
+  it('keeps the decode group\'s keys in the slab across steps with joins, departures, prefill and rewinds, bit for bit', async () => {
+    const plain = await load('batched', 0, false);
+    // Each model gets the same schedule on its own caches; logits of every step must be identical.
+    const schedule = async (model: MoeModel) => {
+      const caches = Array.from({ length: 6 }, () => model.newCache());
+      const logits: Float32Array[] = [];
+      const step = async (entries: Array<[number, number[]]>) => {
+        const out = await model.forward(entries.map(([i, ids]) => ({ cache: caches[i], tokens: ids })));
+        logits.push(...out.logits);
+      };
+      await step([[0, tokens(20, 1)], [1, tokens(5, 2)], [2, tokens(70, 3)]]);
+      for (let t = 0; t < 3; t++) await step([[0, [t]], [1, [t + 1]], [2, [t + 2]]]);
+      await step([[0, [9]], [2, [8]], [3, tokens(12, 4)]]); // 1 sits out, 3 prefills
+      for (let t = 0; t < 2; t++) await step([[3, [t]], [2, [t]], [1, [t]], [0, [t]]]); // new order, 3 joins
+      caches[2].length = 40; // a rewind: the slab's copy of 2 is stale
+      await step([[2, [5]], [0, [6]], [4, tokens(9, 5)]]);
+      for (let t = 0; t < 70; t++) await step([[0, [t % 200]], [2, [(t * 3) % 200]], [4, [t % 7]]]); // outgrows the stride
+      await step([[5, tokens(3, 6)], [4, [1]]]);
+      return logits;
+    };
+    const a = await schedule(twoRun);
+    const b = await schedule(plain);
+    expect(a.length).toBe(b.length);
+    a.forEach((l, i) => expect(maxAbsDiff(l, b[i])).toBe(0));
   });
 
   it('matches the reference model at every position of a mixed step', async () => {

@@ -166,6 +166,8 @@ export interface AttentionGroup {
   tokens: number;
   maxNew: number;
   keys: number;
+  /** Batch rows B of the padded tensors. */
+  slots: number;
   /** Whether the group's tokens are rows 0..G of the step in order (no gather or scatter of x and outputs). */
   wholeStep: boolean;
   qIndex: ort.Tensor;
@@ -216,19 +218,37 @@ function roundUp(n: number, multiple: number): number {
   return Math.ceil(n / multiple) * multiple;
 }
 
+/**
+ * Where a group's sequences sit in the padded batch: by default sequence b in row b and Tk the rounded-up longest;
+ * a KvSlab (kv-slab.ts) keeps rows across steps, with rows of departed sequences left as holes.
+ */
+export interface GroupLayout {
+  /** Batch row of each member. */
+  slotOf: number[];
+  /** Batch rows B (holes included). */
+  slots: number;
+  /** Tk: a multiple of KEY_ALIGNMENT, at least every member's p + n. */
+  keys: number;
+}
+
 /** Index tensors and the mask of a group (built once per step, before the first layer). */
-export function planGroup(members: StepSequence[], stepTokens: number, heads: number): AttentionGroup {
+export function planGroup(members: StepSequence[], stepTokens: number, heads: number, layout?: GroupLayout): AttentionGroup {
   const maxNew = Math.max(...members.map((s) => s.n));
-  const keys = roundUp(Math.max(...members.map((s) => s.cache.length + s.n)), KEY_ALIGNMENT);
+  const keys = layout?.keys ?? roundUp(Math.max(...members.map((s) => s.cache.length + s.n)), KEY_ALIGNMENT);
+  const slots = layout?.slots ?? members.length;
+  const slotOf = layout?.slotOf ?? members.map((_, b) => b);
   const tokens = members.reduce((a, s) => a + s.n, 0);
-  const qIndex = new BigInt64Array(members.length * maxNew).fill(BigInt(tokens));
+  const qIndex = new BigInt64Array(slots * maxNew).fill(BigInt(tokens));
   const outIndex = new BigInt64Array(tokens);
-  const mask = new Float32Array(members.length * maxNew * keys).fill(-Infinity);
+  const mask = new Float32Array(slots * maxNew * keys).fill(-Infinity);
+  // Padded query slots (and holes) see position 0 only, so that their (discarded) softmax rows stay finite.
+  for (let r = 0; r < slots * maxNew; r++) mask[r * keys] = 0;
   const newIndex = new BigInt64Array(tokens * heads * 3);
   let at = 0;
   let wholeStep = tokens === stepTokens;
-  members.forEach((s, b) => {
+  members.forEach((s, m) => {
     if (s.row !== at) wholeStep = false;
+    const b = slotOf[m];
     const past = s.cache.length;
     for (let i = 0; i < s.n; i++) {
       qIndex[b * maxNew + i] = BigInt(at + i);
@@ -237,15 +257,13 @@ export function planGroup(members: StepSequence[], stepTokens: number, heads: nu
       // Query i sees positions 0..p+i; the rest of its row (later new tokens, padding) stays -inf.
       mask.fill(0, (b * maxNew + i) * keys, (b * maxNew + i) * keys + past + i + 1);
     }
-    // Padded query slots see position 0 only, so that their (discarded) softmax rows stay finite.
-    for (let i = s.n; i < maxNew; i++) mask[(b * maxNew + i) * keys] = 0;
     at += s.n;
   });
   return {
-    members, tokens, maxNew, keys, wholeStep,
+    members, tokens, maxNew, keys, slots, wholeStep,
     qIndex: new ort.Tensor('int64', qIndex, [qIndex.length]),
     outIndex: new ort.Tensor('int64', outIndex, [tokens]),
-    mask: new ort.Tensor('float32', mask, [members.length, maxNew, keys]),
+    mask: new ort.Tensor('float32', mask, [slots, maxNew, keys]),
     newIndex: new ort.Tensor('int64', newIndex, [tokens, heads, 3]),
   };
 }

@@ -7,6 +7,8 @@
  */
 export class KvCache {
   length = 0;
+  /** Counts write() calls: lets a copy of the rows (KvSlab) tell whether the cache changed since it looked. */
+  writes = 0;
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
   /** Positions each layer's arrays have room for. */
@@ -37,6 +39,7 @@ export class KvCache {
    */
   write(layer: number, keys: Float32Array, values: Float32Array): void {
     const n = keys.length / this.rowSize;
+    this.writes++;
     if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2));
     this.put(this.keys[layer], layer, keys, n);
     this.put(this.values[layer], layer, values, n);

@@ -12,6 +12,7 @@
 import ort from 'onnxruntime-node';
 import type { ExpertPool } from '../../experts/pool.ts';
 import { KvCache } from './kv-cache.ts';
+import { KvSlab } from './kv-slab.ts';
 import { readTensors } from './safetensors.ts';
 import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
@@ -48,6 +49,8 @@ export interface ModelOptions {
   attention?: 'batched' | 'per-sequence';
   /** Batched attention runs as one fused graph per layer when the padded keys have at most this many floats (B·Tk·d). */
   fusedAttentionMaxFloats?: number;
+  /** false: gather the decode group's padded keys afresh every step instead of keeping them in a KvSlab. */
+  kvSlab?: boolean;
 }
 
 /** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
@@ -71,6 +74,7 @@ const FUSED_MAX_FLOATS = 1 << 17;
 
 export class MoeModel {
   private scratch: Scratch | null = { keys: new Float32Array(0), values: new Float32Array(0) };
+  private slab: KvSlab | null;
 
   private constructor(
     readonly config: ModelConfig,
@@ -81,7 +85,9 @@ export class MoeModel {
     private readonly inverseFrequencies: Float32Array,
     readonly runner: ExpertRunner,
     private readonly options: ModelOptions,
-  ) {}
+  ) {
+    this.slab = new KvSlab(config.num_hidden_layers, config.num_attention_heads, config.hidden_size / config.num_attention_heads);
+  }
 
   /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */
   static async load(pkg: ModelPackage, runner: ExpertPool | ExpertRunner, options: ModelOptions): Promise<MoeModel> {
@@ -143,6 +149,7 @@ export class MoeModel {
 
     const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
     const layers: LayerTrace[] = [];
+    let ok = false;
     try {
       for (let layer = 0; layer < c.num_hidden_layers; layer++) {
         const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
@@ -152,8 +159,9 @@ export class MoeModel {
         }));
         x = h;
       }
+      ok = true;
     } finally {
-      attention.done();
+      attention.done(ok);
     }
     for (const s of inputs) s.cache.length += s.tokens.length;
 
@@ -190,23 +198,36 @@ export class MoeModel {
       row += s.tokens.length;
     }
     const { cos, sin } = this.rotaryPacked(sequences, total);
-    const groups = groupSequences(sequences.filter((s) => s.n > 0)).map((m) => planGroup(m, total, this.config.num_attention_heads));
+    const heads = this.config.num_attention_heads;
+    const memberLists = groupSequences(sequences.filter((s) => s.n > 0));
+    let groups = memberLists.map((m) => planGroup(m, total, heads));
+    const padded = Math.max(0, ...groups.map((g) => g.slots * g.keys * d));
+    const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
+    // The decode group (n = 1 each) keeps its padded keys in the slab between steps, when no other step holds it.
+    const decode = !fused && memberLists.length > 0 && memberLists[0].every((s) => s.n === 1) ? memberLists[0] : null;
+    const slab = decode && this.options.kvSlab !== false ? this.slab : null;
+    let slotOf: number[] = [];
+    if (slab) {
+      this.slab = null;
+      const layout = slab.prepare(decode!);
+      slotOf = layout.slotOf;
+      groups = [planGroup(decode!, total, heads, layout), ...groups.slice(1)];
+    }
     // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
     const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
     this.scratch = null;
-    const padded = Math.max(0, ...groups.map((g) => g.members.length * g.keys * d));
     if (scratch.keys.length < padded) {
       scratch.keys = new Float32Array(padded);
       scratch.values = new Float32Array(padded);
     }
-    const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
+    const slabGroup = slab ? groups[0] : null;
     return {
       run: async (layer, x) => {
         const xTensor = new ort.Tensor('float32', x, [total, d]);
         if (fused) {
           const group = groups[0];
           const heads = this.config.num_attention_heads;
-          const dims = [group.members.length, heads, group.keys, d / heads];
+          const dims = [group.slots, heads, group.keys, d / heads];
           const out = await this.sessions.fused![layer].run({
             x: xTensor, cos, sin, q_index: group.qIndex, out_index: group.outIndex, mask: group.mask, new_index: group.newIndex,
             past_keys: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.keys, 'keys', true), dims),
@@ -222,8 +243,11 @@ export class MoeModel {
         const k = qkv.k.data as Float32Array;
         const v = qkv.v.data as Float32Array;
         for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
+        if (slab) {
+          decode!.forEach((s, m) => slab.append(layer, slotOf[m], k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d)));
+        }
         if (groups.length === 1 && groups[0].wholeStep) {
-          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch);
+          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch, slab);
           return { h: out.h, moeInput: out.moeInput };
         }
         const h = new Float32Array(total * d);
@@ -231,22 +255,36 @@ export class MoeModel {
         for (const group of groups) {
           const gx = packRows(x, group, d);
           const gq = packRows(q, group, d);
-          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch);
+          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch, group === slabGroup ? slab : null);
           unpackRows(out.h, h, group, d);
           unpackRows(out.moeInput, moeInput, group, d);
         }
         return { h, moeInput };
       },
-      done: () => {
+      done: (ok) => {
         this.scratch = scratch;
+        if (slab) {
+          if (ok) slab.commit(decode!, slotOf);
+          else slab.reset();
+          this.slab = slab;
+        }
       },
     };
   }
 
-  private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch) {
+  private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch, slab: KvSlab | null) {
     const d = this.config.hidden_size;
     const heads = this.config.num_attention_heads;
-    const dims = [group.members.length, heads, group.keys, d / heads];
+    const dims = [group.slots, heads, group.keys, d / heads];
+    if (slab) {
+      const { keys, values } = slab.view(layer, group.slots);
+      const out = await session.run({
+        x: new ort.Tensor('float32', x, [group.tokens, d]), q: new ort.Tensor('float32', q, [group.tokens, d]),
+        q_index: group.qIndex, out_index: group.outIndex, mask: group.mask,
+        keys: new ort.Tensor('float32', keys, dims), values: new ort.Tensor('float32', values, dims),
+      });
+      return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
+    }
     const out = await session.run({
       x: new ort.Tensor('float32', x, [group.tokens, d]),
       q: new ort.Tensor('float32', q, [group.tokens, d]),
@@ -331,7 +369,8 @@ export class MoeModel {
 /** x = x + attention(x) for one step, layer by layer; done() releases the step's buffers. */
 interface StepAttention {
   run(layer: number, x: Float32Array): Promise<{ h: Float32Array; moeInput: Float32Array }>;
-  done(): void;
+  /** ok: every layer ran. */
+  done(ok: boolean): void;
 }
 
 /** The group's rows of a packed [N, d] array, sequences back to back in group order. */
