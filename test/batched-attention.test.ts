@@ -27,7 +27,8 @@ function tokens(count: number, seed: number): number[] {
 async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number, kvSlab?: boolean): Promise<MoeModel> {
   const pkg = loadModelPackage(dir);
   return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
-    capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats, kvSlab,
+    // Length buckets never merge here (the tiny width would merge them all), so decode steps span several slabs.
+    capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats, kvSlab, bucketMergeFloats: 0,
   });
 }
 
@@ -86,7 +87,7 @@ describe('batched attention', () => {
     }
   });
 
-  it('keeps the decode group\'s keys in the slab across steps with joins, departures, prefill and rewinds, bit for bit', async () => {
+  it('keeps decode groups\' keys in slabs across steps with joins, departures, prefill, rewinds and bucket changes, bit for bit', async () => {
     const plain = await load('batched', 0, false);
     // Each model gets the same schedule on its own caches; logits of every step must be identical.
     const schedule = async (model: MoeModel) => {
@@ -96,13 +97,13 @@ describe('batched attention', () => {
         const out = await model.forward(entries.map(([i, ids]) => ({ cache: caches[i], tokens: ids })));
         logits.push(...out.logits);
       };
-      await step([[0, tokens(20, 1)], [1, tokens(5, 2)], [2, tokens(70, 3)]]);
+      await step([[0, tokens(20, 1)], [1, tokens(5, 2)], [2, tokens(100, 3)]]);
       for (let t = 0; t < 3; t++) await step([[0, [t]], [1, [t + 1]], [2, [t + 2]]]);
       await step([[0, [9]], [2, [8]], [3, tokens(12, 4)]]); // 1 sits out, 3 prefills
       for (let t = 0; t < 2; t++) await step([[3, [t]], [2, [t]], [1, [t]], [0, [t]]]); // new order, 3 joins
-      caches[2].length = 40; // a rewind: the slab's copy of 2 is stale
+      caches[2].length = 90; // a rewind: the slab's copy of 2 is stale
       await step([[2, [5]], [0, [6]], [4, tokens(9, 5)]]);
-      for (let t = 0; t < 70; t++) await step([[0, [t % 200]], [2, [(t * 3) % 200]], [4, [t % 7]]]); // outgrows the stride
+      for (let t = 0; t < 70; t++) await step([[0, [t % 200]], [2, [(t * 3) % 200]], [4, [t % 7]]]); // 2 moves past 128 positions: another bucket
       await step([[5, tokens(3, 6)], [4, [1]]]);
       return logits;
     };

@@ -1,22 +1,21 @@
 /**
- * The decode group's padded keys and values kept from step to step, so that a steady decode step copies only its new
+ * A decode group's padded keys and values kept from step to step, so that a steady decode step copies only its new
  * rows instead of gathering every sequence's whole past (O(B·Tk·d) per layer: a third of the batched trunk's time
  * at batch 32, bench/trunk.ts).
  *
- * Per layer, keys and values [slots, heads, stride, head_dim]: a sequence keeps its row (slot) while it stays in the
- * decode group; its positions 0..held are its cache's, zeros beyond. A slot is (re)filled from the KvCache whenever
+ * Per layer, keys and values [slots, heads, stride, head_dim] with a fixed stride (Tk, a multiple of
+ * KEY_ALIGNMENT): a sequence keeps its row (slot) while it stays in this slab's group (the model keeps one slab per
+ * length bucket, so a sequence moves on when it outgrows the stride); its positions 0..held are its cache's, zeros
+ * beyond. A slot is (re)filled from the KvCache whenever
  * it is not known current: new in the group, or the cache was written outside the slab's steps (a prefill chunk, a
  * fused step, a rewind), which its write counter shows. Departed sequences leave holes that newcomers fill; holes are fed like padding
- * (their query rows are discarded). `stride` (Tk) is a multiple of KEY_ALIGNMENT with headroom, so it changes (and
- * everything is refilled) only every HEADROOM steps of the longest sequence. Numbers are unchanged: a row's keys
+ * (their query rows are discarded). Numbers are unchanged: a row's keys
  * are its own positions followed by zeros, as in a fresh gather (test/batched-attention.test.ts).
  *
  * Costs memory: a second copy of the decode group's keys and values (and its headroom).
  */
 import { KEY_ALIGNMENT, type GroupLayout, type StepSequence } from './attention.ts';
 import type { KvCache } from './kv-cache.ts';
-
-const HEADROOM = 64;
 
 interface Slot {
   cache: KvCache;
@@ -27,11 +26,11 @@ interface Slot {
 
 export class KvSlab {
   private slots: Array<Slot | null> = [];
-  private stride = 0;
   keys: Float32Array[];
   values: Float32Array[];
 
-  constructor(private readonly layers: number, private readonly heads: number, private readonly headDim: number) {
+  constructor(private readonly layers: number, private readonly heads: number, private readonly headDim: number, readonly stride: number) {
+    if (stride % KEY_ALIGNMENT !== 0) throw new Error(`KvSlab stride ${stride} is not a multiple of ${KEY_ALIGNMENT}`);
     this.keys = Array.from({ length: layers }, () => new Float32Array(0));
     this.values = Array.from({ length: layers }, () => new Float32Array(0));
   }
@@ -42,10 +41,7 @@ export class KvSlab {
    */
   prepare(members: StepSequence[]): GroupLayout {
     const needed = Math.max(...members.map((s) => s.cache.length + s.n));
-    if (needed > this.stride) {
-      this.stride = Math.ceil((needed + HEADROOM) / KEY_ALIGNMENT) * KEY_ALIGNMENT;
-      this.slots = [];
-    }
+    if (needed > this.stride) throw new Error(`KvSlab: a sequence of ${needed} positions does not fit the stride ${this.stride}`);
     const index = new Map<KvCache, number>();
     this.slots.forEach((slot, i) => slot && index.set(slot.cache, i));
     const present = new Set(members.map((s) => s.cache));

@@ -49,8 +49,10 @@ export interface ModelOptions {
   attention?: 'batched' | 'per-sequence';
   /** Batched attention runs as one fused graph per layer when the padded keys have at most this many floats (B·Tk·d). */
   fusedAttentionMaxFloats?: number;
-  /** false: gather the decode group's padded keys afresh every step instead of keeping them in a KvSlab. */
+  /** false: gather decode groups' padded keys afresh every step instead of keeping them in KvSlabs. */
   kvSlab?: boolean;
+  /** Decode length buckets merge when the extra padded floats cost less than this (default: one run's cost); 0: never. */
+  bucketMergeFloats?: number;
 }
 
 /** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
@@ -74,7 +76,8 @@ const FUSED_MAX_FLOATS = 1 << 17;
 
 export class MoeModel {
   private scratch: Scratch | null = { keys: new Float32Array(0), values: new Float32Array(0) };
-  private slab: KvSlab | null;
+  /** Decode groups' slabs by stride (length bucket); taken by a step, so a concurrent forward gathers instead. */
+  private slabs: Map<number, KvSlab> | null = new Map();
 
   private constructor(
     readonly config: ModelConfig,
@@ -85,9 +88,7 @@ export class MoeModel {
     private readonly inverseFrequencies: Float32Array,
     readonly runner: ExpertRunner,
     private readonly options: ModelOptions,
-  ) {
-    this.slab = new KvSlab(config.num_hidden_layers, config.num_attention_heads, config.hidden_size / config.num_attention_heads);
-  }
+  ) {}
 
   /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */
   static async load(pkg: ModelPackage, runner: ExpertPool | ExpertRunner, options: ModelOptions): Promise<MoeModel> {
@@ -203,15 +204,21 @@ export class MoeModel {
     let groups = memberLists.map((m) => planGroup(m, total, heads));
     const padded = Math.max(0, ...groups.map((g) => g.slots * g.keys * d));
     const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
-    // The decode group (n = 1 each) keeps its padded keys in the slab between steps, when no other step holds it.
+    // Decode tokens (n = 1 each) run in length buckets, each keeping its padded keys in a slab between steps.
     const decode = !fused && memberLists.length > 0 && memberLists[0].every((s) => s.n === 1) ? memberLists[0] : null;
-    const slab = decode && this.options.kvSlab !== false ? this.slab : null;
-    let slotOf: number[] = [];
-    if (slab) {
-      this.slab = null;
-      const layout = slab.prepare(decode!);
-      slotOf = layout.slotOf;
-      groups = [planGroup(decode!, total, heads, layout), ...groups.slice(1)];
+    const slabs = decode && this.options.kvSlab !== false ? this.slabs : null;
+    const slabbed: Array<{ slab: KvSlab; members: StepSequence[]; slotOf: number[]; group: AttentionGroup }> = [];
+    if (slabs) {
+      this.slabs = null;
+      for (const [stride, members] of decodeBuckets(decode!, d, this.options.bucketMergeFloats ?? RUN_COST_FLOATS)) {
+        let slab = slabs.get(stride);
+        if (!slab) slabs.set(stride, (slab = new KvSlab(this.config.num_hidden_layers, heads, d / heads, stride)));
+        const layout = slab.prepare(members);
+        slabbed.push({ slab, members, slotOf: layout.slotOf, group: planGroup(members, total, heads, layout) });
+      }
+      // A bucket no sequence is in anymore drops its slab (and the caches it refers to).
+      for (const stride of [...slabs.keys()]) if (!slabbed.some((b) => b.slab.stride === stride)) slabs.delete(stride);
+      groups = [...slabbed.map((b) => b.group), ...groups.slice(1)];
     }
     // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
     const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
@@ -220,7 +227,7 @@ export class MoeModel {
       scratch.keys = new Float32Array(padded);
       scratch.values = new Float32Array(padded);
     }
-    const slabGroup = slab ? groups[0] : null;
+    const slabOf = new Map(slabbed.map((b) => [b.group, b.slab]));
     return {
       run: async (layer, x) => {
         const xTensor = new ort.Tensor('float32', x, [total, d]);
@@ -243,11 +250,11 @@ export class MoeModel {
         const k = qkv.k.data as Float32Array;
         const v = qkv.v.data as Float32Array;
         for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
-        if (slab) {
-          decode!.forEach((s, m) => slab.append(layer, slotOf[m], k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d)));
+        for (const b of slabbed) {
+          b.members.forEach((s, m) => b.slab.append(layer, b.slotOf[m], k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d)));
         }
         if (groups.length === 1 && groups[0].wholeStep) {
-          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch, slab);
+          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch, slabOf.get(groups[0]) ?? null);
           return { h: out.h, moeInput: out.moeInput };
         }
         const h = new Float32Array(total * d);
@@ -255,7 +262,7 @@ export class MoeModel {
         for (const group of groups) {
           const gx = packRows(x, group, d);
           const gq = packRows(q, group, d);
-          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch, group === slabGroup ? slab : null);
+          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch, slabOf.get(group) ?? null);
           unpackRows(out.h, h, group, d);
           unpackRows(out.moeInput, moeInput, group, d);
         }
@@ -263,10 +270,12 @@ export class MoeModel {
       },
       done: (ok) => {
         this.scratch = scratch;
-        if (slab) {
-          if (ok) slab.commit(decode!, slotOf);
-          else slab.reset();
-          this.slab = slab;
+        if (slabs) {
+          for (const b of slabbed) {
+            if (ok) b.slab.commit(b.members, b.slotOf);
+            else b.slab.reset();
+          }
+          this.slabs = slabs;
         }
       },
     };
@@ -390,4 +399,33 @@ function unpackRows(from: Float32Array, into: Float32Array, group: AttentionGrou
     into.set(from.subarray(at * d, (at + s.n) * d), s.row * d);
     at += s.n;
   }
+}
+
+/** Decode sequences' length buckets: a slab's stride is its bucket's end, so a sequence's row is padded by < this. */
+const DECODE_BUCKET = 128;
+
+/**
+ * A core run's fixed cost, as padded floats of keys it could have read instead: a shorter bucket joins a longer one
+ * when the extra padding costs less than a run.
+ */
+const RUN_COST_FLOATS = 1 << 16;
+
+/**
+ * Decode sequences by length bucket, [stride, members] longest first: stride = the bucket's end (p + n rounded up to
+ * DECODE_BUCKET), so shorter sequences are not padded to the longest one's length; buckets whose extra padding in
+ * the next longer bucket would cost less than a run are merged into it.
+ */
+function decodeBuckets(members: StepSequence[], d: number, mergeFloats: number): Array<[number, StepSequence[]]> {
+  const byStride = new Map<number, StepSequence[]>();
+  for (const s of members) {
+    const stride = Math.ceil((s.cache.length + s.n) / DECODE_BUCKET) * DECODE_BUCKET;
+    byStride.set(stride, [...(byStride.get(stride) ?? []), s]);
+  }
+  const buckets: Array<[number, StepSequence[]]> = [];
+  for (const [stride, list] of [...byStride.entries()].sort((a, b) => b[0] - a[0])) {
+    const last = buckets[buckets.length - 1];
+    if (last && list.length * (last[0] - stride) * d < mergeFloats) last[1].push(...list);
+    else buckets.push([stride, list]);
+  }
+  return buckets;
 }
