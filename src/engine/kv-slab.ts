@@ -18,7 +18,8 @@ import { KEY_ALIGNMENT, type GroupLayout, type StepSequence } from './attention.
 import type { KvCache } from './kv-cache.ts';
 
 interface Slot {
-  cache: KvCache;
+  /** Weak: a finished request's cache is not kept alive by the slab row it left behind. */
+  cache: WeakRef<KvCache>;
   held: number;
   /** cache.writes when the slot last matched it: any other write (or a rewind and rewrite) makes it stale. */
   writes: number;
@@ -43,9 +44,12 @@ export class KvSlab {
     const needed = Math.max(...members.map((s) => s.cache.length + s.n));
     if (needed > this.stride) throw new Error(`KvSlab: a sequence of ${needed} positions does not fit the stride ${this.stride}`);
     const index = new Map<KvCache, number>();
-    this.slots.forEach((slot, i) => slot && index.set(slot.cache, i));
     const present = new Set(members.map((s) => s.cache));
-    this.slots = this.slots.map((slot) => (slot && present.has(slot.cache) ? slot : null));
+    this.slots = this.slots.map((slot) => {
+      const cache = slot?.cache.deref();
+      return cache && present.has(cache) ? slot : null;
+    });
+    this.slots.forEach((slot, i) => slot && index.set(slot.cache.deref()!, i));
     const slotOf: number[] = [];
     const refill: number[] = [];
     for (const s of members) {
@@ -56,7 +60,7 @@ export class KvSlab {
       }
       const slot = this.slots[i];
       if (!slot || slot.held !== s.cache.length || slot.writes !== s.cache.writes) {
-        this.slots[i] = { cache: s.cache, held: s.cache.length, writes: s.cache.writes };
+        this.slots[i] = { cache: new WeakRef(s.cache), held: s.cache.length, writes: s.cache.writes };
         refill.push(i);
       }
       slotOf.push(i);
@@ -65,7 +69,8 @@ export class KvSlab {
     this.ensureRoom(this.slots.length);
     const block = this.heads * this.stride * this.headDim;
     for (const i of refill) {
-      const { cache, held } = this.slots[i]!;
+      const { held } = this.slots[i]!;
+      const cache = this.slots[i]!.cache.deref()!;
       for (let l = 0; l < this.layers; l++) {
         cache.gather(l, 'keys', held, this.keys[l], i * block, this.stride);
         cache.gather(l, 'values', held, this.values[l], i * block, this.stride);
