@@ -223,11 +223,12 @@ export class MoeModel {
     // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
     const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
     this.scratch = null;
-    if (scratch.keys.length < padded) {
-      scratch.keys = new Float32Array(padded);
-      scratch.values = new Float32Array(padded);
-    }
     const slabOf = new Map(slabbed.map((b) => [b.group, b.slab]));
+    const gathered = Math.max(0, ...groups.filter((g) => !slabOf.has(g)).map((g) => g.slots * g.keys * d));
+    if (scratch.keys.length < gathered) {
+      scratch.keys = new Float32Array(gathered);
+      scratch.values = new Float32Array(gathered);
+    }
     return {
       run: async (layer, x) => {
         const xTensor = new ort.Tensor('float32', x, [total, d]);
