@@ -111,7 +111,7 @@ try {
   publish([table], [
     `decode steps, one token per sequence, pasts 64–256 at the start (one longer each step); medians of ${repeats} interleaved repeats (after 2 warm-up)`,
     '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
-    '"batched": one fused run per layer for small steps, else projection + core with the decode group\'s keys kept in the KvSlab; "without slab": gathered afresh each step',
+    '"batched": one fused run per layer for small steps, else projection + one core run per decode length bucket (128 positions), each bucket\'s padded keys kept in a KvSlab between steps; "without slab": one decode group gathered afresh each step',
     '"K/V gather": copying every sequence\'s cached keys and values into the padded [B, heads, Tk, head_dim] buffers, all layers: what the slab saves per step',
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });
