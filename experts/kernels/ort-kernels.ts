@@ -23,6 +23,9 @@ export class OrtKernel implements ExpertKernel {
     const session = await ort.InferenceSession.create(graph, {
       intraOpNumThreads: options.threads, interOpNumThreads: 1, executionProviders: options.executionProviders,
       graphOptimizationLevel: 'all',
+      // Batch sizes change every call (1 to thousands of rows): a CPU arena per expert session would grow to the
+      // largest batch each expert ever saw and keep it (the gateway's resident set rose for thousands of requests).
+      enableCpuMemArena: false, enableMemPattern: false,
     });
     return new OrtKernel(name, session, hidden);
   }

@@ -100,6 +100,11 @@ export class MoeModel {
     const sessionOptions: ort.InferenceSession.SessionOptions = {
       intraOpNumThreads: options.trunkThreads, interOpNumThreads: 1, graphOptimizationLevel: 'all',
       executionProviders: options.executionProviders,
+      // No CPU arena and no memory patterns: the batched attention runs shapes that change every step (batch, new
+      // tokens, padded past), and the arena kept growing with them (+48 MB over 400 random steps, still rising,
+      // against +10 MB without it; bench/soak.ts: the resident set did not level off); per-shape memory patterns
+      // are never reused for the same reason. Measured faster without both, too.
+      enableCpuMemArena: false, enableMemPattern: false,
     };
     const create = (graph: Uint8Array) => ort.InferenceSession.create(graph, sessionOptions);
     const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
