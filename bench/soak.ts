@@ -11,6 +11,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadConfig, resolveWorkers, type Config } from '../src/config.ts';
+import { seededRandom } from '../src/engine/sampling.ts';
 import { createClient, type ApiKind, type Client } from './clients.ts';
 import { intFlag, numberFlag, parseFlags, runCli, UsageError } from './cli-common.ts';
 import { commandLine, gitCommit, publish } from './record.ts';
@@ -82,24 +83,12 @@ function parse(argv: string[]) {
 
 type Options = NonNullable<ReturnType<typeof parse>>;
 
-/** mulberry32: a small seeded generator of numbers in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * `count` prompts of 3 to 60 words (roughly 15 to 350 characters) drawn from the built-in prompts' words, each
  * with a number so that most differ; about 1 in 10 repeats an earlier prompt exactly.
  */
 function soakPrompts(count: number, seed: number): string[] {
-  const random = seeded(seed);
+  const random = seededRandom(seed);
   const words = DEFAULT_PROMPTS.join(' ').split(/\s+/).filter((w) => w !== '');
   const prompts: string[] = [];
   for (let i = 0; i < count; i++) {
