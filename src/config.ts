@@ -41,6 +41,13 @@ const OnnxSchema = z.strictObject({
   expertThreads: int(1).default(1).describe('Intra-op threads of each expert worker\'s ONNX Runtime sessions.'),
 });
 
+const AllocatorSchema = z.strictObject({
+  mmapThresholdBytes: int(0, 32 * 1024 * 1024)
+    .nullable()
+    .default(128 * 1024)
+    .describe("glibc malloc: blocks of at least this many bytes are mmapped and returned to the system when freed (mallopt M_MMAP_THRESHOLD, which also stops glibc raising the threshold by itself). Keeps onnxruntime's step-sized buffers from fragmenting per-thread arenas (resident memory creeping under load); null leaves glibc's default. Needs the native addon (built by npm ci)."),
+});
+
 const ExpertsSchema = z.strictObject({
   kernel: z
     .enum(['auto', 'dense', 'int8', 'int4', 'sparse'])
@@ -189,6 +196,7 @@ export const ConfigSchema = z
     routing: RoutingSchema.prefault({}).describe('Router behaviour at inference time.'),
     limits: LimitsSchema.prefault({}).describe('Request and scheduling limits.'),
     onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
+    allocator: AllocatorSchema.prefault({}).describe('Process-wide memory allocator settings (applied when the server starts).'),
     experts: ExpertsSchema.prefault({}).describe('Expert kernels: how each expert FFN is computed in the workers.'),
     telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
     cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
@@ -214,6 +222,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   routing: RoutingSchema,
   limits: LimitsSchema,
   onnx: OnnxSchema,
+  allocator: AllocatorSchema,
   experts: ExpertsSchema,
   telemetry: TelemetrySchema,
   cache: CacheSchema,

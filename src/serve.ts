@@ -5,6 +5,7 @@
 import { getRequestListener } from '@hono/node-server';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { tuneAllocator } from './allocator.ts';
 import { resolveWorkers, type Config } from './config.ts';
 import type { GenerationService } from './engine/types.ts';
 import type { StepObserver } from './engine/scheduler.ts';
@@ -124,6 +125,8 @@ function onRequestError(err: unknown): Response {
 
 export async function startServer(config: Config, options: StartServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? log;
+  // Before the engine loads: the threshold applies to blocks allocated after it is set.
+  tuneAllocator(config.allocator, logger);
   const modelId = basename(config.model);
   const telemetry = createTelemetry(config.telemetry, {
     modelId,

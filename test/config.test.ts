@@ -47,6 +47,7 @@ describe('loadConfig', () => {
         maxTopNTokens: 5,
       },
       onnx: { trunkThreads: 1, expertThreads: 1 },
+      allocator: { mmapThresholdBytes: 131072 },
       experts: { kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2, maxResidentPerWorker: null, channel: 'shared-memory' },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null },
       cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 } },

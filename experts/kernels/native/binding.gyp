@@ -8,6 +8,10 @@
       "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno"],
       "xcode_settings": { "OTHER_CPLUSPLUSFLAGS": ["-O3", "-std=c++17"] },
       "msvs_settings": { "VCCLCompilerTool": { "Optimization": 2 } }
+    },
+    {
+      "target_name": "allocator",
+      "sources": ["allocator.cc"]
     }
   ]
 }
