@@ -118,6 +118,17 @@ export interface WorkerRestart {
   experts: ExpertKey[];
 }
 
+/**
+ * A worker's thread now: 'ready' (it has started and loaded its experts), 'starting' (a replacement is starting),
+ * or 'failed' (its replacement could not start; `error` says why; the next task to it makes Piscina try again).
+ */
+export interface WorkerHealth {
+  worker: number;
+  state: 'ready' | 'starting' | 'failed';
+  restarts: number;
+  error?: string;
+}
+
 /** What an observer of the pool may hear about (telemetry counts restarts). */
 export interface PoolObserver {
   onWorkerRestart?(event: WorkerRestart): void;
@@ -144,6 +155,8 @@ class Shard {
   private lost = 0;
   private restarts = 0;
   private lastThreadError: Error | null = null;
+  /** Why the last replacement thread failed to start; null once a thread runs again. */
+  private startFailure: string | null = null;
   /**
    * Rejects the tasks waiting for a thread when a replacement failed to start: Piscina then starts no other by
    * itself, so they would wait forever (a later task makes it try again).
@@ -262,6 +275,7 @@ class Shard {
         try {
           const result = await once();
           this.threadReady = true;
+          this.startFailure = null;
           return result;
         } catch (error) {
           const lostThread = this.lost > lostBefore;
@@ -302,6 +316,7 @@ class Shard {
   private threadStarted(): void {
     if (this.creates++ === 0) return; // Piscina's start-up announcement, before the thread loaded its experts
     this.threadReady = true;
+    this.startFailure = null;
     if (this.restarts > 0) log.info('expert worker replaced', { worker: this.id, restarts: this.restarts, experts: readHosting(this.hosting).length });
   }
 
@@ -323,9 +338,15 @@ class Shard {
     this.stalled = rejector();
     queueMicrotask(() => {
       const cause = this.lastThreadError?.message ?? 'it exited while starting';
+      this.startFailure = cause;
       log.error('expert worker thread failed to start', { worker: this.id, error: cause });
       stalled.reject(new Error(`worker ${this.id}'s thread failed to start (${cause})`));
     });
+  }
+
+  health(): WorkerHealth {
+    const state = this.startFailure !== null ? 'failed' : this.threadReady ? 'ready' : 'starting';
+    return { worker: this.id, state, restarts: this.restarts, ...(this.startFailure !== null ? { error: this.startFailure } : {}) };
   }
 
   idle(): Promise<void> {
@@ -397,6 +418,11 @@ export class ExpertPool {
 
   get workerCount(): number {
     return this.shards.length;
+  }
+
+  /** Each worker's thread state (see WorkerHealth), in worker order; cheap enough for every health check. */
+  health(): WorkerHealth[] {
+    return this.shards.map((shard) => shard.health());
   }
 
   /**

@@ -12,6 +12,7 @@ import type { StepObserver } from '../src/engine/scheduler.ts';
 import { createLogger } from '../src/log.ts';
 import { expertsOfWorker, placementFromFile, type Placement } from '../src/placement/placement.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
+import { createApp } from '../src/server/app.ts';
 import type { WorkerRestart } from '../experts/pool.ts';
 import type { StepOutput } from '../src/engine/model.ts';
 import type { Sequence } from '../src/engine/sequence.ts';
@@ -139,15 +140,31 @@ describe('expert worker recovery (engine)', () => {
 });
 
 describe('expert worker recovery: a replacement that cannot start', () => {
-  it('fails the step with a clear error instead of waiting forever', async () => {
+  it('fails the step with a clear error instead of waiting forever, and GET /health says 503 degraded', async () => {
     const broken = writeTinyPackage(config, 34);
-    const engine = await Engine.load(engineConfig(broken, { workers: 2 }));
+    const settings = engineConfig(broken, { workers: 2 });
+    const engine = await Engine.load(settings);
+    const app = createApp(engine, settings);
     try {
       const inputs = () => PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) }));
       await engine.model.forward(inputs());
+      const healthy = await app.request('/health');
+      expect(healthy.status).toBe(200);
+      expect(await healthy.json()).toEqual({
+        status: 'ok',
+        workers: [{ worker: 0, state: 'ready', restarts: 0 }, { worker: 1, state: 'ready', restarts: 0 }],
+      });
+
       truncateSync(join(broken, 'model.safetensors'), 0); // a new thread cannot read its experts any more
       await engine.pool.injectFault(1, { kind: 'exit' });
       await expect(engine.model.forward(inputs())).rejects.toThrow(/expert worker 1: run task failed 3 times .*failed to start/);
+
+      const degraded = await app.request('/health');
+      expect(degraded.status).toBe(503);
+      const body = await degraded.json() as { status: string; error: string; error_type: string; workers: Array<{ worker: number; state: string; restarts: number }> };
+      expect(body).toMatchObject({ status: 'degraded', error_type: 'internal' });
+      expect(body.error).toMatch(/expert worker 1 \(.+\) cannot start/);
+      expect(body.workers.map((w) => [w.worker, w.state, w.restarts])).toEqual([[0, 'ready', 0], [1, 'failed', 1]]);
     } finally {
       await engine.close();
     }

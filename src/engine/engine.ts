@@ -19,7 +19,7 @@ import { log } from '../log.ts';
 import { PrefixCache } from './prefix-cache.ts';
 import { ResponseCache } from './response-cache.ts';
 import {
-  CancelledError, InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type ModelInfo,
+  CancelledError, InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type HealthReport, type ModelInfo,
 } from './types.ts';
 
 export class Engine implements GenerationService {
@@ -151,6 +151,11 @@ export class Engine implements GenerationService {
 
   countPromptTokens(request: GenerateRequest): number {
     return this.promptIds(request).length;
+  }
+
+  health(): HealthReport {
+    const workers = this.pool.health();
+    return { status: workers.some((w) => w.state === 'failed') ? 'degraded' : 'ok', workers };
   }
 
   info(): ModelInfo {

@@ -1,4 +1,5 @@
 /** The contract between the HTTP layer and the generation engine. */
+import type { WorkerHealth } from '../../experts/pool.ts';
 
 export interface SamplingParams {
   /** false: greedy (argmax); the other fields are then ignored. */
@@ -110,6 +111,15 @@ export class CancelledError extends Error {
   override readonly name = 'CancelledError';
 }
 
+/**
+ * GET /health's answer. 'degraded' when an expert worker's replacement thread failed to start: the experts it hosts
+ * cannot run (unless replicated elsewhere), so the instance should be taken out of rotation and looked at.
+ */
+export interface HealthReport {
+  status: 'ok' | 'degraded';
+  workers: WorkerHealth[];
+}
+
 export interface ModelInfo {
   modelId: string;
   modelDir: string;
@@ -165,5 +175,7 @@ export interface GenerationService {
    */
   countPromptTokens?(request: GenerateRequest): number;
   info(): ModelInfo;
+  /** The expert workers' state for GET /health; services without workers (test fakes) leave it out. */
+  health?(): HealthReport;
   close(): Promise<void>;
 }

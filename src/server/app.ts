@@ -91,7 +91,7 @@ export function createApp(service: GenerationService, config: Config, options: A
   registerGenerateStreamRoute(app, service, config);
   registerCompatRoute(app, service, config);
   registerOpenAiRoutes(app, service, config);
-  registerHealthRoute(app);
+  registerHealthRoute(app, service);
   registerInfoRoute(app, service);
   if (options.telemetry) registerMetricsRoute(app, options.telemetry);
   if (options.admin && config.admin.token !== null) registerAdminRoutes(app, options.admin, { token: config.admin.token, logger });

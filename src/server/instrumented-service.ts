@@ -8,6 +8,7 @@ export function instrument(service: GenerationService, telemetry: Telemetry, mod
     renderChat: (messages) => service.renderChat(messages),
     ...(service.countPromptTokens ? { countPromptTokens: (request) => service.countPromptTokens!(request) } : {}),
     info: () => service.info(),
+    ...(service.health ? { health: () => service.health!() } : {}),
     close: () => service.close(),
     async generate(request, options = {}) {
       const { operation, stream } = options.label ?? { operation: 'text_completion', stream: false };
