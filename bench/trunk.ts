@@ -55,6 +55,7 @@ try {
   const variants: Array<[string, MoeModel]> = [
     ['per-sequence/pool', await load(engine.pool, { attention: 'per-sequence' })],
     ['batched/pool', await load(engine.pool, { attention: 'batched' })],
+    ['overlap/pool', await load(engine.pool, { attention: 'batched', microBatchMinTokens: 2 })],
     ['per-sequence/trunk', await load(nullRunner, { attention: 'per-sequence' })],
     ['batched-no-slab/trunk', await load(nullRunner, { attention: 'batched', kvSlab: false })],
     ['batched/trunk', await load(nullRunner, { attention: 'batched' })],
@@ -100,18 +101,20 @@ try {
     }
     const m = (k: string) => median(times[k]);
     rows.push([batch, fmt(m('per-sequence/pool'), 2), fmt(m('batched/pool'), 2), fmt(ratio(m('per-sequence/pool'), m('batched/pool')), 2),
+      fmt(m('overlap/pool'), 2), fmt(ratio(m('batched/pool'), m('overlap/pool')), 2),
       fmt(m('per-sequence/trunk'), 2), fmt(m('batched-no-slab/trunk'), 2), fmt(m('batched/trunk'), 2),
       fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2), fmt(median(gather), 2)]);
     console.error(`batch ${batch} done`);
   }
   const table = markdownTable(
-    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'trunk, per-sequence (ms)', 'trunk, batched without slab (ms)', 'trunk, batched (ms)', 'trunk speedup', 'K/V gather (ms)'],
+    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched without slab (ms)', 'trunk, batched (ms)', 'trunk speedup', 'K/V gather (ms)'],
     rows,
   );
   publish([table], [
     `decode steps, one token per sequence, pasts 64–256 at the start (one longer each step); medians of ${repeats} interleaved repeats (after 2 warm-up)`,
     '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
     '"batched": one fused run per layer for small steps, else projection + one core run per decode length bucket (128 positions), each bucket\'s padded keys kept in a KvSlab between steps; "without slab": one decode group gathered afresh each step',
+    '"two micro-batches": the batched step split in two halves whose attention and experts overlap (experts.overlapMinTokens 2; bit-identical outputs)',
     '"K/V gather": copying every sequence\'s cached keys and values into the padded [B, heads, Tk, head_dim] buffers, all layers: what the slab saves per step',
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });

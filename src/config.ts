@@ -36,9 +36,24 @@ const LimitsSchema = z.strictObject({
   maxTopNTokens: int(0).default(5).describe('Largest top_n_tokens (TGI) a request may ask for: most likely alternatives reported per generated token.'),
 });
 
+/** The execution providers onnxruntime-node knows on Linux x64 ('cpu' and 'webgpu' ship inside the package). */
+export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda', 'tensorrt'] as const;
+
+const ProviderList = z
+  .array(z.enum(EXECUTION_PROVIDERS))
+  .min(1)
+  .default(['cpu']);
+
 const OnnxSchema = z.strictObject({
   trunkThreads: int(1).default(1).describe('Intra-op threads of the ONNX Runtime sessions that run the dense trunk.'),
   expertThreads: int(1).default(1).describe('Intra-op threads of each expert worker\'s ONNX Runtime sessions.'),
+  executionProviders: z
+    .strictObject({
+      trunk: ProviderList.describe('Execution providers of the trunk sessions (attention, embedding, LM head), in order of preference.'),
+      experts: ProviderList.describe("Execution providers of the expert workers' onnxruntime kernels (dense, structured, int8, int4), in order of preference."),
+    })
+    .prefault({})
+    .describe("onnxruntime execution providers: 'cpu', 'webgpu' (ships with onnxruntime-node; needs a GPU adapter, e.g. Vulkan), 'cuda' and 'tensorrt' (need onnxruntime-node's GPU libraries, which this project does not install). When a list cannot start, its sessions run on the CPU and the gateway logs why once."),
 });
 
 const AllocatorSchema = z.strictObject({
@@ -69,6 +84,10 @@ const ExpertsSchema = z.strictObject({
     .nullable()
     .default(null)
     .describe('Most experts a worker keeps loaded; others it hosts are loaded on demand, least recently used released first. null keeps all.'),
+  overlapMinTokens: int(2)
+    .nullable()
+    .default(null)
+    .describe("Steps with at least this many tokens run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers it gained nothing (bench/RESULTS.md: both halves wait on memory); try it with more cores than workers."),
   channel: z
     .enum(['shared-memory', 'tasks'])
     .default('shared-memory')

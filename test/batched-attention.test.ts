@@ -4,7 +4,7 @@
  * other sequences of its step (bit for bit).
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { MoeModel, type SequenceInput } from '../src/engine/model.ts';
+import { MoeModel, splitMicroBatches, type SequenceInput, type StepOutput } from '../src/engine/model.ts';
 import { LocalExpertRunner } from '../src/engine/expert-runner.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
 import { groupSequences, type StepSequence } from '../src/engine/attention.ts';
@@ -24,11 +24,12 @@ function tokens(count: number, seed: number): number[] {
 }
 
 /** fusedAttentionMaxFloats 0: always the two-run path (projection, then core); the default fuses small steps. */
-async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number, kvSlab?: boolean): Promise<MoeModel> {
+async function load(attention: 'batched' | 'per-sequence', fusedAttentionMaxFloats?: number, kvSlab?: boolean, microBatchMinTokens?: number): Promise<MoeModel> {
   const pkg = loadModelPackage(dir);
   return MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
     // Length buckets never merge here (the tiny width would merge them all), so decode steps span several slabs.
     capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention, fusedAttentionMaxFloats, kvSlab, bucketMergeFloats: 0,
+    microBatchMinTokens,
   });
 }
 
@@ -153,6 +154,56 @@ describe('batched attention', () => {
       return chosen;
     };
     expect(await greedy(batched)).toEqual(await greedy(perSequence));
+  });
+});
+
+describe('two micro-batches (attention of one overlapping the experts of the other)', () => {
+  const ids = (n: number, seed: number) => tokens(n, seed);
+
+  it('splits in input order into halves of about equal tokens, only when the step is large enough', () => {
+    const input = (n: number): SequenceInput => ({ cache: new KvCache(1, 4), tokens: ids(n, n) });
+    const sizes = (parts: SequenceInput[][]) => parts.map((p) => p.map((s) => s.tokens.length));
+    expect(sizes(splitMicroBatches([1, 1, 1, 1, 1, 1, 1, 1].map(input), 8))).toEqual([[1, 1, 1, 1], [1, 1, 1, 1]]);
+    expect(sizes(splitMicroBatches([1, 1, 1, 1, 1, 1, 1].map(input), 8))).toEqual([[1, 1, 1, 1, 1, 1, 1]]); // 7 < 8 tokens
+    expect(sizes(splitMicroBatches([20, 1, 1, 1].map(input), 8))).toEqual([[20], [1, 1, 1]]);
+    expect(sizes(splitMicroBatches([1, 1, 1, 20].map(input), 8))).toEqual([[1, 1, 1], [20]]);
+    expect(sizes(splitMicroBatches([5, 3, 4, 4].map(input), 8))).toEqual([[5, 3], [4, 4]]);
+    expect(sizes(splitMicroBatches([30].map(input), 8))).toEqual([[30]]); // one sequence is never split
+  });
+
+  it('gives bit-identical logits, caches and layer traces to one batch, over steps whose halves change', async () => {
+    const [whole, halves] = await Promise.all([load('batched', undefined, undefined, Infinity), load('batched', undefined, undefined, 2)]);
+    const schedule = async (model: MoeModel) => {
+      const caches = Array.from({ length: 9 }, () => model.newCache());
+      const steps: StepOutput[] = [];
+      const step = async (entries: Array<[number, number[]]>) => steps.push(await model.forward(entries.map(([i, t]) => ({ cache: caches[i], tokens: t }))));
+      await step([[0, ids(20, 1)], [1, ids(5, 2)], [2, ids(100, 3)], [3, ids(7, 4)]]);
+      for (let t = 0; t < 4; t++) await step([[0, [t]], [1, [t + 1]], [2, [t + 2]], [3, [t + 3]]]);
+      await step([[4, ids(30, 5)], [0, [9]], [2, [8]], [5, ids(2, 6)]]); // a long prefill takes a half to itself
+      for (let t = 0; t < 40; t++) {
+        // Sequences join and leave, so a sequence's half (and its slab) changes from step to step.
+        const active = [0, 1, 2, 3, 4, 5, 6, 7, 8].filter((i) => (i + t) % 5 !== 0 && caches[i].length > 0 || (i >= 6 && t === 10 + i));
+        await step(active.map((i) => [i, caches[i].length === 0 ? ids(3 + i, 40 + i) : [(t * 7 + i) % 256]]));
+      }
+      return { steps, caches };
+    };
+    const a = await schedule(whole);
+    const b = await schedule(halves);
+    expect(b.steps.length).toBe(a.steps.length);
+    a.steps.forEach((step, k) => {
+      step.logits.forEach((l, i) => expect(maxAbsDiff(l, b.steps[k].logits[i])).toBe(0));
+      step.layers.forEach((layer, l) => {
+        const other = b.steps[k].layers[l];
+        expect(Array.from(other.expert)).toEqual(Array.from(layer.expert));
+        expect(Array.from(other.gate)).toEqual(Array.from(layer.gate));
+        expect(other.tokensPerExpert).toEqual(layer.tokensPerExpert);
+        expect(other.workers.reduce((n, w) => n + w.tokens, 0)).toBe(layer.workers.reduce((n, w) => n + w.tokens, 0));
+      });
+    });
+    a.caches.forEach((cache, i) => {
+      expect(b.caches[i].length).toBe(cache.length);
+      if (cache.length > 0) expect(maxAbsDiff(b.caches[i].past(1).keys, cache.past(1).keys)).toBe(0);
+    });
   });
 });
 

@@ -1,6 +1,7 @@
 /** Expert kernels that are onnxruntime sessions over the expert graphs: dense/structured fp32, int8 and int4. */
 import ort from 'onnxruntime-node';
 import { expertGraph, int4ExpertGraph, int8ExpertGraph, type ExpertWeights } from '../expert-graph.ts';
+import { createSession } from './ort-session.ts';
 import type { ExpertKernel, KernelName } from './types.ts';
 
 /** MatMulNBits accuracy_level of the int4 kernel: 4 = int8 activations. */
@@ -8,6 +9,7 @@ export const INT4_ACCURACY_LEVEL = 4;
 
 export interface OrtOptions {
   threads: number;
+  /** onnxruntime execution providers in order of preference (ort-session.ts: CPU fallback when they cannot start). */
   executionProviders: string[];
 }
 
@@ -20,13 +22,14 @@ export class OrtKernel implements ExpertKernel {
       // activations here at batch 1–8, with the same error (the 4-bit weights dominate it).
       : name === 'int4' ? int4ExpertGraph(graphName, hidden, ffn, w, 32, INT4_ACCURACY_LEVEL)
         : expertGraph(graphName, hidden, ffn, w);
-    const session = await ort.InferenceSession.create(graph, {
-      intraOpNumThreads: options.threads, interOpNumThreads: 1, executionProviders: options.executionProviders,
-      graphOptimizationLevel: 'all',
+    const { session } = await createSession(graph, {
+      intraOpNumThreads: options.threads, interOpNumThreads: 1, graphOptimizationLevel: 'all',
       // Batch sizes change every call (1 to thousands of rows): a CPU arena per expert session would grow to the
       // largest batch each expert ever saw and keep it (the gateway's resident set rose for thousands of requests).
       enableCpuMemArena: false, enableMemPattern: false,
-    });
+      // With several intra-op threads, ORT's pool threads spin after each run: time the other workers need.
+      extra: { session: { intra_op: { allow_spinning: '0' } } },
+    }, options.executionProviders, 'expert kernels');
     return new OrtKernel(name, session, hidden);
   }
 

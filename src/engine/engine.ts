@@ -52,10 +52,9 @@ export class Engine implements GenerationService {
     const pkg = loadModelPackage(config.model);
     const c = pkg.config;
     const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
-    const executionProviders = ['cpu'];
     const pool = await ExpertPool.start({
       weightsFile: pkg.weightsFile, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
-      threadsPerWorker: config.onnx.expertThreads, executionProviders, minSplitRows: config.placement.minSplitRows,
+      threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
       channel: config.experts.channel,
@@ -66,7 +65,9 @@ export class Engine implements GenerationService {
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);
     try {
       const model = await MoeModel.load(pkg, pool, {
-        capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads, executionProviders,
+        capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads,
+        executionProviders: config.onnx.executionProviders.trunk,
+        microBatchMinTokens: config.experts.overlapMinTokens ?? Infinity,
       });
       const codec = new TextCodec(pkg.tokenizerJson, pkg.tokenizerConfig);
       const caches = {

@@ -11,6 +11,7 @@
  */
 import ort from 'onnxruntime-node';
 import type { ExpertPool } from '../../experts/pool.ts';
+import { createSession } from '../../experts/kernels/ort-session.ts';
 import { KvCache } from './kv-cache.ts';
 import { KvSlab } from './kv-slab.ts';
 import { readTensors } from './safetensors.ts';
@@ -53,6 +54,11 @@ export interface ModelOptions {
   kvSlab?: boolean;
   /** Decode length buckets merge when the extra padded floats cost less than this (default: one run's cost); 0: never. */
   bucketMergeFloats?: number;
+  /**
+   * Steps with at least this many tokens (and two or more sequences) run as two micro-batches whose attention and
+   * experts overlap (config experts.overlapMinTokens); undefined or Infinity: never.
+   */
+  microBatchMinTokens?: number;
 }
 
 /** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
@@ -75,9 +81,13 @@ interface AttentionSessions {
 const FUSED_MAX_FLOATS = 1 << 17;
 
 export class MoeModel {
-  private scratch: Scratch | null = { keys: new Float32Array(0), values: new Float32Array(0) };
-  /** Decode groups' slabs by stride (length bucket); taken by a step, so a concurrent forward gathers instead. */
-  private slabs: Map<number, KvSlab> | null = new Map();
+  /** Per micro-batch slot (0, 1): reused padded key/value buffers; taken by a step, so a concurrent forward allocates. */
+  private scratch: Array<Scratch | null> = [null, null];
+  /**
+   * Per micro-batch slot: decode groups' slabs by stride (length bucket); taken by a step, so a concurrent forward
+   * gathers instead.
+   */
+  private slabs: Array<Map<number, KvSlab> | null> = [new Map(), new Map()];
 
   private constructor(
     readonly config: ModelConfig,
@@ -97,16 +107,18 @@ export class MoeModel {
     for (let l = 0; l < c.num_hidden_layers; l++) trunkNames.push(...Object.values(tensorNames.layer(l)));
     const weights = readTensors(pkg.weightsFile, pkg.tensors, trunkNames);
     const w = (name: string) => weights.get(name)!;
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
+    const sessionOptions: Omit<ort.InferenceSession.SessionOptions, 'executionProviders'> = {
       intraOpNumThreads: options.trunkThreads, interOpNumThreads: 1, graphOptimizationLevel: 'all',
-      executionProviders: options.executionProviders,
       // No CPU arena and no memory patterns: the batched attention runs shapes that change every step (batch, new
       // tokens, padded past), and the arena kept growing with them (+48 MB over 400 random steps, still rising,
       // against +10 MB without it; bench/soak.ts: the resident set did not level off); per-shape memory patterns
       // are never reused for the same reason. Measured faster without both, too.
       enableCpuMemArena: false, enableMemPattern: false,
+      // With more than one intra-op thread, ORT's pool threads spin after each run by default: on a machine whose
+      // cores the expert workers also use, the spinning takes their time (steps 3-4x slower on 2 cores).
+      extra: { session: { intra_op: { allow_spinning: '0' } } },
     };
-    const create = (graph: Uint8Array) => ort.InferenceSession.create(graph, sessionOptions);
+    const create = async (graph: Uint8Array) => (await createSession(graph, sessionOptions, options.executionProviders, 'trunk')).session;
     const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
     const sessions: AttentionSessions = {};
     if (options.attention === 'per-sequence') {
@@ -151,23 +163,27 @@ export class MoeModel {
     const d = c.hidden_size;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
     const ids = new ort.Tensor('int64', BigInt64Array.from(inputs.flatMap((s) => s.tokens), BigInt), [total]);
-    let x = (await this.embed.run({ ids })).hidden.data as Float32Array;
+    const embedded = (await this.embed.run({ ids })).hidden.data as Float32Array;
 
-    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
-    const layers: LayerTrace[] = [];
-    let ok = false;
-    try {
-      for (let layer = 0; layer < c.num_hidden_layers; layer++) {
-        const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
-        layers.push(await moeLayer({ // h = h + moe(h)
-          layer, h, moeInput, tokens: total, d, experts: c.num_experts, router: this.routers[layer],
-          capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted: options.onRouted,
-        }));
-        x = h;
-      }
-      ok = true;
-    } finally {
-      attention.done(ok);
+    // Two micro-batches run the layers side by side: while the workers compute one half's experts, the main thread
+    // runs the other half's attention (two-batch overlap). Only where that cannot change a result: no capacity
+    // limit (each token's routing is its own) and no per-layer hook that expects the whole step.
+    const parts = this.options.capacityFactor === null && !options.onRouted ? splitMicroBatches(inputs, this.options.microBatchMinTokens ?? Infinity) : [inputs];
+    let x: Float32Array;
+    let layers: LayerTrace[];
+    if (parts.length === 1) {
+      this.slabs[1]?.clear(); // the second micro-batch's slabs would keep sequences that may have ended
+      ({ x, layers } = await this.layers(inputs, embedded, 0, options.onRouted));
+    } else {
+      const split = parts[0].reduce((n, s) => n + s.tokens.length, 0) * d;
+      const halves = await Promise.all([
+        this.layers(parts[0], embedded.slice(0, split), 0),
+        this.layers(parts[1], embedded.slice(split), 1),
+      ]);
+      x = new Float32Array(total * d);
+      x.set(halves[0].x);
+      x.set(halves[1].x, split);
+      layers = halves[0].layers.map((a, l) => mergeTraces(a, halves[1].layers[l]));
     }
     for (const s of inputs) s.cache.length += s.tokens.length;
 
@@ -188,11 +204,43 @@ export class MoeModel {
   }
 
   /**
+   * The decoder layers over `inputs` (one micro-batch, `slot` 0 or 1: whose reused buffers it takes), x [tokens, d]
+   * their embedded tokens: per layer x = x + attention(x); x = x + moe(x). Returns the final residual stream and
+   * each layer's trace. Does not advance the caches' lengths (forward does, once every micro-batch is done).
+   */
+  private async layers(
+    inputs: SequenceInput[],
+    x: Float32Array,
+    slot: number,
+    onRouted?: (layer: number, moeInput: Float32Array, expert: Int32Array) => void,
+  ): Promise<{ x: Float32Array; layers: LayerTrace[] }> {
+    const c = this.config;
+    const tokens = inputs.reduce((n, s) => n + s.tokens.length, 0);
+    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs, slot);
+    const layers: LayerTrace[] = [];
+    let ok = false;
+    try {
+      for (let layer = 0; layer < c.num_hidden_layers; layer++) {
+        const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
+        layers.push(await moeLayer({ // h = h + moe(h)
+          layer, h, moeInput, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
+          capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
+        }));
+        x = h;
+      }
+      ok = true;
+    } finally {
+      attention.done(ok);
+    }
+    return { x, layers };
+  }
+
+  /**
    * attention(x) for all of a step's sequences: per layer one projection run over the packed tokens, the new k/v
    * rows appended to each cache, then one core run per group (attention.ts). Rotary tables, masks and index
    * tensors are built once per step.
    */
-  private batchedAttention(inputs: SequenceInput[]): StepAttention {
+  private batchedAttention(inputs: SequenceInput[], slot: number): StepAttention {
     const d = this.config.hidden_size;
     const projection = this.sessions.projection!;
     const core = this.sessions.core!;
@@ -211,10 +259,10 @@ export class MoeModel {
     const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
     // Decode tokens (n = 1 each) run in length buckets, each keeping its padded keys in a slab between steps.
     const decode = !fused && memberLists.length > 0 && memberLists[0].every((s) => s.n === 1) ? memberLists[0] : null;
-    const slabs = decode && this.options.kvSlab !== false ? this.slabs : null;
+    const slabs = decode && this.options.kvSlab !== false ? this.slabs[slot] : null;
     const slabbed: Array<{ slab: KvSlab; members: StepSequence[]; slotOf: number[]; group: AttentionGroup }> = [];
     if (slabs) {
-      this.slabs = null;
+      this.slabs[slot] = null;
       for (const [stride, members] of decodeBuckets(decode!, d, this.options.bucketMergeFloats ?? RUN_COST_FLOATS)) {
         let slab = slabs.get(stride);
         if (!slab) slabs.set(stride, (slab = new KvSlab(this.config.num_hidden_layers, heads, d / heads, stride)));
@@ -226,8 +274,8 @@ export class MoeModel {
       groups = [...slabbed.map((b) => b.group), ...groups.slice(1)];
     }
     // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
-    const scratch = this.scratch ?? { keys: new Float32Array(0), values: new Float32Array(0) };
-    this.scratch = null;
+    const scratch = this.scratch[slot] ?? { keys: new Float32Array(0), values: new Float32Array(0) };
+    this.scratch[slot] = null;
     const slabOf = new Map(slabbed.map((b) => [b.group, b.slab]));
     const gathered = Math.max(0, ...groups.filter((g) => !slabOf.has(g)).map((g) => g.slots * g.keys * d));
     if (scratch.keys.length < gathered) {
@@ -275,13 +323,13 @@ export class MoeModel {
         return { h, moeInput };
       },
       done: (ok) => {
-        this.scratch = scratch;
+        this.scratch[slot] = scratch;
         if (slabs) {
           for (const b of slabbed) {
             if (ok) b.slab.commit(b.members, b.slotOf);
             else b.slab.reset();
           }
-          this.slabs = slabs;
+          this.slabs[slot] = slabs;
         }
       },
     };
@@ -405,6 +453,52 @@ function unpackRows(from: Float32Array, into: Float32Array, group: AttentionGrou
     into.set(from.subarray(at * d, (at + s.n) * d), s.row * d);
     at += s.n;
   }
+}
+
+/**
+ * The step's sequences as two micro-batches of about equal tokens, in input order (so their rows stay contiguous),
+ * or one when the step has fewer than `minTokens` tokens or a single sequence.
+ */
+export function splitMicroBatches(inputs: SequenceInput[], minTokens: number): SequenceInput[][] {
+  const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
+  if (inputs.length < 2 || total < minTokens) return [inputs];
+  let cut = 1;
+  let first = inputs[0].tokens.length;
+  // Move the cut while it brings the halves closer; both keep at least one sequence.
+  while (cut < inputs.length - 1 && Math.abs(total - 2 * (first + inputs[cut].tokens.length)) < Math.abs(total - 2 * first)) {
+    first += inputs[cut].tokens.length;
+    cut++;
+  }
+  return [inputs.slice(0, cut), inputs.slice(cut)];
+}
+
+/** One layer's traces of two micro-batches as the step's: tokens back to back, counts and timings summed. */
+function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
+  const expert = new Int32Array(a.expert.length + b.expert.length);
+  expert.set(a.expert);
+  expert.set(b.expert, a.expert.length);
+  const gate = new Float32Array(a.gate.length + b.gate.length);
+  gate.set(a.gate);
+  gate.set(b.gate, a.gate.length);
+  const workers = new Map(a.workers.map((w) => [w.worker, { ...w, experts: [...w.experts] }]));
+  for (const w of b.workers) {
+    const seen = workers.get(w.worker);
+    if (!seen) workers.set(w.worker, { ...w, experts: [...w.experts] });
+    else {
+      seen.tokens += w.tokens;
+      seen.experts = [...new Set([...seen.experts, ...w.experts])].sort((x, y) => x - y);
+      seen.queueMs += w.queueMs;
+      seen.computeMs += w.computeMs;
+      if (w.residency) seen.residency = w.residency;
+    }
+  }
+  return {
+    layer: a.layer, expert, gate,
+    tokensPerExpert: a.tokensPerExpert.map((n, e) => n + b.tokensPerExpert[e]),
+    overflow: a.overflow + b.overflow, capacity: a.capacity + b.capacity,
+    workers: [...workers.values()].sort((x, y) => x.worker - y.worker),
+    dispatchMs: a.dispatchMs + b.dispatchMs,
+  };
 }
 
 /** Decode sequences' length buckets: a slab's stride is its bucket's end, so a sequence's row is padded by < this. */
