@@ -87,7 +87,7 @@ const ExpertsSchema = z.strictObject({
   overlapMinTokens: int(2)
     .nullable()
     .default(null)
-    .describe("Steps with at least this many tokens run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers it gained nothing (bench/RESULTS.md: both halves wait on memory); try it with more cores than workers."),
+    .describe("Steps with at least this many tokens run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers it measured 0.91x at batch 8 and 0.93-1.19x at batch 32 (bench/RESULTS.md: both halves wait on memory); try it with more cores than workers."),
   channel: z
     .enum(['shared-memory', 'tasks'])
     .default('shared-memory')
