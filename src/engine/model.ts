@@ -176,10 +176,14 @@ export class MoeModel {
       ({ x, layers } = await this.layers(inputs, embedded, 0, options.onRouted));
     } else {
       const split = parts[0].reduce((n, s) => n + s.tokens.length, 0) * d;
-      const halves = await Promise.all([
+      // allSettled: a half that fails must not leave the other writing K/V rows after forward has returned.
+      const settled = await Promise.allSettled([
         this.layers(parts[0], embedded.slice(0, split), 0),
         this.layers(parts[1], embedded.slice(split), 1),
       ]);
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      const halves = settled.map((r) => (r as PromiseFulfilledResult<{ x: Float32Array; layers: LayerTrace[] }>).value);
       x = new Float32Array(total * d);
       x.set(halves[0].x);
       x.set(halves[1].x, split);
