@@ -271,7 +271,7 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   const { StepProfiler, summarizeProfile, timeForward } = await import('../src/engine/step-profile.ts');
   const { readTensors } = await import('../src/engine/safetensors.ts');
   const { tensorNames } = await import('../src/engine/package.ts');
-  const { routerLogits, top1, planDispatch } = await import('../router/index.ts');
+  const { routerLogits, topK, planDispatch } = await import('../router/index.ts');
   const { loadLimits } = await import('./servers.ts');
   const { percentile } = await import('./stats.ts');
 
@@ -302,8 +302,8 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   const routers = readTensors(e.pkg.weightsFile, e.pkg.tensors, Array.from({ length: c.num_hidden_layers }, (_, l) => tensorNames.layer(l).router));
   const route = (layer: number, x: Float32Array, tokens: number) => {
     const logits = routerLogits(x, routers.get(tensorNames.layer(layer).router)!, tokens, c.hidden_size, c.num_experts);
-    const gating = top1(logits, tokens, c.num_experts);
-    planDispatch(gating.expert, c.num_experts, config.routing.capacityFactor);
+    const gating = topK(logits, tokens, c.num_experts, c.num_experts_per_tok, c.norm_topk_prob);
+    planDispatch(gating.expert, c.num_experts, config.routing.capacityFactor, gating.k);
   };
   const request = (i: number) => ({
     inputs: opts.prompts[i % opts.prompts.length], maxNewTokens: opts.maxTokens, stop: [], ignoreEos: true,

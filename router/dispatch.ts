@@ -1,8 +1,10 @@
 /**
- * Dispatch and combine. Tokens are grouped by their chosen expert; with a capacity factor, an expert takes at
- * most ceil(factor · tokens / experts) of them in token order and the rest overflow: their MoE output is zero,
- * so they pass through on the residual alone (Switch Transformer). A null factor drops nothing.
+ * Dispatch and combine. Each of a token's k assignments goes to its expert's batch; with a capacity factor, an
+ * expert takes at most ceil(factor · k · tokens / experts) assignments in token order and the rest overflow: an
+ * overflowed assignment contributes nothing, so a token whose assignments all overflow passes through on the
+ * residual alone (Switch Transformer). A null factor drops nothing.
  */
+import type { Gating } from './gate.ts';
 
 export interface ExpertBatch {
   expert: number;
@@ -12,21 +14,27 @@ export interface ExpertBatch {
 
 export interface DispatchPlan {
   batches: ExpertBatch[];
-  /** Token indices that overflowed their expert's capacity. */
+  /** The token index of each assignment that overflowed its expert's capacity (a token appears once per dropped assignment). */
   overflow: number[];
   capacity: number;
 }
 
-export function expertCapacity(tokens: number, experts: number, capacityFactor: number | null): number {
-  if (capacityFactor === null) return tokens;
-  return Math.max(1, Math.ceil((capacityFactor * tokens) / experts));
+/** Assignments one expert takes in a step of `assignments` (tokens × k); null factor: all of them. */
+export function expertCapacity(assignments: number, experts: number, capacityFactor: number | null): number {
+  if (capacityFactor === null) return assignments;
+  return Math.max(1, Math.ceil((capacityFactor * assignments) / experts));
 }
 
-export function planDispatch(choice: Int32Array, experts: number, capacityFactor: number | null): DispatchPlan {
+/**
+ * Groups the assignments `choice` [tokens, k] (experts chosen per token) by expert. Batches come in expert order;
+ * a token's rows are in token order within each batch.
+ */
+export function planDispatch(choice: Int32Array, experts: number, capacityFactor: number | null, k = 1): DispatchPlan {
   const capacity = expertCapacity(choice.length, experts, capacityFactor);
   const rowsByExpert: number[][] = Array.from({ length: experts }, () => []);
   const overflow: number[] = [];
-  choice.forEach((e, token) => {
+  choice.forEach((e, slot) => {
+    const token = k === 1 ? slot : Math.floor(slot / k);
     const rows = rowsByExpert[e];
     if (rows.length < capacity) rows.push(token);
     else overflow.push(token);
@@ -42,10 +50,17 @@ export function gatherRows(x: Float32Array, rows: number[], hidden: number): Flo
   return out;
 }
 
-/** residual[row] += gate[row] · expertOut[i] for each of the batch's rows (in place). */
-export function combineInto(residual: Float32Array, expertOut: Float32Array, rows: number[], gate: Float32Array, hidden: number): void {
+/**
+ * residual[row] += gate(row, expert) · expertOut[i] for each of the batch's rows (in place), where gate(row, expert)
+ * is the gate of the token's choice of `expert` in `gating`. Batches are combined in the order given, so a token's
+ * k contributions add up in expert order.
+ */
+export function combineInto(residual: Float32Array, expertOut: Float32Array, rows: number[], expert: number, gating: Pick<Gating, 'k' | 'expert' | 'gate'>, hidden: number): void {
+  const { k } = gating;
   rows.forEach((row, i) => {
-    const g = gate[row];
+    let slot = row * k;
+    while (gating.expert[slot] !== expert) slot++; // the token chose `expert` (it is in its batch)
+    const g = gating.gate[slot];
     const dst = row * hidden;
     const src = i * hidden;
     for (let j = 0; j < hidden; j++) residual[dst + j] += Math.fround(g * expertOut[src + j]);

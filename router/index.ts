@@ -1,3 +1,3 @@
-export { routerLogits, top1, type Gating } from './gate.ts';
+export { routerLogits, top1, topK, type Gating } from './gate.ts';
 export { planDispatch, expertCapacity, gatherRows, combineInto, type DispatchPlan, type ExpertBatch } from './dispatch.ts';
 export { tokensPerExpert, balancedness } from './stats.ts';

@@ -191,7 +191,7 @@ describe('validatePlacement', () => {
 
 describe('LoadTracker', () => {
   const trace = (layer: number, expert: number[], workers: Array<[number, number, number]>): LayerTrace => ({
-    layer, expert: Int32Array.from(expert), gate: new Float32Array(expert.length), tokensPerExpert: [], overflow: 0, capacity: expert.length,
+    layer, k: 1, expert: Int32Array.from(expert), gate: new Float32Array(expert.length), tokensPerExpert: [], overflow: 0, capacity: expert.length,
     workers: workers.map(([worker, tokens, computeMs]) => ({ worker, tokens, experts: [], queueMs: 0, computeMs })), dispatchMs: 0,
   });
 
@@ -321,7 +321,7 @@ describe('automatic rebalancing', () => {
     let changes = 0;
     controller.onChange = () => changes++;
     const step = (experts: number[]) => controller.tracker.record([{
-      layer: 0, expert: Int32Array.from(experts), gate: new Float32Array(experts.length), tokensPerExpert: [], overflow: 0,
+      layer: 0, k: 1, expert: Int32Array.from(experts), gate: new Float32Array(experts.length), tokensPerExpert: [], overflow: 0,
       capacity: experts.length, workers: [], dispatchMs: 0,
     }]);
 

@@ -1,6 +1,6 @@
 /** Routing math against a naive reference: fp32 softmax, top-1, capacity and overflow, combine. */
 import { describe, expect, it } from 'vitest';
-import { routerLogits, top1, planDispatch, expertCapacity, gatherRows, combineInto, balancedness, tokensPerExpert } from '../router/index.ts';
+import { routerLogits, top1, topK, planDispatch, expertCapacity, gatherRows, combineInto, balancedness, tokensPerExpert } from '../router/index.ts';
 import { chooseReplicas, roundRobinPlacement, placementFromFile, PlacementError } from '../src/placement/placement.ts';
 import { randomValues } from './fixtures/tiny-package.ts';
 
@@ -61,8 +61,63 @@ describe('dispatch plan', () => {
     const x = Float32Array.from([10, 20, 30, 40, 50, 60]);
     const picked = gatherRows(x, [0, 2], hidden);
     expect(Array.from(picked)).toEqual([10, 20, 50, 60]);
-    combineInto(residual, Float32Array.from([4, 8, 10, 20]), [0, 2], gate, hidden);
+    combineInto(residual, Float32Array.from([4, 8, 10, 20]), [0, 2], 1, { k: 1, expert: Int32Array.from([1, 0, 1]), gate }, hidden);
     expect(Array.from(residual)).toEqual([3, 5, 2, 2, 12, 21]);
+  });
+});
+
+describe('top-k routing', () => {
+  // Two tokens, four experts; softmax of [2, 1, 0, 3] and of [0, 0, 1, 0] (a tie between experts 0, 1 and 3).
+  const logits = Float32Array.from([2, 1, 0, 3, 0, 0, 1, 0]);
+  const softmax = (row: number[]) => {
+    const e = row.map((v) => Math.exp(v - Math.max(...row)));
+    const sum = e.reduce((a, b) => a + b, 0);
+    return e.map((v) => v / sum);
+  };
+  const p = [softmax([2, 1, 0, 3]), softmax([0, 0, 1, 0])];
+
+  it('chooses the k most probable experts per token, ties to the lower index, gates the raw probabilities', () => {
+    const g = topK(logits, 2, 4, 2);
+    expect(g.k).toBe(2);
+    expect(Array.from(g.expert)).toEqual([3, 0, 2, 0]);
+    [p[0][3], p[0][0], p[1][2], p[1][0]].forEach((want, i) => expect(g.gate[i]).toBeCloseTo(want, 6));
+  });
+
+  it('renormalises the chosen probabilities when asked (norm_topk_prob)', () => {
+    const g = topK(logits, 2, 4, 2, true);
+    expect(Array.from(g.expert)).toEqual([3, 0, 2, 0]);
+    expect(g.gate[0]).toBeCloseTo(p[0][3] / (p[0][3] + p[0][0]), 6);
+    expect(g.gate[0] + g.gate[1]).toBeCloseTo(1, 6);
+    expect(g.gate[2] + g.gate[3]).toBeCloseTo(1, 6);
+  });
+
+  it('is top1 when k = 1, and refuses k outside 1..experts', () => {
+    const a = topK(logits, 2, 4, 1);
+    const b = top1(logits, 2, 4);
+    expect(Array.from(a.expert)).toEqual(Array.from(b.expert));
+    expect(Array.from(a.gate)).toEqual(Array.from(b.gate));
+    expect(() => topK(logits, 2, 4, 5)).toThrow(/1\.\.4/);
+    expect(() => topK(logits, 2, 4, 0)).toThrow(RangeError);
+  });
+
+  it('dispatches every assignment, counts them against the capacity, and combines each token\'s k outputs', () => {
+    // Tokens' choices (k = 2): t0 → 3, 0; t1 → 2, 0; t2 → 3, 1.
+    const choice = Int32Array.from([3, 0, 2, 0, 3, 1]);
+    const plan = planDispatch(choice, 4, null, 2);
+    expect(plan.batches).toEqual([{ expert: 0, rows: [0, 1] }, { expert: 1, rows: [2] }, { expert: 2, rows: [1] }, { expert: 3, rows: [0, 2] }]);
+    expect(plan.capacity).toBe(6);
+    // Capacity ceil(0.5 · 6 / 4) = 1 assignment per expert: expert 0 drops t1, expert 3 drops t2.
+    const tight = planDispatch(choice, 4, 0.5, 2);
+    expect(tight.capacity).toBe(1);
+    expect(tight.batches.map((b) => b.rows)).toEqual([[0], [2], [1], [0]]);
+    expect(tight.overflow).toEqual([1, 2]);
+
+    const gating = { k: 2, expert: choice, gate: Float32Array.from([0.5, 0.25, 0.75, 0.125, 1, 0.5]) };
+    const residual = new Float32Array(3);
+    const out = (v: number, n: number) => new Float32Array(n).fill(v);
+    for (const b of plan.batches) combineInto(residual, out(b.expert + 1, b.rows.length), b.rows, b.expert, gating, 1);
+    // t0: 0.25·1 + 0.5·4; t1: 0.125·1 + 0.75·3; t2: 0.5·2 + 1·4
+    expect(Array.from(residual)).toEqual([2.25, 2.375, 5]);
   });
 });
 

@@ -25,6 +25,7 @@ function layerTrace(layer: number, expert: number[], capacity: number, dispatchM
   const routed = countRouted(Int32Array.from(expert), 4);
   return {
     layer,
+    k: 1,
     expert: Int32Array.from(expert),
     gate: new Float32Array(expert.length).fill(0.5),
     tokensPerExpert: routed.map((n) => Math.min(n, capacity)),

@@ -297,7 +297,7 @@ describe('worker restart telemetry', () => {
       output: {
         logits: [],
         layers: [{
-          layer: 0, expert: Int32Array.from([0]), gate: Float32Array.from([1]), tokensPerExpert: [1], overflow: 0, capacity: 1, dispatchMs: 0.5,
+          layer: 0, k: 1, expert: Int32Array.from([0]), gate: Float32Array.from([1]), tokensPerExpert: [1], overflow: 0, capacity: 1, dispatchMs: 0.5,
           workers: [{ worker: 1, tokens: 1, experts: [0], queueMs: 0, computeMs: 0.1, residency: { loads, evictions: 0, thread } }],
         }],
       },

@@ -70,7 +70,8 @@ async function calibrate(engine: Engine, text: string, maxTokens: number, wanted
   for (let start = 0; start < ids.length; start += window) {
     const tokens = ids.slice(start, start + window);
     await engine.model.forward([{ cache: engine.model.newCache(), tokens }], {
-      onRouted: (layer, x, expert) => expert.forEach((e, t) => {
+      onRouted: (layer, x, expert, k) => expert.forEach((e, slot) => {
+        const t = Math.floor(slot / k); // the token of this assignment ([tokens, k])
         const key: ExpertKey = `${layer}.${e}`;
         counts.set(key, (counts.get(key) ?? 0) + 1);
         if (!wanted.has(key)) return;

@@ -204,6 +204,10 @@ export interface ConvertResult {
 export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
   if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
   const pkg = loadModelPackage(options.modelDir);
+  if (pkg.config.norm_topk_prob) {
+    // llama.cpp's OLMoE graph scales each chosen expert by its raw softmax probability: it would serve other numbers.
+    throw new PackageError(`${pkg.dir}/config.json: norm_topk_prob is true, but llama.cpp's OLMoE architecture does not renormalise the top-k gates; only packages with norm_topk_prob false convert to GGUF`);
+  }
   const vocab = buildVocab(pkg.tokenizerJson, pkg.config.vocab_size, `${pkg.dir}/tokenizer.json`);
   const metadata = ggufMetadata(pkg, vocab, options.name ?? basename(pkg.dir));
   const sources: GgufTensorSource[] = tensorMappings(pkg).map((m) => ({

@@ -163,7 +163,7 @@ export class Engine implements GenerationService {
     const c = this.pkg.config;
     const total = [...this.pkg.tensors.values()].reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
     const perExpert = 3 * c.hidden_size * c.intermediate_size;
-    const activePerToken = total - c.num_hidden_layers * (c.num_experts - 1) * perExpert;
+    const activePerToken = total - c.num_hidden_layers * (c.num_experts - c.num_experts_per_tok) * perExpert;
     const placement = this.pool.placement;
     return {
       modelId: this.pkg.id, modelDir: this.pkg.dir, modelType: c.model_type,

@@ -18,9 +18,9 @@ import { readTensors } from './safetensors.ts';
 import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
 import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
-import { moeLayer, type ExpertRunner, type LayerTrace, type RouterWeights } from './moe-layer.ts';
+import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 
-export type { ExpertRunner, LayerTrace } from './moe-layer.ts';
+export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
 
 export interface SequenceInput {
   cache: KvCache;
@@ -100,6 +100,11 @@ export class MoeModel {
     private readonly options: ModelOptions,
   ) {}
 
+  /** Top-k routing as config.json sets it: num_experts_per_tok, norm_topk_prob. */
+  private get routing(): Routing {
+    return { k: this.config.num_experts_per_tok, renormalize: this.config.norm_topk_prob };
+  }
+
   /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */
   static async load(pkg: ModelPackage, runner: ExpertPool | ExpertRunner, options: ModelOptions): Promise<MoeModel> {
     const c = pkg.config;
@@ -153,11 +158,11 @@ export class MoeModel {
 
   /**
    * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`
-   * sees each layer's expert inputs [tokens, d] and the router's choices [tokens] (pruning calibration).
+   * sees each layer's expert inputs [tokens, d] and the router's choices [tokens, k] (pruning calibration).
    */
   async forward(
     inputs: SequenceInput[],
-    options: { allPositions?: boolean; onRouted?: (layer: number, moeInput: Float32Array, expert: Int32Array) => void } = {},
+    options: { allPositions?: boolean; onRouted?: RoutedHook } = {},
   ): Promise<StepOutput> {
     const c = this.config;
     const d = c.hidden_size;
@@ -216,7 +221,7 @@ export class MoeModel {
     inputs: SequenceInput[],
     x: Float32Array,
     slot: number,
-    onRouted?: (layer: number, moeInput: Float32Array, expert: Int32Array) => void,
+    onRouted?: RoutedHook,
   ): Promise<{ x: Float32Array; layers: LayerTrace[] }> {
     const c = this.config;
     const tokens = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -228,7 +233,7 @@ export class MoeModel {
         const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
         layers.push(await moeLayer({ // h = h + moe(h)
           layer, h, moeInput, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
-          capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
+          routing: this.routing, capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
         }));
         x = h;
       }
@@ -497,7 +502,7 @@ function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
     }
   }
   return {
-    layer: a.layer, expert, gate,
+    layer: a.layer, k: a.k, expert, gate,
     tokensPerExpert: a.tokensPerExpert.map((n, e) => n + b.tokensPerExpert[e]),
     overflow: a.overflow + b.overflow, capacity: a.capacity + b.capacity,
     workers: [...workers.values()].sort((x, y) => x.worker - y.worker),

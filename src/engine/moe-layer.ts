@@ -1,14 +1,14 @@
 /**
  * The MoE half of a layer, as one function: route → dispatch plan → run experts → combine.
  *
- *   x = x + moe(x):  logits = moe_input · routerᵀ (dropped experts masked) → top-1 (fp32 softmax, gate)
- *                    → plan (token rows per expert, capacity) → runner.runLayer → h += gate · expert(x)
+ *   x = x + moe(x):  logits = moe_input · routerᵀ (dropped experts masked) → top-k (fp32 softmax, gates)
+ *                    → plan (token rows per expert, capacity) → runner.runLayer → h += Σ_k gate · expert(x)
  *
  * The experts run behind `ExpertRunner`: the Piscina pool (experts/pool.ts), a remote runner, or an in-process
  * runner in tests (expert-runner.ts).
  */
 import { performance } from 'node:perf_hooks';
-import { routerLogits, top1, planDispatch, combineInto, type DispatchPlan, type Gating } from '../../router/index.ts';
+import { routerLogits, topK, planDispatch, combineInto, type DispatchPlan, type Gating } from '../../router/index.ts';
 import type { LayerOutcome, WorkerTiming } from '../../experts/pool.ts';
 
 /** Runs one layer's dispatch plan over x [tokens, d]: each batch's output [rows, d]. ExpertPool implements it. */
@@ -19,10 +19,14 @@ export interface ExpertRunner {
 /** What the router and the runner did at one layer in one step: the load telemetry and traces record this. */
 export interface LayerTrace {
   layer: number;
-  /** Chosen expert and gate per token of the step, sequences back to back in input order. */
+  /** Experts chosen per token. */
+  k: number;
+  /** Chosen experts and their gates [tokens, k], the step's tokens (sequences back to back in input order). */
   expert: Int32Array;
   gate: Float32Array;
+  /** Assignments each expert received (a token counts once for each expert it chose), overflowed ones excluded. */
   tokensPerExpert: number[];
+  /** Assignments that overflowed their expert's capacity. */
   overflow: number;
   capacity: number;
   workers: WorkerTiming[];
@@ -35,14 +39,22 @@ export interface RouterWeights {
   dropped: readonly number[];
 }
 
+/** How a model routes: experts per token and whether the chosen gates are renormalised (config.json). */
+export interface Routing {
+  /** num_experts_per_tok. */
+  k: number;
+  /** norm_topk_prob: divide the k chosen probabilities by their sum. */
+  renormalize: boolean;
+}
+
 /**
- * Top-1 routing of x [tokens, d]. Dropped experts get -inf logits, so the softmax and the choice range over the
- * remaining ones.
+ * Top-k routing of x [tokens, d]. Dropped experts get -inf logits, so the softmax and the choice range over the
+ * remaining ones (k must not exceed them).
  */
-export function route(x: Float32Array, router: RouterWeights, tokens: number, d: number, experts: number): Gating {
+export function route(x: Float32Array, router: RouterWeights, tokens: number, d: number, experts: number, routing: Routing = { k: 1, renormalize: false }): Gating {
   const logits = routerLogits(x, router.weights, tokens, d, experts);
   for (const e of router.dropped) for (let t = 0; t < tokens; t++) logits[t * experts + e] = -Infinity;
-  return top1(logits, tokens, experts);
+  return topK(logits, tokens, experts, routing.k, routing.renormalize);
 }
 
 export interface MoeLayerArgs {
@@ -55,23 +67,30 @@ export interface MoeLayerArgs {
   d: number;
   experts: number;
   router: RouterWeights;
+  routing: Routing;
   capacityFactor: number | null;
   runner: ExpertRunner;
-  onRouted?: (layer: number, moeInput: Float32Array, expert: Int32Array) => void;
+  /** Sees the layer's expert inputs [tokens, d] and the choices [tokens, k]. */
+  onRouted?: RoutedHook;
 }
 
-/** h += moe(moeInput): route, plan, run the experts, combine (× gate). Returns the layer's trace. */
+/** A hook on each layer's routing: expert inputs [tokens, d], chosen experts [tokens, k]. */
+export type RoutedHook = (layer: number, moeInput: Float32Array, expert: Int32Array, k: number) => void;
+
+/** h += moe(moeInput): route, plan, run the experts, combine (Σ over the k choices of gate × output). Returns the layer's trace. */
 export async function moeLayer(a: MoeLayerArgs): Promise<LayerTrace> {
-  const gating = route(a.moeInput, a.router, a.tokens, a.d, a.experts);
-  a.onRouted?.(a.layer, a.moeInput, gating.expert);
-  const plan = planDispatch(gating.expert, a.experts, a.capacityFactor);
+  const gating = route(a.moeInput, a.router, a.tokens, a.d, a.experts, a.routing);
+  a.onRouted?.(a.layer, a.moeInput, gating.expert, gating.k);
+  const plan = planDispatch(gating.expert, a.experts, a.capacityFactor, gating.k);
   const started = performance.now();
   const outcome = await a.runner.runLayer(a.layer, a.moeInput, plan);
-  for (const batch of outcome.batches) combineInto(a.h, batch.output, batch.rows, gating.gate, a.d);
+  // In expert order, so that a token's k contributions always add up in the same order (batch invariance).
+  const batches = gating.k === 1 ? outcome.batches : [...outcome.batches].sort((x, y) => x.expert - y.expert);
+  for (const batch of batches) combineInto(a.h, batch.output, batch.rows, batch.expert, gating, a.d);
   const tokensPerExpert = new Array<number>(a.experts).fill(0);
   for (const b of plan.batches) tokensPerExpert[b.expert] = b.rows.length;
   return {
-    layer: a.layer, expert: gating.expert, gate: gating.gate, tokensPerExpert,
+    layer: a.layer, k: gating.k, expert: gating.expert, gate: gating.gate, tokensPerExpert,
     overflow: plan.overflow.length, capacity: plan.capacity, workers: outcome.workers,
     dispatchMs: performance.now() - started,
   };

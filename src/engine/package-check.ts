@@ -121,6 +121,12 @@ function checkConfig(file: string, raw: Json, problems: Problems): ModelConfig |
       message: `${file}: num_key_value_heads ${c.num_key_value_heads} must equal num_attention_heads ${c.num_attention_heads} (grouped-query attention is not supported)`,
     });
   }
+  if (c.num_experts_per_tok > c.num_experts) {
+    problems.add({
+      kind: 'config', file, field: 'num_experts_per_tok',
+      message: `${file}: num_experts_per_tok ${c.num_experts_per_tok} must not exceed num_experts ${c.num_experts} (a token chooses that many different experts); fix config.json or ${REEXPORT}`,
+    });
+  }
   if (c.hidden_size % c.num_attention_heads !== 0 || (c.hidden_size / c.num_attention_heads) % 2 !== 0) {
     problems.add({
       kind: 'config', file, field: 'hidden_size',

@@ -18,9 +18,10 @@ export const modelConfigSchema = z.object({
   num_attention_heads: z.number().int().positive().describe('a positive integer that divides hidden_size'),
   num_key_value_heads: z.number().int().positive().describe('a positive integer equal to num_attention_heads'),
   num_experts: z.number().int().positive().describe('a positive integer: experts per layer'),
-  num_experts_per_tok: z.literal(1, { message: 'only top-1 (Switch) routing is supported' }).describe('1 (top-1 Switch routing)'),
-  norm_topk_prob: z.literal(false, { message: 'top-1 gating multiplies by the raw softmax probability' })
-    .describe('false (the gate is the raw softmax probability)'),
+  num_experts_per_tok: z.number().int().positive()
+    .describe('a positive integer at most num_experts: experts chosen per token (1: Switch top-1 routing)'),
+  norm_topk_prob: z.boolean().default(false)
+    .describe('false (each chosen expert is scaled by its softmax probability) or true (the k chosen probabilities are renormalised to sum to 1)'),
   rms_norm_eps: z.number().positive().describe('a positive number, e.g. 1e-5'),
   rope_theta: z.number().positive().describe('a positive number, e.g. 10000'),
   max_position_embeddings: z.number().int().positive().describe('a positive integer: the context length'),

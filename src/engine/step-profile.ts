@@ -200,9 +200,9 @@ export function timeForward(model: Pick<MoeModel, 'forward'>, profiler: StepProf
   const wrapped: MoeModel['forward'] = async function (this: MoeModel, inputs, options = {}) {
     const moeInputs: Float32Array[] = [];
     const onRouted = profiler.captureRouting
-      ? (layer: number, moeInput: Float32Array, expert: Int32Array) => {
+      ? (layer: number, moeInput: Float32Array, expert: Int32Array, k: number) => {
           moeInputs[layer] = moeInput.slice(); // a copy: the model may reuse its buffers (and the copy is ~µs)
-          options.onRouted?.(layer, moeInput, expert);
+          options.onRouted?.(layer, moeInput, expert, k);
         }
       : options.onRouted;
     const t0 = performance.now();

@@ -26,7 +26,7 @@ export interface LayerLoad {
   layer: number;
   /** Tokens routed at this layer (the step's tokens). */
   tokens: number;
-  /** Tokens the router sent to each expert (from `expert`), overflowed ones included. */
+  /** Assignments the router sent to each expert (from `expert`; a token counts once per expert it chose), overflowed ones included. */
   routedPerExpert: number[];
   overflow: number;
   capacity: number;
@@ -81,7 +81,7 @@ export function summarizeStep(step: StepInput, index: number, endMs: number): St
   const { startMs, windows } = layerWindows(endMs, step.ms, traces.map((t) => t.dispatchMs));
   const layers = traces.map((t, i): LayerLoad => ({
     layer: t.layer,
-    tokens: t.expert.length,
+    tokens: t.expert.length / t.k,
     routedPerExpert: countRouted(t.expert, t.tokensPerExpert.length),
     overflow: t.overflow,
     capacity: t.capacity,
@@ -93,7 +93,7 @@ export function summarizeStep(step: StepInput, index: number, endMs: number): St
   return {
     index,
     sequences: step.sequences.length,
-    tokens: traces.length > 0 ? traces[0].expert.length : 0,
+    tokens: traces.length > 0 ? traces[0].expert.length / traces[0].k : 0,
     ms: step.ms,
     startMs,
     endMs,

@@ -19,10 +19,17 @@ function rmsNorm(x: number[], w: Float32Array, eps: number): number[] {
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
 
+/** A token's routing at one layer: its most probable expert and gate, and all k choices. */
+export interface RouterChoice {
+  expert: number;
+  gate: number;
+  choices: Array<{ expert: number; gate: number }>;
+}
+
 export interface ReferenceOutput {
   logits: number[][];
-  /** router[layer][position] = { expert, gate } */
-  router: Array<Array<{ expert: number; gate: number }>>;
+  /** router[layer][position]: the first (most probable) choice, and all k choices. */
+  router: RouterChoice[][];
 }
 
 export class ReferenceModel {
@@ -82,20 +89,28 @@ export class ReferenceModel {
         const o = linear(attended[i], this.w(t.o), d);
         return row.map((val, j) => val + o[j]);
       });
-      const layerRouting: Array<{ expert: number; gate: number }> = [];
+      const layerRouting: RouterChoice[] = [];
       x = h.map((row) => {
         const m = rmsNorm(row, this.w(t.postNorm), c.rms_norm_eps);
         const logits = linear(m, this.w(t.router), c.num_experts);
         const max = Math.max(...logits);
         const z = logits.reduce((s, g) => s + Math.exp(g - max), 0);
         const probs = logits.map((g) => Math.exp(g - max) / z);
-        const expert = probs.indexOf(Math.max(...probs));
-        layerRouting.push({ expert, gate: probs[expert] });
-        const names = tensorNames.expert(l, expert);
-        const gate = linear(m, this.w(names.gate), c.intermediate_size);
-        const up = linear(m, this.w(names.up), c.intermediate_size);
-        const y = linear(gate.map((g, i) => silu(g) * up[i]), this.w(names.down), d);
-        return row.map((val, j) => val + probs[expert] * y[j]);
+        // Top-k: the k most probable experts (ties to the lower index), gated by their probabilities, renormalised
+        // over the k when norm_topk_prob; their outputs summed.
+        const chosen = probs.map((p, e) => ({ p, e })).sort((a, b) => b.p - a.p || a.e - b.e).slice(0, c.num_experts_per_tok);
+        const sum = chosen.reduce((n, ch) => n + ch.p, 0);
+        const gates = chosen.map((ch) => (c.norm_topk_prob ? ch.p / sum : ch.p));
+        layerRouting.push({ expert: chosen[0].e, gate: gates[0], choices: chosen.map((ch, j) => ({ expert: ch.e, gate: gates[j] })) });
+        const out = [...row];
+        chosen.forEach((ch, j) => {
+          const names = tensorNames.expert(l, ch.e);
+          const gate = linear(m, this.w(names.gate), c.intermediate_size);
+          const up = linear(m, this.w(names.up), c.intermediate_size);
+          const y = linear(gate.map((g, i) => silu(g) * up[i]), this.w(names.down), d);
+          for (let i = 0; i < d; i++) out[i] += gates[j] * y[i];
+        });
+        return out;
       });
       router.push(layerRouting);
     }
