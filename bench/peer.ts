@@ -6,20 +6,19 @@
  * the identical streamed greedy load against both, interleaved run by run. `--profile` instead splits the
  * gateway's step time (in this process) at each batch size. Every child process is killed on exit, Ctrl-C or error.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createClient, type Client } from './clients.ts';
 import { runCli } from './cli-common.ts';
 import { BASE_PARALLEL, OURS, parsePeerArgs, peerName, profileTable, runOrder, sideBySideTable, tokenCountNotes, MAX_CLIENTS, MAX_TOKENS, type PeerOptions, type ProfileLine } from './peer-lib.ts';
+import { DEFAULT_PEER, freePort, peerVersion, startProc, stopProc, waitHealthy, type Proc } from './procs.ts';
 import { commandLine, publish } from './record.ts';
 import { medianOverRepeats, resultNotes, resultsTable, runLevel, summarize, warmUp, type LevelMetrics, type LevelResult } from './run-load.ts';
 import { fmt } from './stats.ts';
 
 const REPO = path.join(import.meta.dirname, '..');
-const DEFAULT_PEER = path.resolve(REPO, '..', 'shared', 'peer', 'llama-server');
 const MODEL_DIR = path.join(REPO, 'models', 'switchyard-moe');
 const BENCH_CONFIG = path.join(REPO, 'config', 'bench-no-cache.json');
 const SWITCHYARD = path.join(REPO, 'bin', 'switchyard.mjs');
@@ -57,85 +56,6 @@ Options:
 `;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Child processes: every one is tracked and killed however this process ends.
-
-const children = new Set<ChildProcess>();
-
-function killAll(signal: NodeJS.Signals): void {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-}
-
-// 'exit' runs on process.exit (runCli), on a normal end and after an uncaught error: no orphan llama-server.
-process.on('exit', () => killAll('SIGKILL'));
-
-interface Proc {
-  name: string;
-  child: ChildProcess;
-  log: string;
-  exited: Promise<void>;
-}
-
-/** Starts a child with its output in a log file (a pipe nobody reads would fill and stall it). */
-function startProc(name: string, command: string, args: string[], logFile: string, env: NodeJS.ProcessEnv = process.env): Proc {
-  const fd = openSync(logFile, 'a');
-  const child = spawn(command, args, { cwd: REPO, stdio: ['ignore', fd, fd], env });
-  closeSync(fd);
-  children.add(child);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    children.delete(child);
-    resolve();
-  }));
-  child.once('error', () => children.delete(child));
-  return { name, child, log: logFile, exited };
-}
-
-function logTail(file: string, lines = 15): string {
-  try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
-/** SIGTERM, then SIGKILL after `graceMs`. */
-async function stopProc(proc: Proc, graceMs = 10_000): Promise<void> {
-  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
-  proc.child.kill('SIGTERM');
-  const timer = setTimeout(() => proc.child.kill('SIGKILL'), graceMs);
-  await proc.exited;
-  clearTimeout(timer);
-}
-
-/** Polls GET url/health until 200 (llama-server answers 503 while loading); fails if the process exits first. */
-async function waitHealthy(proc: Proc, url: string, timeoutMs = 120_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
-      throw new Error(`${proc.name} exited before it was ready (status ${proc.child.exitCode ?? proc.child.signalCode}); its log:\n${logTail(proc.log)}`);
-    }
-    try {
-      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000), redirect: 'error' });
-      await res.body?.cancel();
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error(`${proc.name} was not ready after ${timeoutMs / 1000} s; its log:\n${logTail(proc.log)}`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 /** llama-server, restarted whenever a different --parallel is asked for. */
 class Peer {
   private proc: Proc | null = null;
@@ -173,24 +93,6 @@ class Peer {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-
-/**
- * What llama-server says it is. The shared build reports "version: 0 (unknown)" (built outside a git checkout),
- * so the release named in the README beside it is used then.
- */
-function peerVersion(binary: string): string {
-  const run = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
-  const line = `${run.stdout ?? ''}\n${run.stderr ?? ''}`.split('\n').find((l) => l.startsWith('version:'))?.trim();
-  if (line && !line.includes('unknown')) return line;
-  try {
-    const readme = readFileSync(path.join(path.dirname(binary), 'README.md'), 'utf8');
-    const release = /release (b\d+) \(commit ([0-9a-f]{7})/.exec(readme);
-    if (release) return `${release[1]} (${release[2]}, from the README beside it)`;
-  } catch {
-    // no README
-  }
-  return line ?? 'version unknown';
-}
 
 async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: () => Promise<void>) => void): Promise<number> {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'switchyard-peer-'));
