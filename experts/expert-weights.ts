@@ -1,15 +1,15 @@
 /**
- * Reading one expert's three matrices from a package, whatever their storage: dense F32 (possibly with fewer FFN
- * neurons after structured pruning) or compressed-tensors sparse-bitmask. Returns dense row-major weights.
+ * Reading one expert's three matrices from a package, whatever their storage: dense F32, F16 or BF16 (possibly with
+ * fewer FFN neurons after structured pruning) or compressed-tensors sparse-bitmask. Returns dense row-major float32.
  */
-import { PackageError, readTypedTensors, type TensorEntry } from '../src/engine/safetensors.ts';
+import { PackageError, readTensors, readTypedTensors, type TensorEntry } from '../src/engine/safetensors.ts';
 import { describeMatrix, tensorNames } from '../src/engine/package.ts';
 import { decompressBitmask } from './pruning/bitmask.ts';
 import type { ExpertWeights } from './expert-graph.ts';
 
 function readMatrix(file: string, header: Map<string, TensorEntry>, name: string): { data: Float32Array; shape: [number, number] } {
   const stored = describeMatrix(file, header, name);
-  if (stored.storage === 'dense') return { data: readTypedTensors(file, header, [name]).get(name) as Float32Array, shape: stored.shape };
+  if (stored.storage === 'dense') return { data: readTensors(file, header, [name]).get(name)!, shape: stored.shape };
   const parts = readTypedTensors(file, header, [`${name}.compressed`, `${name}.bitmask`]);
   try {
     return {

@@ -17,7 +17,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
 import { expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
 import {
-  inspectSafetensors, PackageCheckError, readTypedTensors, SAFETENSORS_DTYPE_BITS, type PackageProblem, type SafetensorsLayout, type TensorEntry,
+  FLOAT_DTYPES, inspectSafetensors, inspectShardedSafetensors, PackageCheckError, readTypedTensors, SAFETENSORS_DTYPE_BITS, SHARD_INDEX, type PackageProblem, type SafetensorsLayout, type TensorEntry,
 } from './safetensors.ts';
 
 export { PackageCheckError, type PackageProblem };
@@ -433,7 +433,10 @@ const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
   return n;
 });
 
-/** A dense F32 weight's shape, or the dense shape of its sparse-bitmask storage; null if absent or unusable. */
+/** The float dtypes dense weights may have, for messages. */
+const FLOAT_TYPES_TEXT = 'F32, F16 or BF16 (the gateway computes in float32 and converts half precision at load)';
+
+/** A dense float weight's shape, or the dense shape of its sparse-bitmask storage; null if absent or unusable. */
 function storedMatrix(ctx: TensorContext, name: string): { shape: [number, number] | null; storage: 'dense' | 'sparse-bitmask' } | null {
   const dense = ctx.layout.entries.get(name);
   const hasBitmask = BITMASK_SUFFIXES.some((s) => ctx.layout.entries.has(`${name}.${s}`));
@@ -444,8 +447,9 @@ function storedMatrix(ctx: TensorContext, name: string): { shape: [number, numbe
   if (dense) {
     ctx.accounted.add(name);
     if (SAFETENSORS_DTYPE_BITS[dense.dtype] === undefined) return { shape: null, storage: 'dense' }; // reported
-    if (dense.dtype !== 'F32') {
-      ctx.problems.add({ kind: 'dtype', file: ctx.file, tensor: name, message: `${ctx.file}: tensor ${name}: dtype ${dense.dtype}, expected F32 (the gateway computes in float32); ${REEXPORT} with float32 weights` });
+    if (!FLOAT_DTYPES.includes(dense.dtype)) {
+      const file = dense.file ?? ctx.file;
+      ctx.problems.add({ kind: 'dtype', file, tensor: name, message: `${file}: tensor ${name}: dtype ${dense.dtype}, expected ${FLOAT_TYPES_TEXT}; ${REEXPORT} with float weights` });
       return { shape: null, storage: 'dense' };
     }
     if (dense.shape.length !== 2) {
@@ -477,9 +481,10 @@ function checkTensors(dir: string, c: ModelConfig, raw: Json, layout: Safetensor
     if (!found && problems.damaged.has(name)) continue; // present, but its header entry is unusable (reported)
     if (found && SAFETENSORS_DTYPE_BITS[found.dtype] === undefined) continue; // unknown dtype (reported)
     if (!found) {
-      problems.add({ kind: 'missing-tensor', file, tensor: name, message: `${file}: tensor ${name} is missing (expected shape ${fmt(shape)}, F32); the export is incomplete or config.json belongs to another model — ${REEXPORT}` });
-    } else if (found.dtype !== 'F32') {
-      problems.add({ kind: 'dtype', file, tensor: name, message: `${file}: tensor ${name}: dtype ${found.dtype}, expected F32 (the gateway computes in float32); ${REEXPORT} with float32 weights` });
+      problems.add({ kind: 'missing-tensor', file, tensor: name, message: `${file}: tensor ${name} is missing (expected shape ${fmt(shape)}, ${FLOAT_TYPES_TEXT}); the export is incomplete or config.json belongs to another model — ${REEXPORT}` });
+    } else if (!FLOAT_DTYPES.includes(found.dtype)) {
+      const at = found.file ?? file;
+      problems.add({ kind: 'dtype', file: at, tensor: name, message: `${at}: tensor ${name}: dtype ${found.dtype}, expected ${FLOAT_TYPES_TEXT}; ${REEXPORT} with float weights` });
     } else if (!sameShape(found.shape, shape)) {
       problems.add({ kind: 'shape', file, tensor: name, message: `${file}: tensor ${name} has shape ${fmt(found.shape)}, expected ${fmt(shape)} (${why(name)}); ${DISAGREE}` });
     }
@@ -574,22 +579,22 @@ export function checkModelPackage(dir: string, options: PackageCheckOptions = {}
   if (tokenizer) checkTokenizerLoads(dir, tokenizer, tokenizerConfig, config?.vocab_size ?? null, problems);
   if (tokenizerConfig) checkChatTemplate(dir, tokenizerConfig, problems);
 
-  const weightsFile = join(dir, 'model.safetensors');
+  // One model.safetensors, or shards listed in model.safetensors.index.json (Hugging Face's layout for large models).
+  const single = join(dir, 'model.safetensors');
+  const index = join(dir, SHARD_INDEX);
+  const sharded = !existsSync(single) && existsSync(index);
+  const weightsFile = sharded ? index : single;
   let layout: SafetensorsLayout | null = null;
   if (existsSync(weightsFile) && !statSync(weightsFile).isFile()) {
-    problems.add({ kind: 'file', file: weightsFile, message: `${weightsFile}: not a file; the weights must be one safetensors file — ${REEXPORT}` });
+    problems.add({ kind: 'file', file: weightsFile, message: `${weightsFile}: not a file; the weights must be one safetensors file or shards with ${SHARD_INDEX} — ${REEXPORT}` });
   } else if (!existsSync(weightsFile)) {
-    const sharded = existsSync(join(dir, 'model.safetensors.index.json'));
-    problems.add({
-      kind: 'file', file: weightsFile,
-      message: `${weightsFile}: missing from the model package${sharded ? ' (sharded weights, model.safetensors.index.json, are not supported: merge the shards into one file)' : `; ${REEXPORT}`}`,
-    });
+    problems.add({ kind: 'file', file: weightsFile, message: `${weightsFile}: missing from the model package (nor is there a ${SHARD_INDEX} listing shards); ${REEXPORT}` });
   } else {
-    layout = inspectSafetensors(weightsFile, problems.add);
+    layout = sharded ? inspectShardedSafetensors(weightsFile, problems.add) : inspectSafetensors(weightsFile, problems.add);
   }
   if (config && raw && pruning && layout) checkTensors(dir, config, raw, layout, pruning, problems);
   return report(config && layout && tokenizer && pruning
-    ? { root, config, weightsFile: join(root, 'model.safetensors'), tensors: layout.entries, droppedExperts: pruning.dropped, tokenizerJson: tokenizer, tokenizerConfig: tokenizerConfig ?? {} }
+    ? { root, config, weightsFile: resolve(weightsFile), tensors: layout.entries, droppedExperts: pruning.dropped, tokenizerJson: tokenizer, tokenizerConfig: tokenizerConfig ?? {} }
     : null);
 }
 

@@ -4,7 +4,7 @@
  * the expected versus found shape, rather than a wrong answer later.
  */
 import { basename } from 'node:path';
-import { PackageError, readTypedTensors, type TensorEntry } from './safetensors.ts';
+import { FLOAT_DTYPES, PackageError, readTypedTensors, type TensorEntry } from './safetensors.ts';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
 import { type ModelConfig } from './package-format.ts';
 import { assertModelPackage } from './package-check.ts';
@@ -32,7 +32,7 @@ export function describeMatrix(file: string, header: Map<string, TensorEntry>, n
   const dense = header.get(name);
   if (dense) {
     if (dense.shape.length !== 2) throw new PackageError(`${file}: tensor ${name} has shape [${dense.shape}], expected a matrix`);
-    if (dense.dtype !== 'F32') throw new PackageError(`${file}: tensor ${name} has dtype ${dense.dtype}, expected F32`);
+    if (!FLOAT_DTYPES.includes(dense.dtype)) throw new PackageError(`${dense.file ?? file}: tensor ${name} has dtype ${dense.dtype}, expected ${FLOAT_DTYPES.join(', ')}`);
     return { storage: 'dense', shape: [dense.shape[0], dense.shape[1]] };
   }
   const missing = BITMASK_SUFFIXES.filter((s) => !header.has(`${name}.${s}`));

@@ -8,7 +8,8 @@
  * disallowed; the rest of the file is the data section, which "needs to be entirely indexed, and cannot contain
  * holes"; the reference implementation caps N at 100 MB.
  */
-import { openSync, readSync, closeSync, fstatSync, writeSync } from 'node:fs';
+import { openSync, readSync, closeSync, fstatSync, readFileSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 
 export interface TensorEntry {
   dtype: string;
@@ -16,7 +17,12 @@ export interface TensorEntry {
   /** Byte range in the file, absolute. */
   begin: number;
   end: number;
+  /** The shard that holds it (sharded packages); absent: the file the readers are given. */
+  file?: string;
 }
+
+/** Dtypes of dense float weights the gateway reads: F32 as stored, F16 and BF16 converted to float32 at load. */
+export const FLOAT_DTYPES: readonly string[] = ['F32', 'F16', 'BF16'];
 
 export class PackageError extends Error {
   override readonly name: string = 'PackageError';
@@ -316,13 +322,70 @@ function duplicateTopLevelKeys(text: string): string[] {
   return [...dup];
 }
 
+/** The index of sharded weights, as Hugging Face writes it: tensor name → shard file (beside the index). */
+export const SHARD_INDEX = 'model.safetensors.index.json';
+
 /**
- * The tensor entries of a safetensors file (absolute byte ranges), after the header checks of `inspectSafetensors`.
- * Throws PackageCheckError listing every problem found.
+ * Reads and checks sharded weights: `indexFile` (model.safetensors.index.json, `{"weight_map": {tensor: shard}}`)
+ * and each shard it names with `inspectSafetensors`. Every tensor of the map must be in its shard, and every tensor
+ * of a shard in the map (to that shard). Returns the tensors of all shards in one layout (each entry with its
+ * shard's path; `file` is the index), or null when the index cannot be used at all.
+ */
+export function inspectShardedSafetensors(indexFile: string, report: (p: PackageProblem) => void): SafetensorsLayout | null {
+  let index: unknown;
+  try {
+    index = JSON.parse(readFileSync(indexFile, 'utf8'));
+  } catch (error) {
+    report({ kind: 'json', file: indexFile, message: `${indexFile}: cannot read the shard index (${(error as Error).message}); re-export the package` });
+    return null;
+  }
+  const map = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof map !== 'object' || map === null || Array.isArray(map) || Object.values(map).some((v) => typeof v !== 'string')) {
+    report({ kind: 'json', file: indexFile, message: `${indexFile}: weight_map must be an object mapping each tensor name to its shard file; re-export the package` });
+    return null;
+  }
+  const weightMap = map as Record<string, string>;
+  const entries = new Map<string, TensorEntry>();
+  let fileSize = 0;
+  let dataBytes = 0;
+  for (const shardName of [...new Set(Object.values(weightMap))].sort()) {
+    if (shardName !== basename(shardName)) {
+      report({ kind: 'json', file: indexFile, message: `${indexFile}: shard ${JSON.stringify(shardName)} is not a file name beside the index; re-export the package` });
+      continue;
+    }
+    const shard = join(dirname(indexFile), shardName);
+    const layout = inspectSafetensors(shard, report);
+    if (!layout) continue;
+    fileSize += layout.fileSize;
+    dataBytes += layout.dataBytes;
+    for (const [name, entry] of layout.entries) {
+      if (weightMap[name] !== shardName) {
+        report({
+          kind: 'unexpected-tensor', file: shard, tensor: name,
+          message: `${shard}: tensor ${name} is in this shard, but ${indexFile} ${name in weightMap ? `puts it in ${weightMap[name]}` : 'does not list it'}; re-export the package`,
+        });
+        continue;
+      }
+      entries.set(name, { ...entry, file: shard });
+    }
+    for (const [name, listed] of Object.entries(weightMap)) {
+      if (listed === shardName && !layout.entries.has(name)) {
+        report({ kind: 'missing-tensor', file: shard, tensor: name, message: `${shard}: tensor ${name} is missing, but ${indexFile} puts it in this shard; re-export the package` });
+      }
+    }
+  }
+  return { file: indexFile, fileSize, dataStart: 0, dataBytes, metadata: null, entries };
+}
+
+/**
+ * The tensor entries of a safetensors file (absolute byte ranges), or of sharded weights given their index file
+ * (SHARD_INDEX), after the checks of `inspectSafetensors` / `inspectShardedSafetensors`. Throws PackageCheckError
+ * listing every problem found.
  */
 export function readSafetensorsHeader(file: string): Map<string, TensorEntry> {
   const problems: PackageProblem[] = [];
-  const layout = inspectSafetensors(file, (p) => problems.push(p));
+  const inspect = file.endsWith('.index.json') ? inspectShardedSafetensors : inspectSafetensors;
+  const layout = inspect(file, (p) => problems.push(p));
   if (problems.length > 0 || !layout) throw new PackageCheckError(file, problems);
   return layout.entries;
 }
@@ -338,44 +401,111 @@ const DTYPES = {
 
 type Dtype = keyof typeof DTYPES;
 
-/** Reads the named tensors (only their bytes) as typed arrays of their dtype (F32, U8, I32, I64). */
+/**
+ * Reads the named tensors (only their bytes) as typed arrays of their dtype (F32, U8, I32, I64), each from its shard
+ * (TensorEntry.file) or else from `file`.
+ */
 export function readTypedTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, TensorData> {
-  const fd = openSync(file, 'r');
-  try {
+  return withFiles((open) => {
     const out = new Map<string, TensorData>();
     for (const name of names) {
       const entry = entries.get(name);
       if (!entry) throw new PackageError(`${file}: tensor ${name} is missing`);
       const Type = DTYPES[entry.dtype as Dtype];
-      if (!Type) throw new PackageError(`${file}: tensor ${name} has dtype ${entry.dtype}; supported: ${Object.keys(DTYPES).join(', ')}`);
-      const bytes = entry.end - entry.begin;
-      const data = new Type(bytes / Type.BYTES_PER_ELEMENT);
-      readSync(fd, new Uint8Array(data.buffer), 0, bytes, entry.begin);
-      out.set(name, data);
+      if (!Type) throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; supported: ${Object.keys(DTYPES).join(', ')}`);
+      out.set(name, readRange(open(entry.file ?? file), entry, Type as { new (length: number): TensorData; BYTES_PER_ELEMENT: number }));
     }
     return out;
+  });
+}
+
+/**
+ * Reads the named float tensors (only their bytes) as Float32Arrays: F32 as stored, F16 and BF16 converted (exactly:
+ * every half and bfloat16 value is a float32). Throws a PackageError for other dtypes.
+ */
+export function readTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, Float32Array> {
+  return withFiles((open) => {
+    const out = new Map<string, Float32Array>();
+    for (const name of names) {
+      const entry = entries.get(name);
+      if (!entry) throw new PackageError(`${file}: tensor ${name} is missing`);
+      const fd = open(entry.file ?? file);
+      if (entry.dtype === 'F32') out.set(name, readRange(fd, entry, Float32Array));
+      else if (entry.dtype === 'BF16') out.set(name, bf16ToF32(readRange(fd, entry, Uint16Array)));
+      else if (entry.dtype === 'F16') out.set(name, f16ToF32(readRange(fd, entry, Uint16Array)));
+      else throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; expected ${FLOAT_DTYPES.join(', ')}`);
+    }
+    return out;
+  });
+}
+
+/** Runs `fn` with an opener that opens each file once, and closes them all afterwards. */
+function withFiles<T>(fn: (open: (file: string) => number) => T): T {
+  const fds = new Map<string, number>();
+  try {
+    return fn((file) => {
+      let fd = fds.get(file);
+      if (fd === undefined) fds.set(file, (fd = openSync(file, 'r')));
+      return fd;
+    });
   } finally {
-    closeSync(fd);
+    for (const fd of fds.values()) closeSync(fd);
   }
 }
 
-/** Reads the named F32 tensors (only their bytes) as Float32Arrays. */
-export function readTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, Float32Array> {
-  for (const name of names) {
-    const dtype = entries.get(name)?.dtype;
-    if (dtype !== undefined && dtype !== 'F32') throw new PackageError(`${file}: tensor ${name} has dtype ${dtype}; expected F32`);
+function readRange<T extends Float32Array | Uint8Array | Uint16Array | Int32Array | BigInt64Array>(
+  fd: number, entry: TensorEntry, Type: { new (length: number): T; BYTES_PER_ELEMENT: number },
+): T {
+  const bytes = entry.end - entry.begin;
+  const data = new Type(bytes / Type.BYTES_PER_ELEMENT);
+  readSync(fd, new Uint8Array(data.buffer), 0, bytes, entry.begin);
+  return data;
+}
+
+/** float32 → bfloat16 bits, rounded to nearest even (as torch's .to(torch.bfloat16)); NaN stays NaN. */
+export function f32ToBf16(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const b = bits[i];
+    out[i] = Number.isNaN(values[i]) ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
   }
-  return readTypedTensors(file, entries, names) as Map<string, Float32Array>;
+  return out;
+}
+
+/** bfloat16 bits → float32: the upper half of a float32's bits. */
+export function bf16ToF32(bits: Uint16Array): Float32Array {
+  const out = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = bits[i] << 16;
+  return new Float32Array(out.buffer);
+}
+
+/** IEEE half bits → float32 (subnormals, infinities and NaN included). */
+export function f16ToF32(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i];
+    const sign = h & 0x8000 ? -1 : 1;
+    const exponent = (h >> 10) & 0x1f;
+    const mantissa = h & 0x3ff;
+    out[i] = exponent === 0 ? sign * mantissa * 2 ** -24
+      : exponent === 31 ? (mantissa ? NaN : sign * Infinity)
+        : sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
+  }
+  return out;
 }
 
 /** Writes tensors (sorted by name, 8-byte aligned header) in the safetensors layout. */
-export function writeSafetensors(file: string, tensors: Map<string, { shape: number[]; data: TensorData }>, metadata: Record<string, string> = { format: 'pt' }): void {
+export function writeSafetensors(
+  file: string, tensors: Map<string, { shape: number[]; data: TensorData } | { shape: number[]; data: Uint16Array; dtype: 'F16' | 'BF16' }>,
+  metadata: Record<string, string> = { format: 'pt' },
+): void {
   const header: Record<string, unknown> = { __metadata__: metadata };
   const names = [...tensors.keys()].sort();
   let offset = 0;
   for (const name of names) {
     const t = tensors.get(name)!;
-    const dtype = (Object.keys(DTYPES) as Dtype[]).find((k) => t.data instanceof DTYPES[k])!;
+    const dtype = 'dtype' in t ? t.dtype : (Object.keys(DTYPES) as Dtype[]).find((k) => t.data instanceof DTYPES[k])!;
     header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
     offset += t.data.byteLength;
   }

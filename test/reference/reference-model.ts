@@ -35,6 +35,7 @@ export interface ReferenceOutput {
 export class ReferenceModel {
   constructor(readonly config: ModelConfig, readonly w: (name: string) => Float32Array) {}
 
+  /** From a package's single model.safetensors (float32). */
   static fromPackage(dir: string, config: ModelConfig): ReferenceModel {
     const file = `${dir}/model.safetensors`;
     const tensors = readTensors(file, readSafetensorsHeader(file), [...expectedTensors(config).keys()]);
