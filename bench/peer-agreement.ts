@@ -1,8 +1,8 @@
 /**
  * Numerical agreement with llama.cpp on the same weights: `npx tsx bench/peer-agreement.ts --help`.
  *
- * For tiny random-weight checkpoints (the test fixture's OLMoE layout; top-1, top-2 and top-3 routing) and the
- * bundled model: converts each with `switchyard convert-gguf`, starts ../shared/peer/llama-server on it with an f32
+ * For tiny random-weight checkpoints (the test fixture's OLMoE layout; top-1, top-2 and top-3 routing, bf16 shards)
+ * and the bundled model: converts each with `switchyard convert-gguf`, starts ../shared/peer/llama-server on it with an f32
  * KV cache, and compares, per prompt, the greedy continuation (token ids) and the next-token log-probabilities of
  * llama-server's top candidates at every position of that continuation against the gateway's (in-process Engine,
  * teacher-forced on the same ids). llama-server leaves out the probabilities of a token that ends inside an
@@ -15,7 +15,7 @@ import path from 'node:path';
 import { convertOlmoeToGguf } from '../src/convert/olmoe-to-gguf.ts';
 import { Engine } from '../src/engine/engine.ts';
 import type { ModelConfig } from '../src/engine/package.ts';
-import { tinyConfig, writeTinyPackage } from '../test/fixtures/tiny-package.ts';
+import { tinyConfig, writeTinyPackage, type TinyPackageOptions } from '../test/fixtures/tiny-package.ts';
 import { engineConfig } from '../test/helpers.ts';
 import { intFlag, parseFlags, runCli } from './cli-common.ts';
 import { DEFAULT_PEER, freePort, peerVersion, startProc, stopProc, waitHealthy } from './procs.ts';
@@ -26,8 +26,8 @@ const SCRIPT = 'bench/peer-agreement.ts';
 const HELP = `Usage: npx tsx ${SCRIPT} [--tokens N] [--peer PATH] [--label TEXT] [--no-record]
 
 Greedy continuations and next-token log-probabilities of the gateway against llama.cpp's llama-server (from
-../shared/peer/, f32 KV cache) on the same weights: tiny random checkpoints with top-1, top-2 and top-3 routing, and
-the bundled model. Without the llama-server binary it says so and exits 0.
+../shared/peer/, f32 KV cache) on the same weights: tiny random checkpoints with top-1, top-2 and top-3 routing and
+bf16 shards, and the bundled model. Without the llama-server binary it says so and exits 0.
 
   --tokens N     greedy tokens per prompt (default 16; 1..64)
   --peer PATH    llama-server binary (default ../shared/peer/llama-server)
@@ -137,12 +137,15 @@ async function run(opts: Options): Promise<number> {
   }
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'switchyard-agreement-'));
   try {
-    const tiny = (name: string, overrides: Partial<ModelConfig>, seed: number): Checkpoint =>
-      ({ name, dir: writeTinyPackage(tinyConfig({ max_position_embeddings: 128, ...overrides }), seed, path.join(tmp, name)) });
+    const tiny = (name: string, overrides: Partial<ModelConfig>, seed: number, options: TinyPackageOptions = {}): Checkpoint =>
+      ({ name, dir: writeTinyPackage(tinyConfig({ max_position_embeddings: 128, ...overrides }), seed, path.join(tmp, `tiny-${seed}`), options) });
+    // No grouped-query attention here: llama.cpp's OLMoE graph (b4747) takes k_norm over all heads, so it cannot
+    // load an OLMoE checkpoint with fewer key/value heads (convert-gguf refuses one).
     const checkpoints: Checkpoint[] = [
       tiny('tiny-top1', { num_experts: 4, num_experts_per_tok: 1 }, 61),
       tiny('tiny-top2', { num_experts: 6, num_experts_per_tok: 2 }, 62),
       tiny('tiny-top3', { num_experts: 8, num_experts_per_tok: 3 }, 63),
+      tiny('tiny-top2, bf16 in 2 shards', { num_experts: 6, num_experts_per_tok: 2 }, 65, { weights: 'bf16', shards: 2 }),
       { name: 'bundled (switchyard-moe)', dir: path.join(import.meta.dirname, '..', 'models', 'switchyard-moe') },
     ];
     const rows: Array<Array<string | number>> = [];

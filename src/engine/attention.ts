@@ -29,23 +29,33 @@ import type { Weights } from './trunk-graphs.ts';
 /** The projection half: input norm, q/k/v, q/k norms, NeoX rotary; x [N, d], cos/sin [N, 1, head_dim] → [N, d] each. */
 function project(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, x: string, cos: string, sin: string) {
   const d = c.hidden_size;
-  const heads = c.num_attention_heads;
-  const headDim = d / heads;
+  const { heads, kvHeads, headDim, kvDim } = headsOf(c);
   const t = tensorNames.layer(layer);
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
   const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
-  const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), d, d), g.weight('k_norm', w(t.kNorm), [d]), c.rms_norm_eps);
-  const v = g.linear(xn, 'v_proj', w(t.v), d, d);
+  const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), kvDim, d), g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps);
+  const v = g.linear(xn, 'v_proj', w(t.v), kvDim, d);
   const half = headDim / 2;
   // NeoX rotary over each head, as in attentionGraph: x·cos + rotate_half(x)·sin.
-  const rope = (value: string) => {
-    const byHead = g.op('Reshape', [value, g.int64s([-1, heads, headDim])]);
+  const rope = (value: string, n: number) => {
+    const byHead = g.op('Reshape', [value, g.int64s([-1, n, headDim])]);
     const first = g.op('Slice', [byHead, g.int64s([0]), g.int64s([half]), g.int64s([-1])]);
     const second = g.op('Slice', [byHead, g.int64s([half]), g.int64s([headDim]), g.int64s([-1])]);
     const rotated = g.op('Concat', [g.op('Neg', [second]), first], { axis: -1 });
-    return g.op('Reshape', [g.op('Add', [g.op('Mul', [byHead, cos]), g.op('Mul', [rotated, sin])]), g.int64s([-1, d])]);
+    return g.op('Reshape', [g.op('Add', [g.op('Mul', [byHead, cos]), g.op('Mul', [rotated, sin])]), g.int64s([-1, n * headDim])]);
   };
-  return { q: rope(q), k: rope(k), v };
+  return { q: rope(q, heads), k: rope(k, kvHeads), v };
+}
+
+/**
+ * Query and key/value heads: grouped-query attention (num_key_value_heads < num_attention_heads) shares each
+ * key/value head among `group` consecutive query heads (Hugging Face's repeat_kv order); kvDim = kvHeads · headDim.
+ */
+export function headsOf(c: ModelConfig): { heads: number; kvHeads: number; group: number; headDim: number; kvDim: number } {
+  const heads = c.num_attention_heads;
+  const kvHeads = c.num_key_value_heads;
+  const headDim = c.hidden_size / heads;
+  return { heads, kvHeads, group: heads / kvHeads, headDim, kvDim: kvHeads * headDim };
 }
 
 /**
@@ -56,23 +66,28 @@ function attend(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, a: {
   x: string; q: string; qIndex: string; outIndex: string; keys: string; values: string; mask: string;
 }) {
   const d = c.hidden_size;
-  const heads = c.num_attention_heads;
-  const headDim = d / heads;
+  const { heads, kvHeads, group, headDim } = headsOf(c);
   const t = tensorNames.layer(layer);
   const shape = g.op('Shape', [a.mask]); // [B, Tn, Tk]
   const batchQueries = g.op('Slice', [shape, g.int64s([0]), g.int64s([2])]); // [B, Tn]
   const zeroRow = g.weight('zero_row', new Float32Array(d), [1, d]);
   const padded = g.op('Gather', [g.op('Concat', [a.q, zeroRow], { axis: 0 }), a.qIndex], { axis: 0 }); // [B·Tn, d]
   // [B, Tn, heads, head_dim] → [B, heads, Tn, head_dim]
-  const qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
+  let qh = g.op('Transpose', [g.op('Reshape', [padded, g.op('Concat', [batchQueries, g.int64s([heads, headDim])], { axis: 0 })])], { perm: [0, 2, 1, 3] });
+  let mask = g.op('Unsqueeze', [a.mask, g.int64s([1])]); // [B, 1, Tn, Tk]
+  const batch = group > 1 ? g.op('Slice', [shape, g.int64s([0]), g.int64s([1])]) : ''; // [B]
+  if (group > 1) {
+    // Grouped-query attention: the group's query heads of a key/value head side by side, [B, kvHeads, group·Tn,
+    // head_dim] (a reshape: query head h = j·group + r), and the mask repeated for each of them.
+    qh = g.op('Reshape', [qh, g.op('Concat', [batch, g.int64s([kvHeads, -1, headDim])], { axis: 0 })]);
+    mask = g.op('Tile', [mask, g.int64s([1, 1, group, 1])]);
+  }
   // Keys and values arrive heads first (the cache's layout): the transpose of the keys' last two axes folds into
   // the MatMul (onnxruntime's FusedMatMul transB), so nothing is re-laid out here.
-  const kT = g.op('Transpose', [a.keys], { perm: [0, 1, 3, 2] }); // [B, heads, head_dim, Tk]
-  const scores = g.op('Add', [
-    g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]),
-    g.op('Unsqueeze', [a.mask, g.int64s([1])]),
-  ]);
-  const attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), a.values]); // [B, heads, Tn, head_dim]
+  const kT = g.op('Transpose', [a.keys], { perm: [0, 1, 3, 2] }); // [B, kvHeads, head_dim, Tk]
+  const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]), mask]);
+  let attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), a.values]); // [B, kvHeads, group·Tn, head_dim]
+  if (group > 1) attended = g.op('Reshape', [attended, g.op('Concat', [batch, g.int64s([heads, -1, headDim])], { axis: 0 })]);
   const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
   const rows = g.op('Gather', [merged, a.outIndex], { axis: 0 }); // [G, d]
   const h = g.op('Add', [a.x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
@@ -81,16 +96,16 @@ function attend(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, a: {
 
 /**
  * Projection graph. Inputs: x [N, d] (the residual stream, packed tokens), cos/sin [N, 1, head_dim] (each token's
- * own position). Outputs: q, k [N, d] (normed, after rotary), v [N, d].
+ * own position). Outputs: q [N, d], k [N, kvDim] (normed, after rotary), v [N, kvDim] (kvDim = d without GQA).
  */
 export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
   const d = c.hidden_size;
-  const headDim = d / c.num_attention_heads;
+  const { headDim, kvDim } = headsOf(c);
   const g = new GraphBuilder(`projection_${layer}`);
   const { q, k, v } = project(g, c, layer, w, g.input('x', ['tokens', d]), g.input('cos', ['tokens', 1, headDim]), g.input('sin', ['tokens', 1, headDim]));
   g.output(q, 'q', ['tokens', d]);
-  g.output(k, 'k', ['tokens', d]);
-  g.output(v, 'v', ['tokens', d]);
+  g.output(k, 'k', ['tokens', kvDim]);
+  g.output(v, 'v', ['tokens', kvDim]);
   return g.toBytes();
 }
 
@@ -100,19 +115,18 @@ export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint
  *   q [G, d]            their queries (projection output rows)
  *   q_index [B·Tn]      for each padded query slot, its row of q, or G for padding (a zero row)
  *   out_index [G]       for each token, its padded slot b·Tn + i
- *   keys, values [B, heads, Tk, head_dim]  each sequence's cached positions 0..p+n (new ones included), zero beyond
+ *   keys, values [B, kvHeads, Tk, head_dim]  each sequence's cached positions 0..p+n (new ones included), zero beyond
  *   mask [B, Tn, Tk]    0 where a query may look, -inf elsewhere
  * Outputs: h = x + o_proj(attention) and moe_input = post_attention_layernorm(h), both [G, d].
  */
 export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
   const d = c.hidden_size;
-  const heads = c.num_attention_heads;
-  const headDim = d / heads;
+  const { kvHeads, headDim } = headsOf(c);
   const g = new GraphBuilder(`attention_core_${layer}`);
   const { h, moeInput } = attend(g, c, layer, w, {
     x: g.input('x', ['tokens', d]), q: g.input('q', ['tokens', d]),
     qIndex: g.input('q_index', ['slots'], 'int64'), outIndex: g.input('out_index', ['tokens'], 'int64'),
-    keys: g.input('keys', ['batch', heads, 'keys', headDim]), values: g.input('values', ['batch', heads, 'keys', headDim]),
+    keys: g.input('keys', ['batch', kvHeads, 'keys', headDim]), values: g.input('values', ['batch', kvHeads, 'keys', headDim]),
     mask: g.input('mask', ['batch', 'queries', 'keys']),
   });
   g.output(h, 'h', ['tokens', d]);
@@ -124,30 +138,29 @@ export function attentionCoreGraph(c: ModelConfig, layer: number, w: Weights): U
  * Both halves in one run, for small steps where a run's fixed cost outweighs copying the padded keys once more:
  * the projection, then the new keys/values scattered into the padded past at each token's position p + i (so the
  * key layout, and every number, equals the two-run path's), then the attention half. Inputs: x, cos, sin (as
- * projectionGraph), q_index, out_index, mask (as attentionCoreGraph), past_keys/past_values [B, heads, Tk,
- * head_dim] (positions 0..p, zero beyond), new_index [N, heads, 3] (b, h, p + i of each token). Outputs: h,
- * moe_input, and new_k/new_v [N, d] for the caller's caches.
+ * projectionGraph), q_index, out_index, mask (as attentionCoreGraph), past_keys/past_values [B, kvHeads, Tk,
+ * head_dim] (positions 0..p, zero beyond), new_index [N, kvHeads, 3] (b, h, p + i of each token). Outputs: h,
+ * moe_input, and new_k/new_v [N, kvDim] for the caller's caches.
  */
 export function attentionFusedGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
   const d = c.hidden_size;
-  const heads = c.num_attention_heads;
-  const headDim = d / heads;
+  const { kvHeads, headDim, kvDim } = headsOf(c);
   const g = new GraphBuilder(`attention_fused_${layer}`);
   const x = g.input('x', ['tokens', d]);
   const { q, k, v } = project(g, c, layer, w, x, g.input('cos', ['tokens', 1, headDim]), g.input('sin', ['tokens', 1, headDim]));
-  const newIndex = g.input('new_index', ['tokens', heads, 3], 'int64');
-  const scatter = (past: string, rows: string) => g.op('ScatterND', [past, newIndex, g.op('Reshape', [rows, g.int64s([-1, heads, headDim])])]);
+  const newIndex = g.input('new_index', ['tokens', kvHeads, 3], 'int64');
+  const scatter = (past: string, rows: string) => g.op('ScatterND', [past, newIndex, g.op('Reshape', [rows, g.int64s([-1, kvHeads, headDim])])]);
   const { h, moeInput } = attend(g, c, layer, w, {
     x, q,
     qIndex: g.input('q_index', ['slots'], 'int64'), outIndex: g.input('out_index', ['tokens'], 'int64'),
-    keys: scatter(g.input('past_keys', ['batch', heads, 'keys', headDim]), k),
-    values: scatter(g.input('past_values', ['batch', heads, 'keys', headDim]), v),
+    keys: scatter(g.input('past_keys', ['batch', kvHeads, 'keys', headDim]), k),
+    values: scatter(g.input('past_values', ['batch', kvHeads, 'keys', headDim]), v),
     mask: g.input('mask', ['batch', 'queries', 'keys']),
   });
   g.output(h, 'h', ['tokens', d]);
   g.output(moeInput, 'moe_input', ['tokens', d]);
-  g.output(k, 'new_k', ['tokens', d]);
-  g.output(v, 'new_v', ['tokens', d]);
+  g.output(k, 'new_k', ['tokens', kvDim]);
+  g.output(v, 'new_v', ['tokens', kvDim]);
   return g.toBytes();
 }
 
@@ -173,7 +186,7 @@ export interface AttentionGroup {
   qIndex: ort.Tensor;
   outIndex: ort.Tensor;
   mask: ort.Tensor;
-  /** (b, head, p + i) of each token, [G, heads, 3]: where attentionFusedGraph puts its new keys and values. */
+  /** (b, head, p + i) of each token, [G, kvHeads, 3]: where attentionFusedGraph puts its new keys and values. */
   newIndex: ort.Tensor;
 }
 
@@ -231,7 +244,7 @@ export interface GroupLayout {
   keys: number;
 }
 
-/** Index tensors and the mask of a group (built once per step, before the first layer). */
+/** Index tensors and the mask of a group (built once per step, before the first layer); `heads`: key/value heads. */
 export function planGroup(members: StepSequence[], stepTokens: number, heads: number, layout?: GroupLayout): AttentionGroup {
   const maxNew = Math.max(...members.map((s) => s.n));
   const keys = layout?.keys ?? roundUp(Math.max(...members.map((s) => s.cache.length + s.n)), KEY_ALIGNMENT);
@@ -269,14 +282,14 @@ export function planGroup(members: StepSequence[], stepTokens: number, heads: nu
 }
 
 /**
- * Copies each member's cached positions 0..p+n of `layer` (keys or values) into `into` as [B, heads, Tk, head_dim],
- * zeros beyond: one copy per sequence and head. This is the O(B·Tk·d) gather per layer and step that a padded
- * batch costs (bench/trunk.ts measures it).
+ * Copies each member's cached positions 0..p+n of `layer` (keys or values) into `into` as [B, kvHeads, Tk, head_dim],
+ * zeros beyond: one copy per sequence and head. This is the O(B·Tk·kvDim) gather per layer and step that a padded
+ * batch costs (bench/trunk.ts measures it). `kvDim`: a cache row's floats.
  */
 export function gatherPadded(
-  group: AttentionGroup, layer: number, d: number, into: Float32Array, which: 'keys' | 'values', pastOnly = false,
+  group: AttentionGroup, layer: number, kvDim: number, into: Float32Array, which: 'keys' | 'values', pastOnly = false,
 ): Float32Array {
-  const stride = group.keys * d;
+  const stride = group.keys * kvDim;
   const out = into.subarray(0, group.members.length * stride);
   group.members.forEach((s, b) => s.cache.gather(layer, which, s.cache.length + (pastOnly ? 0 : s.n), out, b * stride, group.keys));
   return out;

@@ -17,7 +17,7 @@ import { KvSlab } from './kv-slab.ts';
 import { readTensors } from './safetensors.ts';
 import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
-import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
+import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, headsOf, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 
 export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
@@ -153,7 +153,8 @@ export class MoeModel {
   }
 
   newCache(): KvCache {
-    return new KvCache(this.config.num_hidden_layers, this.config.hidden_size, 64, this.config.num_attention_heads);
+    const { kvHeads, kvDim } = headsOf(this.config);
+    return new KvCache(this.config.num_hidden_layers, kvDim, 64, kvHeads);
   }
 
   /**
@@ -251,6 +252,7 @@ export class MoeModel {
    */
   private batchedAttention(inputs: SequenceInput[], slot: number): StepAttention {
     const d = this.config.hidden_size;
+    const { kvHeads, headDim, kvDim } = headsOf(this.config);
     const projection = this.sessions.projection!;
     const core = this.sessions.core!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -261,10 +263,9 @@ export class MoeModel {
       row += s.tokens.length;
     }
     const { cos, sin } = this.rotaryPacked(sequences, total);
-    const heads = this.config.num_attention_heads;
     const memberLists = groupSequences(sequences.filter((s) => s.n > 0));
-    let groups = memberLists.map((m) => planGroup(m, total, heads));
-    const padded = Math.max(0, ...groups.map((g) => g.slots * g.keys * d));
+    let groups = memberLists.map((m) => planGroup(m, total, kvHeads));
+    const padded = Math.max(0, ...groups.map((g) => g.slots * g.keys * kvDim));
     const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
     // Decode tokens (n = 1 each) run in length buckets, each keeping its padded keys in a slab between steps.
     const decode = !fused && memberLists.length > 0 && memberLists[0].every((s) => s.n === 1) ? memberLists[0] : null;
@@ -272,11 +273,11 @@ export class MoeModel {
     const slabbed: Array<{ slab: KvSlab; members: StepSequence[]; slotOf: number[]; group: AttentionGroup }> = [];
     if (slabs) {
       this.slabs[slot] = null;
-      for (const [stride, members] of decodeBuckets(decode!, d, this.options.bucketMergeFloats ?? RUN_COST_FLOATS)) {
+      for (const [stride, members] of decodeBuckets(decode!, kvDim, this.options.bucketMergeFloats ?? RUN_COST_FLOATS)) {
         let slab = slabs.get(stride);
-        if (!slab) slabs.set(stride, (slab = new KvSlab(this.config.num_hidden_layers, heads, d / heads, stride)));
+        if (!slab) slabs.set(stride, (slab = new KvSlab(this.config.num_hidden_layers, kvHeads, headDim, stride)));
         const layout = slab.prepare(members);
-        slabbed.push({ slab, members, slotOf: layout.slotOf, group: planGroup(members, total, heads, layout) });
+        slabbed.push({ slab, members, slotOf: layout.slotOf, group: planGroup(members, total, kvHeads, layout) });
       }
       // A bucket no sequence is in anymore drops its slab (and the caches it refers to).
       for (const stride of [...slabs.keys()]) if (!slabbed.some((b) => b.slab.stride === stride)) slabs.delete(stride);
@@ -286,7 +287,7 @@ export class MoeModel {
     const scratch = this.scratch[slot] ?? { keys: new Float32Array(0), values: new Float32Array(0) };
     this.scratch[slot] = null;
     const slabOf = new Map(slabbed.map((b) => [b.group, b.slab]));
-    const gathered = Math.max(0, ...groups.filter((g) => !slabOf.has(g)).map((g) => g.slots * g.keys * d));
+    const gathered = Math.max(0, ...groups.filter((g) => !slabOf.has(g)).map((g) => g.slots * g.keys * kvDim));
     if (scratch.keys.length < gathered) {
       scratch.keys = new Float32Array(gathered);
       scratch.values = new Float32Array(gathered);
@@ -296,25 +297,24 @@ export class MoeModel {
         const xTensor = new ort.Tensor('float32', x, [total, d]);
         if (fused) {
           const group = groups[0];
-          const heads = this.config.num_attention_heads;
-          const dims = [group.slots, heads, group.keys, d / heads];
+          const dims = [group.slots, kvHeads, group.keys, headDim];
           const out = await this.sessions.fused![layer].run({
             x: xTensor, cos, sin, q_index: group.qIndex, out_index: group.outIndex, mask: group.mask, new_index: group.newIndex,
-            past_keys: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.keys, 'keys', true), dims),
-            past_values: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.values, 'values', true), dims),
+            past_keys: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.keys, 'keys', true), dims),
+            past_values: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.values, 'values', true), dims),
           });
           const k = out.new_k.data as Float32Array;
           const v = out.new_v.data as Float32Array;
-          for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
+          for (const s of sequences) s.cache.write(layer, k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim));
           return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
         }
         const qkv = await projection[layer].run({ x: xTensor, cos, sin });
         const q = qkv.q.data as Float32Array;
         const k = qkv.k.data as Float32Array;
         const v = qkv.v.data as Float32Array;
-        for (const s of sequences) s.cache.write(layer, k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d));
+        for (const s of sequences) s.cache.write(layer, k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim));
         for (const b of slabbed) {
-          b.members.forEach((s, m) => b.slab.append(layer, b.slotOf[m], k.subarray(s.row * d, (s.row + s.n) * d), v.subarray(s.row * d, (s.row + s.n) * d)));
+          b.members.forEach((s, m) => b.slab.append(layer, b.slotOf[m], k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim)));
         }
         if (groups.length === 1 && groups[0].wholeStep) {
           const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch, slabOf.get(groups[0]) ?? null);
@@ -346,8 +346,8 @@ export class MoeModel {
 
   private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch, slab: KvSlab | null) {
     const d = this.config.hidden_size;
-    const heads = this.config.num_attention_heads;
-    const dims = [group.slots, heads, group.keys, d / heads];
+    const { kvHeads, headDim, kvDim } = headsOf(this.config);
+    const dims = [group.slots, kvHeads, group.keys, headDim];
     if (slab) {
       const { keys, values } = slab.view(layer, group.slots);
       const out = await session.run({
@@ -361,8 +361,8 @@ export class MoeModel {
       x: new ort.Tensor('float32', x, [group.tokens, d]),
       q: new ort.Tensor('float32', q, [group.tokens, d]),
       q_index: group.qIndex, out_index: group.outIndex, mask: group.mask,
-      keys: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.keys, 'keys'), dims),
-      values: new ort.Tensor('float32', gatherPadded(group, layer, d, scratch.values, 'values'), dims),
+      keys: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.keys, 'keys'), dims),
+      values: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.values, 'values'), dims),
     });
     return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
   }
@@ -387,16 +387,16 @@ export class MoeModel {
         let row = 0;
         for (const [i, s] of inputs.entries()) {
           const q = perSequence[i];
-          const heads = this.config.num_attention_heads;
-          const pastK = new Float32Array(q.past * d);
-          const pastV = new Float32Array(q.past * d);
+          const { kvHeads, headDim, kvDim } = headsOf(this.config);
+          const pastK = new Float32Array(q.past * kvDim);
+          const pastV = new Float32Array(q.past * kvDim);
           s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
           s.cache.gather(layer, 'values', q.past, pastV, 0, q.past);
           const out = await sessions[layer].run({
             x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
             cos: q.cos, sin: q.sin, mask: q.mask,
-            past_k: new ort.Tensor('float32', pastK, [heads, q.past, d / heads]),
-            past_v: new ort.Tensor('float32', pastV, [heads, q.past, d / heads]),
+            past_k: new ort.Tensor('float32', pastK, [kvHeads, q.past, headDim]),
+            past_v: new ort.Tensor('float32', pastV, [kvHeads, q.past, headDim]),
           });
           h.set(out.h.data as Float32Array, row * d);
           moeInput.set(out.moe_input.data as Float32Array, row * d);

@@ -115,10 +115,10 @@ function checkConfig(file: string, raw: Json, problems: Problems): ModelConfig |
     return null;
   }
   const c = parsed.data;
-  if (c.num_key_value_heads !== c.num_attention_heads) {
+  if (c.num_attention_heads % c.num_key_value_heads !== 0) {
     problems.add({
       kind: 'config', file, field: 'num_key_value_heads',
-      message: `${file}: num_key_value_heads ${c.num_key_value_heads} must equal num_attention_heads ${c.num_attention_heads} (grouped-query attention is not supported)`,
+      message: `${file}: num_key_value_heads ${c.num_key_value_heads} must divide num_attention_heads ${c.num_attention_heads} (each key/value head serves the same number of query heads); fix config.json or ${REEXPORT}`,
     });
   }
   if (c.num_experts_per_tok > c.num_experts) {
@@ -471,6 +471,9 @@ function checkTensors(dir: string, c: ModelConfig, raw: Json, layout: Safetensor
   const why = (name: string): string => {
     if (name === tensorNames.embed || name === tensorNames.lmHead) return `vocab_size ${c.vocab_size} × hidden_size ${d}`;
     if (name.endsWith('.mlp.gate.weight')) return `num_experts ${c.num_experts} × hidden_size ${d}`;
+    if (/\.self_attn\.(k_proj|v_proj|k_norm)\./.test(name)) {
+      return `num_key_value_heads ${c.num_key_value_heads} × head size ${d / c.num_attention_heads}, hidden_size ${d}`;
+    }
     return `hidden_size ${d}`;
   };
   const isExpert = /\.mlp\.experts\.\d+\./;

@@ -16,7 +16,7 @@ export const modelConfigSchema = z.object({
   intermediate_size: z.number().int().positive().describe('a positive integer: the FFN width of each expert'),
   num_hidden_layers: z.number().int().positive().describe('a positive integer: the number of layers'),
   num_attention_heads: z.number().int().positive().describe('a positive integer that divides hidden_size'),
-  num_key_value_heads: z.number().int().positive().describe('a positive integer equal to num_attention_heads'),
+  num_key_value_heads: z.number().int().positive().describe('a positive integer that divides num_attention_heads (fewer: grouped-query attention)'),
   num_experts: z.number().int().positive().describe('a positive integer: experts per layer'),
   num_experts_per_tok: z.number().int().positive()
     .describe('a positive integer at most num_experts: experts chosen per token (1: Switch top-1 routing)'),
@@ -80,8 +80,12 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   ]);
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const t = tensorNames.layer(l);
-    for (const name of [t.inputNorm, t.postNorm, t.qNorm, t.kNorm]) shapes.set(name, [d]);
-    for (const name of [t.q, t.k, t.v, t.o]) shapes.set(name, [d, d]);
+    // Grouped-query attention: k and v project to num_key_value_heads heads (k_norm over them, as OLMoE's).
+    const kvDim = (d / c.num_attention_heads) * c.num_key_value_heads;
+    for (const name of [t.inputNorm, t.postNorm, t.qNorm]) shapes.set(name, [d]);
+    shapes.set(t.kNorm, [kvDim]);
+    for (const name of [t.q, t.o]) shapes.set(name, [d, d]);
+    for (const name of [t.k, t.v]) shapes.set(name, [kvDim, d]);
     shapes.set(t.router, [c.num_experts, d]);
     for (let e = 0; e < c.num_experts; e++) {
       const x = tensorNames.expert(l, e);

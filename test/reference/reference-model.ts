@@ -55,7 +55,7 @@ export class ReferenceModel {
       const xn = x.map((row) => rmsNorm(row, this.w(t.inputNorm), c.rms_norm_eps));
       const rope = (v: number[], pos: number) => {
         const out = [...v];
-        for (let h = 0; h < heads; h++) {
+        for (let h = 0; h < v.length / hd; h++) {
           for (let i = 0; i < hd / 2; i++) {
             const angle = pos / c.rope_theta ** ((2 * i) / hd);
             const a = v[h * hd + i];
@@ -67,21 +67,25 @@ export class ReferenceModel {
         return out;
       };
       const q = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.q), d), this.w(t.qNorm), c.rms_norm_eps), p));
-      const k = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.k), d), this.w(t.kNorm), c.rms_norm_eps), p));
-      const v = xn.map((row) => linear(row, this.w(t.v), d));
+      // Grouped-query attention: query head h reads key/value head ⌊h / group⌋ (Hugging Face's repeat_kv).
+      const kvDim = c.num_key_value_heads * hd;
+      const group = heads / c.num_key_value_heads;
+      const k = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.k), kvDim), this.w(t.kNorm), c.rms_norm_eps), p));
+      const v = xn.map((row) => linear(row, this.w(t.v), kvDim));
       const attended = q.map((qi, i) => {
         const out = new Array<number>(d).fill(0);
         for (let h = 0; h < heads; h++) {
+          const kv = Math.floor(h / group);
           const scores = k.slice(0, i + 1).map((kj) => {
             let s = 0;
-            for (let j = 0; j < hd; j++) s += qi[h * hd + j] * kj[h * hd + j];
+            for (let j = 0; j < hd; j++) s += qi[h * hd + j] * kj[kv * hd + j];
             return s / Math.sqrt(hd);
           });
           const max = Math.max(...scores);
           const e = scores.map((s) => Math.exp(s - max));
           const z = e.reduce((a, b) => a + b, 0);
           e.forEach((p, j) => {
-            for (let m = 0; m < hd; m++) out[h * hd + m] += (p / z) * v[j][h * hd + m];
+            for (let m = 0; m < hd; m++) out[h * hd + m] += (p / z) * v[j][kv * hd + m];
           });
         }
         return out;
