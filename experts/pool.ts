@@ -42,6 +42,8 @@ const MAX_RETRIES_AFTER_THROW = 1;
 
 export interface PoolOptions {
   weightsFile: string;
+  /** config.json's model_type (how the workers read tensor names); default 'olmoe'. */
+  modelType?: string;
   hidden: number;
   ffn: number;
   placement: Placement;
@@ -626,8 +628,8 @@ export class ExpertPool {
     const options = this.options;
     const hosts = options.placement.hosts;
     const setup: WorkerSetup = {
-      workerId, weightsFile: options.weightsFile, hidden: options.hidden, ffn: options.ffn,
-      experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
+      workerId, weightsFile: options.weightsFile, ...(options.modelType ? { modelType: options.modelType } : {}),
+      hidden: options.hidden, ffn: options.ffn, experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
       ...(options.kernel ? { kernel: options.kernel } : {}),
       maxResident: options.maxResidentPerWorker ?? null,
       dropped: options.droppedExperts ?? [],

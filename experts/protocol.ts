@@ -8,6 +8,8 @@ import type { KernelReport, KernelSettings } from './kernels/types.ts';
 export interface WorkerSetup {
   workerId: number;
   weightsFile: string;
+  /** config.json's model_type: the checkpoint's tensor names map to canonical ones (src/engine/architectures.ts). */
+  modelType?: string;
   hidden: number;
   ffn: number;
   experts: Array<{ layer: number; expert: number }>;

@@ -15,6 +15,7 @@ import { Piscina } from 'piscina';
 import { LRUCache } from 'lru-cache';
 import { log } from '../src/log.ts';
 import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
+import { architectureOf, canonicalEntries } from '../src/engine/architectures.ts';
 import { readExpertWeights } from './expert-weights.ts';
 import { selectKernel } from './kernels/select.ts';
 import { DEFAULT_KERNEL_SETTINGS, type ExpertKernel, type KernelReport } from './kernels/types.ts';
@@ -41,7 +42,9 @@ async function loadExpert(setup: WorkerSetup, header: ReturnType<typeof readSafe
 
 export async function initialize() {
   const setup = workerData as WorkerSetup;
-  const header = readSafetensorsHeader(setup.weightsFile);
+  const arch = architectureOf(setup.modelType ?? 'olmoe');
+  if (!arch) throw new Error(`worker ${setup.workerId}: unknown model_type ${JSON.stringify(setup.modelType)}`);
+  const header = canonicalEntries(arch, readSafetensorsHeader(setup.weightsFile));
   // The experts this worker hosts (its placement), and those of them loaded now: at most maxResident, least
   // recently used released first. Tasks run one at a time on this thread, so the expert released to make room is
   // never one that is running (and a load or unload never overlaps a run).

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { loadConfig } from '../../src/config.ts';
 import { Engine } from '../../src/engine/engine.ts';
 import { tensorNames } from '../../src/engine/package.ts';
-import { readSafetensorsHeader, readTensors, writeSafetensors, type TensorData, type TensorEntry } from '../../src/engine/safetensors.ts';
+import { PackageError, readSafetensorsHeader, readTensors, writeSafetensors, type TensorData, type TensorEntry } from '../../src/engine/safetensors.ts';
 import { readExpertWeights } from '../expert-weights.ts';
 import { compressBitmask } from './bitmask.ts';
 import { swigluHidden } from '../kernels/reference.ts';
@@ -126,6 +126,8 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
   const engine = await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: src, workers: options.workers ?? 1 } }));
   try {
     const c = engine.pkg.config;
+    // The output is written with OLMoE's tensor names and config; other families would need their own writer.
+    if (c.model_type !== 'olmoe') throw new PackageError(`${src}: switchyard prune writes OLMoE packages; model_type ${c.model_type} is not supported yet`);
     const d = c.hidden_size;
     const allExperts = Array.from({ length: c.num_hidden_layers }, (_, layer) => Array.from({ length: c.num_experts }, (_, expert) => ({ layer, expert }))).flat();
     const pattern: Pattern = { sparsity: options.sparsity, nm: options.method === '2:4' ? { n: 2, m: 4 } : options.nm };

@@ -204,6 +204,9 @@ export interface ConvertResult {
 export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
   if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
   const pkg = loadModelPackage(options.modelDir);
+  if (pkg.config.model_type !== 'olmoe') {
+    throw new PackageError(`${pkg.dir}/config.json: model_type ${pkg.config.model_type}: convert-gguf writes llama.cpp's OLMoE layout only`);
+  }
   if (pkg.config.num_key_value_heads !== pkg.config.num_attention_heads) {
     // llama.cpp's OLMoE loader (b4747) wants k_norm over all heads; Hugging Face's OLMoE normalises the key/value heads.
     throw new PackageError(`${pkg.dir}/config.json: num_key_value_heads ${pkg.config.num_key_value_heads} < num_attention_heads ${pkg.config.num_attention_heads} (grouped-query attention), but llama.cpp's OLMoE architecture expects k_norm over all ${pkg.config.num_attention_heads} heads; only packages without grouped-query attention convert to GGUF`);

@@ -32,8 +32,11 @@ function project(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, x: 
   const { heads, kvHeads, headDim, kvDim } = headsOf(c);
   const t = tensorNames.layer(layer);
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
-  const q = g.rmsNorm(g.linear(xn, 'q_proj', w(t.q), d, d), g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps);
-  const k = g.rmsNorm(g.linear(xn, 'k_proj', w(t.k), kvDim, d), g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps);
+  // OLMoE RMS-norms q and k after their projections (qk_norm); Mixtral does not.
+  const qProj = g.linear(xn, 'q_proj', w(t.q), d, d);
+  const kProj = g.linear(xn, 'k_proj', w(t.k), kvDim, d);
+  const q = c.qk_norm ? g.rmsNorm(qProj, g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps) : qProj;
+  const k = c.qk_norm ? g.rmsNorm(kProj, g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps) : kProj;
   const v = g.linear(xn, 'v_proj', w(t.v), kvDim, d);
   const half = headDim / 2;
   // NeoX rotary over each head, as in attentionGraph: x·cos + rotate_half(x)·sin.

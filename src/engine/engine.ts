@@ -53,7 +53,7 @@ export class Engine implements GenerationService {
     const c = pkg.config;
     const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
     const pool = await ExpertPool.start({
-      weightsFile: pkg.weightsFile, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
+      weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
       threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
       maxResidentPerWorker: config.experts.maxResidentPerWorker,

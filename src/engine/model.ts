@@ -15,7 +15,7 @@ import { createSession } from '../../experts/kernels/ort-session.ts';
 import { KvCache } from './kv-cache.ts';
 import { KvSlab } from './kv-slab.ts';
 import { readTensors } from './safetensors.ts';
-import { tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
+import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
 import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, headsOf, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
@@ -108,8 +108,8 @@ export class MoeModel {
   /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */
   static async load(pkg: ModelPackage, runner: ExpertPool | ExpertRunner, options: ModelOptions): Promise<MoeModel> {
     const c = pkg.config;
-    const trunkNames = [tensorNames.embed, tensorNames.finalNorm, tensorNames.lmHead];
-    for (let l = 0; l < c.num_hidden_layers; l++) trunkNames.push(...Object.values(tensorNames.layer(l)));
+    // Every tensor but the experts' (the workers read those), as the architecture has them (q/k norms or not).
+    const trunkNames = [...expectedTensors(c).keys()].filter((name) => !/\.mlp\.experts\.\d+\./.test(name));
     const weights = readTensors(pkg.weightsFile, pkg.tensors, trunkNames);
     const w = (name: string) => weights.get(name)!;
     const sessionOptions: Omit<ort.InferenceSession.SessionOptions, 'executionProviders'> = {

@@ -15,6 +15,7 @@ import { join, resolve } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
+import { architectureOf, canonicalEntries, supportedArchitectures, type Architecture } from './architectures.ts';
 import { expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
 import {
   FLOAT_DTYPES, inspectSafetensors, inspectShardedSafetensors, PackageCheckError, readTypedTensors, SAFETENSORS_DTYPE_BITS, SHARD_INDEX, type PackageProblem, type SafetensorsLayout, type TensorEntry,
@@ -61,11 +62,20 @@ const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b
 class Problems {
   readonly list: PackageProblem[] = [];
   omitted = 0;
-  /** Tensors with a header problem: their data is not read. */
+  /** Tensors with a header problem (canonical names): their data is not read. */
   readonly damaged = new Set<string>();
+  /**
+   * The checkpoint's architecture once config.json named it: the checks use canonical tensor names, problems name
+   * tensors as the checkpoint does.
+   */
+  arch: Architecture | null = null;
   constructor(private readonly limit: number) {}
   readonly add = (p: PackageProblem): void => {
-    if (p.tensor) this.damaged.add(p.tensor);
+    if (p.tensor && this.arch) {
+      const shown = this.arch.checkpointName(p.tensor);
+      if (shown !== p.tensor) p = { ...p, tensor: shown, message: p.message.replaceAll(p.tensor, shown) };
+    }
+    if (p.tensor) this.damaged.add(this.arch ? this.arch.canonicalName(p.tensor) : p.tensor);
     if (this.list.length < this.limit) this.list.push(p);
     else this.omitted++;
   };
@@ -96,19 +106,30 @@ function readJsonObject(file: string, required: string | null, problems: Problem
 
 /** config.json against the schema, then the cross-field rules the gateway relies on. Null if unusable. */
 function checkConfig(file: string, raw: Json, problems: Problems): ModelConfig | null {
-  const parsed = modelConfigSchema.safeParse(raw);
+  const arch = architectureOf(raw.model_type);
+  if (!arch) {
+    problems.add({
+      kind: 'config', file, field: 'model_type',
+      message: `${file}: model_type is ${JSON.stringify(raw.model_type) ?? 'missing'}, but the gateway serves ${supportedArchitectures()}; convert the checkpoint to one of them or ${REEXPORT}`,
+    });
+    return null;
+  }
+  // The family's keys in canonical form (Mixtral's num_local_experts is num_experts); messages use its own names.
+  const normalized = arch.normalizeConfig(raw);
+  const parsed = modelConfigSchema.safeParse(normalized);
   if (!parsed.success) {
     const seen = new Set<string>();
     for (const issue of parsed.error.issues) {
-      const field = String(issue.path[0] ?? '(root)');
-      if (seen.has(field)) continue;
-      seen.add(field);
-      const help = (modelConfigSchema.shape as Record<string, { description?: string }>)[field]?.description ?? 'valid';
+      const canonical = String(issue.path[0] ?? '(root)');
+      if (seen.has(canonical)) continue;
+      seen.add(canonical);
+      const field = arch.configKey(canonical);
+      const help = (modelConfigSchema.shape as Record<string, { description?: string }>)[canonical]?.description ?? 'valid';
       const value = raw[field];
       problems.add({
         kind: 'config', file, field,
         message: value === undefined
-          ? `${file}: ${field} is missing; it must be ${help} — add it (Hugging Face OlmoeConfig's field) or ${REEXPORT}`
+          ? `${file}: ${field} is missing; it must be ${help} — add it (Hugging Face ${arch.label}'s config field) or ${REEXPORT}`
           : `${file}: ${field} is ${JSON.stringify(value)}, but it must be ${help}; fix config.json or ${REEXPORT}`,
       });
     }
@@ -593,7 +614,10 @@ export function checkModelPackage(dir: string, options: PackageCheckOptions = {}
   } else if (!existsSync(weightsFile)) {
     problems.add({ kind: 'file', file: weightsFile, message: `${weightsFile}: missing from the model package (nor is there a ${SHARD_INDEX} listing shards); ${REEXPORT}` });
   } else {
+    problems.arch = config ? architectureOf(config.model_type) : null;
     layout = sharded ? inspectShardedSafetensors(weightsFile, problems.add) : inspectSafetensors(weightsFile, problems.add);
+    // From here on every tensor goes by its canonical (OLMoE) name.
+    if (layout && problems.arch) layout = { ...layout, entries: canonicalEntries(problems.arch, layout.entries) };
   }
   if (config && raw && pruning && layout) checkTensors(dir, config, raw, layout, pruning, problems);
   return report(config && layout && tokenizer && pruning

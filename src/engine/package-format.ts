@@ -10,7 +10,7 @@ import { z } from 'zod';
  * it must be; the package check quotes it when a field is missing or wrong.
  */
 export const modelConfigSchema = z.object({
-  model_type: z.literal('olmoe').describe('"olmoe" (the Hugging Face OLMoE architecture)'),
+  model_type: z.enum(['olmoe', 'mixtral']).describe('"olmoe" or "mixtral" (the Hugging Face architectures the gateway serves; see architectures.ts)'),
   vocab_size: z.number().int().positive().describe('a positive integer: rows of the embedding and LM head'),
   hidden_size: z.number().int().positive().describe('a positive integer: the model width'),
   intermediate_size: z.number().int().positive().describe('a positive integer: the FFN width of each expert'),
@@ -28,6 +28,9 @@ export const modelConfigSchema = z.object({
   tie_word_embeddings: z.boolean().default(false).describe('false (lm_head.weight is its own tensor)'),
   bos_token_id: z.number().int().nonnegative().describe('the id of the beginning-of-sequence token, below vocab_size'),
   eos_token_id: z.number().int().nonnegative().describe('the id of the end-of-sequence token, below vocab_size'),
+  qk_norm: z.boolean().default(true)
+    .describe('whether q and k are RMS-normed after their projections (set from model_type: OLMoE yes, Mixtral no)'),
+  sliding_window: z.null().optional().describe('null or absent (no sliding-window attention)'),
   rope_scaling: z.null().optional().describe('null or absent (no RoPE scaling)'),
   clip_qkv: z.null().optional().describe('null or absent (no QKV clipping)'),
   attention_bias: z.literal(false).optional().describe('false or absent (attention without biases)'),
@@ -82,8 +85,11 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
     const t = tensorNames.layer(l);
     // Grouped-query attention: k and v project to num_key_value_heads heads (k_norm over them, as OLMoE's).
     const kvDim = (d / c.num_attention_heads) * c.num_key_value_heads;
-    for (const name of [t.inputNorm, t.postNorm, t.qNorm]) shapes.set(name, [d]);
-    shapes.set(t.kNorm, [kvDim]);
+    for (const name of [t.inputNorm, t.postNorm]) shapes.set(name, [d]);
+    if (c.qk_norm) {
+      shapes.set(t.qNorm, [d]);
+      shapes.set(t.kNorm, [kvDim]);
+    }
     for (const name of [t.q, t.o]) shapes.set(name, [d, d]);
     for (const name of [t.k, t.v]) shapes.set(name, [kvDim, d]);
     shapes.set(t.router, [c.num_experts, d]);

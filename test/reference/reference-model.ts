@@ -35,11 +35,15 @@ export interface ReferenceOutput {
 export class ReferenceModel {
   constructor(readonly config: ModelConfig, readonly w: (name: string) => Float32Array) {}
 
-  /** From a package's single model.safetensors (float32). */
-  static fromPackage(dir: string, config: ModelConfig): ReferenceModel {
+  /**
+   * From a package's single model.safetensors (float32); `stored` maps a canonical (OLMoE) tensor name to the name
+   * in the file (Mixtral's, for one).
+   */
+  static fromPackage(dir: string, config: ModelConfig, stored: (name: string) => string = (name) => name): ReferenceModel {
     const file = `${dir}/model.safetensors`;
-    const tensors = readTensors(file, readSafetensorsHeader(file), [...expectedTensors(config).keys()]);
-    return new ReferenceModel(config, (name) => tensors.get(name)!);
+    const names = [...expectedTensors(config).keys()];
+    const tensors = readTensors(file, readSafetensorsHeader(file), names.map(stored));
+    return new ReferenceModel(config, (name) => tensors.get(stored(name))!);
   }
 
   forward(ids: number[]): ReferenceOutput {
@@ -66,11 +70,13 @@ export class ReferenceModel {
         }
         return out;
       };
-      const q = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.q), d), this.w(t.qNorm), c.rms_norm_eps), p));
+      // OLMoE RMS-norms q and k (qk_norm); Mixtral does not.
+      const qkNorm = (v: number[], weight: string) => (c.qk_norm ? rmsNorm(v, this.w(weight), c.rms_norm_eps) : v);
+      const q = xn.map((row, p) => rope(qkNorm(linear(row, this.w(t.q), d), t.qNorm), p));
       // Grouped-query attention: query head h reads key/value head ⌊h / group⌋ (Hugging Face's repeat_kv).
       const kvDim = c.num_key_value_heads * hd;
       const group = heads / c.num_key_value_heads;
-      const k = xn.map((row, p) => rope(rmsNorm(linear(row, this.w(t.k), kvDim), this.w(t.kNorm), c.rms_norm_eps), p));
+      const k = xn.map((row, p) => rope(qkNorm(linear(row, this.w(t.k), kvDim), t.kNorm), p));
       const v = xn.map((row) => linear(row, this.w(t.v), kvDim));
       const attended = q.map((qi, i) => {
         const out = new Array<number>(d).fill(0);

@@ -1,0 +1,121 @@
+/**
+ * Model families (src/engine/architectures.ts): a tiny checkpoint written the way transformers writes Mixtral
+ * (config keys, tensor names, bf16 shards) serves the numbers of a plain TS reference that reads Mixtral's names
+ * itself — renormalised top-2 routing, no q/k norms, grouped-query attention — batch-invariantly; a model_type the
+ * gateway does not serve is refused naming the supported ones; problems name tensors as the checkpoint does.
+ */
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.ts';
+import { checkModelPackage } from '../src/engine/package-check.ts';
+import { argmax } from '../src/engine/sampling.ts';
+import { ReferenceModel } from './reference/reference-model.ts';
+import { mixtralName, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { engineConfig, maxAbsDiff, request } from './helpers.ts';
+
+const PROMPTS = ['Call me Ishmael.', 'a', 'The quick brown fox jumps over the lazy dog', 'naïve café ☕'];
+// What Mixtral is: renormalised top-2 of its local experts, no q/k norms, fewer key/value heads.
+const MIXTRAL = tinyConfig({
+  model_type: 'mixtral', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, num_experts: 4,
+  num_experts_per_tok: 2, norm_topk_prob: true, qk_norm: false, rope_theta: 1e6, max_position_embeddings: 128,
+});
+
+describe('a tiny Mixtral checkpoint', () => {
+  const dir = writeTinyPackage(MIXTRAL, 81, undefined, { architecture: 'mixtral' });
+  const reference = ReferenceModel.fromPackage(dir, MIXTRAL, mixtralName);
+  let engine: Engine;
+  beforeAll(async () => {
+    engine = await Engine.load(engineConfig(dir, { workers: 2 }));
+  });
+  afterAll(() => engine.close());
+
+  it('is written with transformers\' Mixtral keys and names', () => {
+    const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: 'mixtral', num_local_experts: 4, num_experts_per_tok: 2 });
+    expect(config).not.toHaveProperty('num_experts');
+    expect(config).not.toHaveProperty('norm_topk_prob');
+    const bytes = readFileSync(join(dir, 'model.safetensors'));
+    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    expect(header).toContain('model.layers.0.block_sparse_moe.experts.3.w2.weight');
+    expect(header).not.toContain('q_norm');
+  });
+
+  it('matches the reference at every position, with renormalised top-2 gates', async () => {
+    for (const prompt of PROMPTS) {
+      const ids = engine.codec.encode(prompt);
+      const want = reference.forward(ids);
+      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
+      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * MIXTRAL.vocab_size, (t + 1) * MIXTRAL.vocab_size), want.logits[t])).toBeLessThan(1e-4));
+      got.layers.forEach((layer, l) => {
+        expect(Array.from(layer.expert)).toEqual(want.router[l].flatMap((r) => r.choices.map((ch) => ch.expert)));
+        for (let t = 0; t < ids.length; t++) expect(layer.gate[2 * t] + layer.gate[2 * t + 1]).toBeCloseTo(1, 5);
+      });
+    }
+  });
+
+  it('is batch-invariant (bit for bit) and decodes the reference\'s greedy tokens', async () => {
+    const alone: Float32Array[] = [];
+    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
+    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
+    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
+
+    const seq = engine.codec.encode('The whale');
+    const expected: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const next = argmax(reference.forward(seq).logits[seq.length - 1]);
+      expected.push(next);
+      if (next === MIXTRAL.eos_token_id) break;
+      seq.push(next);
+    }
+    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(expected);
+    expect(engine.info().modelType).toBe('mixtral');
+  });
+
+  it('serves the same numbers from bf16 shards', async () => {
+    const sharded = writeTinyPackage(MIXTRAL, 81, undefined, { architecture: 'mixtral', weights: 'bf16', shards: 2 });
+    const plain = writeTinyPackage(MIXTRAL, 81, undefined, { architecture: 'mixtral', weights: 'bf16-as-f32' });
+    const [a, b] = await Promise.all([Engine.load(engineConfig(sharded, { workers: 1 })), Engine.load(engineConfig(plain, { workers: 1 }))]);
+    try {
+      const ids = a.codec.encode('Call me Ishmael.');
+      const [x, y] = await Promise.all([a.model.forward([{ cache: a.model.newCache(), tokens: ids }]), b.model.forward([{ cache: b.model.newCache(), tokens: ids }])]);
+      expect(maxAbsDiff(x.logits[0], y.logits[0])).toBe(0);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+});
+
+describe('architecture checks', () => {
+  const problems = (dir: string) => checkModelPackage(dir).problems.map((p) => p.message).join('\n');
+
+  it('refuses a model_type it does not serve, naming the supported ones', () => {
+    const dir = writeTinyPackage(tinyConfig(), 82);
+    const file = join(dir, 'config.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), model_type: 'qwen2_moe' }));
+    expect(problems(dir)).toMatch(/model_type is "qwen2_moe", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\)/);
+  });
+
+  it('names Mixtral\'s own config keys and tensor names in problems', () => {
+    const dir = writeTinyPackage(MIXTRAL, 83, undefined, { architecture: 'mixtral' });
+    const file = join(dir, 'config.json');
+    const { num_local_experts: _, ...rest } = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    writeFileSync(file, JSON.stringify(rest));
+    expect(problems(dir)).toMatch(/num_local_experts is missing; .*Mixtral's config field/);
+
+    const other = writeTinyPackage(MIXTRAL, 84, undefined, { architecture: 'mixtral', shards: 2 });
+    const index = JSON.parse(readFileSync(join(other, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+    const shard = index.weight_map['model.layers.1.block_sparse_moe.experts.2.w3.weight'];
+    rmSync(join(other, 'model.safetensors.index.json'));
+    writeFileSync(join(other, 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(Object.entries(index.weight_map).filter(([, f]) => f !== shard)) }));
+    // The tensors of the shard the index no longer lists are missing: named as Mixtral names them.
+    expect(problems(other)).toMatch(/tensor model\.layers\.1\.block_sparse_moe\.experts\.2\.w3\.weight is missing/);
+  });
+
+  it('refuses sliding-window attention, naming the field', () => {
+    const dir = writeTinyPackage(MIXTRAL, 85, undefined, { architecture: 'mixtral' });
+    const file = join(dir, 'config.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), sliding_window: 4096 }));
+    expect(problems(dir)).toMatch(/sliding_window is 4096, but it must be null or absent/);
+  });
+});
