@@ -29,7 +29,7 @@ describe('service endpoints', () => {
   it('GET /health', async () => {
     const r = await fetch(`${server.url}/health`);
     expect(r.status).toBe(200);
-    expect(await r.json()).toEqual({ status: 'ok' });
+    expect(await r.json()).toEqual({ status: 'ok', workers: [{ worker: 0, state: 'ready', restarts: 0 }, { worker: 1, state: 'ready', restarts: 0 }] });
   });
 
   it('GET /metrics serves Prometheus text with expert load and GenAI server metrics', async () => {

@@ -84,14 +84,18 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const t = tensorNames.layer(l);
     // Grouped-query attention: k and v project to num_key_value_heads heads (k_norm over them, as OLMoE's).
+    // (Insertion order is fixed: test fixtures draw random weights in it.)
     const kvDim = (d / c.num_attention_heads) * c.num_key_value_heads;
-    for (const name of [t.inputNorm, t.postNorm]) shapes.set(name, [d]);
+    shapes.set(t.inputNorm, [d]);
+    shapes.set(t.postNorm, [d]);
     if (c.qk_norm) {
       shapes.set(t.qNorm, [d]);
       shapes.set(t.kNorm, [kvDim]);
     }
-    for (const name of [t.q, t.o]) shapes.set(name, [d, d]);
-    for (const name of [t.k, t.v]) shapes.set(name, [kvDim, d]);
+    shapes.set(t.q, [d, d]);
+    shapes.set(t.k, [kvDim, d]);
+    shapes.set(t.v, [kvDim, d]);
+    shapes.set(t.o, [d, d]);
     shapes.set(t.router, [c.num_experts, d]);
     for (let e = 0; e < c.num_experts; e++) {
       const x = tensorNames.expert(l, e);
