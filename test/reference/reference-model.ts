@@ -46,6 +46,20 @@ export class ReferenceModel {
     return new ReferenceModel(config, (name) => tensors.get(stored(name))!);
   }
 
+  /** Greedy continuation of `ids` by full recompute (no cache): up to `steps` tokens, stopping after eos_token_id. */
+  greedy(ids: number[], steps: number): number[] {
+    const seq = [...ids];
+    const out: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const logits = this.forward(seq).logits[seq.length - 1];
+      const next = logits.indexOf(Math.max(...logits));
+      out.push(next);
+      if (next === this.config.eos_token_id) break;
+      seq.push(next);
+    }
+    return out;
+  }
+
   forward(ids: number[]): ReferenceOutput {
     const c = this.config;
     const d = c.hidden_size;
