@@ -78,14 +78,71 @@ describe('a tiny Mixtral checkpoint', () => {
   });
 });
 
+// What Qwen2-MoE is: softmax → top-k (no renormalisation in Qwen1.5-MoE), biased q/k/v, no q/k norms, and a shared
+// expert gated by sigmoid(x · shared_expert_gate) beside the routed ones.
+const QWEN2_MOE = tinyConfig({
+  model_type: 'qwen2_moe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 4, num_experts: 6,
+  num_experts_per_tok: 2, norm_topk_prob: false, qk_norm: false, attention_bias: true, shared_expert_intermediate_size: 40,
+  shared_expert_gated: true, rope_theta: 1e6, max_position_embeddings: 128,
+});
+
+describe('a tiny Qwen2-MoE checkpoint (shared expert)', () => {
+  const dir = writeTinyPackage(QWEN2_MOE, 86, undefined, { architecture: 'qwen2_moe' });
+  const reference = ReferenceModel.fromPackage(dir, QWEN2_MOE);
+  let engine: Engine;
+  beforeAll(async () => {
+    engine = await Engine.load(engineConfig(dir, { workers: 2 }));
+  });
+  afterAll(() => engine.close());
+
+  it('is written with transformers\' Qwen2-MoE keys and names', () => {
+    const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: 'qwen2_moe', moe_intermediate_size: 24, shared_expert_intermediate_size: 40, use_sliding_window: false });
+    const bytes = readFileSync(join(dir, 'model.safetensors'));
+    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    for (const name of ['model.layers.1.mlp.shared_expert.down_proj.weight', 'model.layers.1.mlp.shared_expert_gate.weight', 'model.layers.0.self_attn.k_proj.bias']) {
+      expect(header).toContain(name);
+    }
+  });
+
+  it('matches the reference at every position, batch-invariantly, and decodes its greedy tokens', async () => {
+    for (const prompt of PROMPTS) {
+      const ids = engine.codec.encode(prompt);
+      const want = reference.forward(ids).logits;
+      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
+      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * QWEN2_MOE.vocab_size, (t + 1) * QWEN2_MOE.vocab_size), want[t])).toBeLessThan(1e-4));
+    }
+    const alone: Float32Array[] = [];
+    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
+    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
+    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
+    const expected = reference.greedy(engine.codec.encode('The whale'), 8);
+    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(expected);
+  });
+
+  it('counts the shared expert among the active parameters', () => {
+    const info = engine.info();
+    const perExpert = 3 * QWEN2_MOE.hidden_size * QWEN2_MOE.intermediate_size;
+    expect(info.parameters.total - info.parameters.activePerToken).toBe(QWEN2_MOE.num_hidden_layers * (QWEN2_MOE.num_experts - 2) * perExpert);
+    expect(info.modelType).toBe('qwen2_moe');
+  });
+
+  it('refuses dense-MLP layers (decoder_sparse_step, mlp_only_layers), naming the field', () => {
+    const other = writeTinyPackage(QWEN2_MOE, 87, undefined, { architecture: 'qwen2_moe' });
+    const file = join(other, 'config.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), mlp_only_layers: [1] }));
+    expect(checkModelPackage(other).problems.map((p) => p.message).join('\n')).toMatch(/mlp_only_layers is \[1\], but it must be empty or absent/);
+  });
+});
+
 describe('architecture checks', () => {
   const problems = (dir: string) => checkModelPackage(dir).problems.map((p) => p.message).join('\n');
 
   it('refuses a model_type it does not serve, naming the supported ones', () => {
     const dir = writeTinyPackage(tinyConfig(), 82);
     const file = join(dir, 'config.json');
-    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), model_type: 'qwen2_moe' }));
-    expect(problems(dir)).toMatch(/model_type is "qwen2_moe", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\)/);
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), model_type: 'granitemoe' }));
+    expect(problems(dir)).toMatch(/model_type is "granitemoe", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\)/);
   });
 
   it('names Mixtral\'s own config keys and tensor names in problems', () => {

@@ -9,8 +9,9 @@
  *   - tensors: each checkpoint name ↔ its canonical name (Mixtral's block_sparse_moe.experts.E.w1 ↔ OLMoE's
  *     mlp.experts.E.gate_proj).
  *
- * Supported: OLMoE (softmax → top-k, gates renormalised when norm_topk_prob, RMS-normed q and k) and Mixtral
- * (softmax → top-k → renormalised, no q/k norms, grouped-query attention).
+ * Supported: OLMoE (softmax → top-k, gates renormalised when norm_topk_prob, RMS-normed q and k), Mixtral
+ * (softmax → top-k → renormalised, no q/k norms, grouped-query attention) and Qwen2-MoE (softmax → top-k, biased
+ * q/k/v, a gated shared expert).
  */
 
 export interface Architecture {
@@ -76,7 +77,26 @@ const MIXTRAL: Architecture = {
   ]),
 };
 
-export const ARCHITECTURES: readonly Architecture[] = [OLMOE, MIXTRAL];
+// Qwen2-MoE (transformers' Qwen2MoeForCausalLM): OLMoE's tensor names for the router and routed experts, plus
+// biased q/k/v, no q/k norms, and a shared expert gated by sigmoid(x · shared_expert_gate) beside the routed ones.
+const QWEN2_MOE: Architecture = {
+  modelType: 'qwen2_moe',
+  label: 'Qwen2-MoE',
+  normalizeConfig: (raw) => {
+    const { intermediate_size: _dense, moe_intermediate_size: experts, ...rest } = raw;
+    return {
+      ...rest,
+      intermediate_size: experts, attention_bias: true, qk_norm: false, shared_expert_gated: true,
+      // sliding_window only counts when use_sliding_window is on (Qwen configs carry a number either way).
+      sliding_window: raw.use_sliding_window === true ? raw.sliding_window : null,
+    };
+  },
+  configKey: (canonical) => (canonical === 'intermediate_size' ? 'moe_intermediate_size' : canonical),
+  canonicalName: (name) => name,
+  checkpointName: (name) => name,
+};
+
+export const ARCHITECTURES: readonly Architecture[] = [OLMOE, MIXTRAL, QWEN2_MOE];
 
 /** The description for config.json's model_type, or null (the caller names the supported ones). */
 export function architectureOf(modelType: unknown): Architecture | null {

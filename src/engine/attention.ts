@@ -32,12 +32,7 @@ function project(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, x: 
   const { heads, kvHeads, headDim, kvDim } = headsOf(c);
   const t = tensorNames.layer(layer);
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
-  // OLMoE RMS-norms q and k after their projections (qk_norm); Mixtral does not.
-  const qProj = g.linear(xn, 'q_proj', w(t.q), d, d);
-  const kProj = g.linear(xn, 'k_proj', w(t.k), kvDim, d);
-  const q = c.qk_norm ? g.rmsNorm(qProj, g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps) : qProj;
-  const k = c.qk_norm ? g.rmsNorm(kProj, g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps) : kProj;
-  const v = g.linear(xn, 'v_proj', w(t.v), kvDim, d);
+  const { q, k, v } = qkv(g, c, layer, w, xn);
   const half = headDim / 2;
   // NeoX rotary over each head, as in attentionGraph: x·cos + rotate_half(x)·sin.
   const rope = (value: string, n: number) => {
@@ -48,6 +43,46 @@ function project(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, x: 
     return g.op('Reshape', [g.op('Add', [g.op('Mul', [byHead, cos]), g.op('Mul', [rotated, sin])]), g.int64s([-1, n * headDim])]);
   };
   return { q: rope(q, heads), k: rope(k, kvHeads), v };
+}
+
+/**
+ * q, k, v of the normed input xn [N, d] → [N, d], [N, kvDim], [N, kvDim], before rotary: the projections, their
+ * biases (attention_bias: Qwen2-MoE), and the RMS norms of q and k (qk_norm: OLMoE; Mixtral and Qwen2-MoE have none).
+ */
+export function qkv(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, xn: string): { q: string; k: string; v: string } {
+  const d = c.hidden_size;
+  const { kvDim } = headsOf(c);
+  const t = tensorNames.layer(layer);
+  const b = tensorNames.bias(layer);
+  const project = (name: string, weight: string, bias: string, out: number) => {
+    const y = g.linear(xn, name, w(weight), out, d);
+    return c.attention_bias ? g.op('Add', [y, g.weight(`${name}_bias`, w(bias), [out])]) : y;
+  };
+  const q = project('q_proj', t.q, b.q, d);
+  const k = project('k_proj', t.k, b.k, kvDim);
+  return {
+    q: c.qk_norm ? g.rmsNorm(q, g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps) : q,
+    k: c.qk_norm ? g.rmsNorm(k, g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps) : k,
+    v: project('v_proj', t.v, b.v, kvDim),
+  };
+}
+
+/**
+ * h + the shared expert's output on moe_input (shared_expert_intermediate_size > 0: Qwen2-MoE), scaled by
+ * sigmoid(moe_input · shared_expert_gateᵀ) when gated; h itself otherwise. The routed experts add theirs to this
+ * afterwards, so the layer's MoE output is shared + Σ gate · routed, as in Qwen2MoeSparseMoeBlock.
+ */
+export function withSharedExpert(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, h: string, moeInput: string): string {
+  const width = c.shared_expert_intermediate_size;
+  if (width === 0) return h;
+  const d = c.hidden_size;
+  const s = tensorNames.sharedExpert(layer);
+  const gate = g.linear(moeInput, 'shared_gate_proj', w(s.gate), width, d);
+  const up = g.linear(moeInput, 'shared_up_proj', w(s.up), width, d);
+  const hidden = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]); // silu(gate) ⊙ up
+  let out = g.linear(hidden, 'shared_down_proj', w(s.down), d, width);
+  if (c.shared_expert_gated) out = g.op('Mul', [out, g.op('Sigmoid', [g.linear(moeInput, 'shared_expert_gate', w(s.scale), 1, d)])]);
+  return g.op('Add', [h, out]);
 }
 
 /**
@@ -94,7 +129,8 @@ function attend(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, a: {
   const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
   const rows = g.op('Gather', [merged, a.outIndex], { axis: 0 }); // [G, d]
   const h = g.op('Add', [a.x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
-  return { h, moeInput: g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps) };
+  const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
+  return { h: withSharedExpert(g, c, layer, w, h, moeInput), moeInput };
 }
 
 /**

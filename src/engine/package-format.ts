@@ -10,7 +10,7 @@ import { z } from 'zod';
  * it must be; the package check quotes it when a field is missing or wrong.
  */
 export const modelConfigSchema = z.object({
-  model_type: z.enum(['olmoe', 'mixtral']).describe('"olmoe" or "mixtral" (the Hugging Face architectures the gateway serves; see architectures.ts)'),
+  model_type: z.enum(['olmoe', 'mixtral', 'qwen2_moe']).describe('"olmoe", "mixtral" or "qwen2_moe" (the Hugging Face architectures the gateway serves; see architectures.ts)'),
   vocab_size: z.number().int().positive().describe('a positive integer: rows of the embedding and LM head'),
   hidden_size: z.number().int().positive().describe('a positive integer: the model width'),
   intermediate_size: z.number().int().positive().describe('a positive integer: the FFN width of each expert'),
@@ -31,9 +31,15 @@ export const modelConfigSchema = z.object({
   qk_norm: z.boolean().default(true)
     .describe('whether q and k are RMS-normed after their projections (set from model_type: OLMoE yes, Mixtral no)'),
   sliding_window: z.null().optional().describe('null or absent (no sliding-window attention)'),
+  decoder_sparse_step: z.literal(1).optional().describe('1 or absent (every layer is a MoE layer; the gateway has no dense-MLP layers)'),
+  mlp_only_layers: z.array(z.number()).max(0).optional().describe('empty or absent (every layer is a MoE layer; the gateway has no dense-MLP layers)'),
   rope_scaling: z.null().optional().describe('null or absent (no RoPE scaling)'),
   clip_qkv: z.null().optional().describe('null or absent (no QKV clipping)'),
-  attention_bias: z.literal(false).optional().describe('false or absent (attention without biases)'),
+  attention_bias: z.boolean().default(false).describe('whether q, k and v projections have biases (set from model_type: Qwen2-MoE yes)'),
+  shared_expert_intermediate_size: z.number().int().nonnegative().default(0)
+    .describe('the FFN width of the shared expert every token runs beside the routed ones (0 or absent: none; Qwen2-MoE)'),
+  shared_expert_gated: z.boolean().default(false)
+    .describe('whether the shared expert is scaled by sigmoid(x · shared_expert_gate) (set from model_type: Qwen2-MoE yes)'),
 });
 
 export type ModelConfig = z.infer<typeof modelConfigSchema>;
@@ -66,6 +72,19 @@ export const tensorNames = {
     postNorm: `model.layers.${l}.post_attention_layernorm.weight`,
     router: `model.layers.${l}.mlp.gate.weight`,
   }),
+  /** Attention projection biases (attention_bias). */
+  bias: (l: number) => ({
+    q: `model.layers.${l}.self_attn.q_proj.bias`,
+    k: `model.layers.${l}.self_attn.k_proj.bias`,
+    v: `model.layers.${l}.self_attn.v_proj.bias`,
+  }),
+  /** The shared expert (shared_expert_intermediate_size > 0) and its gate [1, d] (shared_expert_gated). */
+  sharedExpert: (l: number) => ({
+    gate: `model.layers.${l}.mlp.shared_expert.gate_proj.weight`,
+    up: `model.layers.${l}.mlp.shared_expert.up_proj.weight`,
+    down: `model.layers.${l}.mlp.shared_expert.down_proj.weight`,
+    scale: `model.layers.${l}.mlp.shared_expert_gate.weight`,
+  }),
   expert: (l: number, e: number) => ({
     gate: `model.layers.${l}.mlp.experts.${e}.gate_proj.weight`,
     up: `model.layers.${l}.mlp.experts.${e}.up_proj.weight`,
@@ -96,6 +115,20 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
     shapes.set(t.k, [kvDim, d]);
     shapes.set(t.v, [kvDim, d]);
     shapes.set(t.o, [d, d]);
+    if (c.attention_bias) {
+      const b = tensorNames.bias(l);
+      shapes.set(b.q, [d]);
+      shapes.set(b.k, [kvDim]);
+      shapes.set(b.v, [kvDim]);
+    }
+    const shared = c.shared_expert_intermediate_size;
+    if (shared > 0) {
+      const s = tensorNames.sharedExpert(l);
+      shapes.set(s.gate, [shared, d]);
+      shapes.set(s.up, [shared, d]);
+      shapes.set(s.down, [d, shared]);
+      if (c.shared_expert_gated) shapes.set(s.scale, [1, d]);
+    }
     shapes.set(t.router, [c.num_experts, d]);
     for (let e = 0; e < c.num_experts; e++) {
       const x = tensorNames.expert(l, e);

@@ -4,7 +4,7 @@
  * the worker pool.
  */
 import { GraphBuilder } from './onnx/builder.ts';
-import { headsOf } from './attention.ts';
+import { headsOf, qkv, withSharedExpert } from './attention.ts';
 import { tensorNames, type ModelConfig } from './package.ts';
 
 export type Weights = (name: string) => Float32Array;
@@ -39,12 +39,7 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   const pastV = g.input('past_v', [kvHeads, 'past', headDim]);
 
   const xn = g.rmsNorm(x, g.weight('input_norm', w(t.inputNorm), [d]), c.rms_norm_eps);
-  // OLMoE RMS-norms q and k after their projections (qk_norm); Mixtral does not.
-  const qProj = g.linear(xn, 'q_proj', w(t.q), d, d);
-  const kProj = g.linear(xn, 'k_proj', w(t.k), kvDim, d);
-  const q = c.qk_norm ? g.rmsNorm(qProj, g.weight('q_norm', w(t.qNorm), [d]), c.rms_norm_eps) : qProj;
-  const k = c.qk_norm ? g.rmsNorm(kProj, g.weight('k_norm', w(t.kNorm), [kvDim]), c.rms_norm_eps) : kProj;
-  const v = g.linear(xn, 'v_proj', w(t.v), kvDim, d);
+  const { q, k, v } = qkv(g, c, layer, w, xn);
 
   const byHead = (value: string, n = heads) => g.op('Reshape', [value, g.int64s([-1, n, headDim])]); // [n, heads, head_dim]
   const headsFirst = (value: string) => g.op('Transpose', [value], { perm: [1, 0, 2] }); // [heads, n, head_dim]
@@ -76,7 +71,7 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   const h = g.op('Add', [x, g.linear(merged, 'o_proj', w(t.o), d, d)]);
   const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
 
-  g.output(h, 'h', ['tokens', d]);
+  g.output(withSharedExpert(g, c, layer, w, h, moeInput), 'h', ['tokens', d]);
   g.output(moeInput, 'moe_input', ['tokens', d]);
   g.output(newK, 'new_k', ['tokens', kvDim]);
   g.output(v, 'new_v', ['tokens', kvDim]);

@@ -86,12 +86,15 @@ export class ReferenceModel {
       };
       // OLMoE RMS-norms q and k (qk_norm); Mixtral does not.
       const qkNorm = (v: number[], weight: string) => (c.qk_norm ? rmsNorm(v, this.w(weight), c.rms_norm_eps) : v);
-      const q = xn.map((row, p) => rope(qkNorm(linear(row, this.w(t.q), d), t.qNorm), p));
+      // Qwen2-MoE's projections have biases (attention_bias).
+      const b = tensorNames.bias(l);
+      const biased = (y: number[], bias: string) => (c.attention_bias ? y.map((v, i) => v + this.w(bias)[i]) : y);
+      const q = xn.map((row, p) => rope(qkNorm(biased(linear(row, this.w(t.q), d), b.q), t.qNorm), p));
       // Grouped-query attention: query head h reads key/value head ⌊h / group⌋ (Hugging Face's repeat_kv).
       const kvDim = c.num_key_value_heads * hd;
       const group = heads / c.num_key_value_heads;
-      const k = xn.map((row, p) => rope(qkNorm(linear(row, this.w(t.k), kvDim), t.kNorm), p));
-      const v = xn.map((row) => linear(row, this.w(t.v), kvDim));
+      const k = xn.map((row, p) => rope(qkNorm(biased(linear(row, this.w(t.k), kvDim), b.k), t.kNorm), p));
+      const v = xn.map((row) => biased(linear(row, this.w(t.v), kvDim), b.v));
       const attended = q.map((qi, i) => {
         const out = new Array<number>(d).fill(0);
         for (let h = 0; h < heads; h++) {
@@ -127,15 +130,24 @@ export class ReferenceModel {
         const sum = chosen.reduce((n, ch) => n + ch.p, 0);
         const gates = chosen.map((ch) => (c.norm_topk_prob ? ch.p / sum : ch.p));
         layerRouting.push({ expert: chosen[0].e, gate: gates[0], choices: chosen.map((ch, j) => ({ expert: ch.e, gate: gates[j] })) });
-        const out = [...row];
+        const ffn = (names: { gate: string; up: string; down: string }, width: number) => {
+          const gate = linear(m, this.w(names.gate), width);
+          const up = linear(m, this.w(names.up), width);
+          return linear(gate.map((g, i) => silu(g) * up[i]), this.w(names.down), d);
+        };
+        const moe = new Array<number>(d).fill(0);
         chosen.forEach((ch, j) => {
-          const names = tensorNames.expert(l, ch.e);
-          const gate = linear(m, this.w(names.gate), c.intermediate_size);
-          const up = linear(m, this.w(names.up), c.intermediate_size);
-          const y = linear(gate.map((g, i) => silu(g) * up[i]), this.w(names.down), d);
-          for (let i = 0; i < d; i++) out[i] += gates[j] * y[i];
+          const y = ffn(tensorNames.expert(l, ch.e), c.intermediate_size);
+          for (let i = 0; i < d; i++) moe[i] += gates[j] * y[i];
         });
-        return out;
+        // Qwen2-MoE's shared expert: every token, scaled by sigmoid(m · shared_expert_gate).
+        if (c.shared_expert_intermediate_size > 0) {
+          const s = tensorNames.sharedExpert(l);
+          const y = ffn(s, c.shared_expert_intermediate_size);
+          const scale = c.shared_expert_gated ? 1 / (1 + Math.exp(-linear(m, this.w(s.scale), 1)[0])) : 1;
+          for (let i = 0; i < d; i++) moe[i] += scale * y[i];
+        }
+        return row.map((v, i) => v + moe[i]);
       });
       router.push(layerRouting);
     }
