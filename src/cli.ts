@@ -275,6 +275,60 @@ Inspect the result with: npx tsx src/convert/gguf-reader.ts FILE.gguf [--tensors
       }
     },
   },
+  inspect: {
+    summary: 'What a checkpoint is and whether it fits this machine, from its config.json',
+    usage: `Usage: switchyard inspect --model DIR | --config FILE [--memory-gib G]
+
+Reads a checkpoint's config.json (nothing else: run it before downloading or loading gigabytes of weights) and
+prints its architecture, parameters in total and active per token, the KV cache per token and at the full context,
+and the memory the gateway needs with each expert kernel (experts.kernel: dense float32, int8, int4; the trunk is
+held in float32 whatever the checkpoint's dtype), with a verdict for this machine. Exit status 1 for a model_type the
+gateway does not serve.
+
+Options:
+  --model DIR      model package folder (reads DIR/config.json)
+  --config FILE    a config.json by itself
+  --memory-gib G   memory to judge against instead of this machine's
+  -h, --help       show this help`,
+    options: {
+      model: { type: 'string' },
+      config: { type: 'string' },
+      'memory-gib': { type: 'string' },
+    },
+    async run(values, io) {
+      const modelDir = strFlag(values, 'model');
+      const configFile = strFlag(values, 'config');
+      if ((modelDir === undefined) === (configFile === undefined)) throw new UsageError('give either --model DIR or --config FILE');
+      const memoryGib = strFlag(values, 'memory-gib');
+      if (memoryGib !== undefined && !(Number(memoryGib) > 0)) throw new UsageError(`--memory-gib must be a positive number (got ${JSON.stringify(memoryGib)})`);
+      const { readFileSync } = await import('node:fs');
+      const { totalmem } = await import('node:os');
+      const { join } = await import('node:path');
+      const { formatInspect, inspectConfig, InspectError } = await import('./planning/inspect.ts');
+      const file = configFile ?? join(modelDir!, 'config.json');
+      let raw: unknown;
+      try {
+        raw = JSON.parse(readFileSync(file, 'utf8'));
+      } catch (err) {
+        io.stderr(`switchyard inspect: cannot read ${file} as JSON (${(err as Error).message})`);
+        return 1;
+      }
+      if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+        io.stderr(`switchyard inspect: ${file} is not a JSON object`);
+        return 1;
+      }
+      try {
+        io.stdout(formatInspect(inspectConfig(raw as Record<string, unknown>, memoryGib !== undefined ? Number(memoryGib) * 2 ** 30 : totalmem())));
+        return 0;
+      } catch (err) {
+        if (err instanceof InspectError) {
+          io.stderr(`switchyard inspect: ${file}: ${err.message}`);
+          return 1;
+        }
+        throw err;
+      }
+    },
+  },
   plan: {
     summary: 'Capacity planning: worker count and placement from a load trace',
     usage: `Usage: switchyard plan --trace FILE [options]
