@@ -4,11 +4,12 @@
  * bit), capacity counting assignments, and the load telemetry counting each assignment.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { convertOlmoeToGguf } from '../src/convert/olmoe-to-gguf.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { checkModelPackage } from '../src/engine/package-check.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
@@ -98,6 +99,15 @@ describe('top-k with a capacity factor', () => {
     expect(() => convertOlmoeToGguf({ modelDir: renormalized, outFile: out })).toThrow(/norm_topk_prob is true/);
     const plain = writeTinyPackage(tinyConfig({ num_experts: 4, num_experts_per_tok: 2 }), 44);
     expect(convertOlmoeToGguf({ modelDir: plain, outFile: out }).tensors).toBeGreaterThan(0);
+  });
+
+  it('refuses pruning that leaves a layer fewer experts than k', () => {
+    const dir = writeTinyPackage(tinyConfig({ num_experts: 4, num_experts_per_tok: 2 }), 45);
+    const file = join(dir, 'config.json');
+    const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    writeFileSync(file, JSON.stringify({ ...config, switchyard_pruning: { dropped_experts: [0, 1, 2].map((expert) => ({ layer: 1, expert })) } }));
+    expect(checkModelPackage(dir).problems.map((p) => p.message).join('\n'))
+      .toMatch(/layer 1 keeps 1 expert after pruning, but the router chooses 2 per token \(num_experts_per_tok\)/);
   });
 
   it('refuses a package whose num_experts_per_tok exceeds num_experts, naming the field', async () => {

@@ -364,8 +364,12 @@ function checkPruning(file: string, c: ModelConfig, raw: Json, problems: Problem
     } else dropped.add(`${layer}.${expert}`);
   }
   for (let l = 0; l < c.num_hidden_layers; l++) {
-    if (Array.from({ length: c.num_experts }, (_, e) => dropped.has(`${l}.${e}`)).every(Boolean)) {
-      problems.add({ kind: 'pruning', file, field: 'switchyard_pruning.dropped_experts', message: `${file}: every expert of layer ${l} is dropped; the router needs at least one` });
+    const left = Array.from({ length: c.num_experts }, (_, e) => e).filter((e) => !dropped.has(`${l}.${e}`)).length;
+    if (left < c.num_experts_per_tok) {
+      problems.add({
+        kind: 'pruning', file, field: 'switchyard_pruning.dropped_experts',
+        message: `${file}: layer ${l} keeps ${left} expert${left === 1 ? '' : 's'} after pruning, but the router chooses ${c.num_experts_per_tok} per token (num_experts_per_tok); keep at least that many`,
+      });
     }
   }
   for (const e of parsed.data.experts ?? []) if (e.ffn !== undefined && exists(e.layer, e.expert)) ffn.set(`${e.layer}.${e.expert}`, e.ffn);
