@@ -239,8 +239,9 @@ Options:
     summary: 'Write the model package as a GGUF file for llama.cpp',
     usage: `Usage: switchyard convert-gguf --model DIR --out FILE.gguf
 
-Convert a model package (config.json, model.safetensors F32, tokenizer.json) into a GGUF v3 file that llama.cpp
-loads as architecture 'olmoe' (all tensors F32, same weights), e.g. to run llama-server on it for a comparison.
+Convert a model package (config.json, weights, tokenizer.json) into a GGUF v3 file that llama.cpp loads (all
+tensors F32, same weights): OLMoE as architecture 'olmoe', Mixtral as 'llama' (with experts), Qwen2-MoE as
+'qwen2moe', e.g. to run llama-server on it for a comparison.
 
 Options:
   --model DIR     model package folder (required)

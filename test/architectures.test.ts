@@ -7,7 +7,11 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { convertOlmoeToGguf, permuteRotaryRows } from '../src/convert/olmoe-to-gguf.ts';
+import { ggufValue, readGguf, readGgufTensor } from '../src/convert/gguf-reader.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
+import { readTensors } from '../src/engine/safetensors.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { mixtralName, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
@@ -132,6 +136,36 @@ describe('a tiny Qwen2-MoE checkpoint (shared expert)', () => {
     const file = join(other, 'config.json');
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), mlp_only_layers: [1] }));
     expect(checkModelPackage(other).problems.map((p) => p.message).join('\n')).toMatch(/mlp_only_layers is \[1\], but it must be empty or absent/);
+  });
+});
+
+describe('GGUF for llama.cpp, per family', () => {
+  it('permutes rotary rows from rotate-half to interleaved pairs, per head', () => {
+    // 2 heads of head_dim 4, one input feature: rows h0 [a0 a1 b0 b1] → [a0 b0 a1 b1].
+    const w = Float32Array.from([0, 1, 2, 3, 10, 11, 12, 13]);
+    expect(Array.from(permuteRotaryRows(w, 2, 1))).toEqual([0, 2, 1, 3, 10, 12, 11, 13]);
+  });
+
+  it('writes Mixtral as llama.cpp\'s llama with experts (q and k permuted) and Qwen2-MoE as qwen2moe (biases, shared expert)', () => {
+    const mixtral = writeTinyPackage(MIXTRAL, 88, undefined, { architecture: 'mixtral' });
+    const m = readGguf(convertOlmoeToGguf({ modelDir: mixtral, outFile: join(mixtral, 'model.gguf') }).outFile);
+    expect(ggufValue(m, 'general.architecture')).toBe('llama');
+    expect(ggufValue(m, 'llama.attention.head_count_kv')).toBe(2);
+    expect(ggufValue(m, 'llama.expert_used_count')).toBe(2);
+    const names = new Set(m.tensors.map((t) => t.name));
+    expect(names.has('blk.0.ffn_gate_exps.weight') && !names.has('blk.0.attn_q_norm.weight')).toBe(true);
+    const pkg = loadModelPackage(mixtral);
+    const k = readTensors(pkg.weightsFile, pkg.tensors, [tensorNames.layer(1).k]).get(tensorNames.layer(1).k)!;
+    expect(Array.from(readGgufTensor(m, 'blk.1.attn_k.weight'))).toEqual(Array.from(permuteRotaryRows(k, 2, 32)));
+
+    const qwen = writeTinyPackage(QWEN2_MOE, 89, undefined, { architecture: 'qwen2_moe' });
+    const q = readGguf(convertOlmoeToGguf({ modelDir: qwen, outFile: join(qwen, 'model.gguf') }).outFile);
+    expect(ggufValue(q, 'general.architecture')).toBe('qwen2moe');
+    expect(ggufValue(q, 'qwen2moe.expert_shared_feed_forward_length')).toBe(40);
+    const shapes = new Map(q.tensors.map((t) => [t.name, t.dims]));
+    expect(shapes.get('blk.0.ffn_gate_inp_shexp.weight')).toEqual([32]);
+    expect(shapes.get('blk.0.attn_q.bias')).toEqual([32]);
+    expect(shapes.has('blk.1.ffn_down_shexp.weight')).toBe(true);
   });
 });
 

@@ -1,6 +1,7 @@
 /**
- * Our model package (Hugging Face OLMoE folder, see shared DESIGN.md) → a GGUF file llama.cpp loads as
- * architecture `olmoe`, so `llama-server` can run the same weights for a speed comparison.
+ * Our model package (Hugging Face OLMoE folder, see shared DESIGN.md; or a Mixtral or Qwen2-MoE one) → a GGUF file
+ * llama.cpp loads as architecture `olmoe` (`llama` for Mixtral, `qwen2moe` for Qwen2-MoE, see FAMILIES), so
+ * `llama-server` can run the same weights for a speed or numbers comparison.
  *
  * The mapping follows llama.cpp's own converter (`convert_hf_to_gguf.py`, class OlmoeModel over TextModel) and what
  * its OLMoE model loads (`src/models/olmoe.cpp`):
@@ -21,7 +22,22 @@ import { loadModelPackage, PackageError, tensorNames, type ModelPackage } from '
 import { readTensors } from '../engine/safetensors.ts';
 import { GgmlType, gguf, writeGgufFile, type GgufTensorSource, type GgufValue } from './gguf-writer.ts';
 
-export const GGUF_ARCH = 'olmoe';
+/**
+ * llama.cpp's architecture for each family we serve, and what its layout needs beyond copying tensors. Mixtral runs
+ * as llama.cpp's `llama` with experts, whose rope is the "normal" (interleaved) kind: its q and k rows are permuted
+ * from Hugging Face's rotate-half layout as convert_hf_to_gguf.py's LlamaModel does. OLMoE and Qwen2-MoE run with
+ * NeoX rope, the same layout as Hugging Face: no permutation.
+ */
+const FAMILIES: Record<string, { arch: string; permuteQK: boolean }> = {
+  olmoe: { arch: 'olmoe', permuteQK: false },
+  mixtral: { arch: 'llama', permuteQK: true },
+  qwen2_moe: { arch: 'qwen2moe', permuteQK: false },
+};
+
+/** The GGUF architecture a package converts to (general.architecture). */
+export function ggufArch(pkg: ModelPackage): string {
+  return FAMILIES[pkg.config.model_type].arch;
+}
 
 /**
  * `tokenizer.ggml.pre`: llama.cpp's pre-tokenizer name. "gpt-2" selects the classic GPT-2 split regex, accepted by
@@ -117,9 +133,10 @@ export function buildVocab(tokenizer: object, vocabSize: number, file = 'tokeniz
 export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id): [string, GgufValue][] {
   const c = pkg.config;
   const tc = pkg.tokenizerConfig as { add_bos_token?: unknown; add_eos_token?: unknown; chat_template?: unknown };
-  const a = (key: string) => `${GGUF_ARCH}.${key}`;
+  const arch = ggufArch(pkg);
+  const a = (key: string) => `${arch}.${key}`;
   const kv: [string, GgufValue][] = [
-    ['general.architecture', gguf.str(GGUF_ARCH)],
+    ['general.architecture', gguf.str(arch)],
     ['general.type', gguf.str('model')],
     ['general.name', gguf.str(name)],
     ['general.file_type', gguf.u32(FILE_TYPE_ALL_F32)],
@@ -135,6 +152,11 @@ export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id)
     [a('attention.layer_norm_rms_epsilon'), gguf.f32(c.rms_norm_eps)],
     [a('expert_count'), gguf.u32(c.num_experts)],
     [a('expert_used_count'), gguf.u32(c.num_experts_per_tok)],
+    // Qwen2-MoE: the routed experts' width and the shared expert's (feed_forward_length is its dense layers').
+    ...(arch === 'qwen2moe' ? [
+      [a('expert_feed_forward_length'), gguf.u32(c.intermediate_size)],
+      [a('expert_shared_feed_forward_length'), gguf.u32(c.shared_expert_intermediate_size)],
+    ] as [string, GgufValue][] : []),
     ['tokenizer.ggml.model', gguf.str('gpt2')],
     ['tokenizer.ggml.pre', gguf.str(TOKENIZER_PRE)],
     ['tokenizer.ggml.tokens', gguf.strings(vocab.tokens)],
@@ -156,27 +178,60 @@ export interface TensorMapping {
   shape: number[];
   /** Package tensors concatenated in this order (one, or one per expert). */
   sources: string[];
+  /** Rewrites a source's data (Mixtral's q/k row permutation); absent: copied as it is. */
+  transform?: (data: Float32Array) => Float32Array;
+}
+
+/**
+ * Rows of a q or k projection [heads · head_dim, in] from Hugging Face's rotate-half order (each head's first half of
+ * rotary dimensions, then its second) to the interleaved pairs llama.cpp's "normal" rope reads: row s·(hd/2) + j of a
+ * head moves to 2j + s (convert_hf_to_gguf.py, LlamaModel.permute).
+ */
+export function permuteRotaryRows(w: Float32Array, heads: number, inFeatures: number): Float32Array {
+  const out = new Float32Array(w.length);
+  const headDim = w.length / inFeatures / heads;
+  const half = headDim / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let s = 0; s < 2; s++) {
+      for (let j = 0; j < half; j++) {
+        const from = (h * headDim + s * half + j) * inFeatures;
+        out.set(w.subarray(from, from + inFeatures), (h * headDim + 2 * j + s) * inFeatures);
+      }
+    }
+  }
+  return out;
 }
 
 export function tensorMappings(pkg: ModelPackage): TensorMapping[] {
   const c = pkg.config;
   const shapeOf = (n: string) => pkg.tensors.get(n)!.shape;
-  const one = (name: string, source: string): TensorMapping => ({ name, shape: [...shapeOf(source)], sources: [source] });
+  const one = (name: string, source: string, transform?: TensorMapping['transform']): TensorMapping =>
+    ({ name, shape: [...shapeOf(source)], sources: [source], ...(transform ? { transform } : {}) });
+  const permute = FAMILIES[c.model_type].permuteQK;
+  const rotary = (heads: number) => (permute ? (w: Float32Array) => permuteRotaryRows(w, heads, c.hidden_size) : undefined);
   const out: TensorMapping[] = [one('token_embd.weight', tensorNames.embed)];
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const t = tensorNames.layer(l);
     const blk = (s: string) => `blk.${l}.${s}.weight`;
     out.push(
       one(blk('attn_norm'), t.inputNorm),
-      one(blk('attn_q'), t.q),
-      one(blk('attn_k'), t.k),
+      one(blk('attn_q'), t.q, rotary(c.num_attention_heads)),
+      one(blk('attn_k'), t.k, rotary(c.num_key_value_heads)),
       one(blk('attn_v'), t.v),
       one(blk('attn_output'), t.o),
-      one(blk('attn_q_norm'), t.qNorm),
-      one(blk('attn_k_norm'), t.kNorm),
-      one(blk('ffn_norm'), t.postNorm),
-      one(blk('ffn_gate_inp'), t.router),
     );
+    if (c.qk_norm) out.push(one(blk('attn_q_norm'), t.qNorm), one(blk('attn_k_norm'), t.kNorm));
+    if (c.attention_bias) {
+      const b = tensorNames.bias(l);
+      out.push(one(`blk.${l}.attn_q.bias`, b.q), one(`blk.${l}.attn_k.bias`, b.k), one(`blk.${l}.attn_v.bias`, b.v));
+    }
+    out.push(one(blk('ffn_norm'), t.postNorm), one(blk('ffn_gate_inp'), t.router));
+    if (c.shared_expert_intermediate_size > 0) {
+      const s = tensorNames.sharedExpert(l);
+      out.push(one(blk('ffn_gate_shexp'), s.gate), one(blk('ffn_up_shexp'), s.up), one(blk('ffn_down_shexp'), s.down));
+      // [1, d] in the checkpoint, a vector {n_embd} in llama.cpp: the same bytes.
+      if (c.shared_expert_gated) out.push({ name: blk('ffn_gate_inp_shexp'), shape: [c.hidden_size], sources: [s.scale] });
+    }
     for (const [gg, key] of [['ffn_gate_exps', 'gate'], ['ffn_up_exps', 'up'], ['ffn_down_exps', 'down']] as const) {
       const sources = Array.from({ length: c.num_experts }, (_, e) => tensorNames.expert(l, e)[key]);
       out.push({ name: blk(gg), shape: [c.num_experts, ...shapeOf(sources[0])], sources });
@@ -204,16 +259,14 @@ export interface ConvertResult {
 export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
   if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
   const pkg = loadModelPackage(options.modelDir);
-  if (pkg.config.model_type !== 'olmoe') {
-    throw new PackageError(`${pkg.dir}/config.json: model_type ${pkg.config.model_type}: convert-gguf writes llama.cpp's OLMoE layout only`);
-  }
-  if (pkg.config.num_key_value_heads !== pkg.config.num_attention_heads) {
+  if (pkg.config.model_type === 'olmoe' && pkg.config.num_key_value_heads !== pkg.config.num_attention_heads) {
     // llama.cpp's OLMoE loader (b4747) wants k_norm over all heads; Hugging Face's OLMoE normalises the key/value heads.
     throw new PackageError(`${pkg.dir}/config.json: num_key_value_heads ${pkg.config.num_key_value_heads} < num_attention_heads ${pkg.config.num_attention_heads} (grouped-query attention), but llama.cpp's OLMoE architecture expects k_norm over all ${pkg.config.num_attention_heads} heads; only packages without grouped-query attention convert to GGUF`);
   }
-  if (pkg.config.norm_topk_prob) {
-    // llama.cpp's OLMoE graph scales each chosen expert by its raw softmax probability: it would serve other numbers.
-    throw new PackageError(`${pkg.dir}/config.json: norm_topk_prob is true, but llama.cpp's OLMoE architecture does not renormalise the top-k gates; only packages with norm_topk_prob false convert to GGUF`);
+  if (pkg.config.model_type !== 'mixtral' && pkg.config.norm_topk_prob) {
+    // llama.cpp's OLMoE and Qwen2-MoE graphs scale each chosen expert by its raw softmax probability (its llama graph,
+    // Mixtral's, renormalises): they would serve other numbers.
+    throw new PackageError(`${pkg.dir}/config.json: norm_topk_prob is true, but llama.cpp's ${ggufArch(pkg)} architecture does not renormalise the top-k gates; only packages with norm_topk_prob false convert to GGUF`);
   }
   const vocab = buildVocab(pkg.tokenizerJson, pkg.config.vocab_size, `${pkg.dir}/tokenizer.json`);
   const metadata = ggufMetadata(pkg, vocab, options.name ?? basename(pkg.dir));
@@ -223,7 +276,8 @@ export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
     type: GgmlType.F32,
     *chunks() {
       for (const source of m.sources) {
-        const data = readTensors(pkg.weightsFile, pkg.tensors, [source]).get(source)!;
+        const read = readTensors(pkg.weightsFile, pkg.tensors, [source]).get(source)!;
+        const data = m.transform ? m.transform(read) : read;
         yield new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       }
     },
