@@ -43,6 +43,14 @@ describe('model package validation', () => {
     expect(() => loadModelPackage(dir)).toThrow(/config\.json: num_experts_per_tok is 0, but it must be a positive integer at most num_experts/);
   });
 
+  it('loads a config.json without bos_token_id (OLMoE-1B-7B has none)', () => {
+    const dir = writeTinyPackage();
+    const configFile = join(dir, 'config.json');
+    const { bos_token_id: _, ...rest } = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+    writeFileSync(configFile, JSON.stringify(rest));
+    expect(loadModelPackage(dir).config.bos_token_id).toBeNull();
+  });
+
   it('names a missing file', () => {
     const dir = writeTinyPackage();
     rmSync(join(dir, 'tokenizer.json'));

@@ -162,7 +162,7 @@ export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id)
     ['tokenizer.ggml.tokens', gguf.strings(vocab.tokens)],
     ['tokenizer.ggml.token_type', gguf.i32s(vocab.types)],
     ['tokenizer.ggml.merges', gguf.strings(vocab.merges)],
-    ['tokenizer.ggml.bos_token_id', gguf.u32(c.bos_token_id)],
+    ...(c.bos_token_id !== null ? [['tokenizer.ggml.bos_token_id', gguf.u32(c.bos_token_id)]] as [string, GgufValue][] : []),
     ['tokenizer.ggml.eos_token_id', gguf.u32(c.eos_token_id)],
     ['tokenizer.ggml.add_bos_token', gguf.bool(typeof tc.add_bos_token === 'boolean' ? tc.add_bos_token : true)],
   ];

@@ -268,7 +268,7 @@ function checkTokens(dir: string, c: ModelConfig, raw: Json, files: { tokenizer:
           kind: 'token-id', file, field,
           message: `${file}: eos_token_id ${JSON.stringify(value)} does not include config.json's eos_token_id ${c.eos_token_id}; Hugging Face generation and the gateway would stop at different tokens — make them agree`,
         });
-      } else if (field === 'bos_token_id' && value !== c.bos_token_id) {
+      } else if (field === 'bos_token_id' && c.bos_token_id !== null && value !== c.bos_token_id) {
         problems.add({ kind: 'token-id', file, field, message: `${file}: bos_token_id ${value} differs from config.json's ${c.bos_token_id}; make them agree` });
       }
     }

@@ -26,7 +26,8 @@ export const modelConfigSchema = z.object({
   rope_theta: z.number().positive().describe('a positive number, e.g. 10000'),
   max_position_embeddings: z.number().int().positive().describe('a positive integer: the context length'),
   tie_word_embeddings: z.boolean().default(false).describe('false (lm_head.weight is its own tensor)'),
-  bos_token_id: z.number().int().nonnegative().describe('the id of the beginning-of-sequence token, below vocab_size'),
+  bos_token_id: z.number().int().nonnegative().nullable().default(null)
+    .describe('the id of the beginning-of-sequence token, below vocab_size, or null/absent (OLMoE-1B-7B has none)'),
   eos_token_id: z.number().int().nonnegative().describe('the id of the end-of-sequence token, below vocab_size'),
   qk_norm: z.boolean().default(true)
     .describe('whether q and k are RMS-normed after their projections (set from model_type: OLMoE yes, Mixtral no)'),

@@ -11,11 +11,8 @@ import { z } from 'zod';
 import { architectureOf, supportedArchitectures } from '../engine/architectures.ts';
 import { expectedTensors, modelConfigSchema, type ModelConfig } from '../engine/package-format.ts';
 
-// Sizes are all inspect needs: token ids may be absent here (OLMoE-1B-7B's config.json has no bos_token_id).
-const sizesSchema = modelConfigSchema.extend({
-  bos_token_id: z.number().int().nonnegative().optional(),
-  eos_token_id: z.number().int().nonnegative().optional(),
-});
+// Sizes are all inspect needs: the end-of-sequence id may be absent here.
+const sizesSchema = modelConfigSchema.extend({ eos_token_id: z.number().int().nonnegative().optional() });
 
 /** Bytes per expert weight as each kernel holds it (int8: 8-bit codes + a scale per column; int4: 4-bit codes in
  * blocks of 32 with a float scale and 4-bit zero point each). Per-column scales are a rounding error at these sizes. */
