@@ -51,16 +51,20 @@ export function gatherRows(x: Float32Array, rows: number[], hidden: number): Flo
 }
 
 /**
- * residual[row] += gate(row, expert) · expertOut[i] for each of the batch's rows (in place), where gate(row, expert)
- * is the gate of the token's choice of `expert` in `gating`. Batches are combined in the order given, so a token's
- * k contributions add up in expert order.
+ * residual[row] += gate(row, expert) · scale · expertOut[i] for each of the batch's rows (in place), where
+ * gate(row, expert) is the gate of the token's choice of `expert` in `gating` and `scale` the model's residual
+ * multiplier (Granite-MoE; 1 elsewhere). Batches are combined in the order given, so a token's k contributions add
+ * up in expert order.
  */
-export function combineInto(residual: Float32Array, expertOut: Float32Array, rows: number[], expert: number, gating: Pick<Gating, 'k' | 'expert' | 'gate'>, hidden: number): void {
+export function combineInto(
+  residual: Float32Array, expertOut: Float32Array, rows: number[], expert: number, gating: Pick<Gating, 'k' | 'expert' | 'gate'>, hidden: number,
+  scale = 1,
+): void {
   const { k } = gating;
   rows.forEach((row, i) => {
     let slot = row * k;
     while (gating.expert[slot] !== expert) slot++; // the token chose `expert` (it is in its batch)
-    const g = gating.gate[slot];
+    const g = scale === 1 ? gating.gate[slot] : Math.fround(gating.gate[slot] * scale);
     const dst = row * hidden;
     const src = i * hidden;
     for (let j = 0; j < hidden; j++) residual[dst + j] += Math.fround(g * expertOut[src + j]);

@@ -14,7 +14,8 @@ import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
 import { readTensors } from '../src/engine/safetensors.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
-import { mixtralName, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { mixtralName, randomTensors, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { inspectConfig } from '../src/planning/inspect.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
 
 const PROMPTS = ['Call me Ishmael.', 'a', 'The quick brown fox jumps over the lazy dog', 'naïve café ☕'];
@@ -139,6 +140,57 @@ describe('a tiny Qwen2-MoE checkpoint (shared expert)', () => {
   });
 });
 
+// What Granite-MoE is: top-k of the logits then softmax (= renormalised), no q/k norms, GQA, multipliers on the
+// embeddings, attention scores, residual adds and logits, fused experts, tied embeddings (granite-3.0-1b-a400m's values).
+const GRANITE = tinyConfig({
+  model_type: 'granitemoe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, num_experts: 4,
+  num_experts_per_tok: 2, norm_topk_prob: true, qk_norm: false, tie_word_embeddings: true, embedding_multiplier: 12,
+  attention_multiplier: 0.015625, residual_multiplier: 0.22, logits_scaling: 6, max_position_embeddings: 128,
+});
+
+describe('a tiny Granite-MoE checkpoint (multipliers, fused experts, tied embeddings)', () => {
+  const dir = writeTinyPackage(GRANITE, 90, undefined, { architecture: 'granitemoe' });
+  // The reference gets the canonical (unfused) weights the fixture drew, not the gateway's reading of the file.
+  const canonical = randomTensors(GRANITE, 90);
+  const reference = new ReferenceModel(GRANITE, (name) => canonical.get(name)!.data);
+  let engine: Engine;
+  beforeAll(async () => {
+    engine = await Engine.load(engineConfig(dir, { workers: 2 }));
+  });
+  afterAll(() => engine.close());
+
+  it('is written with transformers\' Granite-MoE keys and fused expert tensors', () => {
+    const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: 'granitemoe', num_local_experts: 4, residual_multiplier: 0.22, tie_word_embeddings: true });
+    const bytes = readFileSync(join(dir, 'model.safetensors'));
+    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    expect(header).toContain('model.layers.1.block_sparse_moe.input_linear.weight');
+    expect(header).not.toContain('lm_head');
+    expect(header).not.toContain('experts.0');
+  });
+
+  it('matches the reference at every position, batch-invariantly, and decodes its greedy tokens', async () => {
+    for (const prompt of PROMPTS) {
+      const ids = engine.codec.encode(prompt);
+      const want = reference.forward(ids);
+      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
+      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * GRANITE.vocab_size, (t + 1) * GRANITE.vocab_size), want.logits[t])).toBeLessThan(1e-4));
+      got.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(want.router[l].flatMap((r) => r.choices.map((ch) => ch.expert))));
+    }
+    const alone: Float32Array[] = [];
+    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
+    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
+    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
+    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(reference.greedy(engine.codec.encode('The whale'), 8));
+  });
+
+  it('is inspected from its config alone', () => {
+    const r = inspectConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>, 2 ** 30);
+    expect(r.architecture).toBe('Granite-MoE');
+    expect(r.parameters.total).toBe([...canonical.values()].reduce((n, t) => n + t.data.length, 0));
+  });
+});
+
 describe('GGUF for llama.cpp, per family', () => {
   it('permutes rotary rows from rotate-half to interleaved pairs, per head', () => {
     // 2 heads of head_dim 4, one input feature: rows h0 [a0 a1 b0 b1] → [a0 b0 a1 b1].
@@ -175,8 +227,8 @@ describe('architecture checks', () => {
   it('refuses a model_type it does not serve, naming the supported ones', () => {
     const dir = writeTinyPackage(tinyConfig(), 82);
     const file = join(dir, 'config.json');
-    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), model_type: 'granitemoe' }));
-    expect(problems(dir)).toMatch(/model_type is "granitemoe", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\)/);
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), model_type: 'deepseek_v2' }));
+    expect(problems(dir)).toMatch(/model_type is "deepseek_v2", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\), granitemoe \(Granite-MoE\)/);
   });
 
   it('names Mixtral\'s own config keys and tensor names in problems', () => {

@@ -37,8 +37,8 @@ describe('model package validation', () => {
   it('rejects unsupported architectures with the field named', () => {
     const dir = writeTinyPackage();
     const configFile = join(dir, 'config.json');
-    writeFileSync(configFile, JSON.stringify({ ...JSON.parse(readFileSync(configFile, 'utf8')), model_type: 'granitemoe' }));
-    expect(() => loadModelPackage(dir)).toThrow(/config\.json: model_type is "granitemoe", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\)/);
+    writeFileSync(configFile, JSON.stringify({ ...JSON.parse(readFileSync(configFile, 'utf8')), model_type: 'deepseek_v2' }));
+    expect(() => loadModelPackage(dir)).toThrow(/config\.json: model_type is "deepseek_v2", but the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\), granitemoe \(Granite-MoE\)/);
     writeFileSync(configFile, JSON.stringify({ ...JSON.parse(readFileSync(configFile, 'utf8')), model_type: 'olmoe', num_experts_per_tok: 0 }));
     expect(() => loadModelPackage(dir)).toThrow(/config\.json: num_experts_per_tok is 0, but it must be a positive integer at most num_experts/);
   });

@@ -237,7 +237,9 @@ export function tensorMappings(pkg: ModelPackage): TensorMapping[] {
       out.push({ name: blk(gg), shape: [c.num_experts, ...shapeOf(sources[0])], sources });
     }
   }
-  out.push(one('output_norm.weight', tensorNames.finalNorm), one('output.weight', tensorNames.lmHead));
+  out.push(one('output_norm.weight', tensorNames.finalNorm));
+  // Tied embeddings: no output.weight; llama.cpp then uses token_embd for the LM head.
+  if (!c.tie_word_embeddings) out.push(one('output.weight', tensorNames.lmHead));
   return out;
 }
 
@@ -259,6 +261,9 @@ export interface ConvertResult {
 export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
   if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
   const pkg = loadModelPackage(options.modelDir);
+  if (!(pkg.config.model_type in FAMILIES)) {
+    throw new PackageError(`${pkg.dir}/config.json: model_type ${pkg.config.model_type}: convert-gguf writes ${Object.keys(FAMILIES).join(', ')} (llama.cpp's granitemoe layout is not written yet)`);
+  }
   if (pkg.config.model_type === 'olmoe' && pkg.config.num_key_value_heads !== pkg.config.num_attention_heads) {
     // llama.cpp's OLMoE loader (b4747) wants k_norm over all heads; Hugging Face's OLMoE normalises the key/value heads.
     throw new PackageError(`${pkg.dir}/config.json: num_key_value_heads ${pkg.config.num_key_value_heads} < num_attention_heads ${pkg.config.num_attention_heads} (grouped-query attention), but llama.cpp's OLMoE architecture expects k_norm over all ${pkg.config.num_attention_heads} heads; only packages without grouped-query attention convert to GGUF`);

@@ -10,9 +10,11 @@
  *     mlp.experts.E.gate_proj).
  *
  * Supported: OLMoE (softmax → top-k, gates renormalised when norm_topk_prob, RMS-normed q and k), Mixtral
- * (softmax → top-k → renormalised, no q/k norms, grouped-query attention) and Qwen2-MoE (softmax → top-k, biased
- * q/k/v, a gated shared expert).
+ * (softmax → top-k → renormalised, no q/k norms, grouped-query attention), Qwen2-MoE (softmax → top-k, biased
+ * q/k/v, a gated shared expert) and Granite-MoE (renormalised top-k, scaling multipliers, fused experts).
  */
+
+import { SAFETENSORS_DTYPE_BITS, type TensorEntry } from './safetensors.ts';
 
 export interface Architecture {
   /** config.json's model_type. */
@@ -27,6 +29,11 @@ export interface Architecture {
   canonicalName(name: string): string;
   /** A canonical tensor name → the checkpoint's name. */
   checkpointName(canonical: string): string;
+  /**
+   * Experts stored fused per layer (Granite-MoE: input_linear [E, 2·F, d] = each expert's gate rows then up rows,
+   * output_linear [E, d, F]): the checkpoint's names of the two tensors, relative to `model.layers.L.`.
+   */
+  fusedExperts?: { input: string; output: string };
 }
 
 /**
@@ -96,16 +103,60 @@ const QWEN2_MOE: Architecture = {
   checkpointName: (name) => name,
 };
 
-export const ARCHITECTURES: readonly Architecture[] = [OLMOE, MIXTRAL, QWEN2_MOE];
+// Granite-MoE (transformers' GraniteMoeForCausalLM): top-k of the router logits then softmax over them (= softmax,
+// top-k, renormalised), no q/k norms, multipliers on the embeddings, attention scores, residual adds and logits,
+// experts fused per layer, usually tied embeddings.
+const GRANITE_MOE: Architecture = {
+  modelType: 'granitemoe',
+  label: 'Granite-MoE',
+  normalizeConfig: (raw) => {
+    const { num_local_experts: experts, ...rest } = raw;
+    return { ...rest, num_experts: experts, norm_topk_prob: true, qk_norm: false };
+  },
+  configKey: (canonical) => (canonical === 'num_experts' ? 'num_local_experts' : canonical),
+  ...renamer([['mlp.gate.weight', 'block_sparse_moe.router.layer.weight']]),
+  fusedExperts: { input: 'block_sparse_moe.input_linear.weight', output: 'block_sparse_moe.output_linear.weight' },
+};
+
+export const ARCHITECTURES: readonly Architecture[] = [OLMOE, MIXTRAL, QWEN2_MOE, GRANITE_MOE];
 
 /** The description for config.json's model_type, or null (the caller names the supported ones). */
 export function architectureOf(modelType: unknown): Architecture | null {
   return ARCHITECTURES.find((a) => a.modelType === modelType) ?? null;
 }
 
-/** A safetensors header's entries under their canonical names (`entries` is not modified). */
-export function canonicalEntries<T>(arch: Architecture, entries: Map<string, T>): Map<string, T> {
-  return new Map([...entries].map(([name, entry]) => [arch.canonicalName(name), entry]));
+/**
+ * A safetensors header's entries under their canonical names (`entries` is not modified). Fused expert tensors
+ * become one entry per expert matrix: the byte range of its rows inside the fused tensor (contiguous, so readers
+ * need nothing else). A fused tensor whose shape does not split stays as it is (the package check reports it).
+ */
+export function canonicalEntries(arch: Architecture, entries: Map<string, TensorEntry>): Map<string, TensorEntry> {
+  const out = new Map<string, TensorEntry>();
+  for (const [name, entry] of entries) {
+    const fused = arch.fusedExperts && /^model\.layers\.(\d+)\.(.*)$/.exec(name);
+    const split = fused ? splitFused(Number(fused[1]), fused[2], entry, arch.fusedExperts!) : null;
+    if (split) for (const [part, e] of split) out.set(part, e);
+    else out.set(arch.canonicalName(name), entry);
+  }
+  return out;
+}
+
+function splitFused(layer: number, suffix: string, entry: TensorEntry, names: { input: string; output: string }): Array<[string, TensorEntry]> | null {
+  const bytes = (SAFETENSORS_DTYPE_BITS[entry.dtype] ?? 0) / 8;
+  if (entry.shape.length !== 3 || bytes === 0) return null;
+  const [experts, rows, cols] = entry.shape;
+  const slice = (e: number, first: number, count: number): TensorEntry => {
+    const begin = entry.begin + (e * rows + first) * cols * bytes;
+    return { ...entry, shape: [count, cols], begin, end: begin + count * cols * bytes };
+  };
+  const parts: Array<[string, TensorEntry]> = [];
+  const key = (e: number, which: string) => `model.layers.${layer}.mlp.experts.${e}.${which}_proj.weight`;
+  if (suffix === names.input && rows % 2 === 0) {
+    for (let e = 0; e < experts; e++) parts.push([key(e, 'gate'), slice(e, 0, rows / 2)], [key(e, 'up'), slice(e, rows / 2, rows / 2)]);
+  } else if (suffix === names.output) {
+    for (let e = 0; e < experts; e++) parts.push([key(e, 'down'), slice(e, 0, rows)]);
+  } else return null;
+  return parts;
 }
 
 /** "olmoe (OLMoE), mixtral (Mixtral)": for messages. */

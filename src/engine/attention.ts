@@ -67,6 +67,16 @@ export function qkv(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, 
   };
 }
 
+/** The attention scores' scale: attention_multiplier (Granite-MoE) or 1/√head_dim. */
+export function attentionScale(c: ModelConfig): number {
+  return c.attention_multiplier ?? 1 / Math.sqrt(c.hidden_size / c.num_attention_heads);
+}
+
+/** y × residual_multiplier before its residual add (Granite-MoE); y itself when the multiplier is 1. */
+export function residualScaled(g: GraphBuilder, c: ModelConfig, y: string): string {
+  return c.residual_multiplier === 1 ? y : g.op('Mul', [y, g.scalar(c.residual_multiplier)]);
+}
+
 /**
  * h + the shared expert's output on moe_input (shared_expert_intermediate_size > 0: Qwen2-MoE), scaled by
  * sigmoid(moe_input · shared_expert_gateᵀ) when gated; h itself otherwise. The routed experts add theirs to this
@@ -123,12 +133,12 @@ function attend(g: GraphBuilder, c: ModelConfig, layer: number, w: Weights, a: {
   // Keys and values arrive heads first (the cache's layout): the transpose of the keys' last two axes folds into
   // the MatMul (onnxruntime's FusedMatMul transB), so nothing is re-laid out here.
   const kT = g.op('Transpose', [a.keys], { perm: [0, 1, 3, 2] }); // [B, kvHeads, head_dim, Tk]
-  const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(1 / Math.sqrt(headDim))]), mask]);
+  const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [qh, kT]), g.scalar(attentionScale(c))]), mask]);
   let attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), a.values]); // [B, kvHeads, group·Tn, head_dim]
   if (group > 1) attended = g.op('Reshape', [attended, g.op('Concat', [batch, g.int64s([heads, -1, headDim])], { axis: 0 })]);
   const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [0, 2, 1, 3] }), g.int64s([-1, d])]); // [B·Tn, d]
   const rows = g.op('Gather', [merged, a.outIndex], { axis: 0 }); // [G, d]
-  const h = g.op('Add', [a.x, g.linear(rows, 'o_proj', w(t.o), d, d)]);
+  const h = g.op('Add', [a.x, residualScaled(g, c, g.linear(rows, 'o_proj', w(t.o), d, d))]);
   const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
   return { h: withSharedExpert(g, c, layer, w, h, moeInput), moeInput };
 }

@@ -102,7 +102,7 @@ export class MoeModel {
 
   /** Top-k routing as config.json sets it: num_experts_per_tok, norm_topk_prob. */
   private get routing(): Routing {
-    return { k: this.config.num_experts_per_tok, renormalize: this.config.norm_topk_prob };
+    return { k: this.config.num_experts_per_tok, renormalize: this.config.norm_topk_prob, residualScale: this.config.residual_multiplier };
   }
 
   /** `runner` runs the experts: the worker pool (ExpertPool), or any ExpertRunner. */

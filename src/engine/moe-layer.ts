@@ -45,6 +45,8 @@ export interface Routing {
   k: number;
   /** norm_topk_prob: divide the k chosen probabilities by their sum. */
   renormalize: boolean;
+  /** residual_multiplier: the MoE output's scale before the residual add (Granite-MoE); default 1. */
+  residualScale?: number;
 }
 
 /**
@@ -86,7 +88,7 @@ export async function moeLayer(a: MoeLayerArgs): Promise<LayerTrace> {
   const outcome = await a.runner.runLayer(a.layer, a.moeInput, plan);
   // In expert order, so that a token's k contributions always add up in the same order (batch invariance).
   const batches = gating.k === 1 ? outcome.batches : [...outcome.batches].sort((x, y) => x.expert - y.expert);
-  for (const batch of batches) combineInto(a.h, batch.output, batch.rows, batch.expert, gating, a.d);
+  for (const batch of batches) combineInto(a.h, batch.output, batch.rows, batch.expert, gating, a.d, a.routing.residualScale ?? 1);
   const tokensPerExpert = new Array<number>(a.experts).fill(0);
   for (const b of plan.batches) tokensPerExpert[b.expert] = b.rows.length;
   return {

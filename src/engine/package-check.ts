@@ -154,9 +154,6 @@ function checkConfig(file: string, raw: Json, problems: Problems): ModelConfig |
       message: `${file}: hidden_size ${c.hidden_size} must split into an even head size over num_attention_heads ${c.num_attention_heads} (rotary embeddings rotate pairs); fix config.json or ${REEXPORT}`,
     });
   }
-  if (c.tie_word_embeddings) {
-    problems.add({ kind: 'config', file, field: 'tie_word_embeddings', message: `${file}: tie_word_embeddings=true is not supported (lm_head.weight must be its own tensor); ${REEXPORT}` });
-  }
   return c;
 }
 

@@ -10,7 +10,7 @@ import { z } from 'zod';
  * it must be; the package check quotes it when a field is missing or wrong.
  */
 export const modelConfigSchema = z.object({
-  model_type: z.enum(['olmoe', 'mixtral', 'qwen2_moe']).describe('"olmoe", "mixtral" or "qwen2_moe" (the Hugging Face architectures the gateway serves; see architectures.ts)'),
+  model_type: z.enum(['olmoe', 'mixtral', 'qwen2_moe', 'granitemoe']).describe('"olmoe", "mixtral", "qwen2_moe" or "granitemoe" (the Hugging Face architectures the gateway serves; see architectures.ts)'),
   vocab_size: z.number().int().positive().describe('a positive integer: rows of the embedding and LM head'),
   hidden_size: z.number().int().positive().describe('a positive integer: the model width'),
   intermediate_size: z.number().int().positive().describe('a positive integer: the FFN width of each expert'),
@@ -25,7 +25,12 @@ export const modelConfigSchema = z.object({
   rms_norm_eps: z.number().positive().describe('a positive number, e.g. 1e-5'),
   rope_theta: z.number().positive().describe('a positive number, e.g. 10000'),
   max_position_embeddings: z.number().int().positive().describe('a positive integer: the context length'),
-  tie_word_embeddings: z.boolean().default(false).describe('false (lm_head.weight is its own tensor)'),
+  tie_word_embeddings: z.boolean().default(false).describe('false (lm_head.weight is its own tensor) or true (the LM head is the embedding matrix)'),
+  embedding_multiplier: z.number().positive().default(1).describe('a positive number the embeddings are scaled by (Granite-MoE; 1 elsewhere)'),
+  attention_multiplier: z.number().positive().nullable().default(null)
+    .describe('the attention scores\' scale (Granite-MoE), or null/absent for 1/√head_dim'),
+  residual_multiplier: z.number().positive().default(1).describe('a positive number attention and MoE outputs are scaled by before the residual add (Granite-MoE; 1 elsewhere)'),
+  logits_scaling: z.number().positive().default(1).describe('a positive number the logits are divided by (Granite-MoE; 1 elsewhere)'),
   bos_token_id: z.number().int().nonnegative().nullable().default(null)
     .describe('the id of the beginning-of-sequence token, below vocab_size, or null/absent (OLMoE-1B-7B has none)'),
   eos_token_id: z.number().int().nonnegative().describe('the id of the end-of-sequence token, below vocab_size'),
@@ -99,8 +104,8 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
   const shapes = new Map<string, number[]>([
     [tensorNames.embed, [c.vocab_size, d]],
     [tensorNames.finalNorm, [d]],
-    [tensorNames.lmHead, [c.vocab_size, d]],
   ]);
+  if (!c.tie_word_embeddings) shapes.set(tensorNames.lmHead, [c.vocab_size, d]);
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const t = tensorNames.layer(l);
     // Grouped-query attention: k and v project to num_key_value_heads heads (k_norm over them, as OLMoE's).

@@ -4,7 +4,7 @@
  * the worker pool.
  */
 import { GraphBuilder } from './onnx/builder.ts';
-import { headsOf, qkv, withSharedExpert } from './attention.ts';
+import { attentionScale, headsOf, qkv, residualScaled, withSharedExpert } from './attention.ts';
 import { tensorNames, type ModelConfig } from './package.ts';
 
 export type Weights = (name: string) => Float32Array;
@@ -13,7 +13,10 @@ export function embeddingGraph(c: ModelConfig, w: Weights): Uint8Array {
   const g = new GraphBuilder('embed');
   const ids = g.input('ids', ['tokens'], 'int64');
   const table = g.weight('embed', w(tensorNames.embed), [c.vocab_size, c.hidden_size]);
-  g.output(g.op('Gather', [table, ids], { axis: 0 }), 'hidden', ['tokens', c.hidden_size]);
+  const rows = g.op('Gather', [table, ids], { axis: 0 });
+  // Granite-MoE scales the embeddings (embedding_multiplier); 1 elsewhere leaves the graph as it was.
+  const hidden = c.embedding_multiplier === 1 ? rows : g.op('Mul', [rows, g.scalar(c.embedding_multiplier)]);
+  g.output(hidden, 'hidden', ['tokens', c.hidden_size]);
   return g.toBytes();
 }
 
@@ -62,13 +65,13 @@ export function attentionGraph(c: ModelConfig, layer: number, w: Weights): Uint8
   }
 
   const scores = g.op('Add', [
-    g.op('Mul', [g.op('MatMul', [qh, g.op('Transpose', [keys], { perm: [0, 2, 1] })]), g.scalar(1 / Math.sqrt(headDim))]),
+    g.op('Mul', [g.op('MatMul', [qh, g.op('Transpose', [keys], { perm: [0, 2, 1] })]), g.scalar(attentionScale(c))]),
     mask,
   ]);
   let attended = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]);
   if (group > 1) attended = g.op('Reshape', [attended, g.int64s([heads, -1, headDim])]);
   const merged = g.op('Reshape', [g.op('Transpose', [attended], { perm: [1, 0, 2] }), g.int64s([0, d])]);
-  const h = g.op('Add', [x, g.linear(merged, 'o_proj', w(t.o), d, d)]);
+  const h = g.op('Add', [x, residualScaled(g, c, g.linear(merged, 'o_proj', w(t.o), d, d))]);
   const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
 
   g.output(withSharedExpert(g, c, layer, w, h, moeInput), 'h', ['tokens', d]);
@@ -82,6 +85,8 @@ export function headGraph(c: ModelConfig, w: Weights): Uint8Array {
   const g = new GraphBuilder('head');
   const x = g.input('x', ['tokens', c.hidden_size]);
   const normed = g.rmsNorm(x, g.weight('final_norm', w(tensorNames.finalNorm), [c.hidden_size]), c.rms_norm_eps);
-  g.output(g.linear(normed, 'lm_head', w(tensorNames.lmHead), c.vocab_size, c.hidden_size), 'logits', ['tokens', c.vocab_size]);
+  // Tied embeddings: the LM head is the embedding matrix. Granite-MoE divides the logits by logits_scaling.
+  const logits = g.linear(normed, 'lm_head', w(c.tie_word_embeddings ? tensorNames.embed : tensorNames.lmHead), c.vocab_size, c.hidden_size);
+  g.output(c.logits_scaling === 1 ? logits : g.op('Div', [logits, g.scalar(c.logits_scaling)]), 'logits', ['tokens', c.vocab_size]);
   return g.toBytes();
 }

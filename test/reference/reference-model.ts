@@ -66,7 +66,9 @@ export class ReferenceModel {
     const heads = c.num_attention_heads;
     const hd = d / heads;
     const embed = this.w(tensorNames.embed);
-    let x = ids.map((id) => Array.from(embed.subarray(id * d, (id + 1) * d)));
+    // Granite-MoE's multipliers (1, or 1/√head_dim for the scores, in the other families).
+    const rm = c.residual_multiplier;
+    let x = ids.map((id) => Array.from(embed.subarray(id * d, (id + 1) * d), (v) => v * c.embedding_multiplier));
     const router: ReferenceOutput['router'] = [];
     for (let l = 0; l < c.num_hidden_layers; l++) {
       const t = tensorNames.layer(l);
@@ -102,7 +104,7 @@ export class ReferenceModel {
           const scores = k.slice(0, i + 1).map((kj) => {
             let s = 0;
             for (let j = 0; j < hd; j++) s += qi[h * hd + j] * kj[kv * hd + j];
-            return s / Math.sqrt(hd);
+            return c.attention_multiplier === null ? s / Math.sqrt(hd) : s * c.attention_multiplier;
           });
           const max = Math.max(...scores);
           const e = scores.map((s) => Math.exp(s - max));
@@ -115,7 +117,7 @@ export class ReferenceModel {
       });
       const h = x.map((row, i) => {
         const o = linear(attended[i], this.w(t.o), d);
-        return row.map((val, j) => val + o[j]);
+        return row.map((val, j) => val + o[j] * rm);
       });
       const layerRouting: RouterChoice[] = [];
       x = h.map((row) => {
@@ -147,11 +149,12 @@ export class ReferenceModel {
           const scale = c.shared_expert_gated ? 1 / (1 + Math.exp(-linear(m, this.w(s.scale), 1)[0])) : 1;
           for (let i = 0; i < d; i++) moe[i] += scale * y[i];
         }
-        return row.map((v, i) => v + moe[i]);
+        return row.map((v, i) => v + moe[i] * rm);
       });
       router.push(layerRouting);
     }
-    const logits = x.map((row) => linear(rmsNorm(row, this.w(tensorNames.finalNorm), c.rms_norm_eps), this.w(tensorNames.lmHead), c.vocab_size));
+    const head = this.w(c.tie_word_embeddings ? tensorNames.embed : tensorNames.lmHead);
+    const logits = x.map((row) => linear(rmsNorm(row, this.w(tensorNames.finalNorm), c.rms_norm_eps), head, c.vocab_size).map((v) => v / c.logits_scaling));
     return { logits, router };
   }
 }
