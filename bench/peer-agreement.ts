@@ -167,6 +167,7 @@ async function run(opts: Options): Promise<number> {
     // it cannot load an OLMoE checkpoint with fewer key/value heads (convert-gguf refuses one).
     const mixtral = { model_type: 'mixtral', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, num_experts: 4, num_experts_per_tok: 2, norm_topk_prob: true, qk_norm: false, rope_theta: 1e6 } as const;
     const qwen = { model_type: 'qwen2_moe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 4, num_experts: 6, num_experts_per_tok: 2, qk_norm: false, attention_bias: true, shared_expert_intermediate_size: 40, shared_expert_gated: true, rope_theta: 1e6 } as const;
+    const granite = { model_type: 'granitemoe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, num_experts: 4, num_experts_per_tok: 2, norm_topk_prob: true, qk_norm: false, tie_word_embeddings: true, embedding_multiplier: 12, attention_multiplier: 0.015625, residual_multiplier: 0.22, logits_scaling: 6 } as const;
     const checkpoints: Checkpoint[] = [
       tiny('tiny-top1', { num_experts: 4, num_experts_per_tok: 1 }, 61),
       tiny('tiny-top2', { num_experts: 6, num_experts_per_tok: 2 }, 62),
@@ -174,6 +175,7 @@ async function run(opts: Options): Promise<number> {
       tiny('tiny-top2, bf16 in 2 shards', { num_experts: 6, num_experts_per_tok: 2 }, 65, { weights: 'bf16', shards: 2 }),
       tiny('tiny Mixtral (GQA 4/2, renormalised top-2)', mixtral, 66, { architecture: 'mixtral' }),
       tiny('tiny Qwen2-MoE (top-2, q/k/v biases, gated shared expert)', qwen, 67, { architecture: 'qwen2_moe' }),
+      tiny('tiny Granite-MoE (multipliers, fused experts, tied embeddings, GQA 4/2)', granite, 68, { architecture: 'granitemoe' }),
       { name: 'bundled (switchyard-moe)', dir: path.join(import.meta.dirname, '..', 'models', 'switchyard-moe') },
     ];
     let failures = 0;

@@ -218,6 +218,13 @@ describe('GGUF for llama.cpp, per family', () => {
     expect(shapes.get('blk.0.ffn_gate_inp_shexp.weight')).toEqual([32]);
     expect(shapes.get('blk.0.attn_q.bias')).toEqual([32]);
     expect(shapes.has('blk.1.ffn_down_shexp.weight')).toBe(true);
+
+    const granite = writeTinyPackage(GRANITE, 91, undefined, { architecture: 'granitemoe' });
+    const gr = readGguf(convertOlmoeToGguf({ modelDir: granite, outFile: join(granite, 'model.gguf') }).outFile);
+    expect(ggufValue(gr, 'general.architecture')).toBe('granitemoe');
+    expect([ggufValue(gr, 'granitemoe.embedding_scale'), ggufValue(gr, 'granitemoe.residual_scale'), ggufValue(gr, 'granitemoe.logit_scale')]).toEqual([12, Math.fround(0.22), 6]);
+    const grNames = new Set(gr.tensors.map((t) => t.name));
+    expect(grNames.has('blk.0.ffn_up_exps.weight') && !grNames.has('output.weight')).toBe(true); // tied: llama.cpp uses token_embd
   });
 });
 

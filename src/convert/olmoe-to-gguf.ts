@@ -1,6 +1,6 @@
 /**
- * Our model package (Hugging Face OLMoE folder, see shared DESIGN.md; or a Mixtral or Qwen2-MoE one) → a GGUF file
- * llama.cpp loads as architecture `olmoe` (`llama` for Mixtral, `qwen2moe` for Qwen2-MoE, see FAMILIES), so
+ * Our model package (Hugging Face OLMoE folder, see shared DESIGN.md; or a Mixtral, Qwen2-MoE or Granite-MoE one) → a GGUF file
+ * llama.cpp loads as architecture `olmoe` (`llama` for Mixtral, `qwen2moe` for Qwen2-MoE, `granitemoe`; see FAMILIES), so
  * `llama-server` can run the same weights for a speed or numbers comparison.
  *
  * The mapping follows llama.cpp's own converter (`convert_hf_to_gguf.py`, class OlmoeModel over TextModel) and what
@@ -26,12 +26,14 @@ import { GgmlType, gguf, writeGgufFile, type GgufTensorSource, type GgufValue } 
  * llama.cpp's architecture for each family we serve, and what its layout needs beyond copying tensors. Mixtral runs
  * as llama.cpp's `llama` with experts, whose rope is the "normal" (interleaved) kind: its q and k rows are permuted
  * from Hugging Face's rotate-half layout as convert_hf_to_gguf.py's LlamaModel does. OLMoE and Qwen2-MoE run with
- * NeoX rope, the same layout as Hugging Face: no permutation.
+ * NeoX rope, the same layout as Hugging Face: no permutation. Granite-MoE runs with the normal rope too, and its
+ * multipliers go to granitemoe.embedding_scale, attention.scale, residual_scale and logit_scale.
  */
 const FAMILIES: Record<string, { arch: string; permuteQK: boolean }> = {
   olmoe: { arch: 'olmoe', permuteQK: false },
   mixtral: { arch: 'llama', permuteQK: true },
   qwen2_moe: { arch: 'qwen2moe', permuteQK: false },
+  granitemoe: { arch: 'granitemoe', permuteQK: true },
 };
 
 /** The GGUF architecture a package converts to (general.architecture). */
@@ -152,6 +154,12 @@ export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id)
     [a('attention.layer_norm_rms_epsilon'), gguf.f32(c.rms_norm_eps)],
     [a('expert_count'), gguf.u32(c.num_experts)],
     [a('expert_used_count'), gguf.u32(c.num_experts_per_tok)],
+    ...(arch === 'granitemoe' ? [
+      [a('embedding_scale'), gguf.f32(c.embedding_multiplier)],
+      [a('attention.scale'), gguf.f32(c.attention_multiplier ?? 1 / Math.sqrt(c.hidden_size / c.num_attention_heads))],
+      [a('residual_scale'), gguf.f32(c.residual_multiplier)],
+      [a('logit_scale'), gguf.f32(c.logits_scaling)],
+    ] as [string, GgufValue][] : []),
     // Qwen2-MoE: the routed experts' width and the shared expert's (feed_forward_length is its dense layers').
     ...(arch === 'qwen2moe' ? [
       [a('expert_feed_forward_length'), gguf.u32(c.intermediate_size)],
@@ -261,16 +269,13 @@ export interface ConvertResult {
 export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
   if (endianness() !== 'LE') throw new Error('GGUF conversion needs a little-endian host (tensor bytes are copied as they are)');
   const pkg = loadModelPackage(options.modelDir);
-  if (!(pkg.config.model_type in FAMILIES)) {
-    throw new PackageError(`${pkg.dir}/config.json: model_type ${pkg.config.model_type}: convert-gguf writes ${Object.keys(FAMILIES).join(', ')} (llama.cpp's granitemoe layout is not written yet)`);
-  }
   if (pkg.config.model_type === 'olmoe' && pkg.config.num_key_value_heads !== pkg.config.num_attention_heads) {
     // llama.cpp's OLMoE loader (b4747) wants k_norm over all heads; Hugging Face's OLMoE normalises the key/value heads.
     throw new PackageError(`${pkg.dir}/config.json: num_key_value_heads ${pkg.config.num_key_value_heads} < num_attention_heads ${pkg.config.num_attention_heads} (grouped-query attention), but llama.cpp's OLMoE architecture expects k_norm over all ${pkg.config.num_attention_heads} heads; only packages without grouped-query attention convert to GGUF`);
   }
-  if (pkg.config.model_type !== 'mixtral' && pkg.config.norm_topk_prob) {
-    // llama.cpp's OLMoE and Qwen2-MoE graphs scale each chosen expert by its raw softmax probability (its llama graph,
-    // Mixtral's, renormalises): they would serve other numbers.
+  if ((pkg.config.model_type === 'olmoe' || pkg.config.model_type === 'qwen2_moe') && pkg.config.norm_topk_prob) {
+    // llama.cpp's OLMoE and Qwen2-MoE graphs scale each chosen expert by its raw softmax probability (its llama and
+    // granitemoe graphs renormalise): they would serve other numbers.
     throw new PackageError(`${pkg.dir}/config.json: norm_topk_prob is true, but llama.cpp's ${ggufArch(pkg)} architecture does not renormalise the top-k gates; only packages with norm_topk_prob false convert to GGUF`);
   }
   const vocab = buildVocab(pkg.tokenizerJson, pkg.config.vocab_size, `${pkg.dir}/tokenizer.json`);
