@@ -14,7 +14,7 @@ import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
 import { readTensors } from '../src/engine/safetensors.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
-import { mixtralName, randomTensors, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { BUNDLED_MODEL, mixtralName, randomTensors, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { inspectConfig } from '../src/planning/inspect.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
 
@@ -193,6 +193,24 @@ describe('every family from bf16 shards', () => {
       expect(maxAbsDiff(x.logits[0], y.logits[0])).toBe(0);
     } finally {
       await Promise.all([a.close(), b.close()]);
+    }
+  });
+});
+
+describe('a byte-level BPE vocabulary with merges (as public checkpoints have)', () => {
+  it('tokenizes with the merges, generates and decodes', async () => {
+    const dir = writeTinyPackage(tinyConfig({ vocab_size: 261, max_position_embeddings: 128 }), 92);
+    const tokenizer = JSON.parse(readFileSync(join(BUNDLED_MODEL, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number>; merges?: string[] } };
+    Object.assign(tokenizer.model.vocab, { Th: 258, The: 259, 'Ġw': 260 }); // byte-level symbols: Ġ is the space
+    tokenizer.model.merges = ['T h', 'Th e', 'Ġ w'];
+    writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
+    const engine = await Engine.load(engineConfig(dir, { workers: 1 }));
+    try {
+      expect(engine.codec.encode('The whale')).toEqual([256, 259, 260, ...Buffer.from('hale')]);
+      expect(engine.codec.decode([259, 260, 104])).toBe('The wh');
+      expect((await engine.generate(request('The whale', 4), { cache: false })).generatedTokens).toBe(4);
+    } finally {
+      await engine.close();
     }
   });
 });
