@@ -1,8 +1,9 @@
 /**
- * Model families (src/engine/architectures.ts): a tiny checkpoint written the way transformers writes Mixtral
- * (config keys, tensor names, bf16 shards) serves the numbers of a plain TS reference that reads Mixtral's names
- * itself — renormalised top-2 routing, no q/k norms, grouped-query attention — batch-invariantly; a model_type the
- * gateway does not serve is refused naming the supported ones; problems name tensors as the checkpoint does.
+ * Model families (src/engine/architectures.ts): tiny checkpoints written the way transformers writes Mixtral,
+ * Qwen2-MoE and Granite-MoE (config keys, tensor names, fused experts, bf16 shards) serve the numbers of a plain TS
+ * reference that reads the weights itself, batch-invariantly; each converts to llama.cpp's layout for it; a
+ * model_type the gateway does not serve is refused naming the supported ones; problems name tensors as the
+ * checkpoint does; a BPE vocabulary with merges works.
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,15 +11,46 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { convertOlmoeToGguf, permuteRotaryRows } from '../src/convert/olmoe-to-gguf.ts';
 import { ggufValue, readGguf, readGgufTensor } from '../src/convert/gguf-reader.ts';
 import { Engine } from '../src/engine/engine.ts';
-import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
-import { readTensors } from '../src/engine/safetensors.ts';
+import type { LayerTrace } from '../src/engine/model.ts';
+import { loadModelPackage, tensorNames, type ModelConfig } from '../src/engine/package.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
+import { readTensors } from '../src/engine/safetensors.ts';
+import { inspectConfig } from '../src/planning/inspect.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { BUNDLED_MODEL, mixtralName, randomTensors, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
-import { inspectConfig } from '../src/planning/inspect.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
 
 const PROMPTS = ['Call me Ishmael.', 'a', 'The quick brown fox jumps over the lazy dog', 'naïve café ☕'];
+
+/** A package's model.safetensors header, as text. */
+function headerText(dir: string): string {
+  const bytes = readFileSync(join(dir, 'model.safetensors'));
+  return bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+}
+
+/**
+ * The gateway against the reference: logits at every position of PROMPTS (1e-4) and the routers' choices; each
+ * prompt's logits bit-identical alone and batched; the reference's greedy tokens through the KV cache. Returns the
+ * steps' layer traces for family-specific checks.
+ */
+async function matchesReference(engine: Engine, reference: ReferenceModel, config: ModelConfig): Promise<LayerTrace[][]> {
+  const traces: LayerTrace[][] = [];
+  for (const prompt of PROMPTS) {
+    const ids = engine.codec.encode(prompt);
+    const want = reference.forward(ids);
+    const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
+    ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * config.vocab_size, (t + 1) * config.vocab_size), want.logits[t])).toBeLessThan(1e-4));
+    got.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(want.router[l].flatMap((r) => r.choices.map((ch) => ch.expert))));
+    traces.push(got.layers);
+  }
+  const alone: Float32Array[] = [];
+  for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
+  const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
+  together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
+  const expected = reference.greedy(engine.codec.encode('The whale'), 8);
+  expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(expected);
+  return traces;
+}
 // What Mixtral is: renormalised top-2 of its local experts, no q/k norms, fewer key/value heads.
 const MIXTRAL = tinyConfig({
   model_type: 'mixtral', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, num_experts: 4,
@@ -39,36 +71,17 @@ describe('a tiny Mixtral checkpoint', () => {
     expect(config).toMatchObject({ model_type: 'mixtral', num_local_experts: 4, num_experts_per_tok: 2 });
     expect(config).not.toHaveProperty('num_experts');
     expect(config).not.toHaveProperty('norm_topk_prob');
-    const bytes = readFileSync(join(dir, 'model.safetensors'));
-    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    const header = headerText(dir);
     expect(header).toContain('model.layers.0.block_sparse_moe.experts.3.w2.weight');
     expect(header).not.toContain('q_norm');
   });
 
-  it('matches the reference at every position, with renormalised top-2 gates', async () => {
-    for (const prompt of PROMPTS) {
-      const ids = engine.codec.encode(prompt);
-      const want = reference.forward(ids);
-      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
-      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * MIXTRAL.vocab_size, (t + 1) * MIXTRAL.vocab_size), want.logits[t])).toBeLessThan(1e-4));
-      got.layers.forEach((layer, l) => {
-        expect(Array.from(layer.expert)).toEqual(want.router[l].flatMap((r) => r.choices.map((ch) => ch.expert)));
-        for (let t = 0; t < ids.length; t++) expect(layer.gate[2 * t] + layer.gate[2 * t + 1]).toBeCloseTo(1, 5);
-      });
+  it('matches the reference (renormalised top-2 gates), batch-invariantly, and decodes its greedy tokens', async () => {
+    for (const layers of await matchesReference(engine, reference, MIXTRAL)) {
+      for (const layer of layers) for (let t = 0; t < layer.gate.length / 2; t++) expect(layer.gate[2 * t] + layer.gate[2 * t + 1]).toBeCloseTo(1, 5);
     }
-  });
-
-  it('is batch-invariant (bit for bit) and decodes the reference\'s greedy tokens', async () => {
-    const alone: Float32Array[] = [];
-    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
-    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
-    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
-
-    const expected = reference.greedy(engine.codec.encode('The whale'), 8);
-    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(expected);
     expect(engine.info().modelType).toBe('mixtral');
   });
-
 });
 
 // What Qwen2-MoE is: softmax → top-k (no renormalisation in Qwen1.5-MoE), biased q/k/v, no q/k norms, and a shared
@@ -91,26 +104,14 @@ describe('a tiny Qwen2-MoE checkpoint (shared expert)', () => {
   it('is written with transformers\' Qwen2-MoE keys and names', () => {
     const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
     expect(config).toMatchObject({ model_type: 'qwen2_moe', moe_intermediate_size: 24, shared_expert_intermediate_size: 40, use_sliding_window: false });
-    const bytes = readFileSync(join(dir, 'model.safetensors'));
-    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    const header = headerText(dir);
     for (const name of ['model.layers.1.mlp.shared_expert.down_proj.weight', 'model.layers.1.mlp.shared_expert_gate.weight', 'model.layers.0.self_attn.k_proj.bias']) {
       expect(header).toContain(name);
     }
   });
 
-  it('matches the reference at every position, batch-invariantly, and decodes its greedy tokens', async () => {
-    for (const prompt of PROMPTS) {
-      const ids = engine.codec.encode(prompt);
-      const want = reference.forward(ids).logits;
-      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
-      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * QWEN2_MOE.vocab_size, (t + 1) * QWEN2_MOE.vocab_size), want[t])).toBeLessThan(1e-4));
-    }
-    const alone: Float32Array[] = [];
-    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
-    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
-    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
-    const expected = reference.greedy(engine.codec.encode('The whale'), 8);
-    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(expected);
+  it('matches the reference, batch-invariantly, and decodes its greedy tokens', async () => {
+    await matchesReference(engine, reference, QWEN2_MOE);
   });
 
   it('counts the shared expert among the active parameters', () => {
@@ -150,26 +151,14 @@ describe('a tiny Granite-MoE checkpoint (multipliers, fused experts, tied embedd
   it('is written with transformers\' Granite-MoE keys and fused expert tensors', () => {
     const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
     expect(config).toMatchObject({ model_type: 'granitemoe', num_local_experts: 4, residual_multiplier: 0.22, tie_word_embeddings: true });
-    const bytes = readFileSync(join(dir, 'model.safetensors'));
-    const header = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    const header = headerText(dir);
     expect(header).toContain('model.layers.1.block_sparse_moe.input_linear.weight');
     expect(header).not.toContain('lm_head');
     expect(header).not.toContain('experts.0');
   });
 
-  it('matches the reference at every position, batch-invariantly, and decodes its greedy tokens', async () => {
-    for (const prompt of PROMPTS) {
-      const ids = engine.codec.encode(prompt);
-      const want = reference.forward(ids);
-      const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }], { allPositions: true });
-      ids.forEach((_, t) => expect(maxAbsDiff(got.logits[0].subarray(t * GRANITE.vocab_size, (t + 1) * GRANITE.vocab_size), want.logits[t])).toBeLessThan(1e-4));
-      got.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(want.router[l].flatMap((r) => r.choices.map((ch) => ch.expert))));
-    }
-    const alone: Float32Array[] = [];
-    for (const prompt of PROMPTS) alone.push((await engine.model.forward([{ cache: engine.model.newCache(), tokens: engine.codec.encode(prompt) }])).logits[0]);
-    const together = await engine.model.forward(PROMPTS.map((p) => ({ cache: engine.model.newCache(), tokens: engine.codec.encode(p) })));
-    together.logits.forEach((l, i) => expect(maxAbsDiff(l, alone[i])).toBe(0));
-    expect((await engine.generate(request('The whale', 8), { cache: false })).tokens.map((t) => t.id)).toEqual(reference.greedy(engine.codec.encode('The whale'), 8));
+  it('matches the reference, batch-invariantly, and decodes its greedy tokens', async () => {
+    await matchesReference(engine, reference, GRANITE);
   });
 
   it('is inspected from its config alone', () => {
