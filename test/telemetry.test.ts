@@ -16,7 +16,7 @@ import { ConfigError } from '../src/config.ts';
 import type { LayerTrace, StepOutput } from '../src/engine/model.ts';
 import type { Sequence } from '../src/engine/sequence.ts';
 import { createTelemetry, type LoadTraceRecord, type Telemetry, type TelemetryConfig } from '../src/telemetry/index.ts';
-import { countRouted, layerWindows } from '../src/telemetry/step-summary.ts';
+import { countRouted, layerWindows, summarizeStep } from '../src/telemetry/step-summary.ts';
 import { buildProviders, otlpUrl } from '../src/telemetry/providers.ts';
 
 const T0 = Date.UTC(2026, 0, 1); // epoch ms of the fake clock's start
@@ -126,6 +126,15 @@ describe('step summary helpers', () => {
     expect(countRouted(Int32Array.from([0, 1, 1, 2, 1, 3, 1, 0]), 4)).toEqual([2, 4, 1, 1]);
     expect(countRouted(Int32Array.from([5]), 4)).toEqual([0, 0, 0, 0, 0, 1]);
     expect(countRouted(new Int32Array(0), 3)).toEqual([0, 0, 0]);
+  });
+
+  it('with top-k routing counts tokens once and assignments per expert', () => {
+    // 3 tokens, k = 2: (0, 1), (1, 2), (1, 3).
+    const trace: LayerTrace = { ...layerTrace(0, [0, 1, 1, 2, 1, 3], 6, 1, []), k: 2 };
+    const summary = summarizeStep({ sequences: [], ms: 2, output: { logits: [], layers: [trace] } }, 0, 1000);
+    expect(summary.tokens).toBe(3);
+    expect(summary.layers[0].tokens).toBe(3);
+    expect(summary.layers[0].routedPerExpert).toEqual([1, 3, 1, 1]);
   });
 
   it('spreads the non-dispatch time evenly around the layers and keeps each dispatch duration', () => {
