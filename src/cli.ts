@@ -301,7 +301,9 @@ Options:
       const configFile = strFlag(values, 'config');
       if ((modelDir === undefined) === (configFile === undefined)) throw new UsageError('give either --model DIR or --config FILE');
       const memoryGib = strFlag(values, 'memory-gib');
-      if (memoryGib !== undefined && !(Number(memoryGib) > 0)) throw new UsageError(`--memory-gib must be a positive number (got ${JSON.stringify(memoryGib)})`);
+      if (memoryGib !== undefined && !(/^\d+(\.\d+)?$/.test(memoryGib) && Number(memoryGib) > 0 && Number.isFinite(Number(memoryGib)))) {
+        throw new UsageError(`--memory-gib must be a positive decimal number of GiB (got ${JSON.stringify(memoryGib)})`);
+      }
       const { readFileSync } = await import('node:fs');
       const { totalmem } = await import('node:os');
       const { join } = await import('node:path');

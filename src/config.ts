@@ -241,6 +241,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   routing: RoutingSchema,
   limits: LimitsSchema,
   onnx: OnnxSchema,
+  'onnx.executionProviders': OnnxSchema.shape.executionProviders.unwrap(),
   allocator: AllocatorSchema,
   experts: ExpertsSchema,
   telemetry: TelemetrySchema,
@@ -308,8 +309,9 @@ function deepMerge(base: Json, over: Json): Json {
 function getPath(obj: unknown, keys: readonly PropertyKey[]): unknown {
   let cur = obj;
   for (const key of keys) {
-    if (!isPlainObject(cur)) return undefined;
-    cur = cur[key as string];
+    if (Array.isArray(cur) && typeof key === 'number') cur = cur[key];
+    else if (isPlainObject(cur)) cur = cur[key as string];
+    else return undefined;
   }
   return cur;
 }

@@ -9,7 +9,10 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createSession } from '../experts/kernels/ort-session.ts';
 import { expertGraph } from '../experts/expert-graph.ts';
 import { Engine } from '../src/engine/engine.ts';
-import { ConfigSchema } from '../src/config.ts';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigSchema, loadConfig } from '../src/config.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
 
@@ -59,13 +62,27 @@ describe('createSession', () => {
     }
     expect(first.value.providers).toEqual(['cpu']);
     expect(first.value.fallback).toMatch(/cuda|CUDA|shared library/i);
-    expect(first.lines.map((l) => l.msg)).toEqual(['execution providers [cuda] unavailable for the test sessions; running them on the CPU']);
+    expect(first.lines.map((l) => l.msg)).toEqual(['execution provider cuda unavailable for the test sessions; running on the CPU']);
     expect(first.lines[0].reason).toBe(first.value.fallback);
     // Known now: straight to the CPU, no second attempt and no second log line.
     expect(again.value).toMatchObject({ providers: ['cpu'], fallback: first.value.fallback });
     expect(again.lines).toEqual([]);
     expect(await output(first.value.session)).toEqual(want);
     expect(await output(again.value.session)).toEqual(want);
+  });
+});
+
+describe('a provider list in order of preference', () => {
+  it('tries the rest of the list when the first provider cannot start, then the CPU', async () => {
+    const { value, lines } = await logged(() => createSession(graph, {}, ['cuda', 'webgpu'], 'ordered sessions'));
+    expect(lines[0]).toMatchObject({ msg: 'execution provider cuda unavailable for the ordered sessions; trying [webgpu]' });
+    if (value.providers[0] === 'webgpu') return; // a machine with a WebGPU adapter: the second choice started
+    expect(value.providers).toEqual(['cpu']);
+    expect(lines.map((l) => l.msg)).toEqual([
+      'execution provider cuda unavailable for the ordered sessions; trying [webgpu]',
+      'execution provider webgpu unavailable for the ordered sessions; running on the CPU',
+    ]);
+    expect(value.fallback).toMatch(/^cuda: .*; webgpu: /);
   });
 });
 
@@ -76,6 +93,10 @@ describe('onnx.executionProviders in the config', () => {
       .toEqual({ trunk: ['cpu'], experts: ['webgpu', 'cpu'] });
     expect(() => ConfigSchema.parse({ onnx: { executionProviders: { trunk: ['metal'] } } })).toThrow(/cpu.*webgpu.*cuda.*tensorrt/s);
     expect(() => ConfigSchema.parse({ onnx: { executionProviders: { trunk: [] } } })).toThrow();
+    // From a file: the message names the bad value and the file, and an unknown key lists the known ones.
+    const file = join(mkdtempSync(join(tmpdir(), 'switchyard-ep-')), 'config.json');
+    writeFileSync(file, JSON.stringify({ onnx: { executionProviders: { trunk: ['metal'], gpu: ['cpu'] } } }));
+    expect(() => loadConfig({ file, env: {} })).toThrow(/onnx\.executionProviders\.trunk\.0: .*\(got "metal"\) \[from config file .*\][\s\S]*onnx\.executionProviders\.gpu: unknown field; known fields here: trunk, experts/);
   });
 
   it('serves the same greedy tokens with GPU providers asked for (started or fallen back to the CPU)', async () => {
@@ -93,7 +114,7 @@ describe('onnx.executionProviders in the config', () => {
     expect(gpu.value.generatedText).toBe(cpu.value.generatedText);
     expect(gpu.value.generatedTokens).toBe(12);
     expect(cpu.lines.filter((l) => l.level === 'warn')).toEqual([]);
-    const trunk = gpu.lines.filter((l) => l.msg === 'execution providers [webgpu] unavailable for the trunk; running them on the CPU');
+    const trunk = gpu.lines.filter((l) => l.msg === 'execution provider webgpu unavailable for the trunk; running on the CPU');
     // One line for the trunk's sessions (this thread) where WebGPU cannot start, none where it can.
     const probe = await createSession(graph, {}, ['webgpu'], 'probe');
     expect(trunk.length).toBe(probe.fallback === undefined ? 0 : 1);

@@ -54,7 +54,20 @@ describe('inspect', () => {
     writeFileSync(other, JSON.stringify({ ...config('mixtral-8x7b-v0.1'), model_type: 'deepseek_v2' }));
     expect(await main(['inspect', '--config', other], io)).toBe(1);
     expect(err.join('\n')).toMatch(/model_type "deepseek_v2" is not served; the gateway serves olmoe \(OLMoE\), mixtral \(Mixtral\), qwen2_moe \(Qwen2-MoE\), granitemoe \(Granite-MoE\)/);
+    // What the loader refuses, inspect refuses too (no "top-100 of 64 experts" figures); absurd sizes fail fast.
+    for (const [change, message] of [
+      [{ num_experts_per_tok: 100 }, /num_experts_per_tok 100 must not exceed the number of experts, 8/],
+      [{ num_key_value_heads: 3 }, /num_key_value_heads 3 must divide num_attention_heads 32/],
+      [{ num_hidden_layers: 100000, num_local_experts: 64 }, /far beyond any checkpoint/],
+    ] as const) {
+      writeFileSync(other, JSON.stringify({ ...config('mixtral-8x7b-v0.1'), ...change }));
+      expect(await main(['inspect', '--config', other], io)).toBe(1);
+      expect(err.at(-1)).toMatch(message);
+    }
+    writeFileSync(other, JSON.stringify({ ...config('mixtral-8x7b-v0.1'), eos_token_id: [2, 3] }));
+    expect(await main(['inspect', '--config', other], io)).toBe(0); // the end-of-sequence id is not inspect's business
     expect(await main(['inspect'], io)).toBe(2);
+    expect(await main(['inspect', '--config', other, '--memory-gib', 'Infinity'], io)).toBe(2);
     expect(await main(['inspect', '--model', 'models/switchyard-moe', '--memory-gib', '-1'], io)).toBe(2);
   });
 });

@@ -94,6 +94,8 @@ describe('damaged shards', () => {
     const found = problems(dir).join('\n');
     expect(found).toContain(`tensor ${moved} is in this shard, but`);
     expect(found).toContain(`tensor ${moved} is missing, but`);
+    writeFileSync(indexFile, JSON.stringify({ weight_map: { ...index.weight_map, [moved]: '..' } }));
+    expect(problems(dir).join('\n')).toContain('shard ".." is not a file name beside the index');
     writeFileSync(indexFile, '{"weight_map": 3}');
     expect(problems(dir).join('\n')).toMatch(/weight_map must be an object mapping each tensor name to its shard file/);
   });

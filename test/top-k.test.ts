@@ -112,6 +112,6 @@ describe('top-k with a capacity factor', () => {
 
   it('refuses a package whose num_experts_per_tok exceeds num_experts, naming the field', async () => {
     const dir = writeTinyPackage(tinyConfig({ num_experts: 4, num_experts_per_tok: 5 }), 42);
-    await expect(Engine.load(engineConfig(dir))).rejects.toThrow(/num_experts_per_tok 5 must not exceed num_experts 4/);
+    await expect(Engine.load(engineConfig(dir))).rejects.toThrow(/num_experts_per_tok 5 must not exceed the number of experts, 4/);
   });
 });

@@ -3,9 +3,10 @@
  * (src/engine/model.ts) and the expert kernels (ort-kernels.ts) create sessions.
  *
  * A provider list is tried as given (ORT places each node on the first provider that supports it; the CPU provider
- * is always there for the rest). When ORT cannot start a provider — no GPU adapter (WebGPU without Vulkan), CUDA or
- * TensorRT libraries not installed (`onnxruntime-node-install=skip` leaves them out) — the session is created on
- * the CPU alone and the fallback is logged once per thread, kind of session and provider list; later sessions go to the CPU at once.
+ * is always there for the rest). When ORT cannot start the first provider — no GPU adapter (WebGPU without Vulkan),
+ * CUDA or TensorRT libraries not installed (`onnxruntime-node-install=skip` leaves them out) — the rest of the list is
+ * tried, and the CPU alone last; each failure is logged once per thread (each expert worker is one) and kind of
+ * session, and later sessions skip what failed.
  */
 import ort from 'onnxruntime-node';
 import { log } from '../../src/log.ts';
@@ -15,9 +16,9 @@ const unavailable = new Map<string, string>();
 
 export interface SessionOnProviders {
   session: ort.InferenceSession;
-  /** The providers the session was created with: the configured ones, or ['cpu'] after a fallback. */
+  /** The providers the session was created with: the configured list, what was left of it after the first failed, or ['cpu']. */
   providers: string[];
-  /** Why the configured providers could not start (only after a fallback). */
+  /** Why the providers before these could not start ("provider: reason; …"; only after a fallback). */
   fallback?: string;
 }
 
@@ -28,22 +29,29 @@ export interface SessionOnProviders {
 export async function createSession(
   graph: Uint8Array, options: Omit<ort.InferenceSession.SessionOptions, 'executionProviders'>, providers: readonly string[], what: string,
 ): Promise<SessionOnProviders> {
-  const list = providers.join(',');
-  const key = `${what}|${list}`;
-  const cpuOnly = providers.every((p) => p === 'cpu');
-  const known = unavailable.get(key);
-  if (!cpuOnly && known === undefined) {
+  // In order of preference: the whole list, then without its first provider, and so on; the CPU last.
+  const reasons: string[] = [];
+  for (let from = 0; from < providers.length; from++) {
+    const tried = providers.slice(from);
+    if (tried.every((p) => p === 'cpu')) break;
+    const key = `${what}|${tried.join(',')}`;
+    const known = unavailable.get(key);
+    if (known !== undefined) {
+      reasons.push(known);
+      continue;
+    }
     try {
-      return { session: await ort.InferenceSession.create(graph, { ...options, executionProviders: [...providers] }), providers: [...providers] };
+      const session = await ort.InferenceSession.create(graph, { ...options, executionProviders: [...tried] });
+      return { session, providers: tried, ...(reasons.length > 0 ? { fallback: reasons.join('; ') } : {}) };
     } catch (error) {
-      const reason = firstLine(error);
+      const reason = `${tried[0]}: ${firstLine(error)}`;
       unavailable.set(key, reason);
-      log.warn(`execution providers [${list}] unavailable for the ${what}; running them on the CPU`, { reason });
-      return { session: await ort.InferenceSession.create(graph, { ...options, executionProviders: ['cpu'] }), providers: ['cpu'], fallback: reason };
+      reasons.push(reason);
+      log.warn(`execution provider ${tried[0]} unavailable for the ${what}; ${tried.length > 1 ? `trying [${tried.slice(1).join(',')}]` : 'running on the CPU'}`, { reason });
     }
   }
   const session = await ort.InferenceSession.create(graph, { ...options, executionProviders: ['cpu'] });
-  return { session, providers: ['cpu'], ...(known !== undefined ? { fallback: known } : {}) };
+  return { session, providers: ['cpu'], ...(reasons.length > 0 ? { fallback: reasons.join('; ') } : {}) };
 }
 
 function firstLine(error: unknown): string {

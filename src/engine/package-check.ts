@@ -16,7 +16,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
 import { architectureOf, canonicalEntries, supportedArchitectures, type Architecture } from './architectures.ts';
-import { expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
+import { configRuleProblems, expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
 import {
   FLOAT_DTYPES, inspectSafetensors, inspectShardedSafetensors, PackageCheckError, readTypedTensors, SAFETENSORS_DTYPE_BITS, SHARD_INDEX, type PackageProblem, type SafetensorsLayout, type TensorEntry,
 } from './safetensors.ts';
@@ -136,23 +136,8 @@ function checkConfig(file: string, raw: Json, problems: Problems): ModelConfig |
     return null;
   }
   const c = parsed.data;
-  if (c.num_attention_heads % c.num_key_value_heads !== 0) {
-    problems.add({
-      kind: 'config', file, field: 'num_key_value_heads',
-      message: `${file}: num_key_value_heads ${c.num_key_value_heads} must divide num_attention_heads ${c.num_attention_heads} (each key/value head serves the same number of query heads); fix config.json or ${REEXPORT}`,
-    });
-  }
-  if (c.num_experts_per_tok > c.num_experts) {
-    problems.add({
-      kind: 'config', file, field: 'num_experts_per_tok',
-      message: `${file}: num_experts_per_tok ${c.num_experts_per_tok} must not exceed num_experts ${c.num_experts} (a token chooses that many different experts); fix config.json or ${REEXPORT}`,
-    });
-  }
-  if (c.hidden_size % c.num_attention_heads !== 0 || (c.hidden_size / c.num_attention_heads) % 2 !== 0) {
-    problems.add({
-      kind: 'config', file, field: 'hidden_size',
-      message: `${file}: hidden_size ${c.hidden_size} must split into an even head size over num_attention_heads ${c.num_attention_heads} (rotary embeddings rotate pairs); fix config.json or ${REEXPORT}`,
-    });
+  for (const { field, message } of configRuleProblems(c)) {
+    problems.add({ kind: 'config', file, field: arch.configKey(field), message: `${file}: ${message}; fix config.json or ${REEXPORT}` });
   }
   return c;
 }

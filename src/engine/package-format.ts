@@ -51,6 +51,24 @@ export const modelConfigSchema = z.object({
 export type ModelConfig = z.infer<typeof modelConfigSchema>;
 
 /**
+ * The rules between config.json's fields that the schema alone does not check (package check and inspect both
+ * apply them): each problem's canonical field and a message without the file name.
+ */
+export function configRuleProblems(c: ModelConfig): Array<{ field: string; message: string }> {
+  const problems: Array<{ field: string; message: string }> = [];
+  if (c.num_attention_heads % c.num_key_value_heads !== 0) {
+    problems.push({ field: 'num_key_value_heads', message: `num_key_value_heads ${c.num_key_value_heads} must divide num_attention_heads ${c.num_attention_heads} (each key/value head serves the same number of query heads)` });
+  }
+  if (c.num_experts_per_tok > c.num_experts) {
+    problems.push({ field: 'num_experts_per_tok', message: `num_experts_per_tok ${c.num_experts_per_tok} must not exceed the number of experts, ${c.num_experts} (a token chooses that many different experts)` });
+  }
+  if (c.hidden_size % c.num_attention_heads !== 0 || (c.hidden_size / c.num_attention_heads) % 2 !== 0) {
+    problems.push({ field: 'hidden_size', message: `hidden_size ${c.hidden_size} must split into an even head size over num_attention_heads ${c.num_attention_heads} (rotary embeddings rotate pairs)` });
+  }
+  return problems;
+}
+
+/**
  * What `switchyard prune` records in config.json: experts it removed (no weights; the router masks them) and, per
  * pruned expert, its FFN width after pruning (structured pruning stores narrower dense matrices).
  */

@@ -349,7 +349,7 @@ export function inspectShardedSafetensors(indexFile: string, report: (p: Package
   let fileSize = 0;
   let dataBytes = 0;
   for (const shardName of [...new Set(Object.values(weightMap))].sort()) {
-    if (shardName !== basename(shardName)) {
+    if (shardName !== basename(shardName) || shardName === '' || shardName === '.' || shardName === '..') {
       report({ kind: 'json', file: indexFile, message: `${indexFile}: shard ${JSON.stringify(shardName)} is not a file name beside the index; re-export the package` });
       continue;
     }

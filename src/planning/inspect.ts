@@ -9,10 +9,13 @@
  */
 import { z } from 'zod';
 import { architectureOf, supportedArchitectures } from '../engine/architectures.ts';
-import { expectedTensors, modelConfigSchema, type ModelConfig } from '../engine/package-format.ts';
+import { configRuleProblems, expectedTensors, modelConfigSchema, type ModelConfig } from '../engine/package-format.ts';
 
-// Sizes are all inspect needs: the end-of-sequence id may be absent here.
-const sizesSchema = modelConfigSchema.extend({ eos_token_id: z.number().int().nonnegative().optional() });
+// Sizes are all inspect needs: the end-of-sequence id may be anything here (public configs also use a list).
+const sizesSchema = modelConfigSchema.extend({ eos_token_id: z.unknown().optional() });
+
+/** Most weight matrices inspect lists (layers × experts × 3 and the rest): far beyond any public checkpoint. */
+const MAX_MATRICES = 1_000_000;
 
 /** Bytes per expert weight as each kernel holds it (int8: 8-bit codes + a scale per column; int4: 4-bit codes in
  * blocks of 32 with a float scale and 4-bit zero point each). Per-column scales are a rounding error at these sizes. */
@@ -64,6 +67,12 @@ export function inspectConfig(raw: Record<string, unknown>, machineBytes: number
     throw new InspectError(`config.json: ${arch.configKey(String(issue.path[0] ?? '(root)'))}: ${issue.message}`);
   }
   const c = parsed.data as ModelConfig;
+  const rules = configRuleProblems(c);
+  if (rules.length > 0) throw new InspectError(`config.json: ${rules.map((r) => r.message).join('; ')}`);
+  const matrices = c.num_hidden_layers * (c.num_experts * 3 + 8);
+  if (matrices > MAX_MATRICES) {
+    throw new InspectError(`config.json: ${c.num_hidden_layers} layers × ${c.num_experts} experts is ${matrices.toExponential(1)} weight matrices, far beyond any checkpoint (limit ${MAX_MATRICES}); check num_hidden_layers and ${arch.configKey('num_experts')}`);
+  }
   const isExpert = /\.mlp\.experts\.\d+\./;
   let trunk = 0;
   let experts = 0;
