@@ -11,7 +11,7 @@ const logFile = path.join(here, 'build.log');
 
 if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') {
   writeFileSync(logFile, 'skipped: SWITCHYARD_NATIVE=off\n');
-  console.log('switchyard: native sparse kernel build skipped (SWITCHYARD_NATIVE=off)');
+  console.log('switchyard: native addons build skipped (SWITCHYARD_NATIVE=off)');
   process.exit(0);
 }
 
