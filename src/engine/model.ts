@@ -89,6 +89,9 @@ export class MoeModel {
    */
   private slabs: Array<Map<number, KvSlab> | null> = [new Map(), new Map()];
 
+  /** Query and key/value head geometry (grouped-query attention), fixed by the config. */
+  private readonly heads: ReturnType<typeof headsOf>;
+
   private constructor(
     readonly config: ModelConfig,
     private readonly embed: ort.InferenceSession,
@@ -98,7 +101,9 @@ export class MoeModel {
     private readonly inverseFrequencies: Float32Array,
     readonly runner: ExpertRunner,
     private readonly options: ModelOptions,
-  ) {}
+  ) {
+    this.heads = headsOf(config);
+  }
 
   /** Top-k routing as config.json sets it: num_experts_per_tok, norm_topk_prob. */
   private get routing(): Routing {
@@ -144,7 +149,7 @@ export class MoeModel {
       // Experts removed by pruning: the router's mask.
       dropped: Array.from({ length: c.num_experts }, (_, e) => e).filter((e) => pkg.droppedExperts.has(`${l}.${e}`)),
     }));
-    const headDim = c.hidden_size / c.num_attention_heads;
+    const { headDim } = headsOf(c);
     // As the reference computes them, in fp32: 1 / theta^(2i / head_dim).
     const inverseFrequencies = Float32Array.from({ length: headDim / 2 }, (_, i) =>
       1 / Math.fround(c.rope_theta ** Math.fround((2 * i) / headDim)));
@@ -153,7 +158,7 @@ export class MoeModel {
   }
 
   newCache(): KvCache {
-    const { kvHeads, kvDim } = headsOf(this.config);
+    const { kvHeads, kvDim } = this.heads;
     return new KvCache(this.config.num_hidden_layers, kvDim, 64, kvHeads);
   }
 
@@ -252,7 +257,7 @@ export class MoeModel {
    */
   private batchedAttention(inputs: SequenceInput[], slot: number): StepAttention {
     const d = this.config.hidden_size;
-    const { kvHeads, headDim, kvDim } = headsOf(this.config);
+    const { kvHeads, headDim, kvDim } = this.heads;
     const projection = this.sessions.projection!;
     const core = this.sessions.core!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -346,7 +351,7 @@ export class MoeModel {
 
   private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch, slab: KvSlab | null) {
     const d = this.config.hidden_size;
-    const { kvHeads, headDim, kvDim } = headsOf(this.config);
+    const { kvHeads, headDim, kvDim } = this.heads;
     const dims = [group.slots, kvHeads, group.keys, headDim];
     if (slab) {
       const { keys, values } = slab.view(layer, group.slots);
@@ -370,6 +375,7 @@ export class MoeModel {
   /** The earlier path: one attention run per sequence and layer (attentionGraph). */
   private perSequenceAttention(inputs: SequenceInput[]): StepAttention {
     const d = this.config.hidden_size;
+    const { kvHeads, headDim, kvDim } = this.heads;
     const sessions = this.sessions.perSequence!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
     const perSequence = inputs.map((s) => {
@@ -387,7 +393,6 @@ export class MoeModel {
         let row = 0;
         for (const [i, s] of inputs.entries()) {
           const q = perSequence[i];
-          const { kvHeads, headDim, kvDim } = headsOf(this.config);
           const pastK = new Float32Array(q.past * kvDim);
           const pastV = new Float32Array(q.past * kvDim);
           s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
@@ -411,7 +416,7 @@ export class MoeModel {
 
   /** cos/sin [N, 1, head_dim] for each packed token at its own position. */
   private rotaryPacked(sequences: StepSequence[], total: number) {
-    const headDim = this.config.hidden_size / this.config.num_attention_heads;
+    const { headDim } = this.heads;
     const cos = new Float32Array(total * headDim);
     const sin = new Float32Array(total * headDim);
     for (const s of sequences) {
@@ -423,7 +428,7 @@ export class MoeModel {
   }
 
   private rotary(start: number, n: number) {
-    const headDim = this.config.hidden_size / this.config.num_attention_heads;
+    const { headDim } = this.heads;
     const half = headDim / 2;
     const cos = new Float32Array(n * headDim);
     const sin = new Float32Array(n * headDim);
