@@ -406,16 +406,10 @@ type Dtype = keyof typeof DTYPES;
  * (TensorEntry.file) or else from `file`.
  */
 export function readTypedTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, TensorData> {
-  return withFiles((open) => {
-    const out = new Map<string, TensorData>();
-    for (const name of names) {
-      const entry = entries.get(name);
-      if (!entry) throw new PackageError(`${file}: tensor ${name} is missing`);
-      const Type = DTYPES[entry.dtype as Dtype];
-      if (!Type) throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; supported: ${Object.keys(DTYPES).join(', ')}`);
-      out.set(name, readRange(open(entry.file ?? file), entry, Type as { new (length: number): TensorData; BYTES_PER_ELEMENT: number }));
-    }
-    return out;
+  return readEach(file, entries, names, (fd, entry, name) => {
+    const Type = DTYPES[entry.dtype as Dtype];
+    if (!Type) throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; supported: ${Object.keys(DTYPES).join(', ')}`);
+    return readRange(fd, entry, Type as { new (length: number): TensorData; BYTES_PER_ELEMENT: number });
   });
 }
 
@@ -424,16 +418,24 @@ export function readTypedTensors(file: string, entries: Map<string, TensorEntry>
  * every half and bfloat16 value is a float32). Throws a PackageError for other dtypes.
  */
 export function readTensors(file: string, entries: Map<string, TensorEntry>, names: string[]): Map<string, Float32Array> {
+  return readEach(file, entries, names, (fd, entry, name) => {
+    if (entry.dtype === 'F32') return readRange(fd, entry, Float32Array);
+    if (entry.dtype === 'BF16') return bf16ToF32(readRange(fd, entry, Uint16Array));
+    if (entry.dtype === 'F16') return f16ToF32(readRange(fd, entry, Uint16Array));
+    throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; expected ${FLOAT_DTYPES.join(', ')}`);
+  });
+}
+
+/** `decode` of each named tensor, read from its shard (or `file`), each file opened once; a missing name throws. */
+function readEach<T>(
+  file: string, entries: Map<string, TensorEntry>, names: string[], decode: (fd: number, entry: TensorEntry, name: string) => T,
+): Map<string, T> {
   return withFiles((open) => {
-    const out = new Map<string, Float32Array>();
+    const out = new Map<string, T>();
     for (const name of names) {
       const entry = entries.get(name);
       if (!entry) throw new PackageError(`${file}: tensor ${name} is missing`);
-      const fd = open(entry.file ?? file);
-      if (entry.dtype === 'F32') out.set(name, readRange(fd, entry, Float32Array));
-      else if (entry.dtype === 'BF16') out.set(name, bf16ToF32(readRange(fd, entry, Uint16Array)));
-      else if (entry.dtype === 'F16') out.set(name, f16ToF32(readRange(fd, entry, Uint16Array)));
-      else throw new PackageError(`${entry.file ?? file}: tensor ${name} has dtype ${entry.dtype}; expected ${FLOAT_DTYPES.join(', ')}`);
+      out.set(name, decode(open(entry.file ?? file), entry, name));
     }
     return out;
   });
