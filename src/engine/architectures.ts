@@ -57,25 +57,34 @@ function renamer(map: NameMap): Pick<Architecture, 'canonicalName' | 'checkpoint
   return { canonicalName: (name) => rewrite(name, 1), checkpointName: (name) => rewrite(name, 0) };
 }
 
+/** Families whose tensor names are OLMoE's. */
+const SAME_NAMES: Pick<Architecture, 'canonicalName' | 'checkpointName'> = { canonicalName: (name) => name, checkpointName: (name) => name };
+
+/**
+ * Mixtral's and Granite-MoE's config: the expert count is num_local_experts, the top-k gates are always renormalised
+ * (Mixtral: softmax → top-k → divide by their sum; Granite: softmax over the top-k logits, the same), no q/k norms.
+ */
+const LOCAL_EXPERTS_CONFIG: Pick<Architecture, 'normalizeConfig' | 'configKey'> = {
+  normalizeConfig: (raw) => {
+    const { num_local_experts: experts, ...rest } = raw;
+    return { ...rest, num_experts: experts, norm_topk_prob: true, qk_norm: false };
+  },
+  configKey: (canonical) => (canonical === 'num_experts' ? 'num_local_experts' : canonical),
+};
+
 const OLMOE: Architecture = {
   modelType: 'olmoe',
   label: 'OLMoE',
   normalizeConfig: (raw) => ({ ...raw, qk_norm: true }),
   configKey: (canonical) => canonical,
-  canonicalName: (name) => name,
-  checkpointName: (name) => name,
+  ...SAME_NAMES,
 };
 
 // Mixtral (transformers' MixtralForCausalLM): the MoE block is block_sparse_moe, experts' w1 = gate, w3 = up, w2 = down.
 const MIXTRAL: Architecture = {
   modelType: 'mixtral',
   label: 'Mixtral',
-  normalizeConfig: (raw) => {
-    const { num_local_experts: experts, ...rest } = raw;
-    // Mixtral always renormalises the top-k weights (softmax → top-k → divide by their sum) and has no q/k norms.
-    return { ...rest, num_experts: experts, norm_topk_prob: true, qk_norm: false };
-  },
-  configKey: (canonical) => (canonical === 'num_experts' ? 'num_local_experts' : canonical),
+  ...LOCAL_EXPERTS_CONFIG,
   ...renamer([
     ['mlp.gate.weight', 'block_sparse_moe.gate.weight'],
     ['mlp.experts.{E}.gate_proj.weight', 'block_sparse_moe.experts.{E}.w1.weight'],
@@ -99,8 +108,7 @@ const QWEN2_MOE: Architecture = {
     };
   },
   configKey: (canonical) => (canonical === 'intermediate_size' ? 'moe_intermediate_size' : canonical),
-  canonicalName: (name) => name,
-  checkpointName: (name) => name,
+  ...SAME_NAMES,
 };
 
 // Granite-MoE (transformers' GraniteMoeForCausalLM): top-k of the router logits then softmax over them (= softmax,
@@ -109,11 +117,7 @@ const QWEN2_MOE: Architecture = {
 const GRANITE_MOE: Architecture = {
   modelType: 'granitemoe',
   label: 'Granite-MoE',
-  normalizeConfig: (raw) => {
-    const { num_local_experts: experts, ...rest } = raw;
-    return { ...rest, num_experts: experts, norm_topk_prob: true, qk_norm: false };
-  },
-  configKey: (canonical) => (canonical === 'num_experts' ? 'num_local_experts' : canonical),
+  ...LOCAL_EXPERTS_CONFIG,
   ...renamer([['mlp.gate.weight', 'block_sparse_moe.router.layer.weight']]),
   fusedExperts: { input: 'block_sparse_moe.input_linear.weight', output: 'block_sparse_moe.output_linear.weight' },
 };
