@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { convertOlmoeToGguf } from '../src/convert/olmoe-to-gguf.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { logSoftmax } from '../src/engine/sampling.ts';
 import type { ModelConfig } from '../src/engine/package.ts';
 import { tinyConfig, writeTinyPackage, type TinyPackageOptions } from '../test/fixtures/tiny-package.ts';
 import { engineConfig } from '../test/helpers.ts';
@@ -89,16 +90,6 @@ async function complete(url: string, prompt: number[], nPredict: number, nProbs:
   });
   if (!res.ok) throw new Error(`llama-server /completion: HTTP ${res.status} ${await res.text()}`);
   return (await res.json()) as Completion;
-}
-
-/** log-softmax of one row of logits. */
-function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - lse);
 }
 
 async function compareOne(checkpoint: Checkpoint, opts: Options, tmp: string): Promise<Agreement & { k: number; renormalize: boolean }> {
