@@ -3,9 +3,9 @@
  *
  * In one process, times MoeModel.forward for decode steps at batch 1, 8 and 32 (each sequence one new token after a
  * past of 64–256 tokens) with the per-sequence attention path (one run per sequence and layer) and the batched one
- * (attention.ts; with and without the KvSlab), interleaved within each repeat, medians. Two expert runners: the
- * configured worker pool (the whole step) and a null runner that returns zeros (the trunk alone). Also times the
- * padded K/V gather alone.
+ * (attention.ts: the attention core over the KV caches, native kernel or its TypeScript twin), interleaved within
+ * each repeat, medians. Two expert runners: the configured worker pool (the whole step) and a null runner that
+ * returns zeros (the trunk alone).
  */
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../src/config.ts';
@@ -13,7 +13,6 @@ import { Engine } from '../src/engine/engine.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
 import { MoeModel, type ExpertRunner, type ModelOptions } from '../src/engine/model.ts';
 import type { KvCache } from '../src/engine/kv-cache.ts';
-import { gatherPadded, planGroup } from '../src/engine/attention.ts';
 import { commandLine, publish } from './record.ts';
 import { fmt, markdownTable, median, ratio } from './stats.ts';
 
@@ -57,7 +56,7 @@ try {
     ['batched/pool', await load(engine.pool, { attention: 'batched' })],
     ['overlap/pool', await load(engine.pool, { attention: 'batched', microBatchMinTokens: 2 })],
     ['per-sequence/trunk', await load(nullRunner, { attention: 'per-sequence' })],
-    ['batched-no-slab/trunk', await load(nullRunner, { attention: 'batched', kvSlab: false })],
+    ['batched-typescript/trunk', await load(nullRunner, { attention: 'batched', attentionKernel: 'typescript' })],
     ['batched/trunk', await load(nullRunner, { attention: 'batched' })],
   ];
 
@@ -86,36 +85,22 @@ try {
         if (r >= 2) (times[name] ??= []).push(ms); // the first two repeats warm up
       }
     }
-    // The padded gather alone (keys and values, every layer), as the batched path without the slab does it per step.
-    const caches = cachesOf.get(variants[0][1])!;
-    const group = planGroup(caches.map((cache, i) => ({ cache, row: i, n: 1 })), batch, c.num_attention_heads);
-    const scratch = new Float32Array(batch * group.keys * c.hidden_size);
-    const gather: number[] = [];
-    for (let r = 0; r < repeats; r++) {
-      const started = performance.now();
-      for (let l = 0; l < c.num_hidden_layers; l++) {
-        gatherPadded(group, l, c.hidden_size, scratch, 'keys');
-        gatherPadded(group, l, c.hidden_size, scratch, 'values');
-      }
-      gather.push(performance.now() - started);
-    }
     const m = (k: string) => median(times[k]);
     rows.push([batch, fmt(m('per-sequence/pool'), 2), fmt(m('batched/pool'), 2), fmt(ratio(m('per-sequence/pool'), m('batched/pool')), 2),
       fmt(m('overlap/pool'), 2), fmt(ratio(m('batched/pool'), m('overlap/pool')), 2),
-      fmt(m('per-sequence/trunk'), 2), fmt(m('batched-no-slab/trunk'), 2), fmt(m('batched/trunk'), 2),
-      fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2), fmt(median(gather), 2)]);
+      fmt(m('per-sequence/trunk'), 2), fmt(m('batched-typescript/trunk'), 2), fmt(m('batched/trunk'), 2),
+      fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2)]);
     console.error(`batch ${batch} done`);
   }
   const table = markdownTable(
-    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched without slab (ms)', 'trunk, batched (ms)', 'trunk speedup', 'K/V gather (ms)'],
+    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched, TypeScript kernel (ms)', 'trunk, batched (ms)', 'trunk speedup'],
     rows,
   );
   publish([table], [
     `decode steps, one token per sequence, pasts 64–256 at the start (one longer each step); medians of ${repeats} interleaved repeats (after 2 warm-up)`,
     '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
-    '"batched": one fused run per layer for small steps, else projection + one core run per decode length bucket (128 positions), each bucket\'s padded keys kept in a KvSlab between steps; "without slab": one decode group gathered afresh each step',
+    '"batched": per layer one projection run, the native attention kernel over the KV caches in place, one output run; "TypeScript kernel": the same with the kernel\'s plain TypeScript twin (what runs where the addon is not built)',
     '"two micro-batches": the batched step split in two halves whose attention and experts overlap (experts.overlapMinTokens 2; bit-identical outputs)',
-    '"K/V gather": copying every sequence\'s cached keys and values into the padded [B, heads, Tk, head_dim] buffers, all layers: what the slab saves per step',
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });
 } finally {

@@ -1,7 +1,7 @@
 /**
  * Grouped-query attention (num_key_value_heads < num_attention_heads): the KV cache holds only the key/value heads,
- * each serving `group` query heads. The gateway (batched and per-sequence attention, fused and two-run paths, KV
- * slabs) against the TS reference, batch invariance bit for bit, and greedy decoding through the cache.
+ * each serving `group` query heads. The gateway (per-sequence attention, and batched attention with the native kernel
+ * and its TypeScript twin) against the TS reference, batch invariance bit for bit, and greedy decoding through the cache.
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,7 +39,7 @@ for (const [heads, kvHeads] of [[4, 2], [4, 1]] as const) {
       const pkg = loadModelPackage(dir);
       const models = await Promise.all([
         MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attention: 'per-sequence' }),
-        MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], fusedAttentionMaxFloats: 0 }),
+        MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], attentionKernel: 'typescript' }),
         Promise.resolve(engine.model),
       ]);
       for (const model of models) {

@@ -16,6 +16,7 @@ import { Sequence } from './sequence.ts';
 import { TextCodec } from './tokenizer.ts';
 import { ChatTemplate } from './chat-template.ts';
 import { log } from '../log.ts';
+import { nativeAttention } from './cached-attention.ts';
 import { PrefixCache } from './prefix-cache.ts';
 import { ResponseCache } from './response-cache.ts';
 import {
@@ -69,6 +70,8 @@ export class Engine implements GenerationService {
         executionProviders: config.onnx.executionProviders.trunk,
         microBatchMinTokens: config.experts.overlapMinTokens ?? Infinity,
       });
+      const attention = nativeAttention();
+      if (!attention.available) log.warn('attention runs in TypeScript (slower): the native kernel is unavailable', { reason: attention.reason });
       const codec = new TextCodec(pkg.tokenizerJson, pkg.tokenizerConfig);
       const caches = {
         prefix: new PrefixCache({ modelId: `${pkg.id}:${pkg.dir}`, layers: c.num_hidden_layers, ...config.cache.prefix }),

@@ -1,14 +1,11 @@
 /**
  * Per-sequence attention cache. For each layer, keys and values are stored head-major — [heads, capacity,
- * head_dim], head h's positions one contiguous run — so that batched attention gathers a sequence's keys with one
- * copy per head straight into the [B, heads, Tk, head_dim] layout its MatMuls read (a position-major cache needs a
- * float-by-float transpose there: measured 3–4× slower at batch 32). Rows go in and out position-major
+ * head_dim], head h's positions one contiguous run — which the attention kernel (cached-attention.ts) reads in
+ * place: one query head's dot products walk consecutive floats. Rows go in and out position-major
  * ([n, heads · head_dim], heads side by side), as the graphs produce them and the prefix cache stores them.
  */
 export class KvCache {
   length = 0;
-  /** Counts write() calls: lets a copy of the rows (KvSlab) tell whether the cache changed since it looked. */
-  writes = 0;
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
   /** Positions each layer's arrays have room for. */
@@ -21,6 +18,11 @@ export class KvCache {
     this.capacity = new Array<number>(layers).fill(capacity);
     this.keys = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
     this.values = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
+  }
+
+  /** Positions a layer's arrays have room for now (they grow on write): keys[layer] is [heads, capacity, head_dim]. */
+  capacityOf(layer: number): number {
+    return this.capacity[layer];
   }
 
   /** The valid rows of a layer, position-major [length, rowSize] (copies). */
@@ -39,7 +41,6 @@ export class KvCache {
    */
   write(layer: number, keys: Float32Array, values: Float32Array): void {
     const n = keys.length / this.rowSize;
-    this.writes++;
     if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2));
     this.put(this.keys[layer], layer, keys, n);
     this.put(this.values[layer], layer, values, n);
@@ -47,7 +48,7 @@ export class KvCache {
 
   /**
    * Copies a layer's first `count` positions into `out` at `offset` as [heads, stride, head_dim], zeros in
-   * positions count..stride (batched attention's padded [B, heads, Tk, head_dim] input).
+   * positions count..stride (the per-sequence reference path's past keys and values).
    */
   gather(layer: number, which: 'keys' | 'values', count: number, out: Float32Array, offset: number, stride: number): void {
     const source = which === 'keys' ? this.keys[layer] : this.values[layer];

@@ -13,11 +13,11 @@ import ort from 'onnxruntime-node';
 import type { ExpertPool } from '../../experts/pool.ts';
 import { createSession } from '../../experts/kernels/ort-session.ts';
 import { KvCache } from './kv-cache.ts';
-import { KvSlab } from './kv-slab.ts';
 import { readTensors } from './safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
-import { attentionCoreGraph, attentionFusedGraph, gatherPadded, groupSequences, headsOf, planGroup, projectionGraph, type AttentionGroup, type StepSequence } from './attention.ts';
+import { attendReference, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';
+import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 
 export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
@@ -44,53 +44,34 @@ export interface ModelOptions {
   trunkThreads: number;
   executionProviders: string[];
   /**
-   * 'batched' (default): one or two runs per layer for all of a step's sequences (attention.ts). 'per-sequence': one run
-   * per sequence and layer, the earlier path, kept as the reference for tests and benchmarks.
+   * 'batched' (default): per layer one projection run over all of a step's tokens, the attention core over the KV
+   * caches (cached-attention.ts), one output run. 'per-sequence': one run per sequence and layer, the earlier path,
+   * kept as the reference for tests and benchmarks.
    */
   attention?: 'batched' | 'per-sequence';
-  /** Batched attention runs as one fused graph per layer when the padded keys have at most this many floats (B·Tk·d). */
-  fusedAttentionMaxFloats?: number;
-  /** false: gather decode groups' padded keys afresh every step instead of keeping them in KvSlabs. */
-  kvSlab?: boolean;
-  /** Decode length buckets merge when the extra padded floats cost less than this (default: one run's cost); 0: never. */
-  bucketMergeFloats?: number;
   /**
    * Steps with at least this many tokens (and two or more sequences) run as two micro-batches whose attention and
    * experts overlap (config experts.overlapMinTokens); undefined or Infinity: never.
    */
   microBatchMinTokens?: number;
-}
-
-/** Reused padded key/value buffers of a step (grown, never shrunk), so steps do not allocate them afresh. */
-interface Scratch {
-  keys: Float32Array;
-  values: Float32Array;
+  /** 'typescript': the attention core in plain TypeScript even where the native kernel is built (tests, benchmarks). */
+  attentionKernel?: 'native' | 'typescript';
 }
 
 interface AttentionSessions {
   perSequence?: ort.InferenceSession[];
   projection?: ort.InferenceSession[];
-  core?: ort.InferenceSession[];
-  fused?: ort.InferenceSession[];
+  output?: ort.InferenceSession[];
 }
 
-/**
- * Largest padded key tensor (B·Tk·d floats) for which a step runs attention as one fused graph per layer: below it
- * one run's fixed cost outweighs the extra copy of the padded keys and values the fused graph makes.
- */
-const FUSED_MAX_FLOATS = 1 << 17;
-
 export class MoeModel {
-  /** Per micro-batch slot (0, 1): reused padded key/value buffers; taken by a step, so a concurrent forward allocates. */
-  private scratch: Array<Scratch | null> = [null, null];
-  /**
-   * Per micro-batch slot: decode groups' slabs by stride (length bucket); taken by a step, so a concurrent forward
-   * gathers instead.
-   */
-  private slabs: Array<Map<number, KvSlab> | null> = [new Map(), new Map()];
-
   /** Query and key/value head geometry (grouped-query attention), fixed by the config. */
   private readonly heads: ReturnType<typeof headsOf>;
+
+  /** The attention core over the KV caches: the native kernel, or the TypeScript one where the addon is not built. */
+  private readonly attend: AttentionKernel;
+  /** Which of the two `attend` is. */
+  readonly attentionKernel: 'native' | 'typescript';
 
   private constructor(
     readonly config: ModelConfig,
@@ -103,6 +84,10 @@ export class MoeModel {
     private readonly options: ModelOptions,
   ) {
     this.heads = headsOf(config);
+    const shape = { heads: this.heads.heads, kvHeads: this.heads.kvHeads, headDim: this.heads.headDim, scale: attentionScale(config) };
+    const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape);
+    this.attend = native ?? attendReference(shape);
+    this.attentionKernel = native ? 'native' : 'typescript';
   }
 
   /** Top-k routing as config.json sets it: num_experts_per_tok, norm_topk_prob. */
@@ -136,12 +121,10 @@ export class MoeModel {
       for (const l of layers) sessions.perSequence.push(await create(attentionGraph(c, l, w)));
     } else {
       sessions.projection = [];
-      sessions.core = [];
-      sessions.fused = [];
+      sessions.output = [];
       for (const l of layers) {
         sessions.projection.push(await create(projectionGraph(c, l, w)));
-        sessions.core.push(await create(attentionCoreGraph(c, l, w)));
-        sessions.fused.push(await create(attentionFusedGraph(c, l, w)));
+        sessions.output.push(await create(attentionOutputGraph(c, l, w)));
       }
     }
     const routers = layers.map((l) => ({
@@ -183,14 +166,13 @@ export class MoeModel {
     let x: Float32Array;
     let layers: LayerTrace[];
     if (parts.length === 1) {
-      this.slabs[1]?.clear(); // the second micro-batch's slabs would keep sequences that may have ended
-      ({ x, layers } = await this.layers(inputs, embedded, 0, options.onRouted));
+      ({ x, layers } = await this.layers(inputs, embedded, options.onRouted));
     } else {
       const split = parts[0].reduce((n, s) => n + s.tokens.length, 0) * d;
       // allSettled: a half that fails must not leave the other writing K/V rows after forward has returned.
       const settled = await Promise.allSettled([
-        this.layers(parts[0], embedded.slice(0, split), 0),
-        this.layers(parts[1], embedded.slice(split), 1),
+        this.layers(parts[0], embedded.slice(0, split)),
+        this.layers(parts[1], embedded.slice(split)),
       ]);
       const failed = settled.find((r) => r.status === 'rejected');
       if (failed) throw failed.reason;
@@ -219,157 +201,58 @@ export class MoeModel {
   }
 
   /**
-   * The decoder layers over `inputs` (one micro-batch, `slot` 0 or 1: whose reused buffers it takes), x [tokens, d]
+   * The decoder layers over `inputs` (the step, or one of its two micro-batches), x [tokens, d]
    * their embedded tokens: per layer x = x + attention(x); x = x + moe(x). Returns the final residual stream and
    * each layer's trace. Does not advance the caches' lengths (forward does, once every micro-batch is done).
    */
   private async layers(
     inputs: SequenceInput[],
     x: Float32Array,
-    slot: number,
     onRouted?: RoutedHook,
   ): Promise<{ x: Float32Array; layers: LayerTrace[] }> {
     const c = this.config;
     const tokens = inputs.reduce((n, s) => n + s.tokens.length, 0);
-    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs, slot);
+    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
     const layers: LayerTrace[] = [];
-    let ok = false;
-    try {
-      for (let layer = 0; layer < c.num_hidden_layers; layer++) {
-        const { h, moeInput } = await attention.run(layer, x); // h = x + attention(x)
-        layers.push(await moeLayer({ // h = h + moe(h)
-          layer, h, moeInput, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
-          routing: this.routing, capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
-        }));
-        x = h;
-      }
-      ok = true;
-    } finally {
-      attention.done(ok);
+    for (let layer = 0; layer < c.num_hidden_layers; layer++) {
+      const { h, moeInput } = await attention(layer, x); // h = x + attention(x)
+      layers.push(await moeLayer({ // h = h + moe(h)
+        layer, h, moeInput, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
+        routing: this.routing, capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
+      }));
+      x = h;
     }
     return { x, layers };
   }
 
   /**
-   * attention(x) for all of a step's sequences: per layer one projection run over the packed tokens, the new k/v
-   * rows appended to each cache, then one core run per group (attention.ts). Rotary tables, masks and index
-   * tensors are built once per step.
+   * attention(x) for all of a step's sequences, per layer: one projection run over the packed tokens, their new k/v
+   * rows written to each cache, the attention core over the caches in place (cached-attention.ts), then one output
+   * run (o_proj, residual, post-attention norm).
    */
-  private batchedAttention(inputs: SequenceInput[], slot: number): StepAttention {
+  private batchedAttention(inputs: SequenceInput[]): StepAttention {
     const d = this.config.hidden_size;
-    const { kvHeads, headDim, kvDim } = this.heads;
+    const { kvDim } = this.heads;
     const projection = this.sessions.projection!;
-    const core = this.sessions.core!;
+    const output = this.sessions.output!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
-    const sequences: StepSequence[] = [];
-    let row = 0;
-    for (const s of inputs) {
-      sequences.push({ cache: s.cache, row, n: s.tokens.length });
-      row += s.tokens.length;
-    }
+    const sequences: CachedSequence[] = inputs.map((s) => ({ cache: s.cache, past: s.cache.length, n: s.tokens.length }));
     const { cos, sin } = this.rotaryPacked(sequences, total);
-    const memberLists = groupSequences(sequences.filter((s) => s.n > 0));
-    let groups = memberLists.map((m) => planGroup(m, total, kvHeads));
-    const padded = Math.max(0, ...groups.map((g) => g.slots * g.keys * kvDim));
-    const fused = groups.length === 1 && groups[0].wholeStep && padded <= (this.options.fusedAttentionMaxFloats ?? FUSED_MAX_FLOATS);
-    // Decode tokens (n = 1 each) run in length buckets, each keeping its padded keys in a slab between steps.
-    const decode = !fused && memberLists.length > 0 && memberLists[0].every((s) => s.n === 1) ? memberLists[0] : null;
-    const slabs = decode && this.options.kvSlab !== false ? this.slabs[slot] : null;
-    const slabbed: Array<{ slab: KvSlab; members: StepSequence[]; slotOf: number[]; group: AttentionGroup }> = [];
-    if (slabs) {
-      this.slabs[slot] = null;
-      for (const [stride, members] of decodeBuckets(decode!, kvDim, this.options.bucketMergeFloats ?? RUN_COST_FLOATS)) {
-        let slab = slabs.get(stride);
-        if (!slab) slabs.set(stride, (slab = new KvSlab(this.config.num_hidden_layers, kvHeads, headDim, stride)));
-        const layout = slab.prepare(members);
-        slabbed.push({ slab, members, slotOf: layout.slotOf, group: planGroup(members, total, kvHeads, layout) });
+    const attended = new Float32Array(total * d);
+    return async (layer, x) => {
+      const xTensor = new ort.Tensor('float32', x, [total, d]);
+      const qkv = await projection[layer].run({ x: xTensor, cos, sin });
+      const k = qkv.k.data as Float32Array;
+      const v = qkv.v.data as Float32Array;
+      let at = 0;
+      for (const s of sequences) {
+        s.cache.write(layer, k.subarray(at * kvDim, (at + s.n) * kvDim), v.subarray(at * kvDim, (at + s.n) * kvDim));
+        at += s.n;
       }
-      // A bucket no sequence is in anymore drops its slab (and the caches it refers to).
-      for (const stride of [...slabs.keys()]) if (!slabbed.some((b) => b.slab.stride === stride)) slabs.delete(stride);
-      groups = [...slabbed.map((b) => b.group), ...groups.slice(1)];
-    }
-    // Taken for the step; a concurrent forward (tools calling it directly) gets its own buffers.
-    const scratch = this.scratch[slot] ?? { keys: new Float32Array(0), values: new Float32Array(0) };
-    this.scratch[slot] = null;
-    const slabOf = new Map(slabbed.map((b) => [b.group, b.slab]));
-    const gathered = Math.max(0, ...groups.filter((g) => !slabOf.has(g)).map((g) => g.slots * g.keys * kvDim));
-    if (scratch.keys.length < gathered) {
-      scratch.keys = new Float32Array(gathered);
-      scratch.values = new Float32Array(gathered);
-    }
-    return {
-      run: async (layer, x) => {
-        const xTensor = new ort.Tensor('float32', x, [total, d]);
-        if (fused) {
-          const group = groups[0];
-          const dims = [group.slots, kvHeads, group.keys, headDim];
-          const out = await this.sessions.fused![layer].run({
-            x: xTensor, cos, sin, q_index: group.qIndex, out_index: group.outIndex, mask: group.mask, new_index: group.newIndex,
-            past_keys: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.keys, 'keys', true), dims),
-            past_values: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.values, 'values', true), dims),
-          });
-          const k = out.new_k.data as Float32Array;
-          const v = out.new_v.data as Float32Array;
-          for (const s of sequences) s.cache.write(layer, k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim));
-          return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
-        }
-        const qkv = await projection[layer].run({ x: xTensor, cos, sin });
-        const q = qkv.q.data as Float32Array;
-        const k = qkv.k.data as Float32Array;
-        const v = qkv.v.data as Float32Array;
-        for (const s of sequences) s.cache.write(layer, k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim));
-        for (const b of slabbed) {
-          b.members.forEach((s, m) => b.slab.append(layer, b.slotOf[m], k.subarray(s.row * kvDim, (s.row + s.n) * kvDim), v.subarray(s.row * kvDim, (s.row + s.n) * kvDim)));
-        }
-        if (groups.length === 1 && groups[0].wholeStep) {
-          const out = await this.runCore(core[layer], groups[0], layer, x, q, scratch, slabOf.get(groups[0]) ?? null);
-          return { h: out.h, moeInput: out.moeInput };
-        }
-        const h = new Float32Array(total * d);
-        const moeInput = new Float32Array(total * d);
-        for (const group of groups) {
-          const gx = packRows(x, group, d);
-          const gq = packRows(q, group, d);
-          const out = await this.runCore(core[layer], group, layer, gx, gq, scratch, slabOf.get(group) ?? null);
-          unpackRows(out.h, h, group, d);
-          unpackRows(out.moeInput, moeInput, group, d);
-        }
-        return { h, moeInput };
-      },
-      done: (ok) => {
-        this.scratch[slot] = scratch;
-        if (slabs) {
-          for (const b of slabbed) {
-            if (ok) b.slab.commit(b.members, b.slotOf);
-            else b.slab.reset();
-          }
-          this.slabs[slot] = slabs;
-        }
-      },
-    };
-  }
-
-  private async runCore(session: ort.InferenceSession, group: AttentionGroup, layer: number, x: Float32Array, q: Float32Array, scratch: Scratch, slab: KvSlab | null) {
-    const d = this.config.hidden_size;
-    const { kvHeads, headDim, kvDim } = this.heads;
-    const dims = [group.slots, kvHeads, group.keys, headDim];
-    if (slab) {
-      const { keys, values } = slab.view(layer, group.slots);
-      const out = await session.run({
-        x: new ort.Tensor('float32', x, [group.tokens, d]), q: new ort.Tensor('float32', q, [group.tokens, d]),
-        q_index: group.qIndex, out_index: group.outIndex, mask: group.mask,
-        keys: new ort.Tensor('float32', keys, dims), values: new ort.Tensor('float32', values, dims),
-      });
+      this.attend(layer, qkv.q.data as Float32Array, attended, sequences);
+      const out = await output[layer].run({ x: xTensor, attended: new ort.Tensor('float32', attended, [total, d]) });
       return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
-    }
-    const out = await session.run({
-      x: new ort.Tensor('float32', x, [group.tokens, d]),
-      q: new ort.Tensor('float32', q, [group.tokens, d]),
-      q_index: group.qIndex, out_index: group.outIndex, mask: group.mask,
-      keys: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.keys, 'keys'), dims),
-      values: new ort.Tensor('float32', gatherPadded(group, layer, kvDim, scratch.values, 'values'), dims),
-    });
-    return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
+    };
   }
 
   /** The earlier path: one attention run per sequence and layer (attentionGraph). */
@@ -386,43 +269,42 @@ export class MoeModel {
       for (let i = 0; i < n; i++) mask.fill(-Infinity, i * (past + n) + past + i + 1, (i + 1) * (past + n));
       return { past, n, ...rotary, mask: new ort.Tensor('float32', mask, [n, past + n]) };
     });
-    return {
-      run: async (layer, x) => {
-        const h = new Float32Array(total * d);
-        const moeInput = new Float32Array(total * d);
-        let row = 0;
-        for (const [i, s] of inputs.entries()) {
-          const q = perSequence[i];
-          const pastK = new Float32Array(q.past * kvDim);
-          const pastV = new Float32Array(q.past * kvDim);
-          s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
-          s.cache.gather(layer, 'values', q.past, pastV, 0, q.past);
-          const out = await sessions[layer].run({
-            x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
-            cos: q.cos, sin: q.sin, mask: q.mask,
-            past_k: new ort.Tensor('float32', pastK, [kvHeads, q.past, headDim]),
-            past_v: new ort.Tensor('float32', pastV, [kvHeads, q.past, headDim]),
-          });
-          h.set(out.h.data as Float32Array, row * d);
-          moeInput.set(out.moe_input.data as Float32Array, row * d);
-          s.cache.write(layer, out.new_k.data as Float32Array, out.new_v.data as Float32Array);
-          row += q.n;
-        }
-        return { h, moeInput };
-      },
-      done: () => {},
+    return async (layer, x) => {
+      const h = new Float32Array(total * d);
+      const moeInput = new Float32Array(total * d);
+      let row = 0;
+      for (const [i, s] of inputs.entries()) {
+        const q = perSequence[i];
+        const pastK = new Float32Array(q.past * kvDim);
+        const pastV = new Float32Array(q.past * kvDim);
+        s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
+        s.cache.gather(layer, 'values', q.past, pastV, 0, q.past);
+        const out = await sessions[layer].run({
+          x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
+          cos: q.cos, sin: q.sin, mask: q.mask,
+          past_k: new ort.Tensor('float32', pastK, [kvHeads, q.past, headDim]),
+          past_v: new ort.Tensor('float32', pastV, [kvHeads, q.past, headDim]),
+        });
+        h.set(out.h.data as Float32Array, row * d);
+        moeInput.set(out.moe_input.data as Float32Array, row * d);
+        s.cache.write(layer, out.new_k.data as Float32Array, out.new_v.data as Float32Array);
+        row += q.n;
+      }
+      return { h, moeInput };
     };
   }
 
-  /** cos/sin [N, 1, head_dim] for each packed token at its own position. */
-  private rotaryPacked(sequences: StepSequence[], total: number) {
+  /** cos/sin [N, 1, head_dim] for each packed token (sequences back to back) at its own position. */
+  private rotaryPacked(sequences: CachedSequence[], total: number) {
     const { headDim } = this.heads;
     const cos = new Float32Array(total * headDim);
     const sin = new Float32Array(total * headDim);
+    let row = 0;
     for (const s of sequences) {
-      const r = this.rotary(s.cache.length, s.n);
-      cos.set(r.cos.data as Float32Array, s.row * headDim);
-      sin.set(r.sin.data as Float32Array, s.row * headDim);
+      const r = this.rotary(s.past, s.n);
+      cos.set(r.cos.data as Float32Array, row * headDim);
+      sin.set(r.sin.data as Float32Array, row * headDim);
+      row += s.n;
     }
     return { cos: new ort.Tensor('float32', cos, [total, 1, headDim]), sin: new ort.Tensor('float32', sin, [total, 1, headDim]) };
   }
@@ -443,31 +325,8 @@ export class MoeModel {
   }
 }
 
-/** x = x + attention(x) for one step, layer by layer; done() releases the step's buffers. */
-interface StepAttention {
-  run(layer: number, x: Float32Array): Promise<{ h: Float32Array; moeInput: Float32Array }>;
-  /** ok: every layer ran. */
-  done(ok: boolean): void;
-}
-
-/** The group's rows of a packed [N, d] array, sequences back to back in group order. */
-function packRows(x: Float32Array, group: AttentionGroup, d: number): Float32Array {
-  const out = new Float32Array(group.tokens * d);
-  let at = 0;
-  for (const s of group.members) {
-    out.set(x.subarray(s.row * d, (s.row + s.n) * d), at * d);
-    at += s.n;
-  }
-  return out;
-}
-
-function unpackRows(from: Float32Array, into: Float32Array, group: AttentionGroup, d: number): void {
-  let at = 0;
-  for (const s of group.members) {
-    into.set(from.subarray(at * d, (at + s.n) * d), s.row * d);
-    at += s.n;
-  }
-}
+/** h = x + attention(x) and moe_input = post_attention_layernorm(h) at one layer of a step. */
+type StepAttention = (layer: number, x: Float32Array) => Promise<{ h: Float32Array; moeInput: Float32Array }>;
 
 /**
  * The step's sequences as two micro-batches of about equal tokens, in input order (so their rows stay contiguous),
@@ -513,33 +372,4 @@ function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
     workers: [...workers.values()].sort((x, y) => x.worker - y.worker),
     dispatchMs: a.dispatchMs + b.dispatchMs,
   };
-}
-
-/** Decode sequences' length buckets: a slab's stride is its bucket's end, so a sequence's row is padded by < this. */
-const DECODE_BUCKET = 128;
-
-/**
- * A core run's fixed cost, as padded floats of keys it could have read instead: a shorter bucket joins a longer one
- * when the extra padding costs less than a run.
- */
-const RUN_COST_FLOATS = 1 << 16;
-
-/**
- * Decode sequences by length bucket, [stride, members] longest first: stride = the bucket's end (p + n rounded up to
- * DECODE_BUCKET), so shorter sequences are not padded to the longest one's length; buckets whose extra padding in
- * the next longer bucket would cost less than a run are merged into it.
- */
-function decodeBuckets(members: StepSequence[], d: number, mergeFloats: number): Array<[number, StepSequence[]]> {
-  const byStride = new Map<number, StepSequence[]>();
-  for (const s of members) {
-    const stride = Math.ceil((s.cache.length + s.n) / DECODE_BUCKET) * DECODE_BUCKET;
-    byStride.set(stride, [...(byStride.get(stride) ?? []), s]);
-  }
-  const buckets: Array<[number, StepSequence[]]> = [];
-  for (const [stride, list] of [...byStride.entries()].sort((a, b) => b[0] - a[0])) {
-    const last = buckets[buckets.length - 1];
-    if (last && list.length * (last[0] - stride) * d < mergeFloats) last[1].push(...list);
-    else buckets.push([stride, list]);
-  }
-  return buckets;
 }
