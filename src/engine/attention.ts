@@ -111,8 +111,9 @@ export function projectionGraph(c: ModelConfig, layer: number, w: Weights): Uint
 
 /**
  * Output graph, after the attention core (cached-attention.ts): h = x + o_proj(attended) (× residual_multiplier), then
- * moe_input = post_attention_layernorm(h) and the shared expert, if any. Inputs: x, attended [N, d]. Outputs: h,
- * moe_input [N, d].
+ * moe_input = post_attention_layernorm(h), the shared expert, if any, and the router's logits moe_input · Wᵀ in fp32
+ * (Switch Transformer's router precision; onnxruntime's MatMul instead of a JavaScript loop on the main thread).
+ * Inputs: x, attended [N, d]. Outputs: h, moe_input [N, d], router_logits [N, experts].
  */
 export function attentionOutputGraph(c: ModelConfig, layer: number, w: Weights): Uint8Array {
   const d = c.hidden_size;
@@ -121,7 +122,9 @@ export function attentionOutputGraph(c: ModelConfig, layer: number, w: Weights):
   const x = g.input('x', ['tokens', d]);
   const h = g.op('Add', [x, residualScaled(g, c, g.linear(g.input('attended', ['tokens', d]), 'o_proj', w(t.o), d, d))]);
   const moeInput = g.rmsNorm(h, g.weight('post_norm', w(t.postNorm), [d]), c.rms_norm_eps);
+  const routerLogits = g.linear(moeInput, 'router', w(t.router), c.num_experts, d);
   g.output(withSharedExpert(g, c, layer, w, h, moeInput), 'h', ['tokens', d]);
   g.output(moeInput, 'moe_input', ['tokens', d]);
+  g.output(routerLogits, 'router_logits', ['tokens', c.num_experts]);
   return g.toBytes();
 }

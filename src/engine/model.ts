@@ -215,9 +215,9 @@ export class MoeModel {
     const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
     const layers: LayerTrace[] = [];
     for (let layer = 0; layer < c.num_hidden_layers; layer++) {
-      const { h, moeInput } = await attention(layer, x); // h = x + attention(x)
+      const { h, moeInput, routerLogits } = await attention(layer, x); // h = x + attention(x)
       layers.push(await moeLayer({ // h = h + moe(h)
-        layer, h, moeInput, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
+        layer, h, moeInput, routerLogits, tokens, d: c.hidden_size, experts: c.num_experts, router: this.routers[layer],
         routing: this.routing, capacityFactor: this.options.capacityFactor, runner: this.runner, onRouted,
       }));
       x = h;
@@ -251,7 +251,7 @@ export class MoeModel {
       }
       this.attend(layer, qkv.q.data as Float32Array, attended, sequences);
       const out = await output[layer].run({ x: xTensor, attended: new ort.Tensor('float32', attended, [total, d]) });
-      return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array };
+      return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array, routerLogits: out.router_logits.data as Float32Array };
     };
   }
 
@@ -325,8 +325,8 @@ export class MoeModel {
   }
 }
 
-/** h = x + attention(x) and moe_input = post_attention_layernorm(h) at one layer of a step. */
-type StepAttention = (layer: number, x: Float32Array) => Promise<{ h: Float32Array; moeInput: Float32Array }>;
+/** h = x + attention(x), moe_input = post_attention_layernorm(h) and, if computed, the router's logits at one layer. */
+type StepAttention = (layer: number, x: Float32Array) => Promise<{ h: Float32Array; moeInput: Float32Array; routerLogits?: Float32Array }>;
 
 /**
  * The step's sequences as two micro-batches of about equal tokens, in input order (so their rows stay contiguous),

@@ -51,10 +51,13 @@ export interface Routing {
 
 /**
  * Top-k routing of x [tokens, d]. Dropped experts get -inf logits, so the softmax and the choice range over the
- * remaining ones (k must not exceed them).
+ * remaining ones (k must not exceed them). `logits` [tokens, experts]: x · Wᵀ when the caller computed them already
+ * (the batched trunk's output graph); overwritten with the mask.
  */
-export function route(x: Float32Array, router: RouterWeights, tokens: number, d: number, experts: number, routing: Routing = { k: 1, renormalize: false }): Gating {
-  const logits = routerLogits(x, router.weights, tokens, d, experts);
+export function route(
+  x: Float32Array, router: RouterWeights, tokens: number, d: number, experts: number, routing: Routing = { k: 1, renormalize: false },
+  logits: Float32Array = routerLogits(x, router.weights, tokens, d, experts),
+): Gating {
   for (const e of router.dropped) for (let t = 0; t < tokens; t++) logits[t * experts + e] = -Infinity;
   return topK(logits, tokens, experts, routing.k, routing.renormalize);
 }
@@ -65,6 +68,8 @@ export interface MoeLayerArgs {
   h: Float32Array;
   /** post_attention_layernorm(h), [tokens, d]: what the router and the experts see. */
   moeInput: Float32Array;
+  /** moe_input · routerᵀ [tokens, experts] if the trunk computed them; else route() does. */
+  routerLogits?: Float32Array;
   tokens: number;
   d: number;
   experts: number;
@@ -81,7 +86,7 @@ export type RoutedHook = (layer: number, moeInput: Float32Array, expert: Int32Ar
 
 /** h += moe(moeInput): route, plan, run the experts, combine (Σ over the k choices of gate × output). Returns the layer's trace. */
 export async function moeLayer(a: MoeLayerArgs): Promise<LayerTrace> {
-  const gating = route(a.moeInput, a.router, a.tokens, a.d, a.experts, a.routing);
+  const gating = route(a.moeInput, a.router, a.tokens, a.d, a.experts, a.routing, a.routerLogits);
   a.onRouted?.(a.layer, a.moeInput, gating.expert, gating.k);
   const plan = planDispatch(gating.expert, a.experts, a.capacityFactor, gating.k);
   const started = performance.now();
