@@ -114,7 +114,8 @@ export class Engine implements GenerationService {
     if (cached) return replay(cached, options);
     const context = this.pkg.config.max_position_embeddings;
     const seed = request.sampling.doSample ? (request.sampling.seed ?? randomInt(2 ** 32)) : null;
-    const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(), this.codec,
+    const positions = Math.min(context, promptIds.length + request.maxNewTokens);
+    const sequence = new Sequence(this.nextId++, request, promptIds, this.model.newCache(positions), this.codec,
       this.pkg.config.eos_token_id, context, seed, options);
     await this.scheduler.submit(sequence);
     const result = sequence.result();

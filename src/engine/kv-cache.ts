@@ -12,12 +12,16 @@ export class KvCache {
   private readonly capacity: number[];
   readonly headDim: number;
 
-  /** rowSize = heads · head_dim; heads = 1 makes the layout plain position-major. */
-  constructor(layers: number, readonly rowSize: number, capacity = 64, readonly heads = 1) {
+  /**
+   * rowSize = heads · head_dim; heads = 1 makes the layout plain position-major. `capacity`: positions to make room
+   * for at the first write (nothing is allocated before, so a queued request holds no cache memory); beyond it the
+   * arrays grow by doubling.
+   */
+  constructor(layers: number, readonly rowSize: number, private readonly initialCapacity = 64, readonly heads = 1) {
     this.headDim = rowSize / heads;
-    this.capacity = new Array<number>(layers).fill(capacity);
-    this.keys = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
-    this.values = Array.from({ length: layers }, () => new Float32Array(capacity * rowSize));
+    this.capacity = new Array<number>(layers).fill(0);
+    this.keys = Array.from({ length: layers }, () => new Float32Array(0));
+    this.values = Array.from({ length: layers }, () => new Float32Array(0));
   }
 
   /** Positions a layer's arrays have room for now (they grow on write): keys[layer] is [heads, capacity, head_dim]. */
@@ -41,7 +45,7 @@ export class KvCache {
    */
   write(layer: number, keys: Float32Array, values: Float32Array): void {
     const n = keys.length / this.rowSize;
-    if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2));
+    if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2, this.initialCapacity));
     this.put(this.keys[layer], layer, keys, n);
     this.put(this.values[layer], layer, values, n);
   }

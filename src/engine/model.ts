@@ -140,9 +140,14 @@ export class MoeModel {
       inverseFrequencies, runner, options);
   }
 
-  newCache(): KvCache {
+  /**
+   * A KV cache with room for `positions` (default 64; it grows by doubling beyond). Sized to what a request can
+   * reach (prompt + max new tokens), it never grows: each growth allocates and copies every layer's arrays, and
+   * that churn of large buffers is what drove the main thread's full garbage collections under load.
+   */
+  newCache(positions = 64): KvCache {
     const { kvHeads, kvDim } = this.heads;
-    return new KvCache(this.config.num_hidden_layers, kvDim, 64, kvHeads);
+    return new KvCache(this.config.num_hidden_layers, kvDim, Math.max(1, positions), kvHeads);
   }
 
   /**
