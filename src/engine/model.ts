@@ -104,10 +104,10 @@ export class MoeModel {
     const w = (name: string) => weights.get(name)!;
     const sessionOptions: Omit<ort.InferenceSession.SessionOptions, 'executionProviders'> = {
       intraOpNumThreads: options.trunkThreads, interOpNumThreads: 1, graphOptimizationLevel: 'all',
-      // No CPU arena and no memory patterns: the batched attention runs shapes that change every step (batch, new
-      // tokens, padded past), and the arena kept growing with them (+48 MB over 400 random steps, still rising,
-      // against +10 MB without it; bench/soak.ts: the resident set did not level off); per-shape memory patterns
-      // are never reused for the same reason. Measured faster without both, too.
+      // No CPU arena and no memory patterns: the trunk's runs see shapes that change every step (the step's token
+      // count), and the arena kept growing with them (+48 MB over 400 random steps, still rising, against +10 MB
+      // without it; bench/soak.ts: the resident set did not level off); per-shape memory patterns are never reused
+      // for the same reason. Measured faster without both, too.
       enableCpuMemArena: false, enableMemPattern: false,
       // With more than one intra-op thread, ORT's pool threads spin after each run by default: on a machine whose
       // cores the expert workers also use, the spinning takes their time (steps 3-4x slower on 2 cores).

@@ -10,7 +10,8 @@
  *
  * Trunk time (embedding, attention, LM head) is what is left of forward once dispatch and routing are taken out:
  * the model reports no finer split, and timing inside it would mean editing it. Routing is measured by replaying
- * the router on the captured inputs after the run (same code, same shapes), so it adds nothing to the timed steps.
+ * the caller's routing function on the captured inputs after the run (same shapes), so it adds nothing to the timed
+ * steps.
  */
 import type { LayerTrace, MoeModel, SequenceInput, StepOutput } from './model.ts';
 import type { StepObserver } from './scheduler.ts';
