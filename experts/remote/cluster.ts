@@ -1,0 +1,67 @@
+/**
+ * Joining a Switchyard cluster on NATS: the connection (token or credentials from config), the JetStream key-value
+ * bucket that holds the cluster placement and the hosts' announcements, and the subject names.
+ *
+ *   <cluster>.expert.<layer>.<expert>   request/reply: one expert batch (wire.ts); every host serving that expert
+ *                                       subscribes in the queue group <cluster>-experts, so NATS sends each batch
+ *                                       to one live replica
+ *   KV bucket <cluster>: `placement`     the cluster placement (src/placement/cluster.ts), JSON
+ *                        `host.<id>`     a host's announcement (id, workers, cores, memory), JSON
+ */
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm, type KV } from '@nats-io/kv';
+
+export interface ClusterOptions {
+  /** nats://host:port (several, comma-separated, for a NATS cluster). */
+  url: string;
+  /** Names the cluster: the subject prefix and the key-value bucket. Letters, digits, _ and -. */
+  cluster: string;
+  /** NATS token auth; null: none. */
+  token: string | null;
+  /** A NATS credentials file (JWT + nkey seed, `nsc` style); null: none. */
+  credentialsFile: string | null;
+}
+
+export const PLACEMENT_KEY = 'placement';
+export const hostKey = (hostId: string) => `host.${hostId}`;
+export const expertSubject = (cluster: string, layer: number, expert: number) => `${cluster}.expert.${layer}.${expert}`;
+export const expertQueue = (cluster: string) => `${cluster}-experts`;
+
+/** What a host announces when it joins (KV `host.<id>`). */
+export interface HostAnnouncement {
+  hostId: string;
+  workers: number;
+  cores: number;
+  memoryBytes: number;
+  startedAt: string;
+}
+
+export interface ClusterConnection {
+  nc: NatsConnection;
+  kv: KV;
+  close(): Promise<void>;
+}
+
+/** Connects and opens (creating if needed) the cluster's key-value bucket; `name` shows in the server's monitoring. */
+export async function joinCluster(options: ClusterOptions, name: string): Promise<ClusterConnection> {
+  const authenticator = options.credentialsFile ? credsAuthenticator(readFileSync(options.credentialsFile)) : undefined;
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: options.url.split(',').map((s) => s.trim()), name,
+      ...(options.token ? { token: options.token } : {}), ...(authenticator ? { authenticator } : {}),
+      // Keep trying to reconnect after a NATS server restart; requests in the meantime fail and are retried.
+      maxReconnectAttempts: -1, reconnectTimeWait: 250,
+    });
+  } catch (error) {
+    throw new Error(`cannot reach NATS at ${options.url} (${(error as Error).message}): start nats-server with JetStream (nats-server -js) or fix nats.url`, { cause: error });
+  }
+  try {
+    const kv = await new Kvm(nc).create(options.cluster, { history: 1 });
+    return { nc, kv, close: async () => { await nc.drain().catch(() => nc.close()); } };
+  } catch (error) {
+    await nc.close();
+    throw new Error(`NATS at ${options.url} has no JetStream (${(error as Error).message}): start nats-server with -js`, { cause: error });
+  }
+}

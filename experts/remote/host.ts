@@ -1,0 +1,147 @@
+/**
+ * An expert host: a process on another machine that serves expert batches to gateways over NATS
+ * (`switchyard expert-host`). It runs a local ExpertPool (Piscina workers), watches the cluster placement in the
+ * JetStream key-value bucket, and serves exactly the experts the placement gives it:
+ *
+ *   placement changes → load the new experts on its workers (round-robin), then subscribe to their subjects (queue
+ *   group: NATS balances replicas), then unsubscribe from the experts it lost (drain: batches already received are
+ *   answered), then unload them — the same load-first, swap, drain, unload order as local placement changes.
+ *
+ * Each request is one expert batch (wire.ts); the reply carries the output rows, or an error message (a batch for
+ * an expert this host no longer serves, a failed worker) that the gateway answers by trying another replica.
+ */
+import { cpus, totalmem } from 'node:os';
+import type { Msg, Subscription } from '@nats-io/transport-node';
+import type { ExpertPool } from '../pool.ts';
+import { log } from '../../src/log.ts';
+import { expertsOfHost, parseClusterPlacement } from '../../src/placement/cluster.ts';
+import type { ExpertKey, Placement } from '../../src/placement/placement.ts';
+import { expertQueue, expertSubject, hostKey, PLACEMENT_KEY, type ClusterConnection, type HostAnnouncement } from './cluster.ts';
+import { decodeRequest, encodeReply } from './wire.ts';
+
+export interface ExpertHostOptions {
+  hostId: string;
+  cluster: string;
+  layers: number;
+  experts: number;
+  hidden: number;
+}
+
+const keyOf = (k: ExpertKey) => `${k.layer}.${k.expert}`;
+
+export class ExpertHost {
+  private readonly subscriptions = new Map<string, Subscription>();
+  private applying: Promise<void> = Promise.resolve();
+  private stopWatching: (() => void) | null = null;
+  private closed = false;
+  /** Batches answered since start (tests and logs). */
+  served = 0;
+
+  private constructor(private readonly connection: ClusterConnection, private readonly pool: ExpertPool, private readonly options: ExpertHostOptions) {}
+
+  /** Announces the host, then follows the cluster placement until close(). */
+  static async start(connection: ClusterConnection, pool: ExpertPool, options: ExpertHostOptions): Promise<ExpertHost> {
+    const host = new ExpertHost(connection, pool, options);
+    const announcement: HostAnnouncement = {
+      hostId: options.hostId, workers: pool.workerCount, cores: cpus().length, memoryBytes: totalmem(), startedAt: new Date().toISOString(),
+    };
+    await connection.kv.put(hostKey(options.hostId), JSON.stringify(announcement));
+    // The watch delivers the current placement first (if any), then every change.
+    const watch = await connection.kv.watch({ key: PLACEMENT_KEY });
+    host.stopWatching = () => watch.stop();
+    void (async () => {
+      for await (const entry of watch) if (entry.operation === 'PUT') host.follow(entry.string());
+    })();
+    log.info('expert host joined the cluster', { host: options.hostId, cluster: options.cluster, workers: pool.workerCount });
+    return host;
+  }
+
+  /** The experts this host serves now ("layer.expert"). */
+  get serving(): string[] {
+    return [...this.subscriptions.keys()].sort();
+  }
+
+  /** Resolves once every placement seen so far has been applied. */
+  settled(): Promise<void> {
+    return this.applying;
+  }
+
+  private follow(json: string): void {
+    this.applying = this.applying.then(() => this.apply(json)).catch((error) => {
+      log.error('expert host could not apply the cluster placement; it keeps serving what it had', { host: this.options.hostId, error: (error as Error).message });
+    });
+  }
+
+  private async apply(json: string): Promise<void> {
+    if (this.closed) return;
+    const placement = parseClusterPlacement(JSON.parse(json), this.options.layers, this.options.experts);
+    const wanted = expertsOfHost(placement, this.options.hostId);
+    const wantedKeys = new Set(wanted.map(keyOf));
+    const lost = [...this.subscriptions.keys()].filter((k) => !wantedKeys.has(k));
+    const gained = wanted.filter((k) => !this.subscriptions.has(keyOf(k)));
+    if (gained.length === 0 && lost.length === 0) return;
+    // 1. load: the pool keeps what it has and adds the new experts (round-robin over its workers).
+    await this.pool.applyPlacement(this.localPlacement(wanted));
+    // 2. swap: take batches for the new experts.
+    for (const k of gained) {
+      const subscription = this.connection.nc.subscribe(expertSubject(this.options.cluster, k.layer, k.expert), {
+        queue: expertQueue(this.options.cluster),
+        callback: (error, msg) => {
+          if (!error) void this.answer(msg);
+        },
+      });
+      this.subscriptions.set(keyOf(k), subscription);
+    }
+    // 3. drain: stop taking batches for the lost experts, answering the ones already received.
+    await Promise.all(lost.map(async (k) => {
+      await this.subscriptions.get(k)!.drain();
+      this.subscriptions.delete(k);
+    }));
+    log.info('expert host follows the cluster placement', { host: this.options.hostId, serving: wanted.length, gained: gained.length, lost: lost.length });
+  }
+
+  /** A pool placement holding exactly `wanted`: experts already on a worker stay there, new ones go round-robin. */
+  private localPlacement(wanted: ExpertKey[]): Placement {
+    const { layers, experts } = this.options;
+    const current = this.pool.placement;
+    const workers = this.pool.workerCount;
+    const hosts: number[][][] = Array.from({ length: layers }, () => Array.from({ length: experts }, () => []));
+    let next = 0;
+    for (const k of wanted) {
+      const held = current.hosts[k.layer]?.[k.expert] ?? [];
+      hosts[k.layer][k.expert] = held.length > 0 ? [...held] : [next++ % workers];
+    }
+    return { workers, hosts };
+  }
+
+  private async answer(msg: Msg): Promise<void> {
+    let reply: Uint8Array;
+    try {
+      const request = decodeRequest(msg.data);
+      if (request.hidden !== this.options.hidden) throw new Error(`batch of width ${request.hidden}, but this host's model has hidden size ${this.options.hidden}: gateway and host serve different models`);
+      if (!this.subscriptions.has(`${request.layer}.${request.expert}`)) throw new Error(`host ${this.options.hostId} does not serve expert ${request.layer}.${request.expert}`);
+      const rows = Array.from({ length: request.tokens }, (_, i) => i);
+      const outcome = await this.pool.runLayer(request.layer, request.rows, { batches: [{ expert: request.expert, rows }], overflow: [], capacity: request.tokens });
+      const output = new Float32Array(request.tokens * request.hidden);
+      for (const b of outcome.batches) {
+        b.rows.forEach((row, i) => output.set(b.output.subarray(i * request.hidden, (i + 1) * request.hidden), row * request.hidden));
+      }
+      const computeMs = outcome.workers.reduce((m, w) => Math.max(m, w.computeMs), 0);
+      reply = encodeReply({ ok: true, tokens: request.tokens, hidden: request.hidden, computeMs, output });
+      this.served++;
+    } catch (error) {
+      reply = encodeReply({ ok: false, error: (error as Error).message });
+    }
+    msg.respond(reply);
+  }
+
+  /** Leaves the cluster: stops following the placement, drains the subscriptions (answering batches received). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stopWatching?.();
+    await this.applying;
+    await Promise.all([...this.subscriptions.values()].map((s) => s.drain().catch(() => undefined)));
+    this.subscriptions.clear();
+    await this.connection.kv.delete(hostKey(this.options.hostId)).catch(() => undefined);
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * Experts on expert hosts over a real NATS server (nats-server -js on a free loopback port): the wire format, the
+ * cluster placement, hosts following the placement from the key-value bucket, and the gateway's runner giving the
+ * same logits as experts in its own pool; failover to a replica when a host drops out, and the local fallback when
+ * no host serves an expert any more.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ExpertPool } from '../experts/pool.ts';
+import { joinCluster, PLACEMENT_KEY, type ClusterConnection } from '../experts/remote/cluster.ts';
+import { ExpertHost } from '../experts/remote/host.ts';
+import { ClusterExpertRunner } from '../experts/remote/runner.ts';
+import { decodeReply, decodeRequest, encodeReply, encodeRequest, WireError } from '../experts/remote/wire.ts';
+import { MoeModel } from '../src/engine/model.ts';
+import { loadModelPackage, type ModelPackage } from '../src/engine/package.ts';
+import { ClusterPlacementError, expertsOfHost, GATEWAY_HOST, parseClusterPlacement, type ClusterPlacementFile } from '../src/placement/cluster.ts';
+import type { Placement } from '../src/placement/placement.ts';
+import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { maxAbsDiff } from './helpers.ts';
+
+describe('expert batch wire format', () => {
+  it('round-trips requests and replies, from any byte offset', () => {
+    const rows = Float32Array.from({ length: 3 * 4 }, (_, i) => i * 0.5 - 2);
+    const bytes = encodeRequest({ layer: 2, expert: 7, tokens: 3, hidden: 4, rows });
+    const shifted = new Uint8Array(bytes.length + 3);
+    shifted.set(bytes, 3);
+    const back = decodeRequest(shifted.subarray(3));
+    expect([back.layer, back.expert, back.tokens, back.hidden]).toEqual([2, 7, 3, 4]);
+    expect(Array.from(back.rows)).toEqual(Array.from(rows));
+    const reply = decodeReply(encodeReply({ ok: true, tokens: 3, hidden: 4, computeMs: 1.25, output: rows }));
+    expect(reply.ok && reply.computeMs).toBe(1.25);
+    expect(reply.ok && Array.from(reply.output)).toEqual(Array.from(rows));
+    expect(decodeReply(encodeReply({ ok: false, error: 'no such expert' }))).toEqual({ ok: false, error: 'no such expert' });
+  });
+
+  it('refuses truncated, foreign and mis-sized messages with a WireError', () => {
+    const bytes = encodeRequest({ layer: 0, expert: 0, tokens: 2, hidden: 4, rows: new Float32Array(8) });
+    expect(() => decodeRequest(bytes.subarray(0, 10))).toThrow(/shorter than its 24-byte header/);
+    expect(() => decodeRequest(bytes.subarray(0, bytes.length - 4))).toThrow(WireError);
+    const foreign = bytes.slice();
+    foreign[0] ^= 0xff;
+    expect(() => decodeRequest(foreign)).toThrow(/bad magic/);
+    expect(() => encodeRequest({ layer: 0, expert: 0, tokens: 2, hidden: 4, rows: new Float32Array(7) })).toThrow(/expected 2 × 4/);
+  });
+});
+
+describe('cluster placement', () => {
+  it('lists each host\'s experts and refuses unplaced or out-of-range experts', () => {
+    const file: ClusterPlacementFile = { assignments: [
+      { layer: 0, expert: 0, hosts: ['a'] }, { layer: 0, expert: 1, hosts: ['b', 'a'] },
+      { layer: 1, expert: 0, hosts: [GATEWAY_HOST] }, { layer: 1, expert: 1, hosts: ['b'] },
+    ] };
+    const p = parseClusterPlacement(file, 2, 2);
+    expect(p.hosts[0][1]).toEqual(['a', 'b']);
+    expect(expertsOfHost(p, 'a')).toEqual([{ layer: 0, expert: 0 }, { layer: 0, expert: 1 }]);
+    expect(() => parseClusterPlacement({ assignments: file.assignments.slice(1) }, 2, 2)).toThrow(/unplaced \(layer.expert\): 0.0/);
+    expect(() => parseClusterPlacement({ assignments: [...file.assignments, { layer: 5, expert: 0, hosts: ['a'] }] }, 2, 2)).toThrow(ClusterPlacementError);
+    expect(() => parseClusterPlacement({ assignments: [{ layer: 0, expert: 0, hosts: ['bad host'] }] }, 1, 1)).toThrow(/host id/);
+  });
+});
+
+/** nats-server from PATH or Debian's /usr/sbin; test/ensure-deps.sh installs it. */
+function natsServerBinary(): string {
+  for (const candidate of ['nats-server', '/usr/sbin/nats-server']) {
+    if (spawnSync(candidate, ['--version']).status === 0) return candidate;
+  }
+  throw new Error('nats-server is not installed: run `bash test/ensure-deps.sh` (it installs Debian\'s nats-server)');
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/** Starts nats-server with JetStream on a free loopback port; resolves with its URL once it accepts connections. */
+export async function startNats(): Promise<{ url: string; process: ChildProcess }> {
+  const port = await freePort();
+  const store = mkdtempSync(join(tmpdir(), 'sy-nats-'));
+  const child = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr!.on('data', (d) => (log += d));
+  const deadline = Date.now() + 10_000;
+  while (!/Server is ready/.test(log)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nats-server did not start: ${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { url: `nats://127.0.0.1:${port}`, process: child };
+}
+
+const config = tinyConfig();
+const dir = writeTinyPackage(config, 21);
+const L = config.num_hidden_layers;
+const E = config.num_experts;
+
+function emptyPlacement(workers: number): Placement {
+  return { workers, hosts: Array.from({ length: L }, () => Array.from({ length: E }, () => [])) };
+}
+
+function fullPlacement(workers: number): Placement {
+  return { workers, hosts: Array.from({ length: L }, (_, l) => Array.from({ length: E }, (_, e) => [(l * E + e) % workers])) };
+}
+
+function startPool(pkg: ModelPackage, placement: Placement): Promise<ExpertPool> {
+  return ExpertPool.start({
+    weightsFile: pkg.weightsFile, modelType: pkg.config.model_type, hidden: pkg.config.hidden_size, ffn: pkg.config.intermediate_size,
+    placement, threadsPerWorker: 1, executionProviders: ['cpu'],
+  });
+}
+
+const cluster = (url: string) => ({ url, cluster: 'sytest', token: null, credentialsFile: null });
+
+describe('experts on expert hosts over NATS', () => {
+  let nats: { url: string; process: ChildProcess };
+  let pkg: ModelPackage;
+  const hosts: Array<{ host: ExpertHost; pool: ExpertPool; connection: ClusterConnection }> = [];
+  let gateway: ClusterConnection;
+  let gatewayPool: ExpertPool;
+  let referencePool: ExpertPool;
+  let reference: MoeModel;
+
+  beforeAll(async () => {
+    nats = await startNats();
+    pkg = loadModelPackage(dir);
+    for (const id of ['host-a', 'host-b']) {
+      const pool = await startPool(pkg, emptyPlacement(1));
+      const connection = await joinCluster(cluster(nats.url), id);
+      hosts.push({ host: await ExpertHost.start(connection, pool, { hostId: id, cluster: 'sytest', layers: L, experts: E, hidden: config.hidden_size }), pool, connection });
+    }
+    gateway = await joinCluster(cluster(nats.url), 'gateway');
+    gatewayPool = await startPool(pkg, emptyPlacement(1));
+    referencePool = await startPool(pkg, fullPlacement(2));
+    reference = await MoeModel.load(pkg, referencePool, { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'] });
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const h of hosts) {
+      await h.host.close().catch(() => undefined);
+      await h.connection.close().catch(() => undefined);
+      await h.pool.close();
+    }
+    await gateway?.close();
+    await gatewayPool?.close();
+    await referencePool?.close();
+    nats?.process.kill('SIGKILL');
+  });
+
+  /** Publishes a placement and waits until both hosts serve what it gives them. */
+  async function publish(file: ClusterPlacementFile) {
+    const placement = parseClusterPlacement(file, L, E);
+    await gateway.kv.put(PLACEMENT_KEY, JSON.stringify(file));
+    const deadline = Date.now() + 15_000;
+    for (const [i, id] of ['host-a', 'host-b'].entries()) {
+      const want = expertsOfHost(placement, id).map((k) => `${k.layer}.${k.expert}`).sort();
+      while (JSON.stringify(hosts[i].host.serving) !== JSON.stringify(want)) {
+        if (Date.now() > deadline) throw new Error(`${id} serves ${hosts[i].host.serving.join(',')}, not ${want.join(',')}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    return placement;
+  }
+
+  async function logitsOf(model: MoeModel, prompts: number[][]) {
+    const out = await model.forward(prompts.map((tokens) => ({ cache: model.newCache(), tokens, allPositions: true })));
+    return out.logits;
+  }
+
+  const PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8], [40, 41, 42], [200, 100, 50, 25, 12, 6]];
+
+  it('gives the logits of experts in the gateway\'s own pool, with every expert remote and some on both hosts', async () => {
+    const placement = await publish({ assignments: Array.from({ length: L * E }, (_, g) => ({
+      layer: Math.floor(g / E), expert: g % E, hosts: g % 3 === 0 ? ['host-a', 'host-b'] : [g % 2 ? 'host-a' : 'host-b'],
+    })) });
+    const runner = new ClusterExpertRunner(gateway.nc, gatewayPool, placement, { cluster: 'sytest', hidden: config.hidden_size, requestTimeoutMs: 2000, attempts: 3, localFallback: false });
+    const model = await MoeModel.load(pkg, runner, { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'] });
+    const [want, got] = [await logitsOf(reference, PROMPTS), await logitsOf(model, PROMPTS)];
+    got.forEach((l, i) => expect(maxAbsDiff(l, want[i])).toBe(0));
+    expect(hosts[0].host.served).toBeGreaterThan(0);
+    expect(hosts[1].host.served).toBeGreaterThan(0);
+    expect(runner.failovers).toBe(0);
+  }, 60_000);
+
+  it('fails over to the replica when a host drops out, and falls back to the gateway\'s workers when no host is left', async () => {
+    // Every expert on host-a; layer 0 also on host-b.
+    const placement = await publish({ assignments: Array.from({ length: L * E }, (_, g) => ({
+      layer: Math.floor(g / E), expert: g % E, hosts: g < E ? ['host-a', 'host-b'] : ['host-a'],
+    })) });
+    const runner = new ClusterExpertRunner(gateway.nc, gatewayPool, placement, { cluster: 'sytest', hidden: config.hidden_size, requestTimeoutMs: 500, attempts: 2, localFallback: true });
+    const model = await MoeModel.load(pkg, runner, { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'] });
+    const want = await logitsOf(reference, PROMPTS);
+    // host-a leaves without a word: its connection closes, so NATS drops its subscriptions.
+    await hosts[0].connection.nc.close();
+    const served = hosts[1].host.served;
+    const got = await logitsOf(model, PROMPTS);
+    got.forEach((l, i) => expect(maxAbsDiff(l, want[i])).toBe(0));
+    expect(hosts[1].host.served).toBeGreaterThan(served); // layer 0 went to the replica
+    expect(runner.failovers).toBeGreaterThan(0); // layers 1.. fell back to the gateway
+    expect(gatewayPool.placement.hosts[1].some((ws) => ws.length > 0)).toBe(true);
+    expect(runner.clusterPlacement.hosts[1][0]).toContain(GATEWAY_HOST);
+  }, 60_000);
+});
