@@ -93,6 +93,8 @@ Options:
   --host H        interface to listen on (env HOST; default 127.0.0.1)
   --port N        TCP port, 0 for a free one (env PORT; default 8080)
   --workers K     expert worker threads (env SWITCHYARD_WORKERS; default: one per CPU core)
+  --nats URL      join the expert cluster on this NATS server (nats.url): experts run on expert hosts as the
+                  cluster placement says (nats.placementFile); see docs/scale-out.md
   -h, --help      show this help
 
 Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|warn|error|silent sets logging.`,
@@ -102,13 +104,16 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       host: { type: 'string' },
       port: { type: 'string' },
       workers: { type: 'string' },
+      nats: { type: 'string' },
     },
     async run(values) {
+      const nats = strFlag(values, 'nats');
       const overrides: ConfigInput = {
         model: strFlag(values, 'model'),
         host: strFlag(values, 'host'),
         port: intFlag(values, 'port', 0),
         workers: intFlag(values, 'workers', 1),
+        ...(nats ? { nats: { url: nats } } : {}),
       };
       const config = loadConfig({ file: strFlag(values, 'config'), overrides });
       // Listening for signals first: one that arrives while the model loads (or just after 'listening' is logged)
@@ -120,6 +125,47 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       log.info('signal received', { signal });
       const report = await server.close();
       return report.cut > 0 ? 1 : 0;
+    },
+  },
+  'expert-host': {
+    summary: 'Serve experts to gateways on other machines, over NATS',
+    usage: `Usage: switchyard expert-host --nats URL [options]
+
+Joins the expert cluster on NATS, announces itself, and serves the experts the cluster placement gives this host
+(the placement lives in the cluster's JetStream key-value bucket; a gateway started with nats.placementFile
+publishes it, and hosts follow every change: load, subscribe, drain, unload). Runs no HTTP server.
+SIGTERM or SIGINT leaves the cluster: batches already received are answered, then the workers stop.
+
+Options:
+  --nats URL      NATS server(s) with JetStream, e.g. nats://10.0.0.5:4222 (nats.url)
+  --host-id ID    this host's id in the cluster placement (default: the machine's name)
+  --workers K     expert worker threads (env SWITCHYARD_WORKERS; default: one per CPU core)
+  --model DIR     model package folder, the gateway's (env SWITCHYARD_MODEL; default models/switchyard-moe)
+  --config FILE   JSON configuration file: nats.cluster, nats.token, nats.credentialsFile, experts.*, onnx.*
+  -h, --help      show this help`,
+    options: {
+      nats: { type: 'string' },
+      'host-id': { type: 'string' },
+      workers: { type: 'string' },
+      model: { type: 'string' },
+      config: { type: 'string' },
+    },
+    async run(values) {
+      const nats = strFlag(values, 'nats');
+      const config = loadConfig({
+        file: strFlag(values, 'config'),
+        overrides: { model: strFlag(values, 'model'), workers: intFlag(values, 'workers', 1), ...(nats ? { nats: { url: nats } } : {}) },
+      });
+      if (!config.nats.url) throw new UsageError('--nats URL is required (or nats.url in the configuration)');
+      const hostId = strFlag(values, 'host-id');
+      if (hostId !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(hostId)) throw new UsageError('--host-id: 1-64 letters, digits, _ or -');
+      const signalled = shutdownSignal();
+      const { startExpertHost } = await import('./expert-host.ts');
+      const running = await startExpertHost(config, hostId);
+      const signal = await signalled;
+      log.info('signal received', { signal });
+      await running.close();
+      return 0;
     },
   },
   prune: {

@@ -196,6 +196,34 @@ const OpenAiSchema = z.strictObject({
     .describe("false: the /v1 routes serve every request with the loaded model whatever its `model` field says (as TGI does); true: a model id other than the served one gets 404."),
 });
 
+const NatsSchema = z.strictObject({
+  url: z
+    .string()
+    .min(1)
+    .nullable()
+    .default(null)
+    .describe('NATS server(s) of the expert cluster, e.g. nats://10.0.0.5:4222 (comma-separated for a NATS cluster); null: every expert runs in this gateway. `switchyard serve --nats URL` sets it.'),
+  cluster: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, _ or -')
+    .default('switchyard')
+    .describe('Cluster name: the prefix of the expert subjects and the JetStream key-value bucket holding the cluster placement. Gateways and hosts of one cluster use the same name.'),
+  placementFile: z
+    .string()
+    .min(1)
+    .nullable()
+    .default(null)
+    .describe('JSON cluster placement ({"assignments": [{"layer", "expert", "hosts": [host ids, "gateway" for this gateway]}]}) that the gateway publishes at start; null uses the one already in the bucket.'),
+  token: z.string().min(1).nullable().default(null).describe('NATS token (nats-server --auth); also $SWITCHYARD_NATS_TOKEN.'),
+  credentialsFile: z.string().min(1).nullable().default(null).describe('NATS credentials file (JWT + nkey seed) for decentralized auth.'),
+  requestTimeoutMs: int(1).default(2000).describe('How long the gateway waits for a host to answer one expert batch before it tries another replica.'),
+  attempts: int(1, 10).default(3).describe('Tries per expert batch across the replicas before the local fallback (or an error).'),
+  localFallback: z
+    .boolean()
+    .default(true)
+    .describe('true: an expert no host answers for is loaded on the gateway\'s own workers; false: its requests fail with 503 and nothing else is affected.'),
+});
+
 export const ConfigSchema = z
   .strictObject({
     host: z.string().min(1).default('127.0.0.1').describe('Interface to listen on (0.0.0.0 listens on all).'),
@@ -224,6 +252,7 @@ export const ConfigSchema = z
     shutdown: ShutdownSchema.prefault({}).describe('Graceful shutdown: stop accepting, let requests in flight finish.'),
     openai: OpenAiSchema.prefault({}).describe('The OpenAI-compatible routes (/v1/*).'),
     cors: CorsSchema.prefault({}).describe('Cross-origin (CORS) access for browser front ends; off by default.'),
+    nats: NatsSchema.prefault({}).describe('Scale-out: experts on expert hosts of other machines, over NATS (docs/scale-out.md).'),
   })
   .superRefine((config, ctx) => {
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
@@ -253,6 +282,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   shutdown: ShutdownSchema,
   openai: OpenAiSchema,
   cors: CorsSchema,
+  nats: NatsSchema,
 };
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -290,6 +320,7 @@ export const ENV_OVERRIDES: ReadonlyArray<{ name: string; path: readonly string[
   { name: 'SWITCHYARD_MODEL', path: ['model'], kind: 'string' },
   { name: 'SWITCHYARD_WORKERS', path: ['workers'], kind: 'intOrAuto' },
   { name: 'SWITCHYARD_ADMIN_TOKEN', path: ['admin', 'token'], kind: 'string' },
+  { name: 'SWITCHYARD_NATS_TOKEN', path: ['nats', 'token'], kind: 'string' },
 ];
 
 type Json = Record<string, unknown>;

@@ -4,11 +4,7 @@
  * same logits as experts in its own pool; failover to a replica when a host drops out, and the local fallback when
  * no host serves an expert any more.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExpertPool } from '../experts/pool.ts';
 import { joinCluster, PLACEMENT_KEY, type ClusterConnection } from '../experts/remote/cluster.ts';
@@ -21,6 +17,7 @@ import { ClusterPlacementError, expertsOfHost, GATEWAY_HOST, parseClusterPlaceme
 import type { Placement } from '../src/placement/placement.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { maxAbsDiff } from './helpers.ts';
+import { startNats } from './nats-helpers.ts';
 
 describe('expert batch wire format', () => {
   it('round-trips requests and replies, from any byte offset', () => {
@@ -62,40 +59,6 @@ describe('cluster placement', () => {
     expect(() => parseClusterPlacement({ assignments: [{ layer: 0, expert: 0, hosts: ['bad host'] }] }, 1, 1)).toThrow(/host id/);
   });
 });
-
-/** nats-server from PATH or Debian's /usr/sbin; test/ensure-deps.sh installs it. */
-function natsServerBinary(): string {
-  for (const candidate of ['nats-server', '/usr/sbin/nats-server']) {
-    if (spawnSync(candidate, ['--version']).status === 0) return candidate;
-  }
-  throw new Error('nats-server is not installed: run `bash test/ensure-deps.sh` (it installs Debian\'s nats-server)');
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
-/** Starts nats-server with JetStream on a free loopback port; resolves with its URL once it accepts connections. */
-export async function startNats(): Promise<{ url: string; process: ChildProcess }> {
-  const port = await freePort();
-  const store = mkdtempSync(join(tmpdir(), 'sy-nats-'));
-  const child = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr!.on('data', (d) => (log += d));
-  const deadline = Date.now() + 10_000;
-  while (!/Server is ready/.test(log)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nats-server did not start: ${log}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { url: `nats://127.0.0.1:${port}`, process: child };
-}
 
 const config = tinyConfig();
 const dir = writeTinyPackage(config, 21);

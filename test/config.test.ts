@@ -59,6 +59,10 @@ describe('loadConfig', () => {
       shutdown: { graceMs: 30000 },
       cors: { origins: [] },
       openai: { strictModel: false },
+      nats: {
+        url: null, cluster: 'switchyard', placementFile: null, token: null, credentialsFile: null, requestTimeoutMs: 2000,
+        attempts: 3, localFallback: true,
+      },
     });
   });
 

@@ -63,6 +63,11 @@ export class ClusterExpertRunner {
     return this.placement;
   }
 
+  /** A new cluster placement (the bucket changed): batches dispatched from now on follow it. */
+  setPlacement(placement: ClusterPlacement): void {
+    this.placement = placement;
+  }
+
   async runLayer(layer: number, x: Float32Array, plan: DispatchPlan): Promise<LayerOutcome> {
     const local: ExpertBatch[] = [];
     const remote: ExpertBatch[] = [];
@@ -86,6 +91,8 @@ export class ClusterExpertRunner {
         reason = `host error: ${reply.error}`;
       } catch (error) {
         reason = describe(error, requestTimeoutMs);
+        // No host subscribed right now: one may be taking the expert over (a placement change); give it a moment.
+        if (isNoResponders(error) && attempt < attempts) await new Promise((r) => setTimeout(r, NO_RESPONDERS_BACKOFF_MS * attempt));
       }
       if (attempt < attempts) this.failover({ layer, expert: batch.expert, attempt, reason, action: 'retry' });
     }
@@ -127,10 +134,16 @@ export class ClusterExpertRunner {
   }
 }
 
+/** Wait before retrying a batch that found no responder, times the attempt number (ms). */
+const NO_RESPONDERS_BACKOFF_MS = 100;
+
+const isNoResponders = (error: unknown) =>
+  error instanceof errors.NoRespondersError || (error as { cause?: unknown })?.cause instanceof errors.NoRespondersError;
+
 function describe(error: unknown, timeoutMs: number): string {
   const cause = (error as { cause?: unknown })?.cause;
   if (error instanceof errors.TimeoutError || cause instanceof errors.TimeoutError) return `no reply within ${timeoutMs} ms`;
-  if (error instanceof errors.NoRespondersError || cause instanceof errors.NoRespondersError) return 'no host serves it (no responders)';
+  if (isNoResponders(error)) return 'no host serves it (no responders)';
   return (error as Error)?.message ?? String(error);
 }
 

@@ -17,6 +17,8 @@ import { TextCodec } from './tokenizer.ts';
 import { ChatTemplate } from './chat-template.ts';
 import { log } from '../log.ts';
 import { nativeAttention } from './cached-attention.ts';
+import { followClusterPlacement, gatewayWorkerPlacement, joinAsGateway, type ClusterMode } from './cluster-mode.ts';
+import { ClusterExpertRunner } from '../../experts/remote/runner.ts';
 import { PrefixCache } from './prefix-cache.ts';
 import { ResponseCache } from './response-cache.ts';
 import {
@@ -48,11 +50,19 @@ export class Engine implements GenerationService {
   /** Live placement changes, recent expert load and rebalancing (the admin API's engine side). */
   placementAdmin!: PlacementController;
 
+  /** The expert cluster this gateway joined (config nats), or null when every expert runs here. */
+  cluster: ClusterMode | null = null;
+  private stopFollowing: () => void = () => undefined;
+
   /** `observers` see every step; those with onWorkerRestart also hear of expert worker restarts (telemetry). */
   static async load(config: Config, observers: (StepObserver & PoolObserver) | Array<StepObserver & PoolObserver> = []): Promise<Engine> {
     const pkg = loadModelPackage(config.model);
     const c = pkg.config;
-    const placement = loadPlacement(config, c.num_hidden_layers, c.num_experts);
+    // Scale-out (config nats): experts on expert hosts; this gateway's workers hold the ones the cluster gives it.
+    const cluster = config.nats.url ? await joinAsGateway(config, c.num_hidden_layers, c.num_experts) : null;
+    const placement = cluster
+      ? gatewayWorkerPlacement(cluster.placement, config.workers ?? availableParallelism())
+      : loadPlacement(config, c.num_hidden_layers, c.num_experts);
     const pool = await ExpertPool.start({
       weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
       threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
@@ -60,12 +70,19 @@ export class Engine implements GenerationService {
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
       channel: config.experts.channel,
       droppedExperts: [...pkg.droppedExperts],
+    }).catch(async (error) => {
+      await cluster?.connection.close();
+      throw error;
     });
     for (const o of [observers].flat()) if (o.onWorkerRestart) pool.onWorkerRestart((event) => o.onWorkerRestart?.(event));
     const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);
     try {
-      const model = await MoeModel.load(pkg, pool, {
+      const runner = cluster ? new ClusterExpertRunner(cluster.connection.nc, pool, cluster.placement, {
+        cluster: config.nats.cluster, hidden: c.hidden_size, requestTimeoutMs: config.nats.requestTimeoutMs,
+        attempts: config.nats.attempts, localFallback: config.nats.localFallback,
+      }) : pool;
+      const model = await MoeModel.load(pkg, runner, {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads,
         executionProviders: config.onnx.executionProviders.trunk,
         microBatchMinTokens: config.experts.overlapMinTokens ?? Infinity,
@@ -83,11 +100,19 @@ export class Engine implements GenerationService {
       const engine = new Engine(pkg, model, pool, codec, scheduler, { maxPromptTokens, maxNewTokens: config.limits.maxNewTokens },
         new ChatTemplate(pkg.tokenizerConfig), caches);
       engine.placementAdmin = placementAdmin;
+      engine.cluster = cluster;
+      if (cluster && runner instanceof ClusterExpertRunner) {
+        engine.stopFollowing = await followClusterPlacement(cluster, c.num_hidden_layers, c.num_experts, async (next) => {
+          runner.setPlacement(next);
+          await pool.applyPlacement(gatewayWorkerPlacement(next, pool.workerCount));
+        });
+      }
       placementAdmin.onChange = () => engine.notifyPlacementChange();
       placementAdmin.start();
       return engine;
     } catch (error) {
       await pool.close();
+      await cluster?.connection.close();
       throw error;
     }
   }
@@ -188,7 +213,9 @@ export class Engine implements GenerationService {
   async close(): Promise<void> {
     this.placementAdmin.stop();
     await this.scheduler.close();
+    this.stopFollowing();
     await this.pool.close();
+    await this.cluster?.connection.close();
   }
 }
 
