@@ -131,9 +131,11 @@ export interface WorkerHealth {
   error?: string;
 }
 
-/** What an observer of the pool may hear about (telemetry counts restarts). */
+/** What an observer of the expert runtime may hear about (telemetry counts restarts and failovers). */
 export interface PoolObserver {
   onWorkerRestart?(event: WorkerRestart): void;
+  /** An expert batch an expert host did not answer (scale-out, experts/remote/runner.ts). */
+  onHostFailover?(event: { layer: number; expert: number; action: 'retry' | 'local' }): void;
 }
 
 interface Submission {
@@ -468,6 +470,10 @@ export class ExpertPool {
 
   private async dispatch(placement: Placement, shards: Shard[], layer: number, x: Float32Array, plan: DispatchPlan): Promise<LayerOutcome> {
     const hidden = this.options.hidden;
+    // A batch for an expert no worker hosts would otherwise come back as nothing (its tokens silently skipping the
+    // expert): only an expert host can be asked for one (a batch racing a placement change), and it must say so.
+    const orphan = plan.batches.find((b) => placement.hosts[layer][b.expert].length === 0);
+    if (orphan) throw new Error(`expert ${layer}.${orphan.expert} is hosted by no worker of this pool`);
     const parts = assignBatches(placement, layer, plan.batches, this.options.minSplitRows ?? MIN_SPLIT_ROWS);
     const byWorker = new Map<number, typeof parts>();
     for (const part of parts) byWorker.set(part.worker, [...(byWorker.get(part.worker) ?? []), part]);

@@ -139,6 +139,11 @@ describe('experts on expert hosts over NATS', () => {
 
   const PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8], [40, 41, 42], [200, 100, 50, 25, 12, 6]];
 
+  it('refuses a batch for an expert no worker of a pool hosts, instead of returning nothing for it', async () => {
+    const x = new Float32Array(config.hidden_size);
+    await expect(gatewayPool.runLayer(0, x, { batches: [{ expert: 0, rows: [0] }], overflow: [], capacity: 1 })).rejects.toThrow(/expert 0.0 is hosted by no worker/);
+  });
+
   it('gives the logits of experts in the gateway\'s own pool, with every expert remote and some on both hosts', async () => {
     const placement = await publish({ assignments: Array.from({ length: L * E }, (_, g) => ({
       layer: Math.floor(g / E), expert: g % E, hosts: g % 3 === 0 ? ['host-a', 'host-b'] : [g % 2 ? 'host-a' : 'host-b'],

@@ -154,5 +154,9 @@ describe('experts on expert-host processes over NATS', () => {
     expect(failures).toEqual([]);
     expect(outputs.length).toBe(24);
     for (const [prompt, text] of outputs) expect(text).toBe(expected.get(prompt));
+    // The batches host-a never answered went to host-b, and the metrics say so.
+    const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+    const failovers = [...metrics.matchAll(/^moe_host_failovers(?:_total)?\{[^}]*moe_failover_action="retry"[^}]*\} (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(failovers.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
   }, 120_000);
 });

@@ -80,8 +80,10 @@ export class ExpertHost {
     const lost = [...this.subscriptions.keys()].filter((k) => !wantedKeys.has(k));
     const gained = wanted.filter((k) => !this.subscriptions.has(keyOf(k)));
     if (gained.length === 0 && lost.length === 0) return;
-    // 1. load: the pool keeps what it has and adds the new experts (round-robin over its workers).
-    await this.pool.applyPlacement(this.localPlacement(wanted));
+    // 1. load: the pool keeps what it has (the lost experts too, until their batches are answered) and adds the new
+    //    ones (round-robin over its workers).
+    const keep = [...wanted, ...lost.map((k) => { const [layer, expert] = k.split('.').map(Number); return { layer, expert }; })];
+    await this.pool.applyPlacement(this.localPlacement(keep));
     // 2. swap: take batches for the new experts.
     for (const k of gained) {
       const subscription = this.connection.nc.subscribe(expertSubject(this.options.cluster, k.layer, k.expert), {
@@ -97,6 +99,8 @@ export class ExpertHost {
       await this.subscriptions.get(k)!.drain();
       this.subscriptions.delete(k);
     }));
+    // 4. unload what no batch can reach any more.
+    if (lost.length > 0) await this.pool.applyPlacement(this.localPlacement(wanted));
     log.info('expert host follows the cluster placement', { host: this.options.hostId, serving: wanted.length, gained: gained.length, lost: lost.length });
   }
 

@@ -54,7 +54,10 @@ export class Engine implements GenerationService {
   cluster: ClusterMode | null = null;
   private stopFollowing: () => void = () => undefined;
 
-  /** `observers` see every step; those with onWorkerRestart also hear of expert worker restarts (telemetry). */
+  /**
+   * `observers` see every step; those with onWorkerRestart / onHostFailover also hear of expert worker restarts and
+   * of expert batches an expert host did not answer (telemetry).
+   */
   static async load(config: Config, observers: (StepObserver & PoolObserver) | Array<StepObserver & PoolObserver> = []): Promise<Engine> {
     const pkg = loadModelPackage(config.model);
     const c = pkg.config;
@@ -82,6 +85,9 @@ export class Engine implements GenerationService {
         cluster: config.nats.cluster, hidden: c.hidden_size, requestTimeoutMs: config.nats.requestTimeoutMs,
         attempts: config.nats.attempts, localFallback: config.nats.localFallback,
       }) : pool;
+      if (runner instanceof ClusterExpertRunner) {
+        for (const o of [observers].flat()) if (o.onHostFailover) runner.onFailover((event) => o.onHostFailover?.(event));
+      }
       const model = await MoeModel.load(pkg, runner, {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads,
         executionProviders: config.onnx.executionProviders.trunk,

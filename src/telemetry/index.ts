@@ -37,7 +37,8 @@ export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 export interface Telemetry {
   /**
    * Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line;
-   * per expert worker restart (the engine wires it to the pool) → `moe.worker.restarts`.
+   * per expert worker restart (the engine wires it to the pool) → `moe.worker.restarts`; per expert batch that an
+   * expert host did not answer (scale-out; the engine wires it to the cluster runner) → `moe.host.failovers`.
    */
   readonly observer: StepObserver & PoolObserver;
   /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
@@ -127,6 +128,14 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
       if (closed) return;
       try {
         moeMetrics.recordWorkerRestart(event.worker);
+      } catch (error) {
+        fail(error);
+      }
+    },
+    onHostFailover(event) {
+      if (closed) return;
+      try {
+        moeMetrics.recordHostFailover(event.layer, event.action);
       } catch (error) {
         fail(error);
       }

@@ -29,6 +29,7 @@ export class MoeMetrics {
   private readonly expertLoads;
   private readonly expertEvictions;
   private readonly workerRestarts;
+  private readonly hostFailovers;
 
   constructor(meter: Meter) {
     this.expertTokens = meter.createCounter(METRIC.expertTokens, {
@@ -58,6 +59,10 @@ export class MoeMetrics {
     this.workerRestarts = meter.createCounter(METRIC.workerRestarts, {
       description: 'Expert worker threads that died and were replaced by a new thread loading the worker\'s current experts.',
       unit: '{restart}',
+    });
+    this.hostFailovers = meter.createCounter(METRIC.hostFailovers, {
+      description: 'Expert batches sent again to another replica, or run on the gateway\'s own workers, because an expert host did not answer (scale-out over NATS).',
+      unit: '{batch}',
     });
     this.workerQueue = meter.createHistogram(METRIC.workerQueueDuration, {
       description: 'Time a worker task waited between submission and start, per layer task.',
@@ -126,6 +131,11 @@ export class MoeMetrics {
   /** One worker thread died and was replaced (ExpertPool.onWorkerRestart). */
   recordWorkerRestart(worker: number): void {
     this.workerRestarts.add(1, this.attrsOfWorker(worker));
+  }
+
+  /** One expert batch failed over (ClusterExpertRunner.onFailover): `action` retry (another replica) or local. */
+  recordHostFailover(layer: number, action: 'retry' | 'local'): void {
+    this.hostFailovers.add(1, { ...this.attrsOfLayer(layer), 'moe.failover.action': action });
   }
 
   private attrsOfLayer(layer: number): Attributes {

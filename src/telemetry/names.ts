@@ -86,6 +86,7 @@ export const METRIC = {
   workerExpertLoads: 'moe.worker.expert_loads',
   workerExpertEvictions: 'moe.worker.expert_evictions',
   workerRestarts: 'moe.worker.restarts',
+  hostFailovers: 'moe.host.failovers',
   dispatchDuration: 'moe.dispatch.duration',
   steps: 'moe.steps',
   stepTokens: 'moe.step.tokens',
