@@ -95,9 +95,22 @@ export interface WorkerTiming {
   residency?: { loads: number; evictions: number; thread?: number };
 }
 
+/** An expert host's share of one layer (scale-out over NATS): what it ran, and how long the gateway waited for it. */
+export interface HostTiming {
+  host: string;
+  tokens: number;
+  experts: number[];
+  /** Σ of the host's reported compute time over its batches (ms). */
+  computeMs: number;
+  /** The longest request round trip among its batches (ms). */
+  roundTripMs: number;
+}
+
 export interface LayerOutcome {
   batches: BatchOutcome[];
   workers: WorkerTiming[];
+  /** Expert hosts that ran batches of this layer (ClusterExpertRunner); absent when every expert ran here. */
+  hosts?: HostTiming[];
 }
 
 /** What a placement change did. */

@@ -28,8 +28,9 @@ describe('expert batch wire format', () => {
     const back = decodeRequest(shifted.subarray(3));
     expect([back.layer, back.expert, back.tokens, back.hidden]).toEqual([2, 7, 3, 4]);
     expect(Array.from(back.rows)).toEqual(Array.from(rows));
-    const reply = decodeReply(encodeReply({ ok: true, tokens: 3, hidden: 4, computeMs: 1.25, output: rows }));
+    const reply = decodeReply(encodeReply({ ok: true, host: 'host-ä', tokens: 3, hidden: 4, computeMs: 1.25, output: rows }));
     expect(reply.ok && reply.computeMs).toBe(1.25);
+    expect(reply.ok && reply.host).toBe('host-ä');
     expect(reply.ok && Array.from(reply.output)).toEqual(Array.from(rows));
     expect(decodeReply(encodeReply({ ok: false, error: 'no such expert' }))).toEqual({ ok: false, error: 'no such expert' });
   });

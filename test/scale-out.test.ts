@@ -115,6 +115,7 @@ describe('experts on expert-host processes over NATS', () => {
     gateway = await startServer(engineConfig(dir, {
       port: 0, workers: 1, ...noCache,
       nats: { url: nats.url, cluster: CLUSTER, placementFile, requestTimeoutMs: 1000, attempts: 4, localFallback: false },
+      admin: { token: 'scale-out-admin' },
     }));
     await Promise.all(hosts.map((h) => serving(h, L * E)));
     admin = await joinCluster({ url: nats.url, cluster: CLUSTER, token: null, credentialsFile: null }, 'test');
@@ -129,8 +130,17 @@ describe('experts on expert-host processes over NATS', () => {
     nats?.process.kill('SIGKILL');
   });
 
-  it('gives the single-process gateway\'s greedy outputs with every expert on the hosts', async () => {
+  it('gives the single-process gateway\'s greedy outputs with every expert on the hosts, and reports per-host load', async () => {
     for (const prompt of PROMPTS) expect(await stream(gateway.url, prompt, 24)).toBe(expected.get(prompt));
+    const report = await (await fetch(`${gateway.url}/admin/load`, { headers: { authorization: 'Bearer scale-out-admin' } })).json() as {
+      windows: Record<string, { tokens: number; workers: Array<{ tokens: number }>; hosts: Array<{ host: string; tokens: number; compute_ms: number }> }>;
+    };
+    const load = report.windows.since_start;
+    expect(load.hosts.map((h) => h.host)).toEqual(['host-a', 'host-b']);
+    // Every routed token ran on a host (none on the gateway's own workers): the hosts' tokens add up to the routed ones.
+    expect(load.hosts.reduce((n, h) => n + h.tokens, 0)).toBe(load.tokens * L);
+    expect(load.workers.reduce((n, w) => n + w.tokens, 0)).toBe(0);
+    expect(load.hosts.every((h) => h.compute_ms > 0)).toBe(true);
   }, 60_000);
 
   it('loses nothing while the cluster placement changes under 8 streaming clients', async () => {

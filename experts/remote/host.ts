@@ -131,7 +131,7 @@ export class ExpertHost {
         b.rows.forEach((row, i) => output.set(b.output.subarray(i * request.hidden, (i + 1) * request.hidden), row * request.hidden));
       }
       const computeMs = outcome.workers.reduce((m, w) => Math.max(m, w.computeMs), 0);
-      reply = encodeReply({ ok: true, tokens: request.tokens, hidden: request.hidden, computeMs, output });
+      reply = encodeReply({ ok: true, host: this.options.hostId, tokens: request.tokens, hidden: request.hidden, computeMs, output });
       this.served++;
     } catch (error) {
       reply = encodeReply({ ok: false, error: (error as Error).message });

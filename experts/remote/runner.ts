@@ -14,7 +14,8 @@ import { log } from '../../src/log.ts';
 import { GATEWAY_HOST, type ClusterPlacement } from '../../src/placement/cluster.ts';
 import type { Placement } from '../../src/placement/placement.ts';
 import { gatherRows, type DispatchPlan, type ExpertBatch } from '../../router/dispatch.ts';
-import type { BatchOutcome, ExpertPool, LayerOutcome } from '../pool.ts';
+import { performance } from 'node:perf_hooks';
+import type { BatchOutcome, ExpertPool, HostTiming, LayerOutcome, WorkerTiming } from '../pool.ts';
 import { expertSubject } from './cluster.ts';
 import { decodeReply, encodeRequest } from './wire.ts';
 
@@ -76,18 +77,40 @@ export class ClusterExpertRunner {
       local.length > 0 ? this.pool.runLayer(layer, x, { ...plan, batches: local }) : Promise.resolve<LayerOutcome>({ batches: [], workers: [] }),
       Promise.all(remote.map((b) => this.runRemote(layer, b, x))),
     ]);
-    return { batches: [...own.batches, ...away], workers: own.workers };
+    const hosts = new Map<string, HostTiming>();
+    for (const { outcome, host } of away) {
+      if (!host) continue; // ran on the gateway after all (local fallback)
+      const timing = hosts.get(host.host) ?? { host: host.host, tokens: 0, experts: [], computeMs: 0, roundTripMs: 0 };
+      timing.tokens += outcome.rows.length;
+      timing.experts.push(outcome.expert);
+      timing.computeMs += host.computeMs;
+      timing.roundTripMs = Math.max(timing.roundTripMs, host.roundTripMs);
+      hosts.set(host.host, timing);
+    }
+    return {
+      batches: [...own.batches, ...away.map((a) => a.outcome)], workers: [...own.workers, ...away.flatMap((a) => a.workers ?? [])],
+      hosts: [...hosts.values()].sort((a, b) => a.host.localeCompare(b.host)),
+    };
   }
 
-  private async runRemote(layer: number, batch: ExpertBatch, x: Float32Array): Promise<BatchOutcome> {
+  /** One remote batch: its outcome, and which host ran it (null when the gateway ran it after all). */
+  private async runRemote(layer: number, batch: ExpertBatch, x: Float32Array): Promise<{
+    outcome: BatchOutcome; host: { host: string; computeMs: number; roundTripMs: number } | null; workers?: WorkerTiming[];
+  }> {
     const { hidden, attempts, requestTimeoutMs } = this.options;
     const data = encodeRequest({ layer, expert: batch.expert, tokens: batch.rows.length, hidden, rows: gatherRows(x, batch.rows, hidden) });
     const subject = expertSubject(this.options.cluster, layer, batch.expert);
     let reason = '';
     for (let attempt = 1; attempt <= attempts; attempt++) {
       try {
+        const sent = performance.now();
         const reply = decodeReply((await this.nc.request(subject, data, { timeout: requestTimeoutMs })).data);
-        if (reply.ok) return { expert: batch.expert, rows: batch.rows, worker: REMOTE_WORKER, output: reply.output };
+        if (reply.ok) {
+          return {
+            outcome: { expert: batch.expert, rows: batch.rows, worker: REMOTE_WORKER, output: reply.output },
+            host: { host: reply.host, computeMs: reply.computeMs, roundTripMs: performance.now() - sent },
+          };
+        }
         reason = `host error: ${reply.error}`;
       } catch (error) {
         reason = describe(error, requestTimeoutMs);
@@ -103,7 +126,7 @@ export class ClusterExpertRunner {
     this.failover({ layer, expert: batch.expert, attempt: attempts, reason, action: 'local' });
     await this.loadLocally(layer, batch.expert);
     const outcome = await this.pool.runLayer(layer, x, { batches: [batch], overflow: [], capacity: batch.rows.length });
-    return outcome.batches.length === 1 ? outcome.batches[0] : mergeParts(batch, outcome.batches, hidden);
+    return { outcome: outcome.batches.length === 1 ? outcome.batches[0] : mergeParts(batch, outcome.batches, hidden), host: null, workers: outcome.workers };
   }
 
   /** Adds the expert to the gateway's own workers (once, however many batches ask) and serves it locally from now on. */

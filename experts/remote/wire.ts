@@ -3,8 +3,9 @@
  * float32 rows, never JSON of floats. Little-endian, as every x86-64 and arm64 host is.
  *
  *   request  [magic u32, version u32, layer u32, expert u32, tokens u32, hidden u32] + rows f32 [tokens, hidden]
- *   reply    [magic u32, version u32, status u32 (0 ok, 1 error), tokens u32, hidden u32, pad u32, computeMs f64]
- *            + (ok) output f32 [tokens, hidden] | (error) UTF-8 message
+ *   reply    [magic u32, version u32, status u32 (0 ok, 1 error), tokens u32, hidden u32, hostBytes u32, computeMs f64]
+ *            + (ok) the answering host's id (UTF-8, zero-padded to a multiple of 4 bytes) + output f32 [tokens, hidden]
+ *            | (error) UTF-8 message
  *
  * Pure: encoding and decoding only, with clear errors for malformed messages.
  */
@@ -23,7 +24,7 @@ export interface ExpertBatchRequest {
 }
 
 export type ExpertBatchReply =
-  | { ok: true; tokens: number; hidden: number; computeMs: number; output: Float32Array }
+  | { ok: true; host: string; tokens: number; hidden: number; computeMs: number; output: Float32Array }
   | { ok: false; error: string };
 
 export class WireError extends Error {
@@ -46,16 +47,19 @@ export function decodeRequest(bytes: Uint8Array): ExpertBatchRequest {
 }
 
 export function encodeReply(reply: ExpertBatchReply): Uint8Array {
-  const body = reply.ok ? new Uint8Array(reply.output.buffer, reply.output.byteOffset, reply.output.byteLength) : new TextEncoder().encode(reply.error);
   if (reply.ok && reply.output.length !== reply.tokens * reply.hidden) {
     throw new WireError(`reply output holds ${reply.output.length} floats, expected ${reply.tokens} × ${reply.hidden}`);
   }
-  const bytes = new Uint8Array(REPLY_HEADER + body.byteLength);
+  const text = new TextEncoder().encode(reply.ok ? reply.host : reply.error);
+  const padded = reply.ok ? (text.byteLength + 3) & ~3 : text.byteLength;
+  const floats = reply.ok ? reply.output.byteLength : 0;
+  const bytes = new Uint8Array(REPLY_HEADER + padded + floats);
   const view = new DataView(bytes.buffer);
-  const fields = reply.ok ? [MAGIC, VERSION, 0, reply.tokens, reply.hidden, 0] : [MAGIC, VERSION, 1, 0, 0, 0];
+  const fields = reply.ok ? [MAGIC, VERSION, 0, reply.tokens, reply.hidden, text.byteLength] : [MAGIC, VERSION, 1, 0, 0, 0];
   fields.forEach((v, i) => view.setUint32(i * 4, v, true));
   view.setFloat64(24, reply.ok ? reply.computeMs : 0, true);
-  bytes.set(body, REPLY_HEADER);
+  bytes.set(text, REPLY_HEADER);
+  if (reply.ok) bytes.set(new Uint8Array(reply.output.buffer, reply.output.byteOffset, reply.output.byteLength), REPLY_HEADER + padded);
   return bytes;
 }
 
@@ -66,7 +70,11 @@ export function decodeReply(bytes: Uint8Array): ExpertBatchReply {
   if (status !== 0) throw new WireError(`reply status ${status} is neither 0 (ok) nor 1 (error)`);
   const tokens = view.getUint32(12, true);
   const hidden = view.getUint32(16, true);
-  return { ok: true, tokens, hidden, computeMs: view.getFloat64(24, true), output: floats(bytes, REPLY_HEADER, tokens * hidden, 'reply') };
+  const hostBytes = view.getUint32(20, true);
+  const at = REPLY_HEADER + ((hostBytes + 3) & ~3);
+  if (at > bytes.byteLength) throw new WireError(`reply names a host of ${hostBytes} bytes but is only ${bytes.byteLength} bytes long`);
+  const host = new TextDecoder().decode(bytes.subarray(REPLY_HEADER, REPLY_HEADER + hostBytes));
+  return { ok: true, host, tokens, hidden, computeMs: view.getFloat64(24, true), output: floats(bytes, at, tokens * hidden, 'reply') };
 }
 
 function header(bytes: Uint8Array, size: number, what: string): DataView {

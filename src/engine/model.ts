@@ -370,8 +370,20 @@ function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
       if (w.residency) seen.residency = w.residency;
     }
   }
+  const hosts = new Map((a.hosts ?? []).map((h) => [h.host, { ...h, experts: [...h.experts] }]));
+  for (const h of b.hosts ?? []) {
+    const seen = hosts.get(h.host);
+    if (!seen) hosts.set(h.host, { ...h, experts: [...h.experts] });
+    else {
+      seen.tokens += h.tokens;
+      seen.experts = [...new Set([...seen.experts, ...h.experts])].sort((x, y) => x - y);
+      seen.computeMs += h.computeMs;
+      seen.roundTripMs = Math.max(seen.roundTripMs, h.roundTripMs);
+    }
+  }
   return {
     layer: a.layer, k: a.k, expert, gate,
+    ...(hosts.size > 0 ? { hosts: [...hosts.values()].sort((x, y) => x.host.localeCompare(y.host)) } : {}),
     tokensPerExpert: a.tokensPerExpert.map((n, e) => n + b.tokensPerExpert[e]),
     overflow: a.overflow + b.overflow, capacity: a.capacity + b.capacity,
     workers: [...workers.values()].sort((x, y) => x.worker - y.worker),

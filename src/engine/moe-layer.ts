@@ -9,7 +9,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { routerLogits, topK, planDispatch, combineInto, type DispatchPlan, type Gating } from '../../router/index.ts';
-import type { LayerOutcome, WorkerTiming } from '../../experts/pool.ts';
+import type { HostTiming, LayerOutcome, WorkerTiming } from '../../experts/pool.ts';
 
 /** Runs one layer's dispatch plan over x [tokens, d]: each batch's output [rows, d]. ExpertPool implements it. */
 export interface ExpertRunner {
@@ -30,6 +30,8 @@ export interface LayerTrace {
   overflow: number;
   capacity: number;
   workers: WorkerTiming[];
+  /** Expert hosts that ran batches of this layer (scale-out over NATS); absent when every expert ran here. */
+  hosts?: HostTiming[];
   dispatchMs: number;
 }
 
@@ -99,6 +101,7 @@ export async function moeLayer(a: MoeLayerArgs): Promise<LayerTrace> {
   return {
     layer: a.layer, k: gating.k, expert: gating.expert, gate: gating.gate, tokensPerExpert,
     overflow: plan.overflow.length, capacity: plan.capacity, workers: outcome.workers,
+    ...(outcome.hosts && outcome.hosts.length > 0 ? { hosts: outcome.hosts } : {}),
     dispatchMs: performance.now() - started,
   };
 }

@@ -1,8 +1,8 @@
 /**
  * Recent expert load, for GET /admin/load and the rebalancer. A StepObserver adds every scheduler step to a ring
  * of one-second buckets (bounded: `horizonSeconds` buckets, whatever the step rate) and to running totals since
- * start. Each bucket holds tokens routed per (layer, expert), and per (layer, worker) the tokens each worker ran
- * and its compute time. Reading a window sums the buckets that fall inside it.
+ * start. Each bucket holds tokens routed per (layer, expert), per (layer, worker) the tokens each worker ran and its
+ * compute time, and per expert host (scale-out) the same summed over layers. Reading a window sums the buckets that fall inside it.
  */
 import { performance } from 'node:perf_hooks';
 import type { StepObserver } from '../engine/scheduler.ts';
@@ -17,6 +17,8 @@ interface Counts {
   /** [layer * maxWorkers + worker] */
   workerTokens: Float64Array;
   workerComputeMs: Float64Array;
+  /** Expert hosts (scale-out): host id → tokens and compute ms over all layers. */
+  hosts: Map<string, { tokens: number; computeMs: number }>;
 }
 
 export interface WorkerLoad {
@@ -28,6 +30,15 @@ export interface WorkerLoad {
   busyFraction: number;
 }
 
+/** An expert host's load (scale-out over NATS): tokens it ran for this gateway and its compute time. */
+export interface HostLoad {
+  host: string;
+  tokens: number;
+  computeMs: number;
+  /** Compute time / window length (the host's own workers may serve other gateways too). */
+  busyFraction: number;
+}
+
 export interface LoadWindow {
   /** Length of time the window covers (shorter than asked while the gateway is younger than the window). */
   seconds: number;
@@ -36,6 +47,8 @@ export interface LoadWindow {
   /** Tokens the router sent to each expert, [layer][expert]. */
   tokensPerExpert: number[][];
   workers: WorkerLoad[];
+  /** Expert hosts that ran batches in the window, by host id (empty without scale-out). */
+  hosts: HostLoad[];
   /** mean / max of the tokens each worker ran, per layer; overall = Σ_l mean_l / Σ_l max_l. */
   balancedness: { perLayer: number[]; overall: number };
 }
@@ -95,6 +108,12 @@ export class LoadTracker {
         counts.workerTokens[t.layer * maxWorkers + w.worker] += w.tokens;
         counts.workerComputeMs[t.layer * maxWorkers + w.worker] += w.computeMs;
       }
+      for (const h of t.hosts ?? []) {
+        const held = counts.hosts.get(h.host) ?? { tokens: 0, computeMs: 0 };
+        held.tokens += h.tokens;
+        held.computeMs += h.computeMs;
+        counts.hosts.set(h.host, held);
+      }
     }
   }
 
@@ -103,6 +122,7 @@ export class LoadTracker {
     return {
       steps: 0, tokens: 0, expertTokens: new Float64Array(layers * experts),
       workerTokens: new Float64Array(layers * maxWorkers), workerComputeMs: new Float64Array(layers * maxWorkers),
+      hosts: new Map(),
     };
   }
 
@@ -132,6 +152,12 @@ export class LoadTracker {
           const into = counts[key];
           slot[key].forEach((x, i) => (into[i] += x));
         }
+        for (const [host, h] of slot.hosts) {
+          const held = counts.hosts.get(host) ?? { tokens: 0, computeMs: 0 };
+          held.tokens += h.tokens;
+          held.computeMs += h.computeMs;
+          counts.hosts.set(host, held);
+        }
       }
       span = Math.min(wanted, uptime);
     }
@@ -152,6 +178,9 @@ export class LoadTracker {
         busyFraction: seconds > 0 ? Math.min(1, computeMs / (seconds * 1000)) : 0,
       };
     });
-    return { seconds, steps: counts.steps, tokens: counts.tokens, tokensPerExpert, workers, balancedness: balanceOf(perLayerWorker) };
+    const hosts = [...counts.hosts].sort(([a], [b]) => a.localeCompare(b)).map(([host, h]): HostLoad => ({
+      host, tokens: h.tokens, computeMs: h.computeMs, busyFraction: seconds > 0 ? Math.min(1, h.computeMs / (seconds * 1000)) : 0,
+    }));
+    return { seconds, steps: counts.steps, tokens: counts.tokens, tokensPerExpert, workers, hosts, balancedness: balanceOf(perLayerWorker) };
   }
 }

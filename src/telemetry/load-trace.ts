@@ -17,6 +17,14 @@ export interface LoadTraceWorker {
   compute_ms: number;
 }
 
+export interface LoadTraceHost {
+  host: string;
+  tokens: number;
+  experts: number[];
+  round_trip_ms: number;
+  compute_ms: number;
+}
+
 /** One line of the load trace (docs/load-trace.md). */
 export interface LoadTraceRecord {
   ts: string;
@@ -30,6 +38,8 @@ export interface LoadTraceRecord {
   step_ms: number;
   dispatch_ms: number;
   workers: LoadTraceWorker[];
+  /** Only with scale-out: expert hosts that ran batches of this layer. */
+  hosts?: LoadTraceHost[];
 }
 
 /** Milliseconds rounded to the microsecond: the clocks are not finer and the lines stay short. */
@@ -54,6 +64,9 @@ export function loadTraceRecord(step: StepSummary, layer: LayerLoad): LoadTraceR
       queue_ms: ms(w.queueMs),
       compute_ms: ms(w.computeMs),
     })),
+    ...(layer.hosts.length > 0 ? {
+      hosts: layer.hosts.map((h) => ({ host: h.host, tokens: h.tokens, experts: h.experts, round_trip_ms: ms(h.roundTripMs), compute_ms: ms(h.computeMs) })),
+    } : {}),
   };
 }
 

@@ -32,6 +32,8 @@ export interface LayerLoad {
   capacity: number;
   dispatchMs: number;
   workers: WorkerTiming[];
+  /** Expert hosts that ran batches of this layer (scale-out); empty without. */
+  hosts: NonNullable<LayerTrace['hosts']>;
   /** Reconstructed dispatch window, epoch milliseconds. */
   startMs: number;
   endMs: number;
@@ -87,6 +89,7 @@ export function summarizeStep(step: StepInput, index: number, endMs: number): St
     capacity: t.capacity,
     dispatchMs: t.dispatchMs,
     workers: t.workers,
+    hosts: t.hosts ?? [],
     startMs: windows[i][0],
     endMs: windows[i][1],
   }));

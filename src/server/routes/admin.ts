@@ -58,6 +58,7 @@ function windowJson(w: LoadWindow) {
       worker: x.worker, tokens: x.tokens, tokens_per_layer: x.tokensPerLayer,
       compute_ms: round(x.computeMs, 3), busy_fraction: round(x.busyFraction),
     })),
+    hosts: w.hosts.map((h) => ({ host: h.host, tokens: h.tokens, compute_ms: round(h.computeMs, 3), busy_fraction: round(h.busyFraction) })),
     balancedness: { per_layer: w.balancedness.perLayer.map((b) => round(b)), overall: round(w.balancedness.overall) },
   };
 }
