@@ -61,6 +61,23 @@ describe('cluster placement', () => {
   });
 });
 
+describe('joining a cluster', () => {
+  it('takes the token a NATS server with --auth expects, and says how to fix a wrong or missing one', async () => {
+    const nats = await startNats(['--auth', 's3cret']);
+    try {
+      const options = { url: nats.url, cluster: 'auth', credentialsFile: null };
+      const joined = await joinCluster({ ...options, token: 's3cret' }, 'test');
+      await joined.close();
+      for (const token of ['wrong', null]) {
+        await expect(joinCluster({ ...options, token }, 'test')).rejects.toThrow(/refused this client's credentials: set nats.token/);
+      }
+    } finally {
+      nats.process.kill('SIGKILL');
+    }
+    await expect(joinCluster({ url: nats.url, cluster: 'gone', token: null, credentialsFile: null }, 'test')).rejects.toThrow(/cannot reach NATS at .*start nats-server/);
+  }, 30_000);
+});
+
 const config = tinyConfig();
 const dir = writeTinyPackage(config, 21);
 const L = config.num_hidden_layers;

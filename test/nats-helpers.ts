@@ -24,11 +24,11 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Starts nats-server with JetStream on a free loopback port; resolves with its URL once it accepts connections. */
-export async function startNats(): Promise<{ url: string; process: ChildProcess }> {
+/** Starts nats-server with JetStream on a free loopback port (plus `extraArgs`, e.g. --auth); resolves with its URL once it accepts connections. */
+export async function startNats(extraArgs: string[] = []): Promise<{ url: string; process: ChildProcess }> {
   const port = await freePort();
   const store = mkdtempSync(join(tmpdir(), 'sy-nats-'));
-  const child = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store, ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr!.on('data', (d) => (log += d));
   const deadline = Date.now() + 10_000;

@@ -9,7 +9,7 @@
  *                        `host.<id>`     a host's announcement (id, workers, cores, memory), JSON
  */
 import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, errors, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 
 export interface ClusterOptions {
@@ -55,6 +55,9 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
       maxReconnectAttempts: -1, reconnectTimeWait: 250,
     });
   } catch (error) {
+    if (error instanceof errors.AuthorizationError || (error as { cause?: unknown })?.cause instanceof errors.AuthorizationError) {
+      throw new Error(`NATS at ${options.url} refused this client's credentials: set nats.token ($SWITCHYARD_NATS_TOKEN) or nats.credentialsFile to what the server expects`, { cause: error });
+    }
     throw new Error(`cannot reach NATS at ${options.url} (${(error as Error).message}): start nats-server with JetStream (nats-server -js) or fix nats.url`, { cause: error });
   }
   try {
