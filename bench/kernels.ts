@@ -10,7 +10,7 @@
  *                           [--sparsities 50,70,75,90] [--repeats 9] [--block-ms 4] [--threads 1] [--label TEXT] [--no-record]
  */
 import { performance } from 'node:perf_hooks';
-import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
+import { readSafetensorsHeader } from '../src/format/safetensors.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
 import type { ExpertWeights } from '../experts/expert-graph.ts';
 import { readExpertWeights } from '../experts/expert-weights.ts';

@@ -171,7 +171,7 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   const { loadConfig } = await import('../src/config.ts');
   const { Engine } = await import('../src/engine/engine.ts');
   const { StepProfiler, summarizeProfile, timeForward } = await import('../src/engine/step-profile.ts');
-  const { readTensors } = await import('../src/engine/safetensors.ts');
+  const { readTensors } = await import('../src/format/safetensors.ts');
   const { tensorNames } = await import('../src/engine/package.ts');
   const { routerLogits, topK, planDispatch } = await import('../router/index.ts');
   const { loadLimits } = await import('./servers.ts');

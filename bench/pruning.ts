@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { runEval } from '../src/eval/run-eval.ts';
-import { prunePackage, type PruneOptions } from '../experts/pruning/prune-package.ts';
+import { prunePackage, type PruneOptions } from '../src/pruning/prune-package.ts';
 import { appendResults, commandLine, formatSection } from './record.ts';
 import { fmt, markdownTable, median } from './stats.ts';
 

@@ -4,7 +4,7 @@
  * onnxruntime's com.microsoft `DynamicQuantizeMatMul`, and 4-bit block-quantized weights through `MatMulNBits`
  * (see kernels/quantize.ts for the exact packing).
  */
-import { GraphBuilder } from '../src/engine/onnx/builder.ts';
+import { GraphBuilder } from '../src/format/onnx-builder.ts';
 import { INT8_ZERO_POINT, quantizeInt4, quantizeInt8 } from './kernels/quantize.ts';
 
 export interface ExpertWeights {

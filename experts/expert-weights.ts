@@ -2,10 +2,27 @@
  * Reading one expert's three matrices from a package, whatever their storage: dense F32, F16 or BF16 (possibly with
  * fewer FFN neurons after structured pruning) or compressed-tensors sparse-bitmask. Returns dense row-major float32.
  */
-import { PackageError, readTensors, readTypedTensors, type TensorEntry } from '../src/engine/safetensors.ts';
-import { describeMatrix, tensorNames } from '../src/engine/package.ts';
-import { decompressBitmask } from './pruning/bitmask.ts';
+import { FLOAT_DTYPES, PackageError, readTensors, readTypedTensors, type TensorEntry } from '../src/format/safetensors.ts';
+import { tensorNames } from '../src/format/package-format.ts';
+import { BITMASK_SUFFIXES, decompressBitmask } from './pruning/bitmask.ts';
 import type { ExpertWeights } from './expert-graph.ts';
+
+export type ExpertStorage = 'dense' | 'sparse-bitmask';
+
+/** How a weight matrix is stored (dense F32, or compressed-tensors sparse-bitmask) and its dense shape. */
+export function describeMatrix(file: string, header: Map<string, TensorEntry>, name: string): { storage: ExpertStorage; shape: [number, number] } {
+  const dense = header.get(name);
+  if (dense) {
+    if (dense.shape.length !== 2) throw new PackageError(`${file}: tensor ${name} has shape [${dense.shape}], expected a matrix`);
+    if (!FLOAT_DTYPES.includes(dense.dtype)) throw new PackageError(`${dense.file ?? file}: tensor ${name} has dtype ${dense.dtype}, expected ${FLOAT_DTYPES.join(', ')}`);
+    return { storage: 'dense', shape: [dense.shape[0], dense.shape[1]] };
+  }
+  const missing = BITMASK_SUFFIXES.filter((s) => !header.has(`${name}.${s}`));
+  if (missing.length === BITMASK_SUFFIXES.length) throw new PackageError(`${file}: tensor ${name} is missing (neither dense nor sparse-bitmask)`);
+  if (missing.length > 0) throw new PackageError(`${file}: sparse-bitmask tensor ${name} lacks ${missing.map((s) => `${name}.${s}`).join(', ')}`);
+  const shape = readTypedTensors(file, header, [`${name}.shape`]).get(`${name}.shape`)!;
+  return { storage: 'sparse-bitmask', shape: [Number(shape[0]), Number(shape[1])] };
+}
 
 function readMatrix(file: string, header: Map<string, TensorEntry>, name: string): { data: Float32Array; shape: [number, number] } {
   const stored = describeMatrix(file, header, name);

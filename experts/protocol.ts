@@ -8,7 +8,7 @@ import type { KernelReport, KernelSettings } from './kernels/types.ts';
 export interface WorkerSetup {
   workerId: number;
   weightsFile: string;
-  /** config.json's model_type: the checkpoint's tensor names map to canonical ones (src/engine/architectures.ts). */
+  /** config.json's model_type: the checkpoint's tensor names map to canonical ones (src/format/architectures.ts). */
   modelType?: string;
   hidden: number;
   ffn: number;

@@ -6,7 +6,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
-import { PackageError } from './engine/safetensors.ts';
+import { PackageError } from './format/safetensors.ts';
 import { log } from './log.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -209,7 +209,7 @@ Options:
       'drop-experts': { type: 'string' },
     },
     async run(values, io) {
-      const { METHODS, prunePackage } = await import('../experts/pruning/prune-package.ts');
+      const { METHODS, prunePackage } = await import('./pruning/prune-package.ts');
       const model = strFlag(values, 'model');
       const out = strFlag(values, 'out');
       const method = strFlag(values, 'method');

@@ -4,7 +4,7 @@ import { ConfigSchema } from '../src/config.ts';
 import { createLogger } from '../src/log.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
 import { createApp } from '../src/server/app.ts';
-import { PlacementController } from '../src/placement/controller.ts';
+import { PlacementController } from '../src/engine/placement-controller.ts';
 import { roundRobinPlacement } from '../src/placement/placement.ts';
 import type { GenerationService } from '../src/engine/types.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';

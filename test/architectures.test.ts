@@ -1,5 +1,5 @@
 /**
- * Model families (src/engine/architectures.ts): tiny checkpoints written the way transformers writes Mixtral,
+ * Model families (src/format/architectures.ts): tiny checkpoints written the way transformers writes Mixtral,
  * Qwen2-MoE and Granite-MoE (config keys, tensor names, fused experts, bf16 shards) serve the numbers of a plain TS
  * reference that reads the weights itself, batch-invariantly; each converts to llama.cpp's layout for it; a
  * model_type the gateway does not serve is refused naming the supported ones; problems name tensors as the
@@ -14,7 +14,7 @@ import { Engine } from '../src/engine/engine.ts';
 import type { LayerTrace } from '../src/engine/model.ts';
 import { loadModelPackage, tensorNames, type ModelConfig } from '../src/engine/package.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
-import { readTensors } from '../src/engine/safetensors.ts';
+import { readTensors } from '../src/format/safetensors.ts';
 import { inspectConfig } from '../src/planning/inspect.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { BUNDLED_MODEL, mixtralName, randomTensors, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';

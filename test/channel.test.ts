@@ -10,7 +10,7 @@ import { ExpertPool, type LayerOutcome, type PoolOptions, type WorkerRestart } f
 import { readExpertWeights } from '../experts/expert-weights.ts';
 import { referenceFfn } from '../experts/kernels/reference.ts';
 import type { DispatchPlan } from '../router/dispatch.ts';
-import { readSafetensorsHeader } from '../src/engine/safetensors.ts';
+import { readSafetensorsHeader } from '../src/format/safetensors.ts';
 import { placementFromFile, roundRobinPlacement } from '../src/placement/placement.ts';
 import { randomValues, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 

@@ -11,7 +11,7 @@ import { readGguf, readGgufTensor, ggufValue, type GgufFile } from '../src/conve
 import { encodeGgufHeader, gguf, GgmlType, GgufError, GgufType, writeGgufFile } from '../src/convert/gguf-writer.ts';
 import { convertOlmoeToGguf } from '../src/convert/olmoe-to-gguf.ts';
 import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
-import { readTensors } from '../src/engine/safetensors.ts';
+import { readTensors } from '../src/format/safetensors.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 
 /** GPT-2 byte → unicode, written out independently of the converter's table. */

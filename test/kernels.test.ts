@@ -15,8 +15,8 @@ import { checkInput, referenceFfn, relativeL2Error, relativeMaxError, weightSpar
 import { EXACT_TOLERANCE, QUANTIZED_TOLERANCE, selectKernel, type SelectOptions } from '../experts/kernels/select.ts';
 import { nativeSparse, SparseKernel, toCsr } from '../experts/kernels/sparse.ts';
 import type { ExpertKernel, KernelName } from '../experts/kernels/types.ts';
-import { prunePackage } from '../experts/pruning/prune-package.ts';
-import { GraphBuilder } from '../src/engine/onnx/builder.ts';
+import { prunePackage } from '../src/pruning/prune-package.ts';
+import { GraphBuilder } from '../src/format/onnx-builder.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { randomValues, tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { cpuDescription, engineConfig, maxAbsDiff } from './helpers.ts';

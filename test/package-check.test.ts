@@ -9,7 +9,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkModelPackage, loadModelPackage, PackageCheckError, PackageError, tensorNames, type PackageProblem } from '../src/engine/package.ts';
-import { readSafetensorsHeader, type TensorData } from '../src/engine/safetensors.ts';
+import { readSafetensorsHeader, type TensorData } from '../src/format/safetensors.ts';
 import { compressBitmask } from '../experts/pruning/bitmask.ts';
 import { BUNDLED_MODEL, randomTensors, tinyConfig, writeSafetensors, writeTinyPackage } from './fixtures/tiny-package.ts';
 

@@ -301,7 +301,7 @@ describe('capacity planning over a load trace', () => {
 
 describe('automatic rebalancing', () => {
   it('rebalances only when the recent window is below the threshold and the plan gains enough', async () => {
-    const { PlacementController } = await import('../src/placement/controller.ts');
+    const { PlacementController } = await import('../src/engine/placement-controller.ts');
     let placement = roundRobinPlacement(1, 4, 2);
     const applied: Placement[] = [];
     const pool = {
@@ -320,10 +320,13 @@ describe('automatic rebalancing', () => {
     }, quiet, () => now);
     let changes = 0;
     controller.onChange = () => changes++;
-    const step = (experts: number[]) => controller.tracker.record([{
-      layer: 0, k: 1, expert: Int32Array.from(experts), gate: new Float32Array(experts.length), tokensPerExpert: [], overflow: 0,
-      capacity: experts.length, workers: [], dispatchMs: 0,
-    }]);
+    const step = (experts: number[]) => {
+      const trace: LayerTrace = {
+        layer: 0, k: 1, expert: Int32Array.from(experts), gate: new Float32Array(experts.length), tokensPerExpert: [], overflow: 0,
+        capacity: experts.length, workers: [], dispatchMs: 0,
+      };
+      controller.tracker.record([trace]);
+    };
 
     expect(await controller.autoRebalance()).toBeNull(); // no load yet
     step([0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]); // even: round-robin is balanced

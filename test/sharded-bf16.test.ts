@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
 import { checkModelPackage } from '../src/engine/package-check.ts';
-import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/engine/safetensors.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/format/safetensors.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff } from './helpers.ts';

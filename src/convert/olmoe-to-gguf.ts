@@ -19,7 +19,7 @@
 import { endianness } from 'node:os';
 import { basename } from 'node:path';
 import { loadModelPackage, PackageError, tensorNames, type ModelPackage } from '../engine/package.ts';
-import { readTensors } from '../engine/safetensors.ts';
+import { readTensors } from '../format/safetensors.ts';
 import { GgmlType, gguf, writeGgufFile, type GgufTensorSource, type GgufValue } from './gguf-writer.ts';
 
 /**

@@ -10,7 +10,7 @@
  * The per-sequence graph (trunk-graphs.ts attentionGraph: one run per sequence and layer, past keys as inputs) is
  * kept as the reference the tests compare with.
  */
-import { GraphBuilder } from './onnx/builder.ts';
+import { GraphBuilder } from '../format/onnx-builder.ts';
 import { tensorNames, type ModelConfig } from './package.ts';
 import type { Weights } from './trunk-graphs.ts';
 

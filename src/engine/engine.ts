@@ -10,7 +10,7 @@ import { ExpertPool, type PoolObserver } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
-import { PlacementController, type ControllerSettings } from '../placement/controller.ts';
+import { PlacementController, type ControllerSettings } from './placement-controller.ts';
 import { Scheduler, type PrefillHooks, type StepObserver } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { TextCodec } from './tokenizer.ts';

@@ -6,7 +6,7 @@ import { gatherRows, type DispatchPlan } from '../../router/index.ts';
 import { referenceFfn } from '../../experts/kernels/reference.ts';
 import type { LayerOutcome } from '../../experts/pool.ts';
 import type { ExpertRunner } from './moe-layer.ts';
-import { readTensors } from './safetensors.ts';
+import { readTensors } from '../format/safetensors.ts';
 import { tensorNames, type ModelPackage } from './package.ts';
 
 export class LocalExpertRunner implements ExpertRunner {

@@ -13,7 +13,7 @@ import ort from 'onnxruntime-node';
 import type { ExpertPool } from '../../experts/pool.ts';
 import { createSession } from '../../experts/kernels/ort-session.ts';
 import { KvCache } from './kv-cache.ts';
-import { readTensors } from './safetensors.ts';
+import { readTensors } from '../format/safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
 import { attendReference, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';

@@ -15,11 +15,11 @@ import { join, resolve } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BITMASK_SUFFIXES } from '../../experts/pruning/bitmask.ts';
-import { architectureOf, canonicalEntries, supportedArchitectures, type Architecture } from './architectures.ts';
-import { configRuleProblems, expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from './package-format.ts';
+import { architectureOf, canonicalEntries, supportedArchitectures, type Architecture } from '../format/architectures.ts';
+import { configRuleProblems, expectedTensors, modelConfigSchema, pruningMetadataSchema, tensorNames, type ModelConfig } from '../format/package-format.ts';
 import {
   FLOAT_DTYPES, inspectSafetensors, inspectShardedSafetensors, PackageCheckError, readTypedTensors, SAFETENSORS_DTYPE_BITS, SHARD_INDEX, type PackageProblem, type SafetensorsLayout, type TensorEntry,
-} from './safetensors.ts';
+} from '../format/safetensors.ts';
 
 export { PackageCheckError, type PackageProblem };
 

@@ -3,7 +3,7 @@
  * final norm with the LM head. The MoE half of each layer runs elsewhere: routing in the gateway, experts in
  * the worker pool.
  */
-import { GraphBuilder } from './onnx/builder.ts';
+import { GraphBuilder } from '../format/onnx-builder.ts';
 import { attentionScale, headsOf, qkv, residualScaled, withSharedExpert } from './attention.ts';
 import { tensorNames, type ModelConfig } from './package.ts';
 

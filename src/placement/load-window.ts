@@ -5,9 +5,16 @@
  * compute time, and per expert host (scale-out) the same summed over layers. Reading a window sums the buckets that fall inside it.
  */
 import { performance } from 'node:perf_hooks';
-import type { StepObserver } from '../engine/scheduler.ts';
-import type { LayerTrace } from '../engine/model.ts';
 import { balanceOf } from './rebalance.ts';
+
+/** What the tracker reads of one layer's trace in a step (the engine's LayerTrace is one). */
+export interface LayerLoadTrace {
+  layer: number;
+  /** Chosen experts of the step's tokens [tokens, k]. */
+  expert: ArrayLike<number> & Iterable<number>;
+  workers: ReadonlyArray<{ worker: number; tokens: number; computeMs: number }>;
+  hosts?: ReadonlyArray<{ host: string; tokens: number; computeMs: number }>;
+}
 
 interface Counts {
   steps: number;
@@ -80,13 +87,13 @@ export class LoadTracker {
     this.total = this.emptyCounts();
   }
 
-  /** The engine hook: add to the engine's observers. */
-  readonly observer: StepObserver = {
-    onStep: (step) => this.record(step.output.layers),
+  /** The engine hook (a StepObserver): add to the engine's observers. */
+  readonly observer = {
+    onStep: (step: { output: { layers: readonly LayerLoadTrace[] } }) => this.record(step.output.layers),
   };
 
   /** Adds one step (its per-layer traces). */
-  record(layers: readonly LayerTrace[]): void {
+  record(layers: readonly LayerLoadTrace[]): void {
     const second = Math.floor((this.now() - this.started) / 1000);
     const slot = this.ring[second % this.ring.length];
     if (slot.second !== second) {
@@ -95,7 +102,7 @@ export class LoadTracker {
     for (const counts of [slot, this.total]) this.add(counts, layers);
   }
 
-  private add(counts: Counts, layers: readonly LayerTrace[]): void {
+  private add(counts: Counts, layers: readonly LayerLoadTrace[]): void {
     const { experts, maxWorkers } = this.options;
     counts.steps++;
     counts.tokens += layers[0]?.expert.length ?? 0;

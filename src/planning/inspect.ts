@@ -8,8 +8,8 @@
  * the trunk, the experts as the chosen kernel stores them, and the KV cache in float32.
  */
 import { z } from 'zod';
-import { architectureOf, supportedArchitectures } from '../engine/architectures.ts';
-import { configRuleProblems, expectedTensors, modelConfigSchema, type ModelConfig } from '../engine/package-format.ts';
+import { architectureOf, supportedArchitectures } from '../format/architectures.ts';
+import { configRuleProblems, expectedTensors, modelConfigSchema, type ModelConfig } from '../format/package-format.ts';
 
 // Sizes are all inspect needs: the end-of-sequence id may be anything here (public configs also use a list).
 const sizesSchema = modelConfigSchema.extend({ eos_token_id: z.unknown().optional() });

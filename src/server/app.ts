@@ -15,7 +15,7 @@ import { registerOpenAiRoutes } from './openai/routes.ts';
 import { registerMetricsRoute } from './routes/metrics.ts';
 import type { Telemetry } from '../telemetry/index.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
-import type { PlacementController } from '../placement/controller.ts';
+import type { PlacementController } from '../engine/placement-controller.ts';
 import { rejectContentEncoding } from './content-encoding.ts';
 import { corsFor } from './cors.ts';
 import { methodNotAllowedOr } from './method-not-allowed.ts';

@@ -2,7 +2,7 @@
  * A plain TypeScript OLMoE forward pass with Switch top-1 routing: no ONNX, no cache, no workers, float64
  * arithmetic. Tests compare the gateway against it.
  */
-import { readSafetensorsHeader, readTensors } from '../../src/engine/safetensors.ts';
+import { readSafetensorsHeader, readTensors } from '../../src/format/safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig } from '../../src/engine/package.ts';
 
 type Matrix = Float32Array; // row-major [out, in], as torch stores Linear weights

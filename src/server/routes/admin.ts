@@ -14,7 +14,7 @@ import type { Logger } from '../../log.ts';
 import type { PlacementChange } from '../../../experts/pool.ts';
 import {
   InvalidPlacementError, PlacementController, RebalanceError, type RebalanceResult,
-} from '../../placement/controller.ts';
+} from '../../engine/placement-controller.ts';
 import type { LoadWindow } from '../../placement/load-window.ts';
 import type { Balance } from '../../placement/rebalance.ts';
 import { placementToFile } from '../../placement/placement.ts';

@@ -6,15 +6,15 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { loadConfig } from '../../src/config.ts';
-import { Engine } from '../../src/engine/engine.ts';
-import { tensorNames } from '../../src/engine/package.ts';
-import { PackageError, readSafetensorsHeader, readTensors, writeSafetensors, type TensorData, type TensorEntry } from '../../src/engine/safetensors.ts';
-import { readExpertWeights } from '../expert-weights.ts';
-import { compressBitmask } from './bitmask.ts';
-import { swigluHidden } from '../kernels/reference.ts';
-import { gram } from './linalg.ts';
-import { globalMagnitude, inputNorms, magnitude, sparseGpt, structuredExpert, wanda, type Matrix, type Pattern } from './methods.ts';
+import { loadConfig } from '../config.ts';
+import { Engine } from '../engine/engine.ts';
+import { tensorNames } from '../engine/package.ts';
+import { PackageError, readSafetensorsHeader, readTensors, writeSafetensors, type TensorData, type TensorEntry } from '../format/safetensors.ts';
+import { readExpertWeights } from '../../experts/expert-weights.ts';
+import { compressBitmask } from '../../experts/pruning/bitmask.ts';
+import { swigluHidden } from '../../experts/kernels/reference.ts';
+import { gram } from '../../experts/pruning/linalg.ts';
+import { globalMagnitude, inputNorms, magnitude, sparseGpt, structuredExpert, wanda, type Matrix, type Pattern } from '../../experts/pruning/methods.ts';
 
 export const METHODS = ['magnitude', 'magnitude-global', 'wanda', 'sparsegpt', '2:4', 'structured'] as const;
 export type PruneMethod = (typeof METHODS)[number];

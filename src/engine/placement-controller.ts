@@ -5,9 +5,9 @@
  */
 import type { ExpertPool, PlacementChange } from '../../experts/pool.ts';
 import { log, type Logger } from '../log.ts';
-import { placementToFile, samePlacement, validatePlacement, type Placement, type PlacementFile, type PlacementLimits } from './placement.ts';
-import { LoadTracker, type LoadWindow } from './load-window.ts';
-import { planPlacement, predictBalance, type Balance, type Plan } from './rebalance.ts';
+import { placementToFile, samePlacement, validatePlacement, type Placement, type PlacementFile, type PlacementLimits } from '../placement/placement.ts';
+import { LoadTracker, type LoadWindow } from '../placement/load-window.ts';
+import { planPlacement, predictBalance, type Balance, type Plan } from '../placement/rebalance.ts';
 
 export interface ControllerSettings {
   layers: number;
