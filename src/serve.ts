@@ -15,7 +15,7 @@ import { basename } from 'node:path';
 import { log, type Logger } from './log.ts';
 import { createApp } from './server/app.ts';
 import type { ErrorBody } from './server/errors.ts';
-import { placementAdminOf } from './server/routes/admin.ts';
+import { clusterAdminOf, placementAdminOf } from './server/routes/admin.ts';
 
 export type EngineLoader = (config: Config, observer?: StepObserver) => Promise<GenerationService>;
 
@@ -134,9 +134,11 @@ export async function startServer(config: Config, options: StartServerOptions = 
   });
   let service: GenerationService;
   let admin: ReturnType<typeof placementAdminOf> = null;
+  let cluster: ReturnType<typeof clusterAdminOf> = null;
   try {
     const loaded = await (options.loadEngine ?? defaultLoader)(config, telemetry.observer);
     admin = placementAdminOf(loaded);
+    cluster = clusterAdminOf(loaded);
     service = instrument(loaded, telemetry, modelId);
     const engine = service;
     telemetry.observeCaches(() => engine.info().caches);
@@ -174,7 +176,7 @@ export async function startServer(config: Config, options: StartServerOptions = 
   let server: Server;
   let address: AddressInfo;
   try {
-    const app = createApp(service, config, { logger, telemetry, admin, shuttingDown: () => shuttingDown });
+    const app = createApp(service, config, { logger, telemetry, admin, cluster, shuttingDown: () => shuttingDown });
     const listener = getRequestListener(app.fetch, { hostname: config.host, errorHandler: onRequestError });
     // Node's own requireHostHeader check answers with an empty 400: the same check here, with the JSON shape.
     server = createServer({ requireHostHeader: false }, (req, res) => {

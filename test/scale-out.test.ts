@@ -143,11 +143,37 @@ describe('experts on expert-host processes over NATS', () => {
     expect(load.hosts.every((h) => h.compute_ms > 0)).toBe(true);
   }, 60_000);
 
-  it('loses nothing while the cluster placement changes under 8 streaming clients', async () => {
+  const adminCall = async (method: string, route: string, body?: unknown) => {
+    const response = await fetch(`${gateway.url}${route}`, {
+      method, headers: { authorization: 'Bearer scale-out-admin', 'content-type': 'application/json' }, ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: await response.json() as Record<string, unknown> };
+  };
+
+  it('shows the hosts and the cluster placement, and refuses an invalid placement with 422', async () => {
+    const shown = await adminCall('GET', '/admin/cluster');
+    expect(shown.status).toBe(200);
+    expect((shown.body.hosts as Array<{ hostId: string; workers: number }>).map((h) => [h.hostId, h.workers])).toEqual([['host-a', 1], ['host-b', 1]]);
+    expect(shown.body.placement).toEqual(BOTH);
+    const bad = await adminCall('PUT', '/admin/cluster/placement', { assignments: BOTH.assignments.slice(1) });
+    expect(bad.status).toBe(422);
+    expect(bad.body.error).toMatch(/unplaced \(layer.expert\): 0.0/);
+    const plan = await adminCall('POST', '/admin/cluster/rebalance', { dry_run: true });
+    expect(plan.status).toBe(200);
+    expect(plan.body.applied).toBe(false);
+    expect(plan.body.hosts).toEqual(['host-a', 'host-b']);
+    expect((await adminCall('GET', '/admin/cluster')).body.placement).toEqual(BOTH); // a dry run changes nothing
+  }, 60_000);
+
+  it('loses nothing while the cluster placement changes under 8 streaming clients (admin API and rebalancing)', async () => {
     const { outputs, failures } = await load(gateway.url, 8, 3, async () => {
       await new Promise((r) => setTimeout(r, 200));
-      await admin.kv.put(PLACEMENT_KEY, JSON.stringify(SPLIT));
+      expect((await adminCall('PUT', '/admin/cluster/placement', SPLIT)).status).toBe(200);
       await Promise.all(hosts.map((h) => serving(h, (L * E) / 2)));
+      const rebalanced = await adminCall('POST', '/admin/cluster/rebalance', {});
+      expect(rebalanced.status).toBe(200);
+      expect(rebalanced.body.applied).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
       await admin.kv.put(PLACEMENT_KEY, JSON.stringify(BOTH));
     });
     expect(failures).toEqual([]);

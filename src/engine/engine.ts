@@ -17,6 +17,7 @@ import { TextCodec } from './tokenizer.ts';
 import { ChatTemplate } from './chat-template.ts';
 import { log } from '../log.ts';
 import { nativeAttention } from './cached-attention.ts';
+import { ClusterAdmin } from './cluster-admin.ts';
 import { followClusterPlacement, gatewayWorkerPlacement, joinAsGateway, type ClusterMode } from './cluster-mode.ts';
 import { ClusterExpertRunner } from '../../experts/remote/runner.ts';
 import { PrefixCache } from './prefix-cache.ts';
@@ -52,6 +53,8 @@ export class Engine implements GenerationService {
 
   /** The expert cluster this gateway joined (config nats), or null when every expert runs here. */
   cluster: ClusterMode | null = null;
+  /** The admin API's side of that cluster (hosts, cluster placement, rebalancing across hosts). */
+  clusterAdmin: ClusterAdmin | null = null;
   private stopFollowing: () => void = () => undefined;
 
   /**
@@ -107,6 +110,7 @@ export class Engine implements GenerationService {
         new ChatTemplate(pkg.tokenizerConfig), caches);
       engine.placementAdmin = placementAdmin;
       engine.cluster = cluster;
+      if (cluster) engine.clusterAdmin = new ClusterAdmin(cluster, placementAdmin.tracker, { layers: c.num_hidden_layers, experts: c.num_experts, cluster: config.nats.cluster });
       if (cluster && runner instanceof ClusterExpertRunner) {
         engine.stopFollowing = await followClusterPlacement(cluster, c.num_hidden_layers, c.num_experts, async (next) => {
           runner.setPlacement(next);

@@ -15,6 +15,7 @@ import { registerOpenAiRoutes } from './openai/routes.ts';
 import { registerMetricsRoute } from './routes/metrics.ts';
 import type { Telemetry } from '../telemetry/index.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
+import type { ClusterAdmin } from '../engine/cluster-admin.ts';
 import type { PlacementController } from '../engine/placement-controller.ts';
 import { rejectContentEncoding } from './content-encoding.ts';
 import { corsFor } from './cors.ts';
@@ -27,6 +28,8 @@ export interface AppOptions {
   telemetry?: Telemetry;
   /** The engine's placement controller: serves /admin/* when given and config.admin.token is set. */
   admin?: PlacementController | null;
+  /** The engine's expert cluster (scale-out): adds /admin/cluster/* to the admin routes. */
+  cluster?: ClusterAdmin | null;
   /** True once a graceful shutdown began: new requests get 503 `overloaded`, every response Connection: close. */
   shuttingDown?: () => boolean;
 }
@@ -94,6 +97,6 @@ export function createApp(service: GenerationService, config: Config, options: A
   registerHealthRoute(app, service);
   registerInfoRoute(app, service);
   if (options.telemetry) registerMetricsRoute(app, options.telemetry);
-  if (options.admin && config.admin.token !== null) registerAdminRoutes(app, options.admin, { token: config.admin.token, logger });
+  if (options.admin && config.admin.token !== null) registerAdminRoutes(app, options.admin, { token: config.admin.token, logger, cluster: options.cluster });
   return app;
 }

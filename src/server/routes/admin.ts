@@ -6,6 +6,7 @@
  *   GET  /admin/placement   the placement in use, in the placement-file format
  *   PUT  /admin/placement   validate a placement file (422 listing every problem) and apply it live
  *   POST /admin/rebalance   {dry_run?, workers?, window_s?}: plan from recent load (EPLB-style) and apply it
+ *   /admin/cluster/*        with experts on expert hosts (config nats): routes/cluster-admin.ts
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Hono, MiddlewareHandler } from 'hono';
@@ -19,6 +20,8 @@ import type { LoadWindow } from '../../placement/load-window.ts';
 import type { Balance } from '../../placement/rebalance.ts';
 import { placementToFile } from '../../placement/placement.ts';
 import { errorResponse, HttpError } from '../errors.ts';
+import type { ClusterAdmin } from '../../engine/cluster-admin.ts';
+import { registerClusterAdminRoutes } from './cluster-admin.ts';
 
 /** The engine's placement controller, when the service has one (the real engine does; test fakes may not). */
 export function placementAdminOf(service: unknown): PlacementController | null {
@@ -99,7 +102,7 @@ const rebalanceBody = z.strictObject({
   window_s: z.number().positive().max(3600).optional(),
 });
 
-async function jsonBody(request: Request, example: string, optional: boolean): Promise<unknown> {
+export async function jsonBody(request: Request, example: string, optional: boolean): Promise<unknown> {
   const text = await request.text();
   if (text.trim() === '') {
     if (optional) return {};
@@ -115,10 +118,18 @@ async function jsonBody(request: Request, example: string, optional: boolean): P
 export interface AdminRouteOptions {
   token: string;
   logger: Logger;
+  /** The engine's expert cluster (scale-out): serves /admin/cluster/* when given. */
+  cluster?: ClusterAdmin | null;
+}
+
+/** The engine's cluster admin, when it joined an expert cluster (config nats). */
+export function clusterAdminOf(service: unknown): ClusterAdmin | null {
+  return ((service as { clusterAdmin?: ClusterAdmin | null } | null)?.clusterAdmin) ?? null;
 }
 
 export function registerAdminRoutes(app: Hono, admin: PlacementController, options: AdminRouteOptions): void {
   app.use('/admin/*', requireBearer(options.token));
+  if (options.cluster) registerClusterAdminRoutes(app, options.cluster, admin, options.logger);
 
   app.get('/admin/load', (c) => {
     const report = admin.load();

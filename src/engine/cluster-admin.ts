@@ -1,0 +1,91 @@
+/**
+ * The admin API's side of an expert cluster (scale-out over NATS): the hosts that announced themselves, the cluster
+ * placement, publishing a new one (hosts and gateways follow it: load, subscribe, drain, unload), and rebalancing
+ * across hosts with the same planner as local workers (EPLB-style: replicate and pack hot experts), fed by the
+ * per-expert load this gateway routed.
+ */
+import { hostKey, PLACEMENT_KEY, type HostAnnouncement } from '../../experts/remote/cluster.ts';
+import { clusterPlacementToFile, parseClusterPlacement, type ClusterPlacement, type ClusterPlacementFile } from '../placement/cluster.ts';
+import type { LoadTracker } from '../placement/load-window.ts';
+import type { Placement } from '../placement/placement.ts';
+import { planPlacement, predictBalance, type Balance } from '../placement/rebalance.ts';
+import type { ClusterMode } from './cluster-mode.ts';
+
+export interface ClusterRebalance {
+  dryRun: boolean;
+  /** The hosts planned over (every announced host), in the order of `placement`'s worker indices. */
+  hosts: string[];
+  windowSeconds: number | null;
+  tokens: number;
+  before: Balance;
+  after: Balance;
+  placement: ClusterPlacementFile;
+  /** Experts that change hosts: [layer, expert, hosts before, hosts after]. */
+  moves: Array<{ layer: number; expert: number; from: string[]; to: string[] }>;
+}
+
+export class ClusterRebalanceError extends Error {
+  override readonly name = 'ClusterRebalanceError';
+}
+
+export class ClusterAdmin {
+  constructor(
+    private readonly mode: ClusterMode,
+    private readonly tracker: LoadTracker,
+    private readonly shape: { layers: number; experts: number; cluster: string },
+  ) {}
+
+  get cluster(): string {
+    return this.shape.cluster;
+  }
+
+  placementFile(): ClusterPlacementFile {
+    return clusterPlacementToFile(this.mode.placement);
+  }
+
+  /** The hosts that announced themselves in the bucket (a host deletes its entry when it leaves cleanly). */
+  async hosts(): Promise<HostAnnouncement[]> {
+    const keys = await this.mode.connection.kv.keys(hostKey('*'));
+    const found: HostAnnouncement[] = [];
+    for await (const key of keys) {
+      const entry = await this.mode.connection.kv.get(key);
+      if (entry && entry.operation === 'PUT') found.push(entry.json<HostAnnouncement>());
+    }
+    return found.sort((a, b) => a.hostId.localeCompare(b.hostId));
+  }
+
+  /** Validates and publishes a cluster placement; throws ClusterPlacementError naming each problem. */
+  async publish(raw: unknown): Promise<ClusterPlacement> {
+    const placement = parseClusterPlacement(raw, this.shape.layers, this.shape.experts);
+    await this.mode.connection.kv.put(PLACEMENT_KEY, JSON.stringify(clusterPlacementToFile(placement)));
+    return placement;
+  }
+
+  /**
+   * Plans a placement over the announced hosts from the load of the last `windowSeconds` (null: since start), and
+   * publishes it unless `dryRun`. Throws ClusterRebalanceError when no host announced itself or no load was seen.
+   */
+  async rebalance(options: { dryRun: boolean; windowSeconds: number | null }): Promise<ClusterRebalance> {
+    const hosts = (await this.hosts()).map((h) => h.hostId);
+    if (hosts.length === 0) throw new ClusterRebalanceError('no expert host has announced itself in the cluster: start `switchyard expert-host` first');
+    const window = this.tracker.window(options.windowSeconds);
+    if (window.tokens === 0) throw new ClusterRebalanceError('no load seen in the window yet: send traffic first, or widen window_s');
+    const index = new Map(hosts.map((h, i) => [h, i]));
+    const toWorkers = (p: ClusterPlacement): Placement => ({
+      workers: hosts.length,
+      hosts: p.hosts.map((row) => row.map((hs) => hs.flatMap((h) => (index.has(h) ? [index.get(h)!] : [])))),
+    });
+    const current = toWorkers(this.mode.placement);
+    const plan = planPlacement({ load: window.tokensPerExpert, workers: hosts.length, maxExpertsPerWorker: null, current });
+    const next: ClusterPlacement = { hosts: plan.placement.hosts.map((row) => row.map((ws) => ws.map((w) => hosts[w]).sort())) };
+    const moves = next.hosts.flatMap((row, layer) => row.flatMap((to, expert) => {
+      const from = this.mode.placement.hosts[layer][expert];
+      return from.join() === to.join() ? [] : [{ layer, expert, from: [...from], to }];
+    }));
+    if (!options.dryRun) await this.publish(clusterPlacementToFile(next));
+    return {
+      dryRun: options.dryRun, hosts, windowSeconds: options.windowSeconds, tokens: window.tokens,
+      before: predictBalance(current, window.tokensPerExpert), after: plan.predicted, placement: clusterPlacementToFile(next), moves,
+    };
+  }
+}
