@@ -221,7 +221,7 @@ const NatsSchema = z.strictObject({
   localFallback: z
     .boolean()
     .default(true)
-    .describe('true: an expert no host answers for is loaded on the gateway\'s own workers; false: its requests fail with 503 and nothing else is affected.'),
+    .describe('true: an expert no host answers for is served on the gateway\'s own workers for a while (then hosts are asked again); false: the scheduler step that needed it fails, its requests get 503 naming the expert.'),
 });
 
 export const ConfigSchema = z

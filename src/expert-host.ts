@@ -42,9 +42,16 @@ export async function startExpertHost(config: Config, hostId = defaultHostId()):
     await pool.close();
     throw error;
   }
-  const host = await ExpertHost.start(connection, pool, {
-    hostId, cluster: config.nats.cluster, layers: c.num_hidden_layers, experts: c.num_experts, hidden: c.hidden_size,
-  });
+  let host: ExpertHost;
+  try {
+    host = await ExpertHost.start(connection, pool, {
+      hostId, cluster: config.nats.cluster, layers: c.num_hidden_layers, experts: c.num_experts, hidden: c.hidden_size,
+    });
+  } catch (error) {
+    await connection.close();
+    await pool.close();
+    throw error;
+  }
   log.info('expert host ready', { host: hostId, model: pkg.dir, workers });
   return {
     host,

@@ -5,6 +5,9 @@
  * no host serves an expert any more.
  */
 import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExpertPool } from '../experts/pool.ts';
 import { joinCluster, PLACEMENT_KEY, type ClusterConnection } from '../experts/remote/cluster.ts';
@@ -17,6 +20,8 @@ import { ClusterPlacementError, expertsOfHost, GATEWAY_HOST, parseClusterPlaceme
 import type { Placement } from '../src/placement/placement.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { maxAbsDiff } from './helpers.ts';
+import { classifyError } from '../src/server/errors.ts';
+import { ExpertUnavailableError } from '../experts/remote/errors.ts';
 import { startNats } from './nats-helpers.ts';
 
 describe('expert batch wire format', () => {
@@ -43,6 +48,15 @@ describe('expert batch wire format', () => {
     foreign[0] ^= 0xff;
     expect(() => decodeRequest(foreign)).toThrow(/bad magic/);
     expect(() => encodeRequest({ layer: 0, expert: 0, tokens: 2, hidden: 4, rows: new Float32Array(7) })).toThrow(/expected 2 × 4/);
+  });
+});
+
+describe('an expert no host answers for (local fallback off)', () => {
+  it('fails its step with 503 naming the expert', () => {
+    const known = classifyError(new ExpertUnavailableError('expert 1.3: no expert host answered (last: no host serves it (no responders))'));
+    expect(known?.status).toBe(503);
+    expect(known?.errorType).toBe('generation');
+    expect(known?.message).toMatch(/^expert 1.3: no expert host answered/);
   });
 });
 
@@ -191,6 +205,56 @@ describe('experts on expert hosts over NATS', () => {
     expect(hosts[1].host.served).toBeGreaterThan(served); // layer 0 went to the replica
     expect(runner.failovers).toBeGreaterThan(0); // layers 1.. fell back to the gateway
     expect(gatewayPool.placement.hosts[1].some((ws) => ws.length > 0)).toBe(true);
-    expect(runner.clusterPlacement.hosts[1][0]).toContain(GATEWAY_HOST);
+    expect(runner.clusterPlacement).toBe(placement); // a fallback is the gateway's stopgap, not a placement change
+
+    // The next placement hands the experts back (the gateway's workers drop them); with host-a still gone, the
+    // fallback takes them over again, with the same numbers.
+    await runner.applyPlacement(parseClusterPlacement({ assignments: Array.from({ length: L * E }, (_, g) => ({
+      layer: Math.floor(g / E), expert: g % E, hosts: g < E ? ['host-b'] : ['host-a'],
+    })) }, L, E));
+    expect(gatewayPool.placement.hosts.flat().every((ws) => ws.length === 0)).toBe(true);
+    const again = await logitsOf(model, PROMPTS);
+    again.forEach((l, i) => expect(maxAbsDiff(l, want[i])).toBe(0));
+    expect(gatewayPool.placement.hosts[1].some((ws) => ws.length > 0)).toBe(true);
   }, 60_000);
 });
+
+describe('an expert batch larger than the server\'s max_payload', () => {
+  it('goes as several requests of whole rows, with the same outputs as the gateway\'s own pool', async () => {
+    const store = mkdtempSync(join(tmpdir(), 'sy-nats-conf-'));
+    const conf = join(store, 'nats.conf');
+    writeFileSync(conf, 'max_payload: 16384\n');
+    const nats = await startNats(['-c', conf]);
+    const pkg = loadModelPackage(dir);
+    const hostPool = await startPool(pkg, emptyPlacement(1));
+    const local = await startPool(pkg, fullPlacement(1));
+    const hostConnection = await joinCluster(cluster(nats.url), 'host');
+    const gateway = await joinCluster(cluster(nats.url), 'gateway');
+    const host = await ExpertHost.start(hostConnection, hostPool, { hostId: 'h', cluster: 'sytest', layers: L, experts: E, hidden: config.hidden_size });
+    let gatewayPool: ExpertPool | undefined;
+    try {
+      const file: ClusterPlacementFile = { assignments: Array.from({ length: L * E }, (_, g) => ({ layer: Math.floor(g / E), expert: g % E, hosts: ['h'] })) };
+      await gateway.kv.put(PLACEMENT_KEY, JSON.stringify(file));
+      while (host.serving.length < L * E) await new Promise((r) => setTimeout(r, 20));
+      gatewayPool = await startPool(pkg, emptyPlacement(1));
+      const runner = new ClusterExpertRunner(gateway.nc, gatewayPool, parseClusterPlacement(file, L, E),
+        { cluster: 'sytest', hidden: config.hidden_size, requestTimeoutMs: 2000, attempts: 2, localFallback: false });
+      const tokens = Math.ceil((3 * 16384) / (config.hidden_size * 4)); // about three messages' worth of rows
+      const x = Float32Array.from({ length: tokens * config.hidden_size }, (_, i) => Math.sin(i));
+      const plan = { batches: [{ expert: 1, rows: Array.from({ length: tokens }, (_, i) => i) }], overflow: [], capacity: tokens };
+      const served = host.served;
+      const [remote, own] = [await runner.runLayer(0, x, plan), await local.runLayer(0, x, plan)];
+      expect(host.served - served).toBeGreaterThanOrEqual(3);
+      expect(maxAbsDiff(remote.batches[0].output, own.batches[0].output)).toBe(0);
+    } finally {
+      await host.close();
+      await hostConnection.close();
+      await gateway.close();
+      await hostPool.close();
+      await local.close();
+      await gatewayPool?.close();
+      nats.process.kill('SIGKILL');
+    }
+  }, 60_000);
+});
+

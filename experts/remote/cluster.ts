@@ -45,7 +45,14 @@ export interface ClusterConnection {
 
 /** Connects and opens (creating if needed) the cluster's key-value bucket; `name` shows in the server's monitoring. */
 export async function joinCluster(options: ClusterOptions, name: string): Promise<ClusterConnection> {
-  const authenticator = options.credentialsFile ? credsAuthenticator(readFileSync(options.credentialsFile)) : undefined;
+  let authenticator;
+  if (options.credentialsFile) {
+    try {
+      authenticator = credsAuthenticator(readFileSync(options.credentialsFile));
+    } catch (error) {
+      throw new Error(`cannot read the NATS credentials file ${options.credentialsFile} (${(error as Error).message}): fix nats.credentialsFile`, { cause: error });
+    }
+  }
   let nc: NatsConnection;
   try {
     nc = await connect({
@@ -65,6 +72,9 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
     return { nc, kv, close: async () => { await nc.drain().catch(() => nc.close()); } };
   } catch (error) {
     await nc.close();
-    throw new Error(`NATS at ${options.url} has no JetStream (${(error as Error).message}): start nats-server with -js`, { cause: error });
+    const message = (error as Error).message;
+    const hint = /jetstream not enabled|no responders/i.test(message) ? 'start nats-server with -js (JetStream)'
+      : `check that this NATS user may use JetStream and the key-value bucket '${options.cluster}' ($KV.${options.cluster}.>)`;
+    throw new Error(`cannot open the cluster's key-value bucket on NATS at ${options.url} (${message}): ${hint}`, { cause: error });
   }
 }

@@ -34,6 +34,8 @@ export class ExpertHost {
   private applying: Promise<void> = Promise.resolve();
   private stopWatching: (() => void) | null = null;
   private closed = false;
+  /** Batches being computed or answered now. */
+  private readonly inFlight = new Set<Promise<void>>();
   /** Batches answered since start (tests and logs). */
   served = 0;
 
@@ -46,14 +48,33 @@ export class ExpertHost {
       hostId: options.hostId, workers: pool.workerCount, cores: cpus().length, memoryBytes: totalmem(), startedAt: new Date().toISOString(),
     };
     await connection.kv.put(hostKey(options.hostId), JSON.stringify(announcement));
-    // The watch delivers the current placement first (if any), then every change.
-    const watch = await connection.kv.watch({ key: PLACEMENT_KEY });
-    host.stopWatching = () => watch.stop();
-    void (async () => {
-      for await (const entry of watch) if (entry.operation === 'PUT') host.follow(entry.string());
-    })();
+    await host.watch();
     log.info('expert host joined the cluster', { host: options.hostId, cluster: options.cluster, workers: pool.workerCount });
     return host;
+  }
+
+  /**
+   * Follows the placement key: the watch delivers the current placement first (if any), then every change. A watch
+   * that ends while the host is open (the bucket recreated, NATS restarted without its store) is logged and started
+   * again, so the host never serves a stale placement in silence.
+   */
+  private async watch(): Promise<void> {
+    const watch = await this.connection.kv.watch({ key: PLACEMENT_KEY });
+    this.stopWatching = () => watch.stop();
+    void (async () => {
+      for await (const entry of watch) if (entry.operation === 'PUT') this.follow(entry.string());
+      if (this.closed) return;
+      log.error('the cluster placement watch ended; watching again', { host: this.options.hostId });
+      for (let delay = 250; !this.closed; delay = Math.min(delay * 2, 10_000)) {
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        try {
+          if (!this.closed) await this.watch();
+          return;
+        } catch (error) {
+          log.warn('cannot watch the cluster placement yet', { host: this.options.hostId, error: (error as Error).message });
+        }
+      }
+    })();
   }
 
   /** The experts this host serves now ("layer.expert"). */
@@ -89,7 +110,18 @@ export class ExpertHost {
       const subscription = this.connection.nc.subscribe(expertSubject(this.options.cluster, k.layer, k.expert), {
         queue: expertQueue(this.options.cluster),
         callback: (error, msg) => {
-          if (!error) void this.answer(msg);
+          if (error) {
+            // NATS closed the subscription (e.g. this host's user may not subscribe there): say so, stop claiming it.
+            log.error('expert subscription failed: this host no longer serves the expert', {
+              host: this.options.hostId, layer: k.layer, expert: k.expert, error: error.message,
+              hint: `the NATS user needs subscribe permission on ${expertSubject(this.options.cluster, k.layer, k.expert)}`,
+            });
+            this.subscriptions.delete(keyOf(k));
+            return;
+          }
+          const answering = this.answer(msg).catch((e) => log.error('expert host could not answer a batch', { host: this.options.hostId, error: (e as Error).message }));
+          this.inFlight.add(answering);
+          void answering.finally(() => this.inFlight.delete(answering));
         },
       });
       this.subscriptions.set(keyOf(k), subscription);
@@ -136,16 +168,25 @@ export class ExpertHost {
     } catch (error) {
       reply = encodeReply({ ok: false, error: (error as Error).message });
     }
-    msg.respond(reply);
+    try {
+      msg.respond(reply);
+    } catch (error) {
+      // E.g. a reply above the server's max_payload: the gateway times out and tries another replica; this host lives on.
+      msg.respond(encodeReply({ ok: false, error: `host ${this.options.hostId} could not send its reply: ${(error as Error).message}` }));
+    }
   }
 
-  /** Leaves the cluster: stops following the placement, drains the subscriptions (answering batches received). */
+  /**
+   * Leaves the cluster: stops following the placement, drains the subscriptions, and waits for the batches already
+   * received to be answered (a drained subscription has handed them over, not answered them).
+   */
   async close(): Promise<void> {
     this.closed = true;
     this.stopWatching?.();
     await this.applying;
     await Promise.all([...this.subscriptions.values()].map((s) => s.drain().catch(() => undefined)));
     this.subscriptions.clear();
+    await Promise.all([...this.inFlight]);
     await this.connection.kv.delete(hostKey(this.options.hostId)).catch(() => undefined);
   }
 }

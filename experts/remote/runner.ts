@@ -18,6 +18,9 @@ import { performance } from 'node:perf_hooks';
 import type { BatchOutcome, ExpertPool, HostTiming, LayerOutcome, WorkerTiming } from '../pool.ts';
 import { expertSubject } from './cluster.ts';
 import { decodeReply, encodeRequest } from './wire.ts';
+import { ExpertUnavailableError } from './errors.ts';
+
+export { ExpertUnavailableError };
 
 export interface ClusterRunnerOptions {
   cluster: string;
@@ -43,9 +46,17 @@ export interface FailoverEvent {
 /** The worker id remote batches report in BatchOutcome (they ran on no worker of this gateway). */
 export const REMOTE_WORKER = -1;
 
+/** How long an expert the gateway took over (local fallback) is served here before a host is asked again (ms). */
+export const FALLBACK_RETRY_MS = 10_000;
+/** Room kept in each message for the header and the host id beside the rows (bytes). */
+const MESSAGE_OVERHEAD = 256;
+
 export class ClusterExpertRunner {
   failovers = 0;
-  private readonly localLoads = new Map<string, Promise<void>>();
+  /** Experts the gateway took over because no host answered ("layer.expert" → until when, ms, before asking hosts again). */
+  private readonly fallback = new Map<string, number>();
+  /** Changes to the gateway's own pool, one at a time (placement changes and fallback loads). */
+  private poolChanges: Promise<unknown> = Promise.resolve();
   private readonly listeners = new Set<(event: FailoverEvent) => void>();
 
   constructor(
@@ -64,15 +75,57 @@ export class ClusterExpertRunner {
     return this.placement;
   }
 
-  /** A new cluster placement (the bucket changed): batches dispatched from now on follow it. */
-  setPlacement(placement: ClusterPlacement): void {
-    this.placement = placement;
+  /**
+   * Follows a new cluster placement (the bucket changed) in the load-first order: the gateway's workers load what it
+   * now gives `gateway` (keeping what they had), then batches follow the new placement, then the workers drop what
+   * they no longer serve. Experts taken over by the local fallback are handed back to the placement.
+   */
+  applyPlacement(placement: ClusterPlacement): Promise<void> {
+    return this.changePool(async () => {
+      const before = this.placement;
+      await this.pool.applyPlacement(this.workerPlacement([before, placement]));
+      this.placement = placement;
+      this.fallback.clear();
+      await this.pool.applyPlacement(this.workerPlacement([placement]));
+    });
+  }
+
+  private changePool(change: () => Promise<void>): Promise<void> {
+    const next = this.poolChanges.then(change);
+    this.poolChanges = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * The gateway's worker placement for the experts that any of `placements` gives `gateway`, plus the fallback ones:
+   * an expert keeps the worker it has, a new one goes to the least-loaded worker.
+   */
+  private workerPlacement(placements: ClusterPlacement[]): Placement {
+    const current = this.pool.placement;
+    const workers = current.workers;
+    const count = new Array<number>(workers).fill(0);
+    for (const row of current.hosts) for (const ws of row) for (const w of ws) count[w]++;
+    const hosts = current.hosts.map((row, layer) => row.map((held, expert) => {
+      const wanted = placements.some((p) => p.hosts[layer][expert].includes(GATEWAY_HOST)) || this.fallback.has(`${layer}.${expert}`);
+      if (!wanted) return [];
+      if (held.length > 0) return [...held];
+      const w = count.indexOf(Math.min(...count));
+      count[w]++;
+      return [w];
+    }));
+    return { workers, hosts };
+  }
+
+  private servedHere(layer: number, expert: number): boolean {
+    if (this.placement.hosts[layer][expert].includes(GATEWAY_HOST)) return true;
+    const until = this.fallback.get(`${layer}.${expert}`);
+    return until !== undefined && performance.now() < until && this.pool.placement.hosts[layer][expert].length > 0;
   }
 
   async runLayer(layer: number, x: Float32Array, plan: DispatchPlan): Promise<LayerOutcome> {
     const local: ExpertBatch[] = [];
     const remote: ExpertBatch[] = [];
-    for (const b of plan.batches) (this.placement.hosts[layer][b.expert].includes(GATEWAY_HOST) ? local : remote).push(b);
+    for (const b of plan.batches) (this.servedHere(layer, b.expert) ? local : remote).push(b);
     const [own, away] = await Promise.all([
       local.length > 0 ? this.pool.runLayer(layer, x, { ...plan, batches: local }) : Promise.resolve<LayerOutcome>({ batches: [], workers: [] }),
       Promise.all(remote.map((b) => this.runRemote(layer, b, x))),
@@ -97,57 +150,84 @@ export class ClusterExpertRunner {
   private async runRemote(layer: number, batch: ExpertBatch, x: Float32Array): Promise<{
     outcome: BatchOutcome; host: { host: string; computeMs: number; roundTripMs: number } | null; workers?: WorkerTiming[];
   }> {
-    const { hidden, attempts, requestTimeoutMs } = this.options;
-    const data = encodeRequest({ layer, expert: batch.expert, tokens: batch.rows.length, hidden, rows: gatherRows(x, batch.rows, hidden) });
-    const subject = expertSubject(this.options.cluster, layer, batch.expert);
-    let reason = '';
-    for (let attempt = 1; attempt <= attempts; attempt++) {
-      try {
-        const sent = performance.now();
-        const reply = decodeReply((await this.nc.request(subject, data, { timeout: requestTimeoutMs })).data);
-        if (reply.ok) {
-          return {
-            outcome: { expert: batch.expert, rows: batch.rows, worker: REMOTE_WORKER, output: reply.output },
-            host: { host: reply.host, computeMs: reply.computeMs, roundTripMs: performance.now() - sent },
-          };
-        }
-        reason = `host error: ${reply.error}`;
-      } catch (error) {
-        reason = describe(error, requestTimeoutMs);
-        // No host subscribed right now: one may be taking the expert over (a placement change); give it a moment.
-        if (isNoResponders(error) && attempt < attempts) await new Promise((r) => setTimeout(r, NO_RESPONDERS_BACKOFF_MS * attempt));
+    const { hidden } = this.options;
+    // A request and its reply must each fit the server's max_payload: a large batch (a long prefill, a wide model)
+    // goes as several requests of whole rows. Rows are independent, so the split changes no number.
+    const rowsPerMessage = Math.max(1, Math.floor(((this.nc.info?.max_payload ?? 1 << 20) - MESSAGE_OVERHEAD) / (hidden * 4)));
+    const chunks: number[][] = [];
+    for (let at = 0; at < batch.rows.length; at += rowsPerMessage) chunks.push(batch.rows.slice(at, at + rowsPerMessage));
+    const answers = await Promise.all(chunks.map((rows) => this.request(layer, batch.expert, rows, x)));
+    if (answers.every((a) => a !== null)) {
+      const output = new Float32Array(batch.rows.length * hidden);
+      let at = 0;
+      for (const a of answers) {
+        output.set(a!.output, at);
+        at += a!.output.length;
       }
-      if (attempt < attempts) this.failover({ layer, expert: batch.expert, attempt, reason, action: 'retry' });
+      const first = answers[0]!;
+      return {
+        outcome: { expert: batch.expert, rows: batch.rows, worker: REMOTE_WORKER, output },
+        host: { host: first.host, computeMs: answers.reduce((n, a) => n + a!.computeMs, 0), roundTripMs: Math.max(...answers.map((a) => a!.roundTripMs)) },
+      };
     }
-    if (!this.options.localFallback) {
-      throw new Error(`expert ${layer}.${batch.expert}: no expert host answered in ${attempts} attempts (last: ${reason}); `
-        + 'start a host that serves it, or set nats.localFallback to load it on the gateway');
-    }
-    this.failover({ layer, expert: batch.expert, attempt: attempts, reason, action: 'local' });
+    this.failover({ layer, expert: batch.expert, attempt: this.options.attempts, reason: 'no host answered', action: 'local' });
     await this.loadLocally(layer, batch.expert);
     const outcome = await this.pool.runLayer(layer, x, { batches: [batch], overflow: [], capacity: batch.rows.length });
     return { outcome: outcome.batches.length === 1 ? outcome.batches[0] : mergeParts(batch, outcome.batches, hidden), host: null, workers: outcome.workers };
   }
 
-  /** Adds the expert to the gateway's own workers (once, however many batches ask) and serves it locally from now on. */
+  /**
+   * One request of `rows` to whichever host serves the expert, tried `attempts` times (NATS routes each try to a live
+   * replica). While no host is subscribed at all (one may be loading the expert during a placement change), it keeps
+   * asking, backing off, for up to attempts × requestTimeoutMs. Resolves null when no host answered and the local
+   * fallback is on; throws otherwise.
+   */
+  private async request(layer: number, expert: number, rows: number[], x: Float32Array):
+    Promise<{ host: string; output: Float32Array; computeMs: number; roundTripMs: number } | null> {
+    const { hidden, attempts, requestTimeoutMs } = this.options;
+    const data = encodeRequest({ layer, expert, tokens: rows.length, hidden, rows: gatherRows(x, rows, hidden) });
+    const subject = expertSubject(this.options.cluster, layer, expert);
+    const deadline = performance.now() + attempts * requestTimeoutMs;
+    let reason = '';
+    let attempt = 0;
+    for (let wait = NO_RESPONDERS_BACKOFF_MS; attempt < attempts; ) {
+      const sent = performance.now();
+      try {
+        const reply = decodeReply((await this.nc.request(subject, data, { timeout: requestTimeoutMs })).data);
+        if (reply.ok && reply.tokens === rows.length && reply.hidden === hidden) {
+          this.fallback.delete(`${layer}.${expert}`); // a host answers (again)
+          return { host: reply.host, output: reply.output, computeMs: reply.computeMs, roundTripMs: performance.now() - sent };
+        }
+        reason = reply.ok ? `host ${reply.host} answered ${reply.tokens} × ${reply.hidden} floats for ${rows.length} × ${hidden}` : `host error: ${reply.error}`;
+      } catch (error) {
+        reason = describe(error, requestTimeoutMs);
+        if (isTooLarge(error)) break; // the same bytes would be refused again
+        if (isNoResponders(error) && performance.now() + wait < deadline) {
+          await new Promise((r) => setTimeout(r, wait));
+          wait = Math.min(wait * 2, requestTimeoutMs);
+          continue; // not an attempt: nobody was asked
+        }
+      }
+      attempt++;
+      if (attempt < attempts) this.failover({ layer, expert, attempt, reason, action: 'retry' });
+    }
+    if (this.options.localFallback && !reason.includes('max_payload')) return null;
+    throw new ExpertUnavailableError(`expert ${layer}.${expert}: no expert host answered (last: ${reason}); `
+      + (reason.includes('max_payload') ? 'raise max_payload in nats-server\'s configuration' : 'start a host that serves it, or set nats.localFallback to load it on the gateway'));
+  }
+
+  /**
+   * Serves the expert on the gateway's own workers for FALLBACK_RETRY_MS (loading it once, however many batches ask),
+   * after which hosts are asked again; the next cluster placement hands it back.
+   */
   private loadLocally(layer: number, expert: number): Promise<void> {
     const key = `${layer}.${expert}`;
-    let pending = this.localLoads.get(key);
-    if (!pending) {
-      pending = (async () => {
-        const current = this.pool.placement;
-        const hosts = current.hosts.map((row) => row.map((ws) => [...ws]));
-        if (hosts[layer][expert].length === 0) hosts[layer][expert] = [(layer * hosts[0].length + expert) % current.workers];
-        await this.pool.applyPlacement({ workers: current.workers, hosts } satisfies Placement);
-        const cluster = this.placement.hosts.map((row) => row.map((hs) => [...hs]));
-        cluster[layer][expert] = [...new Set([...cluster[layer][expert], GATEWAY_HOST])].sort();
-        this.placement = { hosts: cluster };
-        log.warn('no expert host answers for an expert: the gateway serves it on its own workers now', { layer, expert });
-      })();
-      this.localLoads.set(key, pending);
-      pending.catch(() => this.localLoads.delete(key));
-    }
-    return pending;
+    const fresh = !this.fallback.has(key);
+    this.fallback.set(key, performance.now() + FALLBACK_RETRY_MS);
+    if (fresh) log.warn('no expert host answers for an expert: the gateway serves it on its own workers for now', { layer, expert, retryHostsAfterMs: FALLBACK_RETRY_MS });
+    return this.changePool(async () => {
+      if (this.pool.placement.hosts[layer][expert].length === 0) await this.pool.applyPlacement(this.workerPlacement([this.placement]));
+    });
   }
 
   private failover(event: FailoverEvent): void {
@@ -162,6 +242,9 @@ const NO_RESPONDERS_BACKOFF_MS = 100;
 
 const isNoResponders = (error: unknown) =>
   error instanceof errors.NoRespondersError || (error as { cause?: unknown })?.cause instanceof errors.NoRespondersError;
+
+const isTooLarge = (error: unknown) => /max_payload/i.test((error as Error)?.message ?? '');
+
 
 function describe(error: unknown, timeoutMs: number): string {
   const cause = (error as { cause?: unknown })?.cause;

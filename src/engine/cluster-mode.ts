@@ -8,7 +8,6 @@ import { hostname } from 'node:os';
 import type { Config } from '../config.ts';
 import { joinCluster, PLACEMENT_KEY, type ClusterConnection } from '../../experts/remote/cluster.ts';
 import { clusterPlacementToFile, GATEWAY_HOST, hostsOf, parseClusterPlacement, type ClusterPlacement } from '../placement/cluster.ts';
-import { KvWatchInclude } from '@nats-io/kv';
 import { log } from '../log.ts';
 import type { Placement } from '../placement/placement.ts';
 import { PackageError } from './package.ts';
@@ -25,8 +24,11 @@ export interface ClusterMode {
 export async function followClusterPlacement(
   mode: ClusterMode, layers: number, experts: number, apply: (placement: ClusterPlacement) => Promise<void>,
 ): Promise<() => void> {
-  const watch = await mode.connection.kv.watch({ key: PLACEMENT_KEY, include: KvWatchInclude.UpdatesOnly });
+  // From the latest value, not only later updates: a change published while the gateway was loading is not missed
+  // (applying the placement it already follows changes nothing).
+  const watch = await mode.connection.kv.watch({ key: PLACEMENT_KEY });
   let chain = Promise.resolve();
+  let stopped = false;
   void (async () => {
     for await (const entry of watch) {
       if (entry.operation !== 'PUT') continue;
@@ -37,8 +39,13 @@ export async function followClusterPlacement(
         log.info('gateway follows the cluster placement', { hosts: hostsOf(placement) });
       }).catch((error) => log.error('gateway could not apply the cluster placement; it keeps the one it had', { error: (error as Error).message }));
     }
+    // The bucket was deleted or NATS lost its store: placement changes no longer reach this gateway until it restarts.
+    if (!stopped) log.error('the cluster placement watch ended: restart the gateway to follow placement changes again');
   })();
-  return () => watch.stop();
+  return () => {
+    stopped = true;
+    watch.stop();
+  };
 }
 
 /**

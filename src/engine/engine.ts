@@ -112,10 +112,7 @@ export class Engine implements GenerationService {
       engine.cluster = cluster;
       if (cluster) engine.clusterAdmin = new ClusterAdmin(cluster, placementAdmin.tracker, { layers: c.num_hidden_layers, experts: c.num_experts, cluster: config.nats.cluster });
       if (cluster && runner instanceof ClusterExpertRunner) {
-        engine.stopFollowing = await followClusterPlacement(cluster, c.num_hidden_layers, c.num_experts, async (next) => {
-          runner.setPlacement(next);
-          await pool.applyPlacement(gatewayWorkerPlacement(next, pool.workerCount));
-        });
+        engine.stopFollowing = await followClusterPlacement(cluster, c.num_hidden_layers, c.num_experts, (next) => runner.applyPlacement(next));
       }
       placementAdmin.onChange = () => engine.notifyPlacementChange();
       placementAdmin.start();

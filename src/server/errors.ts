@@ -1,4 +1,5 @@
 /** The HTTP error shape {"error", "error_type"} and the app-wide error and not-found handlers. */
+import { ExpertUnavailableError } from '../../experts/remote/errors.ts';
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
@@ -60,6 +61,10 @@ export function classifyError(err: unknown): HttpError | null {
     const status = err.status as ContentfulStatusCode;
     const type: ErrorType = status === 401 || status === 403 ? 'unauthorized' : status >= 500 ? 'internal' : 'validation';
     return new HttpError(status, type, err.message || `request failed with status ${status}`);
+  }
+  if (err instanceof ExpertUnavailableError) {
+    // Scale-out: no expert host answered for an expert the step needed, and nats.localFallback is off.
+    return new HttpError(503, 'generation', `${err.message}; retry later`, { 'Retry-After': '1' });
   }
   if (err instanceof RequestTimeoutError) {
     // The engine's scheduler cancels requests running longer than limits.requestTimeoutMs.
