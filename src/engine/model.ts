@@ -350,6 +350,27 @@ export function splitMicroBatches(inputs: SequenceInput[], minTokens: number): S
   return [inputs.slice(0, cut), inputs.slice(cut)];
 }
 
+/**
+ * Two micro-batches' timings of one layer, one entry per worker (or host) `keyOf`: tokens and compute time added,
+ * experts united; `more` merges the rest of an entry that both halves have.
+ */
+function mergeTimings<T extends { tokens: number; experts: number[]; computeMs: number }>(
+  a: readonly T[], b: readonly T[], keyOf: (t: T) => number | string, more: (seen: T, t: T) => void,
+): Map<number | string, T> {
+  const merged = new Map(a.map((t) => [keyOf(t), { ...t, experts: [...t.experts] }]));
+  for (const t of b) {
+    const seen = merged.get(keyOf(t));
+    if (!seen) merged.set(keyOf(t), { ...t, experts: [...t.experts] });
+    else {
+      seen.tokens += t.tokens;
+      seen.experts = [...new Set([...seen.experts, ...t.experts])].sort((x, y) => x - y);
+      seen.computeMs += t.computeMs;
+      more(seen, t);
+    }
+  }
+  return merged;
+}
+
 /** One layer's traces of two micro-batches as the step's: tokens back to back, counts and timings summed. */
 function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
   const expert = new Int32Array(a.expert.length + b.expert.length);
@@ -358,29 +379,13 @@ function mergeTraces(a: LayerTrace, b: LayerTrace): LayerTrace {
   const gate = new Float32Array(a.gate.length + b.gate.length);
   gate.set(a.gate);
   gate.set(b.gate, a.gate.length);
-  const workers = new Map(a.workers.map((w) => [w.worker, { ...w, experts: [...w.experts] }]));
-  for (const w of b.workers) {
-    const seen = workers.get(w.worker);
-    if (!seen) workers.set(w.worker, { ...w, experts: [...w.experts] });
-    else {
-      seen.tokens += w.tokens;
-      seen.experts = [...new Set([...seen.experts, ...w.experts])].sort((x, y) => x - y);
-      seen.queueMs += w.queueMs;
-      seen.computeMs += w.computeMs;
-      if (w.residency) seen.residency = w.residency;
-    }
-  }
-  const hosts = new Map((a.hosts ?? []).map((h) => [h.host, { ...h, experts: [...h.experts] }]));
-  for (const h of b.hosts ?? []) {
-    const seen = hosts.get(h.host);
-    if (!seen) hosts.set(h.host, { ...h, experts: [...h.experts] });
-    else {
-      seen.tokens += h.tokens;
-      seen.experts = [...new Set([...seen.experts, ...h.experts])].sort((x, y) => x - y);
-      seen.computeMs += h.computeMs;
-      seen.roundTripMs = Math.max(seen.roundTripMs, h.roundTripMs);
-    }
-  }
+  const workers = mergeTimings(a.workers, b.workers, (w) => w.worker, (seen, w) => {
+    seen.queueMs += w.queueMs;
+    if (w.residency) seen.residency = w.residency;
+  });
+  const hosts = mergeTimings(a.hosts ?? [], b.hosts ?? [], (h) => h.host, (seen, h) => {
+    seen.roundTripMs = Math.max(seen.roundTripMs, h.roundTripMs);
+  });
   return {
     layer: a.layer, k: a.k, expert, gate,
     ...(hosts.size > 0 ? { hosts: [...hosts.values()].sort((x, y) => x.host.localeCompare(y.host)) } : {}),

@@ -142,28 +142,26 @@ __attribute__((target("avx2,fma"))) void row_avx2(const Shape& sh, const float* 
 
 // ---- N-API glue -------------------------------------------------------------------------------------------------
 
-bool float_array(napi_env env, napi_value value, float** data, size_t* length) {
+// A typed array of the wanted element type: its data and length; false for anything else.
+template <typename T>
+bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, T** data, size_t* length) {
   bool is = false;
   if (napi_is_typedarray(env, value, &is) != napi_ok || !is) return false;
   napi_typedarray_type type;
   napi_value buffer;
   size_t offset;
   void* raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok || type != napi_float32_array) return false;
-  *data = static_cast<float*>(raw);
+  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok || type != want) return false;
+  *data = static_cast<T*>(raw);
   return true;
 }
 
+bool float_array(napi_env env, napi_value value, float** data, size_t* length) {
+  return typed_array(env, value, napi_float32_array, data, length);
+}
+
 bool uint32_array(napi_env env, napi_value value, uint32_t** data, size_t* length) {
-  bool is = false;
-  if (napi_is_typedarray(env, value, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void* raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok || type != napi_uint32_array) return false;
-  *data = static_cast<uint32_t*>(raw);
-  return true;
+  return typed_array(env, value, napi_uint32_array, data, length);
 }
 
 napi_value fail(napi_env env, const std::string& message) {
