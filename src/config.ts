@@ -217,6 +217,9 @@ const NatsSchema = z.strictObject({
   token: z.string().min(1).nullable().default(null).describe('NATS token (nats-server --auth); also $SWITCHYARD_NATS_TOKEN.'),
   credentialsFile: z.string().min(1).nullable().default(null).describe('NATS credentials file (JWT + nkey seed) for decentralized auth.'),
   requestTimeoutMs: int(1).default(2000).describe('How long the gateway waits for a host to answer one expert batch before it tries another replica.'),
+  hostTimeoutMs: int(100)
+    .default(6000)
+    .describe('A host that has not renewed its announcement for this long is gone: gateways take it out of the cluster placement (experts left without a host go to the live hosts, or to the gateway). Hosts renew every third of it.'),
   attempts: int(1, 10).default(3).describe('Tries per expert batch across the replicas before the local fallback (or an error).'),
   localFallback: z
     .boolean()

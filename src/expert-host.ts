@@ -46,6 +46,7 @@ export async function startExpertHost(config: Config, hostId = defaultHostId()):
   try {
     host = await ExpertHost.start(connection, pool, {
       hostId, cluster: config.nats.cluster, layers: c.num_hidden_layers, experts: c.num_experts, hidden: c.hidden_size,
+      heartbeatMs: Math.max(50, Math.floor(config.nats.hostTimeoutMs / 3)),
     });
   } catch (error) {
     await connection.close();

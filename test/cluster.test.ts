@@ -16,7 +16,7 @@ import { ClusterExpertRunner } from '../experts/remote/runner.ts';
 import { decodeReply, decodeRequest, encodeReply, encodeRequest, WireError } from '../experts/remote/wire.ts';
 import { MoeModel } from '../src/engine/model.ts';
 import { loadModelPackage, type ModelPackage } from '../src/engine/package.ts';
-import { ClusterPlacementError, expertsOfHost, GATEWAY_HOST, parseClusterPlacement, type ClusterPlacementFile } from '../src/placement/cluster.ts';
+import { ClusterPlacementError, expertsOfHost, GATEWAY_HOST, parseClusterPlacement, withoutHosts, type ClusterPlacementFile } from '../src/placement/cluster.ts';
 import type { Placement } from '../src/placement/placement.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { maxAbsDiff } from './helpers.ts';
@@ -72,6 +72,17 @@ describe('cluster placement', () => {
     expect(() => parseClusterPlacement({ assignments: file.assignments.slice(1) }, 2, 2)).toThrow(/unplaced \(layer.expert\): 0.0/);
     expect(() => parseClusterPlacement({ assignments: [...file.assignments, { layer: 5, expert: 0, hosts: ['a'] }] }, 2, 2)).toThrow(ClusterPlacementError);
     expect(() => parseClusterPlacement({ assignments: [{ layer: 0, expert: 0, hosts: ['bad host'] }] }, 1, 1)).toThrow(/host id/);
+  });
+
+  it('heals without gone hosts: replicas carry on, orphans go to the least-loaded live host, or the gateway', () => {
+    const p = parseClusterPlacement({ assignments: [
+      { layer: 0, expert: 0, hosts: ['a', 'b'] }, { layer: 0, expert: 1, hosts: ['a'] },
+      { layer: 1, expert: 0, hosts: ['a'] }, { layer: 1, expert: 1, hosts: ['c'] },
+    ] }, 2, 2);
+    expect(withoutHosts(p, new Set(['d']), ['a', 'b', 'c'])).toBeNull();
+    // b and c hold one expert each: the first orphan goes to b (a tie: the lower id), the next to c, now the lesser.
+    expect(withoutHosts(p, new Set(['a']), ['b', 'c'])!.hosts).toEqual([[['b'], ['b']], [['c'], ['c']]]);
+    expect(withoutHosts(p, new Set(['a', 'b', 'c']), [])!.hosts).toEqual([[[GATEWAY_HOST], [GATEWAY_HOST]], [[GATEWAY_HOST], [GATEWAY_HOST]]]);
   });
 });
 

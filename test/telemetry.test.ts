@@ -188,6 +188,17 @@ describe('expert-load metrics', () => {
     expect(queue0.sum).toBeCloseTo((0.1 + 0.05 + 0.02) / 1000, 12);
   });
 
+  it('counts expert batches an expert host did not answer, by layer and action (moe.host.failovers)', async () => {
+    const telemetry = createTelemetry(NONE, { modelId: 'm' });
+    open.push(telemetry);
+    telemetry.observer.onHostFailover!({ layer: 1, expert: 3, action: 'retry' });
+    telemetry.observer.onHostFailover!({ layer: 1, expert: 2, action: 'retry' });
+    telemetry.observer.onHostFailover!({ layer: 0, expert: 3, action: 'local' });
+    const text = await telemetry.metricsText();
+    expect(text).toMatch(/^moe_host_failovers(_total)?\{(?=[^}]*moe_failover_action="retry")(?=[^}]*moe_layer="1")[^}]*\} 2$/m);
+    expect(text).toMatch(/^moe_host_failovers(_total)?\{(?=[^}]*moe_failover_action="local")(?=[^}]*moe_layer="0")[^}]*\} 1$/m);
+  });
+
   it('never throws into the scheduler: a malformed step goes to onError', () => {
     const errors: Error[] = [];
     const telemetry = createTelemetry(NONE, { modelId: 'm', onError: (e) => errors.push(e) });

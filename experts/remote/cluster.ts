@@ -35,6 +35,8 @@ export interface HostAnnouncement {
   cores: number;
   memoryBytes: number;
   startedAt: string;
+  /** The host renews this entry every heartbeatMs; gateways judge it by the entry's age. */
+  heartbeatMs: number;
 }
 
 export interface ClusterConnection {

@@ -21,6 +21,8 @@ import { decodeRequest, encodeReply } from './wire.ts';
 
 export interface ExpertHostOptions {
   hostId: string;
+  /** How often the host renews its announcement (ms); gateways consider it gone after nats.hostTimeoutMs. */
+  heartbeatMs?: number;
   cluster: string;
   layers: number;
   experts: number;
@@ -33,6 +35,7 @@ export class ExpertHost {
   private readonly subscriptions = new Map<string, Subscription>();
   private applying: Promise<void> = Promise.resolve();
   private stopWatching: (() => void) | null = null;
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
   private closed = false;
   /** Batches being computed or answered now. */
   private readonly inFlight = new Set<Promise<void>>();
@@ -44,10 +47,17 @@ export class ExpertHost {
   /** Announces the host, then follows the cluster placement until close(). */
   static async start(connection: ClusterConnection, pool: ExpertPool, options: ExpertHostOptions): Promise<ExpertHost> {
     const host = new ExpertHost(connection, pool, options);
+    const heartbeatMs = options.heartbeatMs ?? 2000;
     const announcement: HostAnnouncement = {
-      hostId: options.hostId, workers: pool.workerCount, cores: cpus().length, memoryBytes: totalmem(), startedAt: new Date().toISOString(),
+      hostId: options.hostId, workers: pool.workerCount, cores: cpus().length, memoryBytes: totalmem(), startedAt: new Date().toISOString(), heartbeatMs,
     };
-    await connection.kv.put(hostKey(options.hostId), JSON.stringify(announcement));
+    const announce = () => connection.kv.put(hostKey(options.hostId), JSON.stringify(announcement));
+    await announce();
+    // Renewed while the host lives; a host that stops renewing (killed, cut off) is taken out of the placement.
+    host.heartbeat = setInterval(() => {
+      announce().catch((error) => log.warn('expert host could not renew its announcement', { host: options.hostId, error: (error as Error).message }));
+    }, heartbeatMs);
+    host.heartbeat.unref();
     await host.watch();
     log.info('expert host joined the cluster', { host: options.hostId, cluster: options.cluster, workers: pool.workerCount });
     return host;
@@ -182,6 +192,7 @@ export class ExpertHost {
    */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
     this.stopWatching?.();
     await this.applying;
     await Promise.all([...this.subscriptions.values()].map((s) => s.drain().catch(() => undefined)));

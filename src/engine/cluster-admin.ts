@@ -2,10 +2,11 @@
  * The admin API's side of an expert cluster (scale-out over NATS): the hosts that announced themselves, the cluster
  * placement, publishing a new one (hosts and gateways follow it: load, subscribe, drain, unload), and rebalancing
  * across hosts with the same planner as local workers (EPLB-style: replicate and pack hot experts), fed by the
- * per-expert load this gateway routed.
+ * per-expert load this gateway routed; and healing: hosts that stop renewing their announcement are taken out of the
+ * placement.
  */
 import { hostKey, PLACEMENT_KEY, type HostAnnouncement } from '../../experts/remote/cluster.ts';
-import { clusterPlacementToFile, parseClusterPlacement, type ClusterPlacement, type ClusterPlacementFile } from '../placement/cluster.ts';
+import { clusterPlacementToFile, GATEWAY_HOST, hostsOf, parseClusterPlacement, withoutHosts, type ClusterPlacement, type ClusterPlacementFile } from '../placement/cluster.ts';
 import type { LoadTracker } from '../placement/load-window.ts';
 import type { Placement } from '../placement/placement.ts';
 import { planPlacement, predictBalance, type Balance } from '../placement/rebalance.ts';
@@ -13,7 +14,7 @@ import type { ClusterMode } from './cluster-mode.ts';
 
 export interface ClusterRebalance {
   dryRun: boolean;
-  /** The hosts planned over (every announced host), in the order of `placement`'s worker indices. */
+  /** The hosts planned over (every live announced host), in the order of `placement`'s worker indices. */
   hosts: string[];
   windowSeconds: number | null;
   tokens: number;
@@ -32,7 +33,7 @@ export class ClusterAdmin {
   constructor(
     private readonly mode: ClusterMode,
     private readonly tracker: LoadTracker,
-    private readonly shape: { layers: number; experts: number; cluster: string },
+    private readonly shape: { layers: number; experts: number; cluster: string; hostTimeoutMs: number },
   ) {}
 
   get cluster(): string {
@@ -43,15 +44,39 @@ export class ClusterAdmin {
     return clusterPlacementToFile(this.mode.placement);
   }
 
-  /** The hosts that announced themselves in the bucket (a host deletes its entry when it leaves cleanly). */
-  async hosts(): Promise<HostAnnouncement[]> {
+  /**
+   * The hosts that announced themselves in the bucket (a host deletes its entry when it leaves cleanly), with how long
+   * ago each renewed it (by the NATS server's clock against this machine's: keep clocks in sync).
+   */
+  async hosts(): Promise<Array<HostAnnouncement & { lastSeenMsAgo: number }>> {
     const keys = await this.mode.connection.kv.keys(hostKey('*'));
-    const found: HostAnnouncement[] = [];
+    const found: Array<HostAnnouncement & { lastSeenMsAgo: number }> = [];
     for await (const key of keys) {
       const entry = await this.mode.connection.kv.get(key);
-      if (entry && entry.operation === 'PUT') found.push(entry.json<HostAnnouncement>());
+      if (entry && entry.operation === 'PUT') found.push({ ...entry.json<HostAnnouncement>(), lastSeenMsAgo: Math.max(0, Date.now() - entry.created.getTime()) });
     }
     return found.sort((a, b) => a.hostId.localeCompare(b.hostId));
+  }
+
+  /**
+   * Takes hosts that stopped renewing their announcement for `hostTimeoutMs` (or never announced) out of the cluster
+   * placement (withoutHosts), publishing it only if nobody changed the placement meanwhile (another gateway healing
+   * too). Returns the hosts taken out, or [] when all were live.
+   */
+  async heal(hostTimeoutMs = this.shape.hostTimeoutMs): Promise<string[]> {
+    const entry = await this.mode.connection.kv.get(PLACEMENT_KEY);
+    if (!entry || entry.operation !== 'PUT') return [];
+    const placement = parseClusterPlacement(entry.json(), this.shape.layers, this.shape.experts);
+    const live = (await this.hosts()).filter((h) => h.lastSeenMsAgo <= hostTimeoutMs).map((h) => h.hostId);
+    const gone = new Set(hostsOf(placement).filter((h) => h !== GATEWAY_HOST && !live.includes(h)));
+    const healed = withoutHosts(placement, gone, live);
+    if (!healed) return [];
+    try {
+      await this.mode.connection.kv.update(PLACEMENT_KEY, JSON.stringify(clusterPlacementToFile(healed)), entry.revision);
+    } catch {
+      return []; // the placement changed meanwhile: the next round looks again
+    }
+    return [...gone].sort();
   }
 
   /** Validates and publishes a cluster placement; throws ClusterPlacementError naming each problem. */
@@ -66,8 +91,8 @@ export class ClusterAdmin {
    * publishes it unless `dryRun`. Throws ClusterRebalanceError when no host announced itself or no load was seen.
    */
   async rebalance(options: { dryRun: boolean; windowSeconds: number | null }): Promise<ClusterRebalance> {
-    const hosts = (await this.hosts()).map((h) => h.hostId);
-    if (hosts.length === 0) throw new ClusterRebalanceError('no expert host has announced itself in the cluster: start `switchyard expert-host` first');
+    const hosts = (await this.hosts()).filter((h) => h.lastSeenMsAgo <= this.shape.hostTimeoutMs).map((h) => h.hostId);
+    if (hosts.length === 0) throw new ClusterRebalanceError('no live expert host has announced itself in the cluster: start `switchyard expert-host` first');
     const window = this.tracker.window(options.windowSeconds);
     if (window.tokens === 0) throw new ClusterRebalanceError('no load seen in the window yet: send traffic first, or widen window_s');
     const index = new Map(hosts.map((h, i) => [h, i]));

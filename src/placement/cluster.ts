@@ -65,3 +65,25 @@ export function expertsOfHost(p: ClusterPlacement, host: string): ExpertKey[] {
 export function hostsOf(p: ClusterPlacement): string[] {
   return [...new Set(p.hosts.flat(2))].sort();
 }
+
+/**
+ * The placement without the hosts in `gone` (killed, cut off): each expert keeps its other hosts; one left with none
+ * goes to the live host holding the fewest experts (ties: the lower id), or to the gateway when no host is live.
+ * Returns null when no expert names a gone host.
+ */
+export function withoutHosts(p: ClusterPlacement, gone: ReadonlySet<string>, live: readonly string[]): ClusterPlacement | null {
+  if (!p.hosts.some((row) => row.some((hs) => hs.some((h) => gone.has(h))))) return null;
+  const candidates = live.filter((h) => !gone.has(h) && h !== GATEWAY_HOST).sort();
+  const held = new Map(candidates.map((h) => [h, 0]));
+  for (const row of p.hosts) for (const hs of row) for (const h of hs) if (held.has(h) && !gone.has(h)) held.set(h, held.get(h)! + 1);
+  const hosts = p.hosts.map((row) => row.map((hs) => {
+    const kept = hs.filter((h) => !gone.has(h));
+    if (kept.length > 0) return kept;
+    if (candidates.length === 0) return [GATEWAY_HOST];
+    const least = candidates.reduce((a, b) => (held.get(b)! < held.get(a)! ? b : a));
+    held.set(least, held.get(least)! + 1);
+    return [least];
+  }));
+  return { hosts };
+}
+
