@@ -398,6 +398,11 @@ Options:
   --min-split-rows R           the gateway's placement.minSplitRows (default 32)
   --svg FILE                   also draw expert load over time and per-worker load before/after (SVG)
   --out FILE                   write the recommended placement to FILE instead of printing it
+  --hosts-max H                plan expert hosts (scale-out over NATS) instead: simulate 1..H hosts, print a cluster
+                               placement (the SVG is for workers only)
+  --workers-per-host K         with --hosts-max: expert workers per host (default 2)
+  --cores-per-host C           with --hosts-max: cores per host (default 2)
+  --host-rtt-ms R              with --hosts-max: network cost per layer, ms (default 1; bench/scale-out.ts measures it)
   -h, --help                   show this help
 
 Throughput is predicted at the trace's batch sizes: more workers shorten steps, they do not add clients.`,
@@ -411,6 +416,10 @@ Throughput is predicted at the trace's batch sizes: more workers shorten steps, 
       'min-split-rows': { type: 'string' },
       svg: { type: 'string' },
       out: { type: 'string' },
+      'hosts-max': { type: 'string' },
+      'workers-per-host': { type: 'string' },
+      'cores-per-host': { type: 'string' },
+      'host-rtt-ms': { type: 'string' },
     },
     async run(values, io) {
       const trace = strFlag(values, 'trace');
@@ -434,6 +443,14 @@ Throughput is predicted at the trace's batch sizes: more workers shorten steps, 
         minSplitRows: intFlag(values, 'min-split-rows', 1) ?? 32,
         svg: strFlag(values, 'svg'),
         out: strFlag(values, 'out'),
+        ...(strFlag(values, 'hosts-max') !== undefined ? {
+          hosts: {
+            hostsMax: Math.min(intFlag(values, 'hosts-max', 1) ?? 4, 256),
+            workersPerHost: intFlag(values, 'workers-per-host', 1) ?? 2,
+            coresPerHost: intFlag(values, 'cores-per-host', 1) ?? 2,
+            rttMs: positive('host-rtt-ms') ?? 1,
+          },
+        } : {}),
       }, io);
     },
   },

@@ -1,5 +1,7 @@
 /** The rebalancing planner, load-aware dispatch and placement validation on hand-made loads with known answers. */
 import { describe, expect, it } from 'vitest';
+import { hostStepTime } from '../src/planning/capacity.ts';
+import { hostsOf, parseClusterPlacement } from '../src/placement/cluster.ts';
 import {
   assignBatches, roundRobinPlacement, validatePlacement, waterFill, waterFillIntegers, type Placement,
 } from '../src/placement/placement.ts';
@@ -295,7 +297,33 @@ describe('capacity planning over a load trace', () => {
 
     expect(await main(['plan'], io)).toBe(2);
     expect(await main(['plan', '--trace', join(dir, 'missing.jsonl')], io)).toBe(1);
+
+    // Expert hosts: a cluster placement over host-0.., which a gateway accepts.
+    out.length = 0;
+    expect(await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--hosts-max', '3', '--workers-per-host', '2', '--cores-per-host', '2',
+      '--host-rtt-ms', '0.5', '--out', join(dir, 'cluster.json')], io)).toBe(0);
+    expect(out.join('\n')).toMatch(/recommended: \d hosts?/);
+    const cluster = JSON.parse(readFileSync(join(dir, 'cluster.json'), 'utf8'));
+    const parsed = parseClusterPlacement(cluster, 2, 4);
+    expect(hostsOf(parsed).every((h) => /^host-[0-2]$/.test(h))).toBe(true);
     expect(await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--p99-ms', 'fast'], io)).toBe(2);
+  });
+});
+
+describe('capacity over expert hosts', () => {
+  const cost = { perTokenMs: 0.01, perExpertMs: 0.1, taskOverheadMs: 0.2, dispatchOverheadMs: 0.1, trunkFixedMs: 1, trunkPerTokenMs: 0.01, tasks: 1, steps: 1 };
+  const step = { step: 0, tokens: 40, sequences: 40, stepMs: 0, layers: [{ layer: 0, tokensPerExpert: [10, 10, 10, 10], workers: [] }] } as unknown as Parameters<typeof hostStepTime>[0];
+  it('charges each layer one network round trip and waits for its slowest host, whose batches share its workers', () => {
+    const shape = { hostsMax: 2, workersPerHost: 2, coresPerHost: 2, rttMs: 1 };
+    const one = { workers: 1, hosts: [[[0], [0], [0], [0]]] };
+    const two = { workers: 2, hosts: [[[0], [1], [0], [1]]] };
+    const batch = cost.perExpertMs + cost.perTokenMs * 10; // 0.2 ms
+    const trunk = cost.trunkFixedMs + cost.trunkPerTokenMs * 40;
+    const fixed = cost.dispatchOverheadMs + cost.taskOverheadMs + shape.rttMs;
+    // One host: 4 batches over its 2 workers; two hosts: 2 batches each over 2 workers.
+    expect(hostStepTime(step, one, cost, shape)).toBeCloseTo(trunk + fixed + (4 * batch) / 2, 9);
+    expect(hostStepTime(step, two, cost, shape)).toBeCloseTo(trunk + fixed + (2 * batch) / 2, 9);
+    expect(hostStepTime(step, two, cost, { ...shape, rttMs: 3 }) - hostStepTime(step, two, cost, shape)).toBeCloseTo(2, 9);
   });
 });
 

@@ -146,9 +146,12 @@ export function observedStepTime(step: TraceStep, cost: CostModel, cores: number
   return ms;
 }
 
-export function replay(trace: LoadTrace, placement: Placement, cost: CostModel, options: ReplayOptions): Replay {
+export function replay(
+  trace: LoadTrace, placement: Placement, cost: CostModel, options: ReplayOptions,
+  timeOf: (step: TraceStep) => number = (s) => stepTime(s, placement, cost, options.cores, options.minSplitRows),
+): Replay {
   const steps = sample(trace.steps, options.maxSteps ?? 5000);
-  const times = steps.map((s) => stepTime(s, placement, cost, options.cores, options.minSplitRows));
+  const times = steps.map(timeOf);
   const total = times.reduce((a, b) => a + b, 0);
   const tokens = steps.reduce((n, s) => n + s.tokens, 0);
   const sequences = steps.reduce((n, s) => n + s.sequences, 0);
@@ -239,3 +242,73 @@ export function planCapacity(trace: LoadTrace, options: CapacityOptions): Capaci
   }
   return { cost, load, calibration, scenarios, recommended, reason };
 }
+
+/** Expert hosts of one kind (scale-out over NATS) for planHostCapacity. */
+export interface HostShape {
+  /** Largest host count to simulate. */
+  hostsMax: number;
+  workersPerHost: number;
+  coresPerHost: number;
+  /** What a layer pays for going over the network to its hosts (ms; bench/scale-out.ts measures it). */
+  rttMs: number;
+}
+
+export interface HostScenario {
+  hosts: number;
+  /** Placement over hosts (worker index = host index), from the same planner as the gateway's rebalancing. */
+  placement: Placement;
+  balance: Balance;
+  replay: Replay;
+}
+
+/**
+ * Predicted time of one traced step with its experts on hosts: each layer pays the gateway's dispatch overhead and
+ * one network round trip, then waits for its slowest host, whose expert batches share its workers and cores.
+ */
+export function hostStepTime(step: TraceStep, placement: Placement, cost: CostModel, shape: HostShape, minSplitRows = MIN_SPLIT_ROWS): number {
+  let ms = cost.trunkFixedMs + cost.trunkPerTokenMs * step.tokens;
+  const parallel = Math.max(1, Math.min(shape.workersPerHost, shape.coresPerHost));
+  for (const l of step.layers) {
+    const batches = l.tokensPerExpert.flatMap((rows, expert) => (rows > 0 ? [{ expert, rows }] : []));
+    if (batches.length === 0) continue;
+    const total = new Array<number>(placement.workers).fill(0);
+    const largest = new Array<number>(placement.workers).fill(0);
+    for (const part of splitCounts(placement, l.layer, batches, minSplitRows)) {
+      const work = cost.perExpertMs + cost.perTokenMs * part.rows;
+      total[part.worker] += work;
+      largest[part.worker] = Math.max(largest[part.worker], work);
+    }
+    const slowestHost = Math.max(...total.map((t, h) => Math.max(largest[h], t / parallel)));
+    ms += cost.dispatchOverheadMs + cost.taskOverheadMs + shape.rttMs + slowestHost;
+  }
+  return ms;
+}
+
+/**
+ * The capacity plan for experts on 1..hostsMax hosts of one shape: per host count, the planned placement over hosts,
+ * its balance and the trace replayed with hostStepTime; recommended as planCapacity does (the fewest hosts meeting
+ * the targets, else within 5 % of the best predicted throughput).
+ */
+export function planHostCapacity(trace: LoadTrace, shape: HostShape, options: Omit<CapacityOptions, 'workersMax' | 'cores'>):
+  { cost: CostModel; scenarios: HostScenario[]; recommended: HostScenario; reason: string } {
+  const cost = fitCost(trace);
+  const load = totalLoad(trace);
+  const scenarios: HostScenario[] = [];
+  for (let h = 1; h <= shape.hostsMax; h++) {
+    const plan = planPlacement({ load, workers: h, maxExpertsPerWorker: options.maxExpertsPerWorker });
+    const timeOf = (step: TraceStep) => hostStepTime(step, plan.placement, cost, shape, options.minSplitRows);
+    scenarios.push({ hosts: h, placement: plan.placement, balance: plan.predicted, replay: replay(trace, plan.placement, cost, { ...options, cores: shape.coresPerHost }, timeOf) });
+  }
+  const best = scenarios.reduce((a, b) => (b.replay.outputTokensPerS > a.replay.outputTokensPerS ? b : a));
+  const meets = (s: HostScenario) =>
+    (options.targetTokensPerS === undefined || s.replay.outputTokensPerS >= options.targetTokensPerS) &&
+    (options.p99Ms === undefined || s.replay.stepMsP99 <= options.p99Ms);
+  if (options.targetTokensPerS !== undefined || options.p99Ms !== undefined) {
+    const ok = scenarios.find(meets);
+    return ok ? { cost, scenarios, recommended: ok, reason: 'the fewest hosts that meet the targets' }
+      : { cost, scenarios, recommended: best, reason: `no host count up to ${shape.hostsMax} meets the targets at the trace's concurrency; this is the fastest` };
+  }
+  const recommended = scenarios.find((s) => s.replay.outputTokensPerS >= 0.95 * best.replay.outputTokensPerS)!;
+  return { cost, scenarios, recommended, reason: 'the fewest hosts within 5 % of the best predicted throughput' };
+}
+

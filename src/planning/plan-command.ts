@@ -1,7 +1,8 @@
 /** `switchyard plan`: read a load trace, simulate 1..K workers, print a recommendation (and optionally an SVG). */
 import { writeFileSync } from 'node:fs';
 import { placementToFile } from '../placement/placement.ts';
-import { planCapacity, type CapacityPlan } from './capacity.ts';
+import { planCapacity, planHostCapacity, type CapacityPlan, type HostShape } from './capacity.ts';
+import { clusterPlacementToFile } from '../placement/cluster.ts';
 import { planSvg } from './svg.ts';
 import { readLoadTrace, TraceError, type LoadTrace } from './trace.ts';
 
@@ -15,6 +16,8 @@ export interface PlanCommandOptions {
   minSplitRows: number;
   svg?: string;
   out?: string;
+  /** Plan expert hosts (scale-out over NATS) of this shape instead of one machine's workers. */
+  hosts?: HostShape;
 }
 
 export interface PlanIo {
@@ -84,6 +87,7 @@ export async function runPlan(options: PlanCommandOptions, io: PlanIo): Promise<
     throw error;
   }
   if (trace.skipped > 0) io.stderr(`switchyard plan: skipped ${trace.skipped} malformed lines (${trace.problems.join('; ')})`);
+  if (options.hosts) return runHostPlan(trace, options, options.hosts, io);
   let plan: CapacityPlan;
   try {
     plan = planCapacity(trace, options);
@@ -101,3 +105,37 @@ export async function runPlan(options: PlanCommandOptions, io: PlanIo): Promise<
   io.stdout(formatPlan(trace, plan, options));
   return 0;
 }
+
+/** `switchyard plan --hosts-max H`: expert hosts of one shape; the recommended placement is a cluster placement. */
+function runHostPlan(trace: LoadTrace, options: PlanCommandOptions, shape: HostShape, io: PlanIo): number {
+  let plan: ReturnType<typeof planHostCapacity>;
+  try {
+    plan = planHostCapacity(trace, shape, options);
+  } catch (error) {
+    io.stderr(`switchyard plan: ${(error as Error).message}`);
+    return 1;
+  }
+  const r = plan.recommended;
+  const names = (p: typeof r.placement) => ({ hosts: p.hosts.map((row) => row.map((ws) => ws.map((w) => `host-${w}`))) });
+  const file = clusterPlacementToFile(names(r.placement));
+  try {
+    if (options.out) writeFileSync(options.out, JSON.stringify(file, null, 2) + '\n');
+  } catch (error) {
+    io.stderr(`switchyard plan: cannot write output: ${(error as Error).message}`);
+    return 1;
+  }
+  const out: string[] = [];
+  out.push(`trace: ${trace.steps.length} steps, ${trace.layers} layers × ${trace.experts} experts; hosts of ${shape.workersPerHost} workers on ${shape.coresPerHost} cores, ${n(shape.rttMs, 2)} ms network round trip per layer`);
+  out.push('');
+  out.push(table(['hosts', 'balancedness', 'output tok/s', 'tokens/s', 'step p50 / p99 ms'], plan.scenarios.map((s) => [
+    String(s.hosts) + (s === r ? ' *' : ''), n(s.balance.overall, 3), n(s.replay.outputTokensPerS), n(s.replay.tokensPerS),
+    `${n(s.replay.stepMsP50, 3)} / ${n(s.replay.stepMsP99, 3)}`,
+  ])));
+  out.push('');
+  out.push(`recommended: ${r.hosts} host${r.hosts === 1 ? '' : 's'} (${plan.reason})`);
+  out.push(options.out ? `cluster placement written to ${options.out} (hosts named host-0, host-1, ...)` : 'cluster placement (nats.placementFile or PUT /admin/cluster/placement; rename host-N to your host ids):');
+  if (!options.out) out.push(JSON.stringify(file));
+  io.stdout(out.join('\n'));
+  return 0;
+}
+
