@@ -8,7 +8,9 @@
  *   answered), then unload them — the same load-first, swap, drain, unload order as local placement changes.
  *
  * Each request is one expert batch (wire.ts); the reply carries the output rows, or an error message (a batch for
- * an expert this host no longer serves, a failed worker) that the gateway answers by trying another replica.
+ * an expert this host no longer serves, a failed worker) that the gateway answers by trying another replica. The
+ * host renews its announcement (KV `host.<id>`) every heartbeatMs; gateways take a host that stops out of the
+ * placement (nats.hostTimeoutMs).
  */
 import { cpus, totalmem } from 'node:os';
 import type { Msg, Subscription } from '@nats-io/transport-node';

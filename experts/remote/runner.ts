@@ -3,11 +3,13 @@
  * layer's expert batches go to the gateway's own pool (experts the cluster placement gives `gateway`) or, one NATS
  * request per expert batch, to whichever live host serves that expert (queue group: NATS picks one replica).
  *
- * Failover: a batch that times out (`requestTimeoutMs`: its host was killed or cut off), finds no responder, or comes
- * back with an error is sent again, up to `attempts` times in all; NATS routes the retry to a live replica. When no
- * host answers at all and `localFallback` is on, the gateway loads the expert on its own workers and runs the batch
- * there (and keeps serving that expert locally); otherwise the step fails with an error naming the expert. Every
- * retry is logged and counted (`failovers`, and the onFailover listener).
+ * Failover: a batch that times out (`requestTimeoutMs`: its host was killed or cut off) or comes back with an error is
+ * sent again, up to `attempts` times in all; NATS routes the retry to a live replica. While no host subscribes at all
+ * (one loading the expert), it keeps asking with backoff for up to attempts × requestTimeoutMs. When no host answers
+ * and `localFallback` is on, the gateway loads the expert on its own workers and serves it there for
+ * FALLBACK_RETRY_MS before asking the hosts again; otherwise the step fails with ExpertUnavailableError naming the
+ * expert (503). Batches above the server's max_payload go as several requests. Every retry is logged and counted
+ * (`failovers`, and the onFailover listener).
  */
 import { errors, type NatsConnection } from '@nats-io/transport-node';
 import { log } from '../../src/log.ts';
@@ -237,14 +239,13 @@ export class ClusterExpertRunner {
   }
 }
 
-/** Wait before retrying a batch that found no responder, times the attempt number (ms). */
+/** First wait before asking again when no host is subscribed (ms); it doubles each time, up to requestTimeoutMs. */
 const NO_RESPONDERS_BACKOFF_MS = 100;
 
 const isNoResponders = (error: unknown) =>
   error instanceof errors.NoRespondersError || (error as { cause?: unknown })?.cause instanceof errors.NoRespondersError;
 
 const isTooLarge = (error: unknown) => /max_payload/i.test((error as Error)?.message ?? '');
-
 
 function describe(error: unknown, timeoutMs: number): string {
   const cause = (error as { cause?: unknown })?.cause;
