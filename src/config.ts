@@ -216,6 +216,14 @@ const NatsSchema = z.strictObject({
     .describe('JSON cluster placement ({"assignments": [{"layer", "expert", "hosts": [host ids, "gateway" for this gateway]}]}) that the gateway publishes at start; null uses the one already in the bucket.'),
   token: z.string().min(1).nullable().default(null).describe('NATS token (nats-server --auth); also $SWITCHYARD_NATS_TOKEN.'),
   credentialsFile: z.string().min(1).nullable().default(null).describe('NATS credentials file (JWT + nkey seed) for decentralized auth.'),
+  tls: z
+    .strictObject({
+      caFile: z.string().min(1).nullable().default(null).describe('PEM file of the CA that signed nats-server\'s certificate (null: the system CAs).'),
+      certFile: z.string().min(1).nullable().default(null).describe('PEM client certificate, when nats-server verifies clients (tls verify).'),
+      keyFile: z.string().min(1).nullable().default(null).describe('PEM key of the client certificate.'),
+    })
+    .prefault({})
+    .describe('TLS to nats-server: used whenever the server offers it; these files name a private CA and a client certificate.'),
   requestTimeoutMs: int(1).default(2000).describe('How long the gateway waits for a host to answer one expert batch before it tries another replica.'),
   hostTimeoutMs: int(100)
     .default(6000)
@@ -286,6 +294,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   openai: OpenAiSchema,
   cors: CorsSchema,
   nats: NatsSchema,
+  'nats.tls': NatsSchema.shape.tls.unwrap(),
 };
 
 export type Config = z.infer<typeof ConfigSchema>;

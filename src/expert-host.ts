@@ -36,7 +36,7 @@ export async function startExpertHost(config: Config, hostId = defaultHostId()):
   });
   let connection;
   try {
-    connection = await joinCluster({ url: config.nats.url, cluster: config.nats.cluster, token: config.nats.token, credentialsFile: config.nats.credentialsFile },
+    connection = await joinCluster({ url: config.nats.url, cluster: config.nats.cluster, token: config.nats.token, credentialsFile: config.nats.credentialsFile, tls: config.nats.tls },
       `switchyard-expert-host ${hostId}`);
   } catch (error) {
     await pool.close();

@@ -4,7 +4,7 @@
  * same logits as experts in its own pool; failover to a replica when a host drops out, and the local fallback when
  * no host serves an expert any more.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,7 +86,35 @@ describe('cluster placement', () => {
   });
 });
 
+/** A CA and a server certificate for 127.0.0.1, made with openssl (Debian's, which the test machines have). */
+function makeCertificates(dir: string): { ca: string; cert: string; key: string } {
+  const run = (args: string[]) => {
+    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
+  };
+  run(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=switchyard test CA']);
+  run(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
+  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext']);
+  return { ca: join(dir, 'ca.pem'), cert: join(dir, 'server.pem'), key: join(dir, 'server.key') };
+}
+
 describe('joining a cluster', () => {
+  it('speaks TLS to a nats-server that requires it, trusting the CA nats.tls.caFile names', async () => {
+    const certs = makeCertificates(mkdtempSync(join(tmpdir(), 'sy-tls-')));
+    const nats = await startNats(['--tls', '--tlscert', certs.cert, '--tlskey', certs.key]);
+    try {
+      const options = { url: nats.url, cluster: 'tls', token: null, credentialsFile: null };
+      const joined = await joinCluster({ ...options, tls: { caFile: certs.ca, certFile: null, keyFile: null } }, 'test');
+      expect(joined.nc.info?.tls_required).toBe(true);
+      await joined.close();
+      // Without the CA the server's certificate is not trusted.
+      await expect(joinCluster(options, 'test')).rejects.toThrow(/TLS to NATS .* failed .*set nats.tls.caFile/);
+    } finally {
+      nats.process.kill('SIGKILL');
+    }
+  }, 30_000);
+
   it('takes the token a NATS server with --auth expects, and says how to fix a wrong or missing one', async () => {
     const nats = await startNats(['--auth', 's3cret']);
     try {

@@ -60,7 +60,8 @@ describe('loadConfig', () => {
       cors: { origins: [] },
       openai: { strictModel: false },
       nats: {
-        url: null, cluster: 'switchyard', placementFile: null, token: null, credentialsFile: null, requestTimeoutMs: 2000, hostTimeoutMs: 6000,
+        url: null, cluster: 'switchyard', placementFile: null, token: null, credentialsFile: null, tls: { caFile: null, certFile: null, keyFile: null },
+        requestTimeoutMs: 2000, hostTimeoutMs: 6000,
         attempts: 3, localFallback: true,
       },
     });

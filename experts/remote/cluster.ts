@@ -21,6 +21,8 @@ export interface ClusterOptions {
   token: string | null;
   /** A NATS credentials file (JWT + nkey seed, `nsc` style); null: none. */
   credentialsFile: string | null;
+  /** PEM files for TLS: a private CA, a client certificate and its key (config nats.tls); absent: system CAs. */
+  tls?: { caFile: string | null; certFile: string | null; keyFile: string | null };
 }
 
 export const PLACEMENT_KEY = 'placement';
@@ -60,6 +62,14 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
     nc = await connect({
       servers: options.url.split(',').map((s) => s.trim()), name,
       ...(options.token ? { token: options.token } : {}), ...(authenticator ? { authenticator } : {}),
+      // TLS is used whenever the server offers or requires it; these name a private CA and a client certificate.
+      ...(options.tls && (options.tls.caFile || options.tls.certFile) ? {
+        tls: {
+          ...(options.tls.caFile ? { caFile: options.tls.caFile } : {}),
+          ...(options.tls.certFile ? { certFile: options.tls.certFile } : {}),
+          ...(options.tls.keyFile ? { keyFile: options.tls.keyFile } : {}),
+        },
+      } : {}),
       // Keep trying to reconnect after a NATS server restart; requests in the meantime fail and are retried.
       maxReconnectAttempts: -1, reconnectTimeWait: 250,
     });
@@ -67,7 +77,12 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
     if (error instanceof errors.AuthorizationError || (error as { cause?: unknown })?.cause instanceof errors.AuthorizationError) {
       throw new Error(`NATS at ${options.url} refused this client's credentials: set nats.token ($SWITCHYARD_NATS_TOKEN) or nats.credentialsFile to what the server expects`, { cause: error });
     }
-    throw new Error(`cannot reach NATS at ${options.url} (${(error as Error).message}): start nats-server with JetStream (nats-server -js) or fix nats.url`, { cause: error });
+    const message = (error as Error).message;
+    const cause = (error as { cause?: { code?: string; message?: string } })?.cause;
+    if (/certificate|altnames|TLS|SSL/i.test(`${message} ${cause?.code ?? ''} ${cause?.message ?? ''}`)) {
+      throw new Error(`TLS to NATS at ${options.url} failed (${message}): set nats.tls.caFile to the CA that signed the server's certificate, or fix the certificate's names`, { cause: error });
+    }
+    throw new Error(`cannot reach NATS at ${options.url} (${message}): start nats-server with JetStream (nats-server -js) or fix nats.url`, { cause: error });
   }
   try {
     const kv = await new Kvm(nc).create(options.cluster, { history: 1 });

@@ -54,7 +54,7 @@ export async function followClusterPlacement(
  */
 export async function joinAsGateway(config: Config, layers: number, experts: number): Promise<ClusterMode> {
   const nats = config.nats;
-  const connection = await joinCluster({ url: nats.url!, cluster: nats.cluster, token: nats.token, credentialsFile: nats.credentialsFile },
+  const connection = await joinCluster({ url: nats.url!, cluster: nats.cluster, token: nats.token, credentialsFile: nats.credentialsFile, tls: nats.tls },
     `switchyard-gateway ${hostname()} ${process.pid}`);
   try {
     let placement: ClusterPlacement;
