@@ -324,6 +324,10 @@ describe('capacity over expert hosts', () => {
     expect(hostStepTime(step, one, cost, shape)).toBeCloseTo(trunk + fixed + (4 * batch) / 2, 9);
     expect(hostStepTime(step, two, cost, shape)).toBeCloseTo(trunk + fixed + (2 * batch) / 2, 9);
     expect(hostStepTime(step, two, cost, { ...shape, rttMs: 3 }) - hostStepTime(step, two, cost, shape)).toBeCloseTo(2, 9);
+    // A hot expert on both hosts still runs its whole batch on one of them (NATS gives a request to one replica).
+    const hot = { ...step, layers: [{ layer: 0, tokensPerExpert: [256, 0, 0, 0], workers: [] }] } as unknown as typeof step;
+    const replicated = { workers: 2, hosts: [[[0, 1], [0], [0], [1]]] };
+    expect(hostStepTime(hot, replicated, cost, shape)).toBeCloseTo(trunk + fixed + cost.perExpertMs + cost.perTokenMs * 256, 9);
   });
 });
 

@@ -57,6 +57,17 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
       throw new Error(`cannot read the NATS credentials file ${options.credentialsFile} (${(error as Error).message}): fix nats.credentialsFile`, { cause: error });
     }
   }
+  for (const [field, file] of Object.entries(options.tls ?? {})) {
+    if (!file) continue;
+    try {
+      readFileSync(file);
+    } catch (error) {
+      throw new Error(`cannot read nats.tls.${field} ${file} (${(error as Error).message}): fix the path`, { cause: error });
+    }
+  }
+  if (options.tls && Boolean(options.tls.certFile) !== Boolean(options.tls.keyFile)) {
+    throw new Error('nats.tls.certFile and nats.tls.keyFile go together: set both (a client certificate and its key) or neither');
+  }
   let nc: NatsConnection;
   try {
     nc = await connect({
@@ -82,7 +93,8 @@ export async function joinCluster(options: ClusterOptions, name: string): Promis
     if (/certificate|altnames|TLS|SSL/i.test(`${message} ${cause?.code ?? ''} ${cause?.message ?? ''}`)) {
       throw new Error(`TLS to NATS at ${options.url} failed (${message}): set nats.tls.caFile to the CA that signed the server's certificate, or fix the certificate's names`, { cause: error });
     }
-    throw new Error(`cannot reach NATS at ${options.url} (${message}): start nats-server with JetStream (nats-server -js) or fix nats.url`, { cause: error });
+    const tlsHint = options.tls?.caFile || options.tls?.certFile ? '; if the server verifies clients (tls verify), set nats.tls.certFile and keyFile' : '';
+    throw new Error(`cannot reach NATS at ${options.url} (${message}): start nats-server with JetStream (nats-server -js) or fix nats.url${tlsHint}`, { cause: error });
   }
   try {
     const kv = await new Kvm(nc).create(options.cluster, { history: 1 });

@@ -60,7 +60,13 @@ export class ExpertHost {
       announce().catch((error) => log.warn('expert host could not renew its announcement', { host: options.hostId, error: (error as Error).message }));
     }, heartbeatMs);
     host.heartbeat.unref();
-    await host.watch();
+    try {
+      await host.watch();
+    } catch (error) {
+      clearInterval(host.heartbeat);
+      await connection.kv.delete(hostKey(options.hostId)).catch(() => undefined);
+      throw error;
+    }
     log.info('expert host joined the cluster', { host: options.hostId, cluster: options.cluster, workers: pool.workerCount });
     return host;
   }
@@ -78,7 +84,7 @@ export class ExpertHost {
       if (this.closed) return;
       log.error('the cluster placement watch ended; watching again', { host: this.options.hostId });
       for (let delay = 250; !this.closed; delay = Math.min(delay * 2, 10_000)) {
-        await new Promise((resolve) => setTimeout(resolve, delay));
+        await new Promise((resolve) => setTimeout(resolve, delay).unref()); // never what keeps the process alive
         try {
           if (!this.closed) await this.watch();
           return;

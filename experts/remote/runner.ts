@@ -158,7 +158,10 @@ export class ClusterExpertRunner {
     const rowsPerMessage = Math.max(1, Math.floor(((this.nc.info?.max_payload ?? 1 << 20) - MESSAGE_OVERHEAD) / (hidden * 4)));
     const chunks: number[][] = [];
     for (let at = 0; at < batch.rows.length; at += rowsPerMessage) chunks.push(batch.rows.slice(at, at + rowsPerMessage));
-    const answers = await Promise.all(chunks.map((rows) => this.request(layer, batch.expert, rows, x)));
+    // The gateway still holds the expert from an earlier fallback: one failed try is enough to run it here again
+    // (a host that is up but not serving it must not stall every step for the whole retry budget).
+    const quick = this.options.localFallback && this.pool.placement.hosts[layer][batch.expert].length > 0;
+    const answers = await Promise.all(chunks.map((rows) => this.request(layer, batch.expert, rows, x, quick)));
     if (answers.every((a) => a !== null)) {
       const output = new Float32Array(batch.rows.length * hidden);
       let at = 0;
@@ -184,9 +187,10 @@ export class ClusterExpertRunner {
    * asking, backing off, for up to attempts × requestTimeoutMs. Resolves null when no host answered and the local
    * fallback is on; throws otherwise.
    */
-  private async request(layer: number, expert: number, rows: number[], x: Float32Array):
+  private async request(layer: number, expert: number, rows: number[], x: Float32Array, quick = false):
     Promise<{ host: string; output: Float32Array; computeMs: number; roundTripMs: number } | null> {
-    const { hidden, attempts, requestTimeoutMs } = this.options;
+    const { hidden, requestTimeoutMs } = this.options;
+    const attempts = quick ? 1 : this.options.attempts;
     const data = encodeRequest({ layer, expert, tokens: rows.length, hidden, rows: gatherRows(x, rows, hidden) });
     const subject = expertSubject(this.options.cluster, layer, expert);
     const deadline = performance.now() + attempts * requestTimeoutMs;
@@ -204,7 +208,7 @@ export class ClusterExpertRunner {
       } catch (error) {
         reason = describe(error, requestTimeoutMs);
         if (isTooLarge(error)) break; // the same bytes would be refused again
-        if (isNoResponders(error) && performance.now() + wait < deadline) {
+        if (isNoResponders(error) && !quick && performance.now() + wait < deadline) {
           await new Promise((r) => setTimeout(r, wait));
           wait = Math.min(wait * 2, requestTimeoutMs);
           continue; // not an attempt: nobody was asked
@@ -228,6 +232,8 @@ export class ClusterExpertRunner {
     this.fallback.set(key, performance.now() + FALLBACK_RETRY_MS);
     if (fresh) log.warn('no expert host answers for an expert: the gateway serves it on its own workers for now', { layer, expert, retryHostsAfterMs: FALLBACK_RETRY_MS });
     return this.changePool(async () => {
+      // Set again here: a placement change queued before this one clears the map.
+      this.fallback.set(key, Math.max(this.fallback.get(key) ?? 0, performance.now() + FALLBACK_RETRY_MS));
       if (this.pool.placement.hosts[layer][expert].length === 0) await this.pool.applyPlacement(this.workerPlacement([this.placement]));
     });
   }

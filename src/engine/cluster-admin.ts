@@ -11,6 +11,7 @@ import type { LoadTracker } from '../placement/load-window.ts';
 import type { Placement } from '../placement/placement.ts';
 import { planPlacement, predictBalance, type Balance } from '../placement/rebalance.ts';
 import type { ClusterMode } from './cluster-mode.ts';
+import { log } from '../log.ts';
 
 export interface ClusterRebalance {
   dryRun: boolean;
@@ -53,28 +54,38 @@ export class ClusterAdmin {
     const found: Array<HostAnnouncement & { lastSeenMsAgo: number }> = [];
     for await (const key of keys) {
       const entry = await this.mode.connection.kv.get(key);
-      if (entry && entry.operation === 'PUT') found.push({ ...entry.json<HostAnnouncement>(), lastSeenMsAgo: Math.max(0, Date.now() - entry.created.getTime()) });
+      if (!entry || entry.operation !== 'PUT') continue;
+      try {
+        found.push({ ...entry.json<HostAnnouncement>(), lastSeenMsAgo: Math.max(0, Date.now() - entry.created.getTime()) });
+      } catch {
+        log.warn('skipping an unreadable host announcement in the cluster bucket', { key });
+      }
     }
     return found.sort((a, b) => a.hostId.localeCompare(b.hostId));
   }
 
   /**
-   * Takes hosts that stopped renewing their announcement for `hostTimeoutMs` (or never announced) out of the cluster
-   * placement (withoutHosts), publishing it only if nobody changed the placement meanwhile (another gateway healing
-   * too). Returns the hosts taken out, or [] when all were live.
+   * Takes hosts that announced themselves and then stopped renewing it (killed, frozen, cut off) out of the cluster
+   * placement (withoutHosts). Silence is judged by max(hostTimeoutMs, 3 × the host's own heartbeat). A host the
+   * placement names that never announced (not started yet) or left cleanly (it deletes its entry) is not taken out.
+   * Publishes only if nobody changed the placement meanwhile (another gateway healing, an operator). Returns the hosts
+   * taken out, or [] when none was.
    */
   async heal(hostTimeoutMs = this.shape.hostTimeoutMs): Promise<string[]> {
     const entry = await this.mode.connection.kv.get(PLACEMENT_KEY);
     if (!entry || entry.operation !== 'PUT') return [];
     const placement = parseClusterPlacement(entry.json(), this.shape.layers, this.shape.experts);
-    const live = (await this.hosts()).filter((h) => h.lastSeenMsAgo <= hostTimeoutMs).map((h) => h.hostId);
-    const gone = new Set(hostsOf(placement).filter((h) => h !== GATEWAY_HOST && !live.includes(h)));
-    const healed = withoutHosts(placement, gone, live);
+    const announced = await this.hosts();
+    const silent = (h: (typeof announced)[number]) => h.lastSeenMsAgo > Math.max(hostTimeoutMs, 3 * (h.heartbeatMs ?? 0));
+    const gone = new Set(announced.filter(silent).map((h) => h.hostId).filter((h) => hostsOf(placement).includes(h)));
+    const healed = withoutHosts(placement, gone, announced.filter((h) => !silent(h)).map((h) => h.hostId));
     if (!healed) return [];
     try {
       await this.mode.connection.kv.update(PLACEMENT_KEY, JSON.stringify(clusterPlacementToFile(healed)), entry.revision);
-    } catch {
-      return []; // the placement changed meanwhile: the next round looks again
+    } catch (error) {
+      // JetStream's "wrong last sequence": the placement changed meanwhile, and the next round looks again.
+      if ((error as { api_error?: { err_code?: number } })?.api_error?.err_code === 10071 || /wrong last sequence/i.test((error as Error).message)) return [];
+      throw error;
     }
     return [...gone].sort();
   }
@@ -91,7 +102,7 @@ export class ClusterAdmin {
    * publishes it unless `dryRun`. Throws ClusterRebalanceError when no host announced itself or no load was seen.
    */
   async rebalance(options: { dryRun: boolean; windowSeconds: number | null }): Promise<ClusterRebalance> {
-    const hosts = (await this.hosts()).filter((h) => h.lastSeenMsAgo <= this.shape.hostTimeoutMs).map((h) => h.hostId);
+    const hosts = (await this.hosts()).filter((h) => h.lastSeenMsAgo <= Math.max(this.shape.hostTimeoutMs, 3 * (h.heartbeatMs ?? 0))).map((h) => h.hostId);
     if (hosts.length === 0) throw new ClusterRebalanceError('no live expert host has announced itself in the cluster: start `switchyard expert-host` first');
     const window = this.tracker.window(options.windowSeconds);
     if (window.tokens === 0) throw new ClusterRebalanceError('no load seen in the window yet: send traffic first, or widen window_s');

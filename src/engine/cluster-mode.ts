@@ -34,8 +34,8 @@ export async function followClusterPlacement(
       if (entry.operation !== 'PUT') continue;
       chain = chain.then(async () => {
         const placement = parseClusterPlacement(entry.json(), layers, experts);
-        mode.placement = placement;
         await apply(placement);
+        mode.placement = placement; // what the admin API shows: what the gateway routes by
         log.info('gateway follows the cluster placement', { hosts: hostsOf(placement) });
       }).catch((error) => log.error('gateway could not apply the cluster placement; it keeps the one it had', { error: (error as Error).message }));
     }

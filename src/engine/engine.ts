@@ -137,7 +137,9 @@ export class Engine implements GenerationService {
         };
       }
       placementAdmin.onChange = () => engine.notifyPlacementChange();
-      placementAdmin.start();
+      // Automatic rebalancing plans the gateway's own workers as if they held every expert: not with an expert cluster
+      // (there, POST /admin/cluster/rebalance plans over hosts).
+      if (!cluster) placementAdmin.start();
       return engine;
     } catch (error) {
       await pool.close();

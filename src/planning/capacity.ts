@@ -263,20 +263,24 @@ export interface HostScenario {
 
 /**
  * Predicted time of one traced step with its experts on hosts: each layer pays the gateway's dispatch overhead and
- * one network round trip, then waits for its slowest host, whose expert batches share its workers and cores.
+ * one network round trip, then waits for its slowest host, whose expert batches share its workers and cores. A
+ * replicated expert's batch runs whole on one replica (the runtime's queue group gives it to one host).
  */
-export function hostStepTime(step: TraceStep, placement: Placement, cost: CostModel, shape: HostShape, minSplitRows = MIN_SPLIT_ROWS): number {
+export function hostStepTime(step: TraceStep, placement: Placement, cost: CostModel, shape: HostShape): number {
   let ms = cost.trunkFixedMs + cost.trunkPerTokenMs * step.tokens;
   const parallel = Math.max(1, Math.min(shape.workersPerHost, shape.coresPerHost));
   for (const l of step.layers) {
     const batches = l.tokensPerExpert.flatMap((rows, expert) => (rows > 0 ? [{ expert, rows }] : []));
     if (batches.length === 0) continue;
+    // A batch goes whole to one replica (the NATS queue group picks one; the model takes the least loaded so far).
     const total = new Array<number>(placement.workers).fill(0);
     const largest = new Array<number>(placement.workers).fill(0);
-    for (const part of splitCounts(placement, l.layer, batches, minSplitRows)) {
-      const work = cost.perExpertMs + cost.perTokenMs * part.rows;
-      total[part.worker] += work;
-      largest[part.worker] = Math.max(largest[part.worker], work);
+    for (const b of [...batches].sort((x, y) => y.rows - x.rows)) {
+      const hosts = placement.hosts[l.layer][b.expert];
+      const h = hosts.reduce((a, c) => (total[c] < total[a] ? c : a), hosts[0]);
+      const work = cost.perExpertMs + cost.perTokenMs * b.rows;
+      total[h] += work;
+      largest[h] = Math.max(largest[h], work);
     }
     const slowestHost = Math.max(...total.map((t, h) => Math.max(largest[h], t / parallel)));
     ms += cost.dispatchOverheadMs + cost.taskOverheadMs + shape.rttMs + slowestHost;
@@ -296,7 +300,7 @@ export function planHostCapacity(trace: LoadTrace, shape: HostShape, options: Om
   const scenarios: HostScenario[] = [];
   for (let h = 1; h <= shape.hostsMax; h++) {
     const plan = planPlacement({ load, workers: h, maxExpertsPerWorker: options.maxExpertsPerWorker });
-    const timeOf = (step: TraceStep) => hostStepTime(step, plan.placement, cost, shape, options.minSplitRows);
+    const timeOf = (step: TraceStep) => hostStepTime(step, plan.placement, cost, shape);
     scenarios.push({ hosts: h, placement: plan.placement, balance: plan.predicted, replay: replay(trace, plan.placement, cost, { ...options, cores: shape.coresPerHost }, timeOf) });
   }
   const best = scenarios.reduce((a, b) => (b.replay.outputTokensPerS > a.replay.outputTokensPerS ? b : a));

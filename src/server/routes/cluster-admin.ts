@@ -11,7 +11,7 @@ import type { Hono } from 'hono';
 import { z } from 'zod';
 import type { Logger } from '../../log.ts';
 import { ClusterRebalanceError, type ClusterAdmin } from '../../engine/cluster-admin.ts';
-import { ClusterPlacementError } from '../../placement/cluster.ts';
+import { ClusterPlacementError, clusterPlacementToFile } from '../../placement/cluster.ts';
 import type { PlacementController } from '../../engine/placement-controller.ts';
 import { HttpError } from '../errors.ts';
 import { jsonBody } from './admin.ts';
@@ -36,14 +36,15 @@ export function registerClusterAdminRoutes(app: Hono, cluster: ClusterAdmin, loc
 
   app.put('/admin/cluster/placement', async (c) => {
     const body = await jsonBody(c.req.raw, '{"assignments": [{"layer": 0, "expert": 0, "hosts": ["host-a"]}, ...]}', false);
+    let published;
     try {
-      await cluster.publish(body);
+      published = await cluster.publish(body);
     } catch (error) {
       if (error instanceof ClusterPlacementError) throw new HttpError(422, 'validation', error.message);
       throw error;
     }
     logger.info('cluster placement published', { cluster: cluster.cluster });
-    return c.json({ placement: cluster.placementFile() });
+    return c.json({ placement: clusterPlacementToFile(published) });
   });
 
   app.post('/admin/cluster/rebalance', async (c) => {
