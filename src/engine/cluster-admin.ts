@@ -65,6 +65,25 @@ export class ClusterAdmin {
   }
 
   /**
+   * Heals the placement twice per host timeout (a host that went silent leaves it: its replicas carry on, or its
+   * experts move to live hosts, so batches stop waiting for it). Returns a function that stops; the timer never keeps
+   * the process alive.
+   */
+  startHealing(): () => void {
+    let healing = false;
+    const timer = setInterval(() => {
+      if (healing) return;
+      healing = true;
+      this.heal().then((gone) => {
+        if (gone.length > 0) log.warn('expert hosts stopped renewing their announcement: the cluster placement no longer names them', { hosts: gone });
+      }).catch((error) => log.warn('could not check the expert hosts', { error: (error as Error).message }))
+        .finally(() => (healing = false));
+    }, Math.max(50, Math.floor(this.shape.hostTimeoutMs / 2)));
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  /**
    * Takes hosts that announced themselves and then stopped renewing it (killed, frozen, cut off) out of the cluster
    * placement (withoutHosts). Silence is judged by max(hostTimeoutMs, 3 × the host's own heartbeat). A host the
    * placement names that never announced (not started yet) or left cleanly (it deletes its entry) is not taken out.

@@ -118,22 +118,11 @@ export class Engine implements GenerationService {
           layers: c.num_hidden_layers, experts: c.num_experts, cluster: config.nats.cluster, hostTimeoutMs: config.nats.hostTimeoutMs,
         });
         engine.clusterAdmin = admin;
-        // Healing: a host that stopped renewing its announcement leaves the placement (its replicas carry on, or its
-        // experts move to live hosts), so batches stop waiting for it.
-        let healing = false;
-        const healer = setInterval(() => {
-          if (healing) return;
-          healing = true;
-          admin.heal().then((gone) => {
-            if (gone.length > 0) log.warn('expert hosts stopped renewing their announcement: the cluster placement no longer names them', { hosts: gone });
-          }).catch((error) => log.warn('could not check the expert hosts', { error: (error as Error).message }))
-            .finally(() => (healing = false));
-        }, Math.max(50, Math.floor(config.nats.hostTimeoutMs / 2)));
-        healer.unref();
-        const stop = engine.stopFollowing;
+        const stopHealing = admin.startHealing();
+        const stopFollowing = engine.stopFollowing;
         engine.stopFollowing = () => {
-          clearInterval(healer);
-          stop();
+          stopHealing();
+          stopFollowing();
         };
       }
       placementAdmin.onChange = () => engine.notifyPlacementChange();
