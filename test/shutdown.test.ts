@@ -318,7 +318,8 @@ async function startCli(command: string, args: string[], config: object, env: Re
     try {
       line = JSON.parse(text);
     } catch {
-      return; // not a log line
+      lines.push({ msg: '(not a log line)', text }); // a crash's stack trace, npm's own output: kept for the failure message
+      return;
     }
     lines.push(line);
     for (const w of waiting.filter((w) => w.msg === line.msg)) w.resolve(line);
