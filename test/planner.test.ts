@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { hostStepTime } from '../src/planning/capacity.ts';
 import { hostsOf, parseClusterPlacement } from '../src/placement/cluster.ts';
 import {
-  assignBatches, roundRobinPlacement, validatePlacement, waterFill, waterFillIntegers, type Placement,
+  assignBatches, placeOnWorkers, roundRobinPlacement, validatePlacement, waterFill, waterFillIntegers, type Placement,
 } from '../src/placement/placement.ts';
 import { planPlacement, predictBalance, PlanError } from '../src/placement/rebalance.ts';
 import { LoadTracker } from '../src/placement/load-window.ts';
@@ -307,6 +307,17 @@ describe('capacity planning over a load trace', () => {
     const parsed = parseClusterPlacement(cluster, 2, 4);
     expect(hostsOf(parsed).every((h) => /^host-[0-2]$/.test(h))).toBe(true);
     expect(await main(['plan', '--trace', join(dir, 'trace.jsonl'), '--p99-ms', 'fast'], io)).toBe(2);
+  });
+});
+
+describe('placeOnWorkers', () => {
+  it('keeps an expert on the workers it has, puts a new one on the least-held worker, and drops the unwanted', () => {
+    const current = { workers: 3, hosts: [[[0], [0], [1], []], [[2], [], [], []]] };
+    const wanted = new Set(['0.0', '0.2', '0.3', '1.1', '1.2']);
+    // Held now: worker 0 two experts, 1 one, 2 one; 0.1 and 1.0 are dropped, the new 0.3, 1.1, 1.2 fill 1, 2, then 0.
+    expect(placeOnWorkers(current, (l, e) => wanted.has(`${l}.${e}`)).hosts).toEqual([[[0], [], [1], [1]], [[], [2], [0], []]]);
+    const empty = { workers: 2, hosts: [[[], [], []]] };
+    expect(placeOnWorkers(empty, () => true).hosts).toEqual([[[0], [1], [0]]]); // round-robin from nothing
   });
 });
 

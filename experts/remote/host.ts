@@ -17,7 +17,7 @@ import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { ExpertPool } from '../pool.ts';
 import { log } from '../../src/log.ts';
 import { expertsOfHost, parseClusterPlacement } from '../../src/placement/cluster.ts';
-import type { ExpertKey, Placement } from '../../src/placement/placement.ts';
+import { placeOnWorkers, type ExpertKey, type Placement } from '../../src/placement/placement.ts';
 import { expertQueue, expertSubject, hostKey, PLACEMENT_KEY, type ClusterConnection, type HostAnnouncement } from './cluster.ts';
 import { decodeRequest, encodeReply } from './wire.ts';
 
@@ -154,18 +154,10 @@ export class ExpertHost {
     log.info('expert host follows the cluster placement', { host: this.options.hostId, serving: wanted.length, gained: gained.length, lost: lost.length });
   }
 
-  /** A pool placement holding exactly `wanted`: experts already on a worker stay there, new ones go round-robin. */
+  /** A pool placement holding exactly `wanted` (placeOnWorkers: experts keep their workers, new ones fill the least held). */
   private localPlacement(wanted: ExpertKey[]): Placement {
-    const { layers, experts } = this.options;
-    const current = this.pool.placement;
-    const workers = this.pool.workerCount;
-    const hosts: number[][][] = Array.from({ length: layers }, () => Array.from({ length: experts }, () => []));
-    let next = 0;
-    for (const k of wanted) {
-      const held = current.hosts[k.layer]?.[k.expert] ?? [];
-      hosts[k.layer][k.expert] = held.length > 0 ? [...held] : [next++ % workers];
-    }
-    return { workers, hosts };
+    const keys = new Set(wanted.map(keyOf));
+    return placeOnWorkers(this.pool.placement, (layer, expert) => keys.has(`${layer}.${expert}`));
   }
 
   private async answer(msg: Msg): Promise<void> {

@@ -14,7 +14,7 @@
 import { errors, type NatsConnection } from '@nats-io/transport-node';
 import { log } from '../../src/log.ts';
 import { GATEWAY_HOST, type ClusterPlacement } from '../../src/placement/cluster.ts';
-import type { Placement } from '../../src/placement/placement.ts';
+import { placeOnWorkers, type Placement } from '../../src/placement/placement.ts';
 import { gatherRows, type DispatchPlan, type ExpertBatch } from '../../router/dispatch.ts';
 import { performance } from 'node:perf_hooks';
 import type { BatchOutcome, ExpertPool, HostTiming, LayerOutcome, WorkerTiming } from '../pool.ts';
@@ -98,24 +98,10 @@ export class ClusterExpertRunner {
     return next;
   }
 
-  /**
-   * The gateway's worker placement for the experts that any of `placements` gives `gateway`, plus the fallback ones:
-   * an expert keeps the worker it has, a new one goes to the least-loaded worker.
-   */
+  /** The gateway's worker placement for the experts that any of `placements` gives `gateway`, plus the fallback ones. */
   private workerPlacement(placements: ClusterPlacement[]): Placement {
-    const current = this.pool.placement;
-    const workers = current.workers;
-    const count = new Array<number>(workers).fill(0);
-    for (const row of current.hosts) for (const ws of row) for (const w of ws) count[w]++;
-    const hosts = current.hosts.map((row, layer) => row.map((held, expert) => {
-      const wanted = placements.some((p) => p.hosts[layer][expert].includes(GATEWAY_HOST)) || this.fallback.has(`${layer}.${expert}`);
-      if (!wanted) return [];
-      if (held.length > 0) return [...held];
-      const w = count.indexOf(Math.min(...count));
-      count[w]++;
-      return [w];
-    }));
-    return { workers, hosts };
+    return placeOnWorkers(this.pool.placement, (layer, expert) =>
+      placements.some((p) => p.hosts[layer][expert].includes(GATEWAY_HOST)) || this.fallback.has(`${layer}.${expert}`));
   }
 
   private servedHere(layer: number, expert: number): boolean {

@@ -9,7 +9,7 @@ import type { Config } from '../config.ts';
 import { joinCluster, PLACEMENT_KEY, type ClusterConnection } from '../../experts/remote/cluster.ts';
 import { clusterPlacementToFile, GATEWAY_HOST, hostsOf, parseClusterPlacement, type ClusterPlacement } from '../placement/cluster.ts';
 import { log } from '../log.ts';
-import type { Placement } from '../placement/placement.ts';
+import { placeOnWorkers, type Placement } from '../placement/placement.ts';
 import { PackageError } from './package.ts';
 
 export interface ClusterMode {
@@ -81,11 +81,8 @@ export async function joinAsGateway(config: Config, layers: number, experts: num
   }
 }
 
-/** The gateway's own workers' placement: the experts `placement` gives the gateway, round-robin over `workers`. */
+/** The gateway's own workers' placement at start: the experts `placement` gives the gateway, round-robin over `workers`. */
 export function gatewayWorkerPlacement(placement: ClusterPlacement, workers: number): Placement {
-  let next = 0;
-  return {
-    workers,
-    hosts: placement.hosts.map((row) => row.map((hosts) => (hosts.includes(GATEWAY_HOST) ? [next++ % workers] : []))),
-  };
+  const empty = { workers, hosts: placement.hosts.map((row) => row.map(() => [])) };
+  return placeOnWorkers(empty, (layer, expert) => placement.hosts[layer][expert].includes(GATEWAY_HOST));
 }

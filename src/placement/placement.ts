@@ -56,6 +56,25 @@ export function placementToFile(p: Placement): PlacementFile {
   };
 }
 
+/**
+ * A placement over `current`'s workers holding exactly the experts `wanted` names: an expert keeps the workers it
+ * has in `current`, a new one goes to the worker holding the fewest experts (the lowest id on ties, so an empty
+ * `current` fills round-robin). Expert hosts and the gateway's own workers in a cluster follow placement changes
+ * with it.
+ */
+export function placeOnWorkers(current: Placement, wanted: (layer: number, expert: number) => boolean): Placement {
+  const count = new Array<number>(current.workers).fill(0);
+  for (const row of current.hosts) for (const ws of row) for (const w of ws) count[w]++;
+  const hosts = current.hosts.map((row, layer) => row.map((held, expert) => {
+    if (!wanted(layer, expert)) return [];
+    if (held.length > 0) return [...held];
+    const w = count.indexOf(Math.min(...count));
+    count[w]++;
+    return [w];
+  }));
+  return { workers: current.workers, hosts };
+}
+
 /** The experts a worker must hold. */
 export function expertsOfWorker(p: Placement, worker: number): ExpertKey[] {
   return p.hosts.flatMap((row, layer) => row.flatMap((ws, expert) => (ws.includes(worker) ? [{ layer, expert }] : [])));
