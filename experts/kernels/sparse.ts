@@ -3,7 +3,7 @@
  * (16-bit column indices, AVX2/FMA when the CPU has it). `npm ci` builds it (native/build.mjs); when the build
  * failed, or SWITCHYARD_NATIVE=off, the kernel is unavailable and never chosen.
  */
-import { createRequire } from 'node:module';
+import { loadKernelAddon, type NativeStatus as NativeStatusOf } from './native-addon.ts';
 import type { ExpertWeights } from '../expert-graph.ts';
 import type { ExpertKernel } from './types.ts';
 
@@ -50,25 +50,11 @@ interface Addon {
   perTokenMax(n?: number): number;
 }
 
-export type NativeStatus = { available: true; simd: string; addon: Addon } | { available: false; reason: string };
-
-let cached: NativeStatus | undefined;
+export type NativeStatus = NativeStatusOf<Addon>;
 
 /** Loads the addon once per thread; never throws. */
 export function nativeSparse(): NativeStatus {
-  if (cached) return cached;
-  if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') {
-    return (cached = { available: false, reason: 'disabled by SWITCHYARD_NATIVE=off' });
-  }
-  try {
-    const addon = createRequire(import.meta.url)('./native/build/Release/sparse_ffn.node') as Addon;
-    return (cached = { available: true, simd: addon.info().simd, addon });
-  } catch (error) {
-    return (cached = {
-      available: false,
-      reason: `native sparse kernel not built (${(error as Error).message.split('\n')[0]}); run \`npm ci\` or \`node experts/kernels/native/build.mjs\` and see experts/kernels/native/build.log`,
-    });
-  }
+  return loadKernelAddon<Addon>('sparse_ffn.node', 'native sparse kernel');
 }
 
 export class SparseKernel implements ExpertKernel {

@@ -9,7 +9,7 @@
  * runs when the addon is not built. Either way a token's numbers depend only on its own sequence (never on which
  * other sequences share the step, nor on how its prompt was chunked).
  */
-import { createRequire } from 'node:module';
+import { loadKernelAddon, type NativeStatus } from '../../experts/kernels/native-addon.ts';
 import type { KvCache } from './kv-cache.ts';
 
 /** One sequence of the step: its cache (new rows already written at past..past+n), cached positions before, new tokens. */
@@ -39,23 +39,11 @@ interface Addon {
   info(): { simd: string };
 }
 
-export type NativeAttention = { available: true; simd: string; addon: Addon } | { available: false; reason: string };
-
-let native: NativeAttention | undefined;
+export type NativeAttention = NativeStatus<Addon>;
 
 /** Loads the native kernel once per thread; never throws (SWITCHYARD_NATIVE=off disables it, as for the sparse kernel). */
 export function nativeAttention(): NativeAttention {
-  if (native) return native;
-  if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') return (native = { available: false, reason: 'disabled by SWITCHYARD_NATIVE=off' });
-  try {
-    const addon = createRequire(import.meta.url)('../../experts/kernels/native/build/Release/attention.node') as Addon;
-    return (native = { available: true, simd: addon.info().simd, addon });
-  } catch (error) {
-    return (native = {
-      available: false,
-      reason: `native attention kernel not built (${(error as Error).message.split('\n')[0]}); run \`npm ci\` or \`node experts/kernels/native/build.mjs\` and see experts/kernels/native/build.log`,
-    });
-  }
+  return loadKernelAddon<Addon>('attention.node', 'native attention kernel');
 }
 
 /** The native kernel for this shape, or null when the addon is unavailable. */

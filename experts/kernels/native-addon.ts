@@ -1,0 +1,35 @@
+/**
+ * Loading the native kernels (experts/kernels/native, built by `npm ci`): once per thread, never throwing. Without
+ * the addon (no compiler at install, or SWITCHYARD_NATIVE=off) the caller gets the reason and uses its fallback.
+ */
+import { createRequire } from 'node:module';
+
+/** What every kernel addon answers: which SIMD path it runs on this CPU. */
+export interface KernelAddon {
+  info(): { simd: string };
+}
+
+export type NativeStatus<A extends KernelAddon> = { available: true; simd: string; addon: A } | { available: false; reason: string };
+
+const loaded = new Map<string, NativeStatus<KernelAddon>>();
+
+/** The addon `native/build/Release/<file>` (`what` names it in the reason it is unavailable). */
+export function loadKernelAddon<A extends KernelAddon>(file: string, what: string): NativeStatus<A> {
+  const seen = loaded.get(file);
+  if (seen) return seen as NativeStatus<A>;
+  let status: NativeStatus<A>;
+  if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') status = { available: false, reason: 'disabled by SWITCHYARD_NATIVE=off' };
+  else {
+    try {
+      const addon = createRequire(import.meta.url)(`./native/build/Release/${file}`) as A;
+      status = { available: true, simd: addon.info().simd, addon };
+    } catch (error) {
+      status = {
+        available: false,
+        reason: `${what} not built (${(error as Error).message.split('\n')[0]}); run \`npm ci\` or \`node experts/kernels/native/build.mjs\` and see experts/kernels/native/build.log`,
+      };
+    }
+  }
+  loaded.set(file, status as NativeStatus<KernelAddon>);
+  return status;
+}
