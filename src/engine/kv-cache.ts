@@ -50,19 +50,14 @@ export class KvCache {
     this.put(this.values[layer], layer, values, n);
   }
 
-  /**
-   * Copies a layer's first `count` positions into `out` at `offset` as [heads, stride, head_dim], zeros in
-   * positions count..stride (the per-sequence reference path's past keys and values).
-   */
-  gather(layer: number, which: 'keys' | 'values', count: number, out: Float32Array, offset: number, stride: number): void {
+  /** A layer's first `count` positions, head-major [heads, count, head_dim] (copies): the per-sequence path's past. */
+  headMajor(layer: number, which: 'keys' | 'values', count: number): Float32Array {
     const source = which === 'keys' ? this.keys[layer] : this.values[layer];
     const hd = this.headDim;
     const cap = this.capacity[layer];
-    for (let h = 0; h < this.heads; h++) {
-      const at = offset + h * stride * hd;
-      out.set(source.subarray(h * cap * hd, (h * cap + count) * hd), at);
-      if (count < stride) out.fill(0, at + count * hd, at + stride * hd);
-    }
+    const out = new Float32Array(this.heads * count * hd);
+    for (let h = 0; h < this.heads; h++) out.set(source.subarray(h * cap * hd, (h * cap + count) * hd), h * count * hd);
+    return out;
   }
 
   private put(target: Float32Array, layer: number, rows: Float32Array, n: number): void {

@@ -263,7 +263,7 @@ export class MoeModel {
   /** The earlier path: one attention run per sequence and layer (attentionGraph). */
   private perSequenceAttention(inputs: SequenceInput[]): StepAttention {
     const d = this.config.hidden_size;
-    const { kvHeads, headDim, kvDim } = this.heads;
+    const { kvHeads, headDim } = this.heads;
     const sessions = this.sessions.perSequence!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
     const perSequence = inputs.map((s) => {
@@ -280,15 +280,11 @@ export class MoeModel {
       let row = 0;
       for (const [i, s] of inputs.entries()) {
         const q = perSequence[i];
-        const pastK = new Float32Array(q.past * kvDim);
-        const pastV = new Float32Array(q.past * kvDim);
-        s.cache.gather(layer, 'keys', q.past, pastK, 0, q.past);
-        s.cache.gather(layer, 'values', q.past, pastV, 0, q.past);
         const out = await sessions[layer].run({
           x: new ort.Tensor('float32', x.subarray(row * d, (row + q.n) * d), [q.n, d]),
           cos: q.cos, sin: q.sin, mask: q.mask,
-          past_k: new ort.Tensor('float32', pastK, [kvHeads, q.past, headDim]),
-          past_v: new ort.Tensor('float32', pastV, [kvHeads, q.past, headDim]),
+          past_k: new ort.Tensor('float32', s.cache.headMajor(layer, 'keys', q.past), [kvHeads, q.past, headDim]),
+          past_v: new ort.Tensor('float32', s.cache.headMajor(layer, 'values', q.past), [kvHeads, q.past, headDim]),
         });
         h.set(out.h.data as Float32Array, row * d);
         moeInput.set(out.moe_input.data as Float32Array, row * d);
