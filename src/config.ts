@@ -65,9 +65,9 @@ const AllocatorSchema = z.strictObject({
 
 const ExpertsSchema = z.strictObject({
   kernel: z
-    .enum(['auto', 'dense', 'int8', 'int4', 'sparse'])
+    .enum(['auto', 'dense', 'dense-native', 'int8', 'int4', 'sparse'])
     .default('auto')
-    .describe("Expert FFN kernel: 'auto' times the exact kernels (dense, structured, sparse) per expert at load and keeps the fastest that matches the reference; 'dense' or 'sparse' force one; 'int8'/'int4' (quantized weights: outputs change) only when set here."),
+    .describe("Expert FFN kernel: 'auto' times the exact kernels (onnxruntime dense or structured, the native dense-native, and sparse for sparse enough experts) per expert at load and keeps the fastest that matches the reference; 'dense', 'dense-native' or 'sparse' force one; 'int8'/'int4' (quantized weights: outputs change) only when set here."),
   sparseMinSparsity: z
     .number()
     .min(0)

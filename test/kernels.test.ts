@@ -1,7 +1,8 @@
 /**
  * Expert kernels against the plain TypeScript reference FFN: dense/structured onnxruntime (exact up to float
  * rounding), int8 and int4 (within stated quantization tolerances, and exactly what their packed weights say), the
- * native sparse kernel over sparsities, batch sizes and empty rows, and the load-time kernel selection.
+ * native sparse kernel over sparsities, batch sizes and empty rows, the native dense kernel (and that a token's output
+ * does not depend on its batch, bit for bit), and the load-time kernel selection.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,7 @@ import { OrtKernel } from '../experts/kernels/ort-kernels.ts';
 import { dequantizeInt4, dequantizeInt8, INT8_ZERO_POINT, quantizeInt4, quantizeInt8 } from '../experts/kernels/quantize.ts';
 import { checkInput, referenceFfn, relativeL2Error, relativeMaxError, weightSparsity } from '../experts/kernels/reference.ts';
 import { EXACT_TOLERANCE, QUANTIZED_TOLERANCE, selectKernel, type SelectOptions } from '../experts/kernels/select.ts';
+import { DenseNativeKernel, nativeDense } from '../experts/kernels/dense-native.ts';
 import { nativeSparse, SparseKernel, toCsr } from '../experts/kernels/sparse.ts';
 import type { ExpertKernel, KernelName } from '../experts/kernels/types.ts';
 import { prunePackage } from '../src/pruning/prune-package.ts';
@@ -259,6 +261,58 @@ describe('native sparse kernel', () => {
   });
 });
 
+const denseNative = nativeDense();
+
+describe('native dense kernel', () => {
+  it('is built (npm ci compiles it) unless SWITCHYARD_NATIVE=off', () => {
+    if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') expect(denseNative.available).toBe(false);
+    else expect(denseNative.available, denseNative.available ? '' : denseNative.reason).toBe(true);
+  });
+
+  describe.skipIf(!denseNative.available)('against the reference', () => {
+    const modes = denseNative.available ? [true, false] : [];
+    afterAll(() => {
+      if (denseNative.available) denseNative.addon.setSimd(true);
+    });
+    // Widths off the multiple of 8 (padded rows), batches across the token blocks (4) and chunks (64).
+    for (const simd of modes) {
+      for (const [hidden, ffn] of [[16, 24], [37, 53], [256, 512]] as Array<[number, number]>) {
+        it(`${simd ? 'SIMD' : 'portable'} path, hidden ${hidden}, ffn ${ffn}: batches 1–130, each token as if alone`, () => {
+          if (!denseNative.available) return;
+          denseNative.addon.setSimd(simd);
+          const w = expert(hidden, ffn, hidden + ffn);
+          const k = DenseNativeKernel.create(w, hidden, ffn);
+          const alone = new Float32Array(hidden);
+          for (const tokens of [1, 2, 3, 4, 5, 7, 8, 9, 33, 64, 65, 130]) {
+            const x = checkInput(tokens, hidden, tokens + 11);
+            const y = new Float32Array(tokens * hidden).fill(Number.NaN);
+            k.runSync(x, tokens, y);
+            expect(relativeMaxError(y, referenceFfn(w, hidden, ffn, x, tokens)), `${tokens} tokens`).toBeLessThan(DENSE_TOLERANCE);
+            // Batch invariance: every token's output equals the one computed for that token alone, bit for bit.
+            for (let t = 0; t < tokens; t++) {
+              k.runSync(x.subarray(t * hidden, (t + 1) * hidden), 1, alone);
+              expect(Array.from(y.subarray(t * hidden, (t + 1) * hidden)), `token ${t} of ${tokens}`).toEqual(Array.from(alone));
+            }
+          }
+          void k.release();
+        });
+      }
+    }
+
+    it('leaves the output alone for zero tokens, and refuses bad input', () => {
+      const w = expert(16, 24, 2);
+      const k = DenseNativeKernel.create(w, 16, 24);
+      const out = new Float32Array(16).fill(7);
+      k.runSync(new Float32Array(0), 0, out);
+      expect(out[0]).toBe(7);
+      expect(() => k.runSync(new Float32Array(10), 1, out)).toThrow(/tokens × hidden/);
+      expect(() => DenseNativeKernel.create({ ...w, down: new Float32Array(3) }, 16, 24)).toThrow(/hidden × ffn/);
+      void k.release();
+      expect(() => k.runSync(new Float32Array(16), 1, out)).toThrow(/after release/);
+    });
+  });
+});
+
 describe('kernel selection', () => {
   const hidden = 32;
   const ffn = 48;
@@ -276,20 +330,41 @@ describe('kernel selection', () => {
     async release() {},
   });
 
-  it("'auto' on a dense expert builds only dense (no check, no timing), matching the reference", async () => {
+  const noDenseNative = { available: false as const, reason: 'native dense kernel not built (test)' };
+
+  it("without the native addons, 'auto' on a dense expert builds only dense (no check, no timing), matching the reference", async () => {
     const w = expert(hidden, ffn, 3);
-    const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn });
+    const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn, nativeDense: noDenseNative });
     keep(kernel);
     expect(report).toMatchObject({ kernel: 'dense', setting: 'auto', ffn, sparsity: 0 });
-    expect(report.trials).toEqual([expect.objectContaining({ kernel: 'dense', ok: true, note: expect.stringMatching(/baseline/) })]);
-    expect(report.trials[0].us).toBeUndefined();
-    expect(report.trials[0].error).toBeUndefined();
+    expect(report.trials).toEqual([
+      expect.objectContaining({ kernel: 'dense-native', ok: false, note: noDenseNative.reason }),
+      expect.objectContaining({ kernel: 'dense', ok: true, note: expect.stringMatching(/baseline/) }),
+    ]);
+    expect(report.trials[1].us).toBeUndefined();
+    expect(report.trials[1].error).toBeUndefined();
     expect(await check(kernel, w)).toBeLessThan(DENSE_TOLERANCE);
+  });
+
+  it.skipIf(!denseNative.available)("'auto' on a dense expert checks and times dense and dense-native and keeps a correct one", async () => {
+    for (const [f, want] of [[ffn, 'dense'], [20, 'structured']] as const) {
+      const w = expert(hidden, f, 12);
+      const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn });
+      keep(kernel);
+      expect(report.trials.map((t) => t.kernel)).toEqual([want, 'dense-native']);
+      for (const t of report.trials) {
+        expect(t.ok).toBe(true);
+        expect(t.error).toBeLessThan(EXACT_TOLERANCE);
+        expect(Object.keys(t.us ?? {})).toEqual(['1', '8']);
+      }
+      expect([want, 'dense-native']).toContain(report.kernel);
+      expect(await check(kernel, w, f)).toBeLessThan(DENSE_TOLERANCE);
+    }
   });
 
   it("reports a narrower (structurally pruned) expert's dense kernel as 'structured'", async () => {
     const w = expert(hidden, 20, 4);
-    const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn });
+    const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn, nativeDense: noDenseNative });
     keep(kernel);
     expect(report).toMatchObject({ kernel: 'structured', ffn: 20 });
     expect(kernel.name).toBe('structured');
@@ -299,17 +374,17 @@ describe('kernel selection', () => {
     expect(forced.report.kernel).toBe('structured');
   });
 
-  it.skipIf(!native.available)("'auto' on a sparse expert times dense and sparse at batch 1 and 8 and keeps a correct one", async () => {
+  it.skipIf(!native.available || !denseNative.available)("'auto' on a sparse expert times dense, dense-native and sparse at batch 1 and 8 and keeps a correct one", async () => {
     const w = expert(hidden, ffn, 5, 0.8);
     const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn });
     keep(kernel);
-    expect(report.trials.map((t) => t.kernel).sort()).toEqual(['dense', 'sparse']);
+    expect(report.trials.map((t) => t.kernel).sort()).toEqual(['dense', 'dense-native', 'sparse']);
     for (const t of report.trials) {
       expect(t.ok).toBe(true);
       expect(t.error).toBeLessThan(EXACT_TOLERANCE);
       expect(Object.keys(t.us ?? {})).toEqual(['1', '8']);
     }
-    expect(['dense', 'sparse']).toContain(report.kernel);
+    expect(['dense', 'dense-native', 'sparse']).toContain(report.kernel);
     expect(await check(kernel, w)).toBeLessThan(DENSE_TOLERANCE);
   });
 
@@ -319,7 +394,7 @@ describe('kernel selection', () => {
       ...OPTIONS, modelFfn: ffn, factories: { sparse: async () => fake('sparse', (_x, _t, out) => out.fill(0)) },
     });
     keep(kernel);
-    expect(report.kernel).toBe('dense');
+    expect(['dense', 'dense-native']).toContain(report.kernel);
     expect(report.trials.find((t) => t.kernel === 'sparse')).toMatchObject({ ok: false });
     expect(await check(kernel, w)).toBeLessThan(DENSE_TOLERANCE);
   });
@@ -329,7 +404,7 @@ describe('kernel selection', () => {
     const exact = (x: Float32Array, tokens: number, out: Float32Array) => out.set(referenceFfn(w, hidden, ffn, x, tokens));
     const { kernel, report } = await selectKernel(w, hidden, {
       ...OPTIONS, modelFfn: ffn,
-      factories: { dense: async () => fake('dense', exact, 3), sparse: async () => fake('sparse', exact) },
+      factories: { dense: async () => fake('dense', exact, 3), 'dense-native': async () => fake('dense-native', exact, 3), sparse: async () => fake('sparse', exact) },
     });
     expect(report.kernel).toBe('sparse');
     expect(kernel.name).toBe('sparse');
@@ -342,14 +417,15 @@ describe('kernel selection', () => {
     const w = expert(hidden, ffn, 8, 0.3);
     const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn });
     keep(kernel);
-    expect(report.trials.map((t) => t.kernel)).toEqual(['dense']);
+    expect(report.trials.map((t) => t.kernel)).toEqual(['dense', 'dense-native']);
+    expect(['dense', 'dense-native']).toContain(report.kernel);
     const lower = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn, sparseMinSparsity: 0.2 });
     keep(lower.kernel);
-    for (const t of lower.report.trials) expect(['dense', 'sparse']).toContain(t.kernel);
+    expect(lower.report.trials.map((t) => t.kernel)).toEqual(['dense', 'dense-native', 'sparse']);
   });
 
-  for (const forced of ['dense', 'sparse', 'int8', 'int4'] as const) {
-    it.skipIf(forced === 'sparse' && !native.available)(`experts.kernel '${forced}' overrides the choice`, async () => {
+  for (const forced of ['dense', 'dense-native', 'sparse', 'int8', 'int4'] as const) {
+    it.skipIf((forced === 'sparse' && !native.available) || (forced === 'dense-native' && !denseNative.available))(`experts.kernel '${forced}' overrides the choice`, async () => {
       const w = expert(hidden, ffn, 9, 0.8);
       const { kernel, report } = await selectKernel(w, hidden, { ...OPTIONS, kernel: forced, modelFfn: ffn });
       keep(kernel);
@@ -362,18 +438,22 @@ describe('kernel selection', () => {
     });
   }
 
-  it('without the native addon: sparse is never chosen, a forced sparse falls back to dense and says why', async () => {
+  it('without the native addons: sparse and dense-native are never chosen, a forced one falls back to dense and says why', async () => {
     const w = expert(hidden, ffn, 10, 0.9);
     const unavailable = { available: false as const, reason: 'native sparse kernel not built (test)' };
-    const auto = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn, native: unavailable });
+    const missing = { native: unavailable, nativeDense: noDenseNative };
+    const auto = await selectKernel(w, hidden, { ...OPTIONS, modelFfn: ffn, ...missing });
     keep(auto.kernel);
     expect(auto.report.kernel).toBe('dense');
     expect(auto.report.trials.find((t) => t.kernel === 'sparse')).toMatchObject({ ok: false, note: unavailable.reason });
-    const forced = await selectKernel(w, hidden, { ...OPTIONS, kernel: 'sparse', modelFfn: ffn, native: unavailable });
-    keep(forced.kernel);
-    expect(forced.report.kernel).toBe('dense');
-    expect(forced.report.fallback).toMatch(/'sparse' unusable.*not built \(test\).*using dense/);
-    expect(await check(forced.kernel, w)).toBeLessThan(DENSE_TOLERANCE);
+    expect(auto.report.trials.find((t) => t.kernel === 'dense-native')).toMatchObject({ ok: false, note: noDenseNative.reason });
+    for (const [setting, reason] of [['sparse', unavailable.reason], ['dense-native', noDenseNative.reason]] as const) {
+      const forced = await selectKernel(w, hidden, { ...OPTIONS, kernel: setting, modelFfn: ffn, ...missing });
+      keep(forced.kernel);
+      expect(forced.report.kernel).toBe('dense');
+      expect(forced.report.fallback).toBe(`experts.kernel '${setting}' unusable for this expert (${setting}: ${reason}); using dense`);
+      expect(await check(forced.kernel, w)).toBeLessThan(DENSE_TOLERANCE);
+    }
   });
 
   it('a forced quantized kernel that fails its check falls back to dense', async () => {
@@ -418,7 +498,7 @@ describe('kernels in the workers', () => {
     }
   });
 
-  it("a structurally pruned package's experts run 'structured' with their own width; a dense package's run 'dense'", async () => {
+  it("a structurally pruned package's experts run 'structured' (or dense-native) with their own width; a dense package's run 'dense' (or dense-native)", async () => {
     const structured = mkdtempSync(join(tmpdir(), 'kernels-structured-'));
     await prunePackage({ modelDir: dense, outDir: structured, method: 'structured', sparsity: 0.25 });
     for (const [dir, want, ffn] of [[structured, 'structured', 24], [dense, 'dense', 32]] as const) {
@@ -426,7 +506,11 @@ describe('kernels in the workers', () => {
       try {
         const [stats] = await engine.pool.stats();
         expect(Object.keys(stats.kernels)).toHaveLength(config.num_hidden_layers * config.num_experts);
-        for (const report of Object.values(stats.kernels)) expect(report).toMatchObject({ kernel: want, setting: 'auto', ffn, sparsity: 0 });
+        for (const report of Object.values(stats.kernels)) {
+          expect(report).toMatchObject({ setting: 'auto', ffn, sparsity: 0 });
+          expect([want, 'dense-native']).toContain(report.kernel);
+          expect(report.trials.map((t) => t.kernel).sort()).toEqual([want, 'dense-native'].sort());
+        }
       } finally {
         await engine.close();
       }

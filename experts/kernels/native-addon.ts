@@ -9,6 +9,34 @@ export interface KernelAddon {
   info(): { simd: string };
 }
 
+/** An expert FFN addon (sparse_ffn, dense_ffn): an opaque handle per expert, run on the calling thread. */
+export interface FfnAddon extends KernelAddon {
+  run(handle: object, x: Float32Array, tokens: number, out: Float32Array): void;
+  release(handle: object): void;
+  /** For tests and benchmarks (process-wide): use the AVX2 path when the CPU has it (true) or the portable one. */
+  setSimd(enabled: boolean): { simd: string };
+}
+
+/** An expert kernel over a native FFN addon's handle: synchronous runs, weights freed on release. */
+export abstract class NativeFfnKernel<A extends FfnAddon> {
+  protected constructor(protected readonly addon: A, private handle: object | null) {}
+
+  /** y [tokens, hidden] for x [tokens, hidden], computed now on this thread. Throws after release. */
+  runSync(x: Float32Array, tokens: number, out: Float32Array): void {
+    if (!this.handle) throw new Error('native expert kernel used after release');
+    this.addon.run(this.handle, x, tokens, out);
+  }
+
+  async run(x: Float32Array, tokens: number, out: Float32Array): Promise<void> {
+    this.runSync(x, tokens, out);
+  }
+
+  async release(): Promise<void> {
+    if (this.handle) this.addon.release(this.handle);
+    this.handle = null;
+  }
+}
+
 export type NativeStatus<A extends KernelAddon> = { available: true; simd: string; addon: A } | { available: false; reason: string };
 
 const loaded = new Map<string, NativeStatus<KernelAddon>>();

@@ -1,22 +1,22 @@
 /**
  * Choosing an expert's kernel when the expert loads.
  *
- * 'auto' considers only kernels that are exact up to float rounding: `dense` (reported as `structured` when the
- * expert's FFN is narrower than the model's) and, for experts with at least `sparseMinSparsity` zero weights, our
- * native `sparse` kernel. Each candidate is checked against the TypeScript reference FFN on a fixed batch
+ * 'auto' considers only kernels that are exact up to float rounding: onnxruntime's `dense` (reported as `structured`
+ * when the expert's FFN is narrower than the model's), our native `dense-native` kernel and, for experts with at
+ * least `sparseMinSparsity` zero weights, our native `sparse` kernel. Each candidate is checked against the TypeScript reference FFN on a fixed batch
  * (relative max error ≤ EXACT_TOLERANCE); those that pass are timed, interleaved, on batches of 1 and 8 tokens for
  * about `trialMs` each, and the one with the smallest sum of median times wins. The quantized kernels (`int8`,
  * `int4`) change the outputs, so only an explicit `experts.kernel` setting selects them; they are checked against
  * the reference within their quantization tolerance (relative L2 error). A forced kernel that cannot be built or
  * fails its check falls back to dense, and the report says why. If no kernel passes, loading the expert fails.
- * When dense (or structured) is the only kernel to build — every expert of a dense model under 'auto' — it is used
- * without a load-time check or timing: it is the baseline the test suite checks against the reference, and loading
- * stays as fast as before.
+ * When dense (or structured) is the only kernel to build — 'auto' without the native addons — it is used without a
+ * load-time check or timing: it is the baseline the test suite checks against the reference.
  */
 import { performance } from 'node:perf_hooks';
 import type { ExpertWeights } from '../expert-graph.ts';
 import { OrtKernel, type OrtOptions } from './ort-kernels.ts';
 import { checkInput, referenceFfn, relativeL2Error, relativeMaxError, weightSparsity } from './reference.ts';
+import { DenseNativeKernel, nativeDense, type DenseNativeStatus } from './dense-native.ts';
 import { nativeSparse, SparseKernel, type NativeStatus } from './sparse.ts';
 import type { ExpertKernel, KernelName, KernelReport, KernelSettings, KernelTrial } from './types.ts';
 
@@ -42,8 +42,10 @@ export interface SelectOptions extends KernelSettings, OrtOptions {
   modelFfn: number;
   /** Graph name for the onnxruntime sessions. */
   name?: string;
-  /** Native addon status (tests pass an unavailable one). */
+  /** Native sparse addon status (tests pass an unavailable one). */
   native?: NativeStatus;
+  /** Native dense addon status (tests pass an unavailable one). */
+  nativeDense?: DenseNativeStatus;
   /** Replace how a kernel is built (tests). */
   factories?: Partial<Record<KernelName, KernelFactory>>;
 }
@@ -57,6 +59,7 @@ function factoryFor(name: KernelName, options: SelectOptions): KernelFactory {
   const custom = options.factories?.[name];
   if (custom) return custom;
   if (name === 'sparse') return async (w, hidden, ffn) => SparseKernel.create(w, hidden, ffn, options.native ?? nativeSparse());
+  if (name === 'dense-native') return async (w, hidden, ffn) => DenseNativeKernel.create(w, hidden, ffn, options.nativeDense ?? nativeDense());
   return (w, hidden, ffn) => OrtKernel.create(name, w, hidden, ffn, options, options.name);
 }
 
@@ -68,10 +71,13 @@ export async function selectKernel(w: ExpertWeights & { ffn: number }, hidden: n
   const sparsity = weightSparsity(w);
   const report: KernelReport = { kernel: dense, setting: options.kernel, ffn, sparsity, trials: [] };
   const native = options.native ?? nativeSparse();
+  const denseNative = options.nativeDense ?? nativeDense();
 
   let wanted: KernelName[];
   if (options.kernel === 'auto') {
     wanted = [dense];
+    if (denseNative.available || options.factories?.['dense-native']) wanted.push('dense-native');
+    else report.trials.push({ kernel: 'dense-native', tolerance: EXACT_TOLERANCE, ok: false, note: denseNative.reason });
     if (sparsity >= options.sparseMinSparsity) {
       if (native.available || options.factories?.sparse) wanted.push('sparse');
       else report.trials.push({ kernel: 'sparse', tolerance: EXACT_TOLERANCE, ok: false, note: native.reason });

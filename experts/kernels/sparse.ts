@@ -3,7 +3,7 @@
  * (16-bit column indices, AVX2/FMA when the CPU has it). `npm ci` builds it (native/build.mjs); when the build
  * failed, or SWITCHYARD_NATIVE=off, the kernel is unavailable and never chosen.
  */
-import { loadKernelAddon, type NativeStatus as NativeStatusOf } from './native-addon.ts';
+import { loadKernelAddon, NativeFfnKernel, type FfnAddon, type NativeStatus as NativeStatusOf } from './native-addon.ts';
 import type { ExpertWeights } from '../expert-graph.ts';
 import type { ExpertKernel } from './types.ts';
 
@@ -39,13 +39,8 @@ export function toCsr(dense: Float32Array, rows: number, cols: number): Csr {
   return { rows, cols, values, columns, rowOffsets };
 }
 
-interface Addon {
+interface Addon extends FfnAddon {
   create(hidden: number, ffn: number, ...csr: Array<Float32Array | Uint16Array | Uint32Array>): object;
-  run(handle: object, x: Float32Array, tokens: number, out: Float32Array): void;
-  release(handle: object): void;
-  info(): { simd: string };
-  /** For tests and benchmarks (process-wide): use the AVX2 path when the CPU has it (true) or the portable one. */
-  setSimd(enabled: boolean): { simd: string };
   /** For tests and benchmarks (process-wide): batches of at most n tokens use the per-token gather path. */
   perTokenMax(n?: number): number;
 }
@@ -57,30 +52,14 @@ export function nativeSparse(): NativeStatus {
   return loadKernelAddon<Addon>('sparse_ffn.node', 'native sparse kernel');
 }
 
-export class SparseKernel implements ExpertKernel {
+export class SparseKernel extends NativeFfnKernel<Addon> implements ExpertKernel {
   readonly name = 'sparse' as const;
-  private constructor(private readonly addon: Addon, private handle: object | null, private readonly hidden: number) {}
 
   /** Throws when the addon is unavailable or the expert does not fit it. */
   static create(w: ExpertWeights, hidden: number, ffn: number, native: NativeStatus = nativeSparse()): SparseKernel {
     if (!native.available) throw new Error(native.reason);
     const parts = [toCsr(w.gate, ffn, hidden), toCsr(w.up, ffn, hidden), toCsr(w.down, hidden, ffn)]
       .flatMap((m) => [m.values, m.columns, m.rowOffsets]);
-    return new SparseKernel(native.addon, native.addon.create(hidden, ffn, ...parts), hidden);
-  }
-
-  /** Synchronous: the addon computes on the calling thread. */
-  runSync(x: Float32Array, tokens: number, out: Float32Array): void {
-    if (!this.handle) throw new Error('sparse kernel used after release');
-    this.addon.run(this.handle, x, tokens, out);
-  }
-
-  async run(x: Float32Array, tokens: number, out: Float32Array): Promise<void> {
-    this.runSync(x, tokens, out);
-  }
-
-  async release(): Promise<void> {
-    if (this.handle) this.addon.release(this.handle);
-    this.handle = null;
+    return new SparseKernel(native.addon, native.addon.create(hidden, ffn, ...parts));
   }
 }

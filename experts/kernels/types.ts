@@ -1,11 +1,14 @@
 /** What every expert kernel offers the worker, and what the worker reports about its choice. */
 
-/** Kernels an expert can run with. `structured` is `dense` on an expert whose FFN width pruning reduced. */
-export const KERNEL_NAMES = ['dense', 'structured', 'int8', 'int4', 'sparse'] as const;
+/**
+ * Kernels an expert can run with. `structured` is `dense` (onnxruntime) on an expert whose FFN width pruning reduced;
+ * `dense-native` is our native kernel over the same fp32 weights (any FFN width).
+ */
+export const KERNEL_NAMES = ['dense', 'structured', 'dense-native', 'int8', 'int4', 'sparse'] as const;
 export type KernelName = (typeof KERNEL_NAMES)[number];
 
 /** Config `experts.kernel`: 'auto' measures; the others force one kernel for every expert. */
-export const KERNEL_SETTINGS = ['auto', 'dense', 'int8', 'int4', 'sparse'] as const;
+export const KERNEL_SETTINGS = ['auto', 'dense', 'dense-native', 'int8', 'int4', 'sparse'] as const;
 export type KernelSetting = (typeof KERNEL_SETTINGS)[number];
 
 export interface ExpertKernel {

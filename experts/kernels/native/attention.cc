@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_glue.h"
 #include "simd.h"
 
 namespace {
@@ -142,26 +143,12 @@ __attribute__((target("avx2,fma"))) void row_avx2(const Shape& sh, const float* 
 
 // ---- N-API glue -------------------------------------------------------------------------------------------------
 
-// A typed array of the wanted element type: its data and length; false for anything else.
-template <typename T>
-bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, T** data, size_t* length) {
-  bool is = false;
-  if (napi_is_typedarray(env, value, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void* raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok || type != want) return false;
-  *data = static_cast<T*>(raw);
-  return true;
-}
-
 bool float_array(napi_env env, napi_value value, float** data, size_t* length) {
-  return typed_array(env, value, napi_float32_array, data, length);
+  return sy::typed_array(env, value, napi_float32_array, data, length);
 }
 
 bool uint32_array(napi_env env, napi_value value, uint32_t** data, size_t* length) {
-  return typed_array(env, value, napi_uint32_array, data, length);
+  return sy::typed_array(env, value, napi_uint32_array, data, length);
 }
 
 napi_value fail(napi_env env, const std::string& message) {
@@ -251,21 +238,12 @@ napi_value Attend(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-napi_value Info(napi_env env, napi_callback_info) {
-  napi_value result, simd;
-  napi_create_object(env, &result);
-  napi_create_string_utf8(env, g_avx2 ? "avx2-fma" : "portable", NAPI_AUTO_LENGTH, &simd);
-  napi_set_named_property(env, result, "simd", simd);
-  return result;
-}
+napi_value Info(napi_env env, napi_callback_info) { return sy::simd_info(env, g_avx2); }
 
 }  // namespace
 
 NAPI_MODULE_INIT() {
-#if SY_X86
-  __builtin_cpu_init();
-  g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+  g_avx2 = sy::cpu_has_avx2();
   napi_property_descriptor props[] = {
       {"attend", nullptr, Attend, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},

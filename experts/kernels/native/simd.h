@@ -1,6 +1,8 @@
-// SIMD helpers shared by the native kernels (sparse_ffn.cc, attention.cc): AVX2 + FMA, compiled with target
+// SIMD helpers shared by the native kernels (sparse_ffn.cc, dense_ffn.cc, attention.cc): AVX2 + FMA, compiled with target
 // attributes so that a file including this still builds for baseline x86-64 (callers check the CPU at run time).
 #pragma once
+
+#include <cstddef>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -34,6 +36,17 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// g[k] = silu(g[k]) · u[k] over n floats (n a multiple of 8): the SwiGLU of the expert FFNs.
+__attribute__((target("avx2,fma"))) inline void swiglu256(float* g, const float* u, size_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (size_t k = 0; k < n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(g + k);
+    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_xor_ps(v, sign))));
+    _mm256_storeu_ps(g + k, _mm256_mul_ps(s, _mm256_loadu_ps(u + k)));
+  }
 }
 
 }  // namespace sy

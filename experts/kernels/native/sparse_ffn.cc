@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_glue.h"
 #include "simd.h"
 
 namespace {
@@ -94,17 +95,6 @@ void tile_portable(Expert& e) {
 using sy::exp256;
 using sy::hsum256;
 
-// silu(g) · u over n floats (n a multiple of 8).
-__attribute__((target("avx2,fma"))) void swiglu_avx2(float* g, const float* u, size_t n) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (size_t k = 0; k < n; k += 8) {
-    const __m256 v = _mm256_loadu_ps(g + k);
-    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_xor_ps(v, sign))));
-    _mm256_storeu_ps(g + k, _mm256_mul_ps(s, _mm256_loadu_ps(u + k)));
-  }
-}
-
 // Every row's dot product with x, 8 stored weights at a time through vgatherdps.
 __attribute__((target("avx2,fma"))) void gemv_avx2(const Csr& m, const float* x, float* out) {
   const uint32_t* ptr = m.ptr.data();
@@ -132,7 +122,7 @@ __attribute__((target("avx2,fma"))) void one_token_avx2(Expert& e, const float* 
   gemv_avx2(e.gate, x, e.g.data());
   gemv_avx2(e.up, x, e.u.data());
   // g and u are allocated for at least 32 tokens' tiles, so rounding ffn up to 8 stays inside them.
-  swiglu_avx2(e.g.data(), e.u.data(), (e.ffn + 7) & ~7u);
+  sy::swiglu256(e.g.data(), e.u.data(), (e.ffn + 7) & ~7u);
   gemv_avx2(e.down, e.g.data(), y);
 }
 
@@ -174,7 +164,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(Expert& e) {
   constexpr int T = 8 * V;
   spmm_tile_avx2<V>(e.gate, e.xt.data(), e.g.data());
   spmm_tile_avx2<V>(e.up, e.xt.data(), e.u.data());
-  swiglu_avx2(e.g.data(), e.u.data(), static_cast<size_t>(e.ffn) * T);
+  sy::swiglu256(e.g.data(), e.u.data(), static_cast<size_t>(e.ffn) * T);
   spmm_tile_avx2<V>(e.down, e.g.data(), e.yt.data());
 }
 
@@ -229,31 +219,13 @@ void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
 
 // ---- N-API glue -------------------------------------------------------------------------------------------------
 
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    if ((call) != napi_ok) {                                                   \
-      napi_throw_error(env, nullptr, "sparse_ffn: N-API call failed: " #call); \
-      return nullptr;                                                          \
-    }                                                                          \
-  } while (0)
-
-bool typed_array(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* length) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, length, data, &buffer, &offset) != napi_ok) return false;
-  return type == want;
-}
-
 // Builds the padded CSR from (values, column indices, row offsets) as given by JS; returns an error or "".
 std::string build_csr(napi_env env, napi_value* a, uint32_t rows, uint32_t cols, Csr& m) {
   void *vp, *ip, *pp;
   size_t vn, in, pn;
-  if (!typed_array(env, a[0], napi_float32_array, &vp, &vn)) return "values must be a Float32Array";
-  if (!typed_array(env, a[1], napi_uint16_array, &ip, &in)) return "column indices must be a Uint16Array";
-  if (!typed_array(env, a[2], napi_uint32_array, &pp, &pn)) return "row offsets must be a Uint32Array";
+  if (!sy::typed_array(env, a[0], napi_float32_array, &vp, &vn)) return "values must be a Float32Array";
+  if (!sy::typed_array(env, a[1], napi_uint16_array, &ip, &in)) return "column indices must be a Uint16Array";
+  if (!sy::typed_array(env, a[2], napi_uint32_array, &pp, &pn)) return "row offsets must be a Uint32Array";
   if (vn != in) return "values and column indices differ in length";
   if (pn != static_cast<size_t>(rows) + 1) return "row offsets must hold rows + 1 entries";
   const float* v = static_cast<const float*>(vp);
@@ -310,7 +282,7 @@ int64_t bytes_of(const std::vector<T>& v) { return static_cast<int64_t>(v.capaci
 napi_value Create(napi_env env, napi_callback_info info) {
   size_t argc = 11;
   napi_value a[11];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   if (argc != 11) {
     napi_throw_type_error(env, nullptr, "create(hidden, ffn, gate CSR ×3, up CSR ×3, down CSR ×3) takes 11 arguments");
     return nullptr;
@@ -359,7 +331,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
 napi_value Run(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value a[4];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   void* data = nullptr;
   if (argc != 4 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) {
     napi_throw_type_error(env, nullptr, "run(handle, x, tokens, out)");
@@ -373,8 +345,8 @@ napi_value Run(napi_env env, napi_callback_info info) {
   uint32_t tokens;
   void *xp, *yp;
   size_t xn, yn;
-  if (napi_get_value_uint32(env, a[2], &tokens) != napi_ok || !typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
-      !typed_array(env, a[3], napi_float32_array, &yp, &yn)) {
+  if (napi_get_value_uint32(env, a[2], &tokens) != napi_ok || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
+      !sy::typed_array(env, a[3], napi_float32_array, &yp, &yn)) {
     napi_throw_type_error(env, nullptr, "run: x and out must be Float32Arrays and tokens a non-negative integer");
     return nullptr;
   }
@@ -391,7 +363,7 @@ napi_value Run(napi_env env, napi_callback_info info) {
 napi_value Release(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value a[1];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   void* data = nullptr;
   if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) {
     napi_throw_type_error(env, nullptr, "release(handle)");
@@ -401,49 +373,30 @@ napi_value Release(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// info() → { simd: 'avx2-fma' | 'portable' }
-napi_value Info(napi_env env, napi_callback_info) {
-  napi_value out, simd;
-  CHECK(napi_create_object(env, &out));
-  CHECK(napi_create_string_utf8(env, g_avx2 ? "avx2-fma" : "portable", NAPI_AUTO_LENGTH, &simd));
-  CHECK(napi_set_named_property(env, out, "simd", simd));
-  return out;
-}
+napi_value Info(napi_env env, napi_callback_info) { return sy::simd_info(env, g_avx2); }
 
-// setSimd(enabled): use the AVX2 path when the CPU has it (true) or the portable one (false); returns the mode.
+// setSimd(enabled): use the AVX2 path when the CPU has it (true) or the portable one (false); returns info().
 napi_value SetSimd(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value a[1];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  bool want = true;
-  if (argc >= 1) napi_get_value_bool(env, a[0], &want);
-#if SY_X86
-  g_avx2 = want && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  (void)want;
-#endif
-  return Info(env, info);
+  g_avx2 = sy::want_avx2(env, info);
+  return sy::simd_info(env, g_avx2);
 }
 
 // perTokenMax(n?): batches of at most n tokens (≥ 1) use the per-token gather path; returns the value in force.
 napi_value PerTokenMax(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value a[1];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   uint32_t n;
   if (argc >= 1 && napi_get_value_uint32(env, a[0], &n) == napi_ok && n >= 1) g_per_token_max = n;
   napi_value out;
-  CHECK(napi_create_uint32(env, g_per_token_max, &out));
+  SY_CHECK(napi_create_uint32(env, g_per_token_max, &out));
   return out;
 }
 
 }  // namespace
 
 NAPI_MODULE_INIT() {
-#if SY_X86
-  __builtin_cpu_init();
-  g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+  g_avx2 = sy::cpu_has_avx2();
   napi_property_descriptor props[] = {
       {"create", nullptr, Create, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"run", nullptr, Run, nullptr, nullptr, nullptr, napi_default, nullptr},

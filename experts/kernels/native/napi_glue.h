@@ -1,0 +1,73 @@
+// N-API glue shared by the native kernels: argument checks, errors, and the run-time choice of the AVX2 path.
+#pragma once
+
+#include <node_api.h>
+
+#include "simd.h"
+
+// Returns from an N-API callback with a JS error when an N-API call fails.
+#define SY_CHECK(call)                                                          \
+  do {                                                                          \
+    if ((call) != napi_ok) {                                                    \
+      napi_throw_error(env, nullptr, "switchyard kernel: N-API call failed: " #call); \
+      return nullptr;                                                           \
+    }                                                                           \
+  } while (0)
+
+namespace sy {
+
+// True when `value` is a typed array of type `want`; sets its data pointer and element count.
+template <typename T>
+bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, T** data, size_t* length) {
+  bool is = false;
+  if (napi_is_typedarray(env, value, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  napi_value buffer;
+  size_t offset;
+  void* raw = nullptr;
+  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok || type != want) return false;
+  *data = static_cast<T*>(raw);
+  return true;
+}
+
+inline napi_value throw_type(napi_env env, const char* message) {
+  napi_throw_type_error(env, nullptr, message);
+  return nullptr;
+}
+inline napi_value throw_range(napi_env env, const char* message) {
+  napi_throw_range_error(env, nullptr, message);
+  return nullptr;
+}
+inline napi_value throw_error(napi_env env, const char* message) {
+  napi_throw_error(env, nullptr, message);
+  return nullptr;
+}
+
+inline bool cpu_has_avx2() {
+#if SY_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// info() of a kernel addon: { simd: 'avx2-fma' | 'portable' }.
+inline napi_value simd_info(napi_env env, bool avx2) {
+  napi_value out, simd;
+  SY_CHECK(napi_create_object(env, &out));
+  SY_CHECK(napi_create_string_utf8(env, avx2 ? "avx2-fma" : "portable", NAPI_AUTO_LENGTH, &simd));
+  SY_CHECK(napi_set_named_property(env, out, "simd", simd));
+  return out;
+}
+
+// setSimd(enabled?) argument: the AVX2 path when asked for (default true) and the CPU has it.
+inline bool want_avx2(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  bool want = true;
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) == napi_ok && argc >= 1) napi_get_value_bool(env, a[0], &want);
+  return want && cpu_has_avx2();
+}
+
+}  // namespace sy
