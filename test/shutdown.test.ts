@@ -386,6 +386,21 @@ describe('switchyard serve under SIGTERM (real CLI, bundled model)', () => {
     expect(await server.exit).toEqual({ code: 1, signal: null });
   });
 
+  it('a repeat of the signal is taken as the same request (npm forwards it); a third one exits at once', async () => {
+    const server = await cli({ ...LONG, shutdown: { graceMs: 600_000 } });
+    const stream = post(server.url, '/generate_stream', { inputs: PROMPTS[0], parameters: { max_new_tokens: 480 } }, agent);
+    await stream.firstEvent;
+    server.child.kill('SIGTERM');
+    await server.log('shutting down');
+    server.child.kill('SIGTERM');
+    expect(await server.log('signal repeated: taken as the same request (npm forwards it); send it again to exit at once')).toMatchObject({ signal: 'SIGTERM' });
+    server.child.kill('SIGTERM');
+    expect(await server.log('second signal, exiting without waiting')).toMatchObject({ signal: 'SIGTERM' });
+    expect(await server.exit).toEqual({ code: 1, signal: null });
+    // Cut: the process exited without waiting for it (a reset, or a response that ends incomplete).
+    expect((await stream.done.catch(() => null))?.complete ?? false).toBe(false);
+  });
+
   it('npm start hands SIGTERM to the server, which shuts down and exits', async () => {
     const npm = await startCli('npm', ['start', '--silent'], {});
     npm.child.kill('SIGTERM'); // to npm, not to the server
