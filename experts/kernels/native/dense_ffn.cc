@@ -2,11 +2,8 @@
 // stored (gate, up [ffn, hidden]; down [hidden, ffn], torch Linear layout).
 //
 // Why native: at decode an expert sees 1–32 tokens per step, where onnxruntime's fixed cost per run and its GEMM
-// packing are a large part of the time (bench/RESULTS.md, "expert kernels"). Here every output value is one dot
-// product computed the same way whatever the batch: an 8-lane accumulator over k in order (FMA on AVX2), then a
-// fixed horizontal sum. Blocks of R rows × T tokens only decide which dot products run side by side (R·T independent
-// accumulators hide the FMA latency; a block of weight rows stays in L1 while every token passes over it), so a
-// token's output is bit for bit the same in any batch.
+// packing are a large part of the time (bench/RESULTS.md, "expert kernels"). The matrix products (matmul.h) compute
+// every output value the same way whatever the batch, so a token's output is bit for bit the same in any batch.
 //
 // Weights are copied once into rows padded with zeros to a multiple of 8 floats (no SIMD tails); inputs whose width is
 // not a multiple of 8 are copied into a padded scratch. Tokens run in chunks of kChunk so the scratch stays small.
@@ -20,6 +17,7 @@
 #include <new>
 #include <vector>
 
+#include "matmul.h"
 #include "napi_glue.h"
 #include "simd.h"
 
@@ -27,120 +25,18 @@ namespace {
 
 constexpr uint32_t kChunk = 64;
 
-inline uint32_t pad8(uint32_t n) { return (n + 7) & ~7u; }
-
-// A [rows, cols] matrix with each row padded to `stride` = pad8(cols) floats.
-struct Matrix {
-  uint32_t rows = 0, cols = 0, stride = 0;
-  std::vector<float> w;
-};
-
 struct Expert {
   uint32_t hidden = 0, ffn = 0;
   bool released = false;
   int64_t bytes = 0;  // reported to V8 as external memory
-  Matrix gate, up, down;
+  sy::Matrix gate, up, down;
   // Scratch for one chunk of tokens, reused across calls (a handle belongs to one JS thread).
   std::vector<float> x, g, u;
 };
 
 bool g_avx2 = false;
 
-void fill(Matrix& m, const float* src, uint32_t rows, uint32_t cols) {
-  m.rows = rows;
-  m.cols = cols;
-  m.stride = pad8(cols);
-  m.w.assign(static_cast<size_t>(rows) * m.stride, 0.0f);
-  for (uint32_t r = 0; r < rows; r++) std::memcpy(m.w.data() + static_cast<size_t>(r) * m.stride, src + static_cast<size_t>(r) * cols, cols * sizeof(float));
-}
-
-// ---- portable ---------------------------------------------------------------------------------------------------
-
-// out[t·outStride + r] = W[r] · in[t·inStride] for rows [0, m.rows) and tokens [0, tokens); same lane order as AVX2.
-void matmul_portable(const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
-  for (uint32_t r = 0; r < m.rows; r++) {
-    const float* w = m.w.data() + static_cast<size_t>(r) * m.stride;
-    for (uint32_t t = 0; t < tokens; t++) {
-      const float* x = in + static_cast<size_t>(t) * inStride;
-      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (uint32_t k = 0; k < m.stride; k += 8)
-        for (uint32_t l = 0; l < 8; l++) acc[l] += w[k + l] * x[k + l];
-      out[static_cast<size_t>(t) * outStride + r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    }
-  }
-}
-
-void swiglu_portable(float* g, const float* u, size_t n) {
-  for (size_t k = 0; k < n; k++) g[k] = g[k] / (1.0f + std::exp(-g[k])) * u[k];
-}
-
-// ---- AVX2 + FMA ---------------------------------------------------------------------------------------------------
-#if SY_X86
-using sy::hsum256;
-
-// R rows × T tokens of dot products over `len` floats (a multiple of 8), one accumulator each.
-template <int R, int T>
-__attribute__((target("avx2,fma"))) inline void block_avx2(const float* w, uint32_t wStride, const float* x, uint32_t xStride,
-                                                           uint32_t len, float* out, uint32_t outStride) {
-  __m256 acc[R][T];
-  for (int r = 0; r < R; r++)
-    for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
-  for (uint32_t k = 0; k < len; k += 8) {
-    __m256 xv[T];
-    for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + static_cast<size_t>(t) * xStride + k);
-    for (int r = 0; r < R; r++) {
-      const __m256 wv = _mm256_loadu_ps(w + static_cast<size_t>(r) * wStride + k);
-      for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-    }
-  }
-  for (int r = 0; r < R; r++)
-    for (int t = 0; t < T; t++) out[static_cast<size_t>(t) * outStride + r] = hsum256(acc[r][t]);
-}
-
-// Token blocks for R weight rows: 4 at a time, then the rest in one block.
-template <int R>
-__attribute__((target("avx2,fma"))) inline void rows_avx2(const float* w, uint32_t wStride, const float* in, uint32_t inStride,
-                                                          uint32_t tokens, uint32_t len, float* out, uint32_t outStride) {
-  uint32_t t = 0;
-  for (; t + 4 <= tokens; t += 4) block_avx2<R, 4>(w, wStride, in + static_cast<size_t>(t) * inStride, inStride, len, out + static_cast<size_t>(t) * outStride, outStride);
-  const float* x = in + static_cast<size_t>(t) * inStride;
-  float* o = out + static_cast<size_t>(t) * outStride;
-  switch (tokens - t) {
-    case 3: block_avx2<R, 3>(w, wStride, x, inStride, len, o, outStride); break;
-    case 2: block_avx2<R, 2>(w, wStride, x, inStride, len, o, outStride); break;
-    case 1: block_avx2<R, 1>(w, wStride, x, inStride, len, o, outStride); break;
-    default: break;
-  }
-}
-
-__attribute__((target("avx2,fma"))) void matmul_avx2(const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
-  const float* w = m.w.data();
-  uint32_t r = 0;
-  // Two rows per block when tokens come in fours (8 accumulators), four when fewer tokens (one token: 4 chains).
-  if (tokens >= 4) {
-    for (; r + 2 <= m.rows; r += 2) rows_avx2<2>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
-  } else {
-    for (; r + 4 <= m.rows; r += 4) rows_avx2<4>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
-  }
-  for (; r < m.rows; r++) rows_avx2<1>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
-}
-#endif
-
 // ---- driver -----------------------------------------------------------------------------------------------------
-
-void matmul(const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
-#if SY_X86
-  if (g_avx2) return matmul_avx2(m, in, inStride, tokens, out, outStride);
-#endif
-  matmul_portable(m, in, inStride, tokens, out, outStride);
-}
-
-void swiglu(float* g, const float* u, size_t n) {
-#if SY_X86
-  if (g_avx2) return sy::swiglu256(g, u, n);
-#endif
-  swiglu_portable(g, u, n);
-}
 
 void run_chunk(Expert& e, const float* x, float* y, uint32_t tokens) {
   const uint32_t hs = e.gate.stride, fs = e.down.stride;
@@ -150,10 +46,10 @@ void run_chunk(Expert& e, const float* x, float* y, uint32_t tokens) {
     xin = e.x.data();
   }
   // g and u hold [tokens, fs] with zero padding beyond ffn (silu(0) · 0 = 0 keeps it zero for the down projection).
-  matmul(e.gate, xin, hs, tokens, e.g.data(), fs);
-  matmul(e.up, xin, hs, tokens, e.u.data(), fs);
-  swiglu(e.g.data(), e.u.data(), static_cast<size_t>(tokens) * fs);
-  matmul(e.down, e.g.data(), fs, tokens, y, e.hidden);
+  sy::matmul(g_avx2, e.gate, xin, hs, tokens, e.g.data(), fs);
+  sy::matmul(g_avx2, e.up, xin, hs, tokens, e.u.data(), fs);
+  sy::swiglu(g_avx2, e.g.data(), e.u.data(), static_cast<size_t>(tokens) * fs);
+  sy::matmul(g_avx2, e.down, e.g.data(), fs, tokens, y, e.hidden);
 }
 
 void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
@@ -168,7 +64,7 @@ void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
 void free_storage(napi_env env, Expert& e) {
   if (e.released) return;
   e.released = true;
-  for (Matrix* m : {&e.gate, &e.up, &e.down}) std::vector<float>().swap(m->w);
+  for (sy::Matrix* m : {&e.gate, &e.up, &e.down}) std::vector<float>().swap(m->w);
   for (std::vector<float>* v : {&e.x, &e.g, &e.u}) std::vector<float>().swap(*v);
   int64_t now;
   napi_adjust_external_memory(env, -e.bytes, &now);
@@ -200,13 +96,13 @@ napi_value Create(napi_env env, napi_callback_info info) {
   if (!e) return sy::throw_error(env, "create: out of memory");
   e->hidden = hidden;
   e->ffn = ffn;
-  fill(e->gate, w[0], ffn, hidden);
-  fill(e->up, w[1], ffn, hidden);
-  fill(e->down, w[2], hidden, ffn);
-  e->x.assign(static_cast<size_t>(kChunk) * pad8(hidden), 0.0f);
-  e->g.assign(static_cast<size_t>(kChunk) * pad8(ffn), 0.0f);
-  e->u.assign(static_cast<size_t>(kChunk) * pad8(ffn), 0.0f);
-  for (Matrix* m : {&e->gate, &e->up, &e->down}) e->bytes += static_cast<int64_t>(m->w.capacity() * sizeof(float));
+  sy::fill(e->gate, w[0], ffn, hidden);
+  sy::fill(e->up, w[1], ffn, hidden);
+  sy::fill(e->down, w[2], hidden, ffn);
+  e->x.assign(static_cast<size_t>(kChunk) * sy::pad8(hidden), 0.0f);
+  e->g.assign(static_cast<size_t>(kChunk) * sy::pad8(ffn), 0.0f);
+  e->u.assign(static_cast<size_t>(kChunk) * sy::pad8(ffn), 0.0f);
+  for (sy::Matrix* m : {&e->gate, &e->up, &e->down}) e->bytes += static_cast<int64_t>(m->w.capacity() * sizeof(float));
   for (std::vector<float>* v : {&e->x, &e->g, &e->u}) e->bytes += static_cast<int64_t>(v->capacity() * sizeof(float));
   int64_t now;
   napi_adjust_external_memory(env, e->bytes, &now);
