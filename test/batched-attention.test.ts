@@ -1,7 +1,8 @@
 /**
  * Batched attention (src/engine/attention.ts, cached-attention.ts) against the per-sequence path it replaced and the
  * TS reference model: mixed prefill and decode lengths in one step, empty and long pasts; a sequence's outputs do
- * not depend on the other sequences of its step, nor on how its prompt was chunked (bit for bit).
+ * not depend on the other sequences of its step, nor on how its prompt was chunked (bit for bit); the native trunk
+ * stages against the onnxruntime graphs for every architecture's features.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { MoeModel, splitMicroBatches, type ModelOptions, type SequenceInput, type StepOutput } from '../src/engine/model.ts';
@@ -9,7 +10,7 @@ import { LocalExpertRunner } from '../src/engine/expert-runner.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
 import { KvCache } from '../src/engine/kv-cache.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
-import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
+import { tinyConfig, writeTinyPackage, type TinyPackageOptions } from './fixtures/tiny-package.ts';
 import { maxAbsDiff } from './helpers.ts';
 
 const config = tinyConfig({ max_position_embeddings: 256 });
@@ -36,6 +37,9 @@ async function prefilled(model: MoeModel, ids: number[]): Promise<KvCache> {
   return cache;
 }
 
+// (past length, new tokens) per sequence: decode after empty/short/long pasts, prefill chunks after none or some.
+const SHAPES: Array<[number, number]> = [[0, 1], [5, 1], [120, 1], [0, 9], [17, 4], [64, 1], [3, 23], [0, 2], [90, 7]];
+
 describe('batched attention', () => {
   let batched: MoeModel;
   let typescript: MoeModel;
@@ -44,8 +48,6 @@ describe('batched attention', () => {
     [batched, typescript, perSequence] = await Promise.all([load('batched'), load('batched', { attentionKernel: 'typescript' }), load('per-sequence')]);
   });
 
-  // (past length, new tokens) per sequence: decode after empty/short/long pasts, prefill chunks after none or some.
-  const SHAPES: Array<[number, number]> = [[0, 1], [5, 1], [120, 1], [0, 9], [17, 4], [64, 1], [3, 23], [0, 2], [90, 7]];
 
   it('equals the per-sequence path (logits at every position, cache rows) for a mixed step', async () => {
     const pasts = SHAPES.map(([p], i) => tokens(p, i + 1));
@@ -139,6 +141,58 @@ describe('batched attention', () => {
       return chosen;
     };
     expect(await greedy(batched)).toEqual(await greedy(perSequence));
+  });
+});
+
+describe('the native trunk (native-trunk.ts) against the onnxruntime graphs', () => {
+  // Each architecture feature the trunk stages carry: q/k norms or none, q/k/v biases, grouped-query heads, a
+  // residual multiplier, a shared expert with and without its sigmoid gate; widths multiples of 8 as the kernel needs.
+  const VARIANTS: Array<[string, Partial<typeof config>, TinyPackageOptions['architecture']]> = [
+    ['OLMoE (q/k norms)', {}, undefined],
+    ['Mixtral (no q/k norms, grouped-query)', { model_type: 'mixtral', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, qk_norm: false }, 'mixtral'],
+    ['Qwen2-MoE (biases, gated shared expert)', {
+      model_type: 'qwen2_moe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, qk_norm: false, attention_bias: true,
+      shared_expert_intermediate_size: 40, shared_expert_gated: true,
+    }, 'qwen2_moe'],
+    ['Granite-MoE (residual multiplier)', {
+      model_type: 'granitemoe', hidden_size: 32, num_attention_heads: 4, num_key_value_heads: 2, qk_norm: false, tie_word_embeddings: true,
+      embedding_multiplier: 12, attention_multiplier: 0.015625, residual_multiplier: 0.22, logits_scaling: 6,
+    }, 'granitemoe'],
+  ];
+  for (const [name, overrides, architecture] of VARIANTS) {
+    it(`${name}: logits at every position and cache rows within 1e-5, the same routing`, async () => {
+      const c = tinyConfig({ max_position_embeddings: 256, ...overrides });
+      const pkg = loadModelPackage(writeTinyPackage(c, 23, undefined, architecture ? { architecture } : undefined));
+      const make = (trunkKernel: 'native' | 'onnx') => MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
+        capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], trunkKernel,
+      });
+      const [native, onnx] = await Promise.all([make('native'), make('onnx')]);
+      expect(onnx.trunkKernel).toBe('onnx');
+      // Where the addon is not built 'native' falls back to onnx and says why; CI builds it.
+      if (native.trunkKernel === 'onnx') expect(native.trunkKernelNote).toMatch(/not built|SWITCHYARD_NATIVE/);
+      const run = async (model: MoeModel) => {
+        const caches = await Promise.all(SHAPES.map(([p], i) => prefilled(model, tokens(p, i + 1))));
+        const out = await model.forward(caches.map((cache, i) => ({ cache, tokens: tokens(SHAPES[i][1], 100 + i), allPositions: true })));
+        return { caches, out };
+      };
+      const [a, b] = [await run(native), await run(onnx)];
+      SHAPES.forEach((_, i) => expect(maxAbsDiff(a.out.logits[i], b.out.logits[i]), `sequence ${i}`).toBeLessThan(1e-5));
+      a.out.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(Array.from(b.out.layers[l].expert)));
+      SHAPES.forEach((_, i) => {
+        for (let l = 0; l < c.num_hidden_layers; l++) expect(maxAbsDiff(a.caches[i].past(l).keys, b.caches[i].past(l).keys)).toBeLessThan(1e-5);
+      });
+    });
+  }
+
+  it("'auto' keeps onnxruntime for other execution providers, and a model whose widths do not fit the kernel", async () => {
+    const pkg = loadModelPackage(dir);
+    const model = await MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['webgpu', 'cpu'] });
+    expect(model.trunkKernel).toBe('onnx');
+    expect(model.trunkKernelNote).toMatch(/not built|executionProviders\.trunk is \["webgpu","cpu"\]/);
+    const odd = loadModelPackage(writeTinyPackage(tinyConfig({ hidden_size: 12, num_attention_heads: 2, num_key_value_heads: 2 }), 5));
+    const narrow = await MoeModel.load(odd, LocalExpertRunner.fromPackage(odd), { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], trunkKernel: 'native' });
+    expect(narrow.trunkKernel).toBe('onnx');
+    expect(narrow.trunkKernelNote).toMatch(/not built|must be multiples of 8/);
   });
 });
 

@@ -46,7 +46,7 @@ describe('loadConfig', () => {
         requestTimeoutMs: 120000,
         maxTopNTokens: 5,
       },
-      onnx: { trunkThreads: 1, expertThreads: 1, executionProviders: { trunk: ['cpu'], experts: ['cpu'] } },
+      onnx: { trunkThreads: 1, trunkKernel: 'auto', expertThreads: 1, executionProviders: { trunk: ['cpu'], experts: ['cpu'] } },
       allocator: { mmapThresholdBytes: 131072 },
       experts: { kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2, maxResidentPerWorker: null, overlapMinTokens: null, channel: 'shared-memory' },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null },

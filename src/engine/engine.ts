@@ -93,9 +93,11 @@ export class Engine implements GenerationService {
       }
       const model = await MoeModel.load(pkg, runner, {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads,
-        executionProviders: config.onnx.executionProviders.trunk,
+        executionProviders: config.onnx.executionProviders.trunk, trunkKernel: config.onnx.trunkKernel,
         microBatchMinTokens: config.experts.overlapMinTokens ?? Infinity,
       });
+      if (model.trunkKernelNote && config.onnx.trunkKernel === 'native') log.warn('the trunk runs in onnxruntime: the native trunk cannot be used', { reason: model.trunkKernelNote });
+      else if (model.trunkKernelNote) log.info('the trunk runs in onnxruntime', { reason: model.trunkKernelNote });
       const attention = nativeAttention();
       if (!attention.available) log.warn('attention runs in TypeScript (slower): the native kernel is unavailable', { reason: attention.reason });
       const codec = new TextCodec(pkg.tokenizerJson, pkg.tokenizerConfig);

@@ -19,6 +19,7 @@ import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
 import { attendReference, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';
 import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
+import { NativeTrunk, nativeTrunkAddon, nativeTrunkUnsupported } from './native-trunk.ts';
 
 export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
 
@@ -56,12 +57,32 @@ export interface ModelOptions {
   microBatchMinTokens?: number;
   /** 'typescript': the attention core in plain TypeScript even where the native kernel is built (tests, benchmarks). */
   attentionKernel?: 'native' | 'typescript';
+  /**
+   * How the batched path's per-layer dense stages run (config onnx.trunkKernel): 'native' (native-trunk.ts),
+   * 'onnx' (projection and output graphs in onnxruntime), 'auto' (default): native when the addon is built, the
+   * model's widths fit it and the trunk's execution providers are only the CPU. A 'native' that cannot be used falls
+   * back to 'onnx' and `trunkKernelNote` says why.
+   */
+  trunkKernel?: 'auto' | 'native' | 'onnx';
+}
+
+/** Which trunk runs the batched path's dense stages, and why not native when it is not. */
+function chooseTrunk(c: ModelConfig, options: ModelOptions): { kernel: 'native' | 'onnx'; note?: string } {
+  const wanted = options.trunkKernel ?? 'auto';
+  if (wanted === 'onnx' || options.attention === 'per-sequence') return { kernel: 'onnx' };
+  const status = nativeTrunkAddon();
+  const why = !status.available ? status.reason
+    : nativeTrunkUnsupported(c)
+      ?? (wanted === 'auto' && options.executionProviders.some((p) => p !== 'cpu') ? `onnx.executionProviders.trunk is ${JSON.stringify(options.executionProviders)}` : null);
+  return why ? { kernel: 'onnx', note: why } : { kernel: 'native' };
 }
 
 interface AttentionSessions {
   perSequence?: ort.InferenceSession[];
   projection?: ort.InferenceSession[];
   output?: ort.InferenceSession[];
+  /** The batched path's dense stages in the native addon instead of projection/output sessions. */
+  native?: NativeTrunk;
 }
 
 export class MoeModel {
@@ -72,6 +93,8 @@ export class MoeModel {
   private readonly attend: AttentionKernel;
   /** Which of the two `attend` is. */
   readonly attentionKernel: 'native' | 'typescript';
+  /** Which runs the batched path's dense stages (projections, o_proj, norms, router logits, shared expert). */
+  readonly trunkKernel: 'native' | 'onnx';
 
   private constructor(
     readonly config: ModelConfig,
@@ -82,7 +105,10 @@ export class MoeModel {
     private readonly inverseFrequencies: Float32Array,
     readonly runner: ExpertRunner,
     private readonly options: ModelOptions,
+    /** Why the trunk runs in onnxruntime when native was possible in principle ('auto' or 'native' asked for). */
+    readonly trunkKernelNote?: string,
   ) {
+    this.trunkKernel = sessions.native ? 'native' : 'onnx';
     this.heads = headsOf(config);
     const shape = { heads: this.heads.heads, kvHeads: this.heads.kvHeads, headDim: this.heads.headDim, scale: attentionScale(config) };
     const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape);
@@ -115,10 +141,13 @@ export class MoeModel {
     };
     const create = async (graph: Uint8Array) => (await createSession(graph, sessionOptions, options.executionProviders, 'trunk')).session;
     const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
+    const trunk = chooseTrunk(c, options);
     const sessions: AttentionSessions = {};
     if (options.attention === 'per-sequence') {
       sessions.perSequence = [];
       for (const l of layers) sessions.perSequence.push(await create(attentionGraph(c, l, w)));
+    } else if (trunk.kernel === 'native') {
+      sessions.native = NativeTrunk.create(c, w);
     } else {
       sessions.projection = [];
       sessions.output = [];
@@ -137,7 +166,7 @@ export class MoeModel {
     const inverseFrequencies = Float32Array.from({ length: headDim / 2 }, (_, i) =>
       1 / Math.fround(c.rope_theta ** Math.fround((2 * i) / headDim)));
     return new MoeModel(c, await create(embeddingGraph(c, w)), sessions, await create(headGraph(c, w)), routers,
-      inverseFrequencies, runner, options);
+      inverseFrequencies, runner, options, trunk.note);
   }
 
   /**
@@ -231,29 +260,49 @@ export class MoeModel {
   }
 
   /**
-   * attention(x) for all of a step's sequences, per layer: one projection run over the packed tokens, their new k/v
-   * rows written to each cache, the attention core over the caches in place (cached-attention.ts), then one output
+   * attention(x) for all of a step's sequences, per layer: the projections over the packed tokens (native-trunk.ts, or
+   * one onnxruntime run), their new k/v rows written to each cache, the attention core over the caches in place
+   * (cached-attention.ts), then the output stage (native, or one
    * run (o_proj, residual, post-attention norm).
    */
   private batchedAttention(inputs: SequenceInput[]): StepAttention {
     const d = this.config.hidden_size;
     const { kvDim } = this.heads;
-    const projection = this.sessions.projection!;
-    const output = this.sessions.output!;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
     const sequences: CachedSequence[] = inputs.map((s) => ({ cache: s.cache, past: s.cache.length, n: s.tokens.length }));
     const { cos, sin } = this.rotaryPacked(sequences, total);
     const attended = new Float32Array(total * d);
-    return async (layer, x) => {
-      const xTensor = new ort.Tensor('float32', x, [total, d]);
-      const qkv = await projection[layer].run({ x: xTensor, cos, sin });
-      const k = qkv.k.data as Float32Array;
-      const v = qkv.v.data as Float32Array;
+    const toCaches = (layer: number, k: Float32Array, v: Float32Array) => {
       let at = 0;
       for (const s of sequences) {
         s.cache.write(layer, k.subarray(at * kvDim, (at + s.n) * kvDim), v.subarray(at * kvDim, (at + s.n) * kvDim));
         at += s.n;
       }
+    };
+    const native = this.sessions.native;
+    if (native) {
+      const q = new Float32Array(total * d);
+      const k = new Float32Array(total * kvDim);
+      const v = new Float32Array(total * kvDim);
+      return async (layer, x) => {
+        native.project(layer, total, x, cos, sin, q, k, v);
+        toCaches(layer, k, v);
+        this.attend(layer, q, attended, sequences);
+        const h = new Float32Array(total * d);
+        const moeInput = new Float32Array(total * d);
+        const routerLogits = new Float32Array(total * this.config.num_experts);
+        native.output(layer, total, x, attended, h, moeInput, routerLogits);
+        return { h, moeInput, routerLogits };
+      };
+    }
+    const projection = this.sessions.projection!;
+    const output = this.sessions.output!;
+    const cosTensor = new ort.Tensor('float32', cos, [total, 1, this.heads.headDim]);
+    const sinTensor = new ort.Tensor('float32', sin, [total, 1, this.heads.headDim]);
+    return async (layer, x) => {
+      const xTensor = new ort.Tensor('float32', x, [total, d]);
+      const qkv = await projection[layer].run({ x: xTensor, cos: cosTensor, sin: sinTensor });
+      toCaches(layer, qkv.k.data as Float32Array, qkv.v.data as Float32Array);
       this.attend(layer, qkv.q.data as Float32Array, attended, sequences);
       const out = await output[layer].run({ x: xTensor, attended: new ort.Tensor('float32', attended, [total, d]) });
       return { h: out.h.data as Float32Array, moeInput: out.moe_input.data as Float32Array, routerLogits: out.router_logits.data as Float32Array };
@@ -295,7 +344,7 @@ export class MoeModel {
     };
   }
 
-  /** cos/sin [N, 1, head_dim] for each packed token (sequences back to back) at its own position. */
+  /** cos/sin [N, head_dim] for each packed token (sequences back to back) at its own position. */
   private rotaryPacked(sequences: CachedSequence[], total: number) {
     const { headDim } = this.heads;
     const cos = new Float32Array(total * headDim);
@@ -307,7 +356,7 @@ export class MoeModel {
       sin.set(r.sin.data as Float32Array, row * headDim);
       row += s.n;
     }
-    return { cos: new ort.Tensor('float32', cos, [total, 1, headDim]), sin: new ort.Tensor('float32', sin, [total, 1, headDim]) };
+    return { cos, sin };
   }
 
   private rotary(start: number, n: number) {

@@ -1,8 +1,9 @@
-// Builds the native addons (experts/kernels/native: the sparse and dense expert kernels, the trunk's attention
-// kernel, and the malloc tuning of src/allocator.ts) with node-gyp; run by the root package's `install` script, so
-// `npm ci` compiles them. Never fails the install: without a compiler or headers the addons are simply missing, the
-// native expert kernels are reported unavailable (never chosen), attention runs in its TypeScript twin, and the
-// gateway logs both and that it could not tune malloc. SWITCHYARD_NATIVE=off skips the build. Output: build.log.
+// Builds the native addons (experts/kernels/native: the sparse and dense expert kernels, the trunk's layer and
+// attention kernels, and the malloc tuning of src/allocator.ts) with node-gyp; run by the root package's `install`
+// script, so `npm ci` compiles them. Never fails the install: without a compiler or headers the addons are simply
+// missing, the native expert kernels are reported unavailable (never chosen), the trunk runs in onnxruntime and
+// attention in its TypeScript twin, and the gateway logs both and that it could not tune malloc.
+// SWITCHYARD_NATIVE=off skips the build. Output: build.log.
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -32,9 +33,9 @@ if (candidates.length === 0) log = 'node-gyp not found (neither $npm_config_node
 else {
   const run = spawnSync(process.execPath, [candidates[0], ...args], { cwd: here, encoding: 'utf8', timeout: 300_000 });
   log = `$ node ${candidates[0]} ${args.join(' ')}\n${run.stdout ?? ''}${run.stderr ?? ''}${run.error ? `${run.error.message}\n` : ''}exit: ${run.status}\n`;
-  ok = run.status === 0 && ['sparse_ffn.node', 'dense_ffn.node', 'attention.node', 'allocator.node'].every((f) => existsSync(path.join(here, 'build', 'Release', f)));
+  ok = run.status === 0 && ['sparse_ffn.node', 'dense_ffn.node', 'trunk.node', 'attention.node', 'allocator.node'].every((f) => existsSync(path.join(here, 'build', 'Release', f)));
 }
 writeFileSync(logFile, log);
 console.log(ok
-  ? 'switchyard: built the native addons (experts/kernels/native/build/Release: sparse_ffn.node, dense_ffn.node, attention.node, allocator.node)'
-  : `switchyard: the native addons did not build; the native expert kernels (sparse, dense) will be unavailable, attention will run in TypeScript (slower) and malloc untuned (see ${path.relative(process.cwd(), logFile)})`);
+  ? 'switchyard: built the native addons (experts/kernels/native/build/Release: sparse_ffn.node, dense_ffn.node, trunk.node, attention.node, allocator.node)'
+  : `switchyard: the native addons did not build; the native expert kernels (sparse, dense) will be unavailable, the trunk in onnxruntime and attention in TypeScript (slower) and malloc untuned (see ${path.relative(process.cwd(), logFile)})`);

@@ -1,0 +1,321 @@
+// The trunk's per-layer dense stages around the attention core, for a step's packed tokens x [N, d]:
+//
+//   project: xn = rms_norm(x) · input_norm; q = xn·Wqᵀ (+ bq), k, v likewise; q, k rms-normed over their whole width
+//            where the architecture has q/k norms (OLMoE); NeoX rotary on q and k with each token's cos/sin [N, hd].
+//   output:  h = x + (attended·Woᵀ) × residual_multiplier; m = rms_norm(h) · post_norm; router logits = m·Wrᵀ (fp32,
+//            as Switch Transformer keeps the router); h += shared expert(m) (× sigmoid(m·Wsᵀ) when gated).
+//
+// The same arithmetic as the ONNX graphs of src/engine/attention.ts, which remain the reference (and the path for
+// other execution providers). Why native: those graphs cost onnxruntime ~40 µs of fixed overhead per run plus a few
+// µs per node, two runs per layer and step, while the arithmetic of a decode step is a few µs per layer; the ONNX
+// runs also hop through setImmediate in onnxruntime-node. Every value is computed per token in a fixed order
+// (matmul.h), so a token's numbers do not depend on its batch.
+//
+// Widths (d, kv width, shared expert width) must be multiples of 8 and the head size even: the JS side checks and
+// keeps the ONNX path otherwise.
+#include <node_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "matmul.h"
+#include "napi_glue.h"
+#include "simd.h"
+
+namespace {
+
+bool g_avx2 = false;
+
+struct Layer {
+  uint32_t d = 0, heads = 0, kvHeads = 0, headDim = 0, kvDim = 0, experts = 0, shared = 0;
+  float eps = 0, residual = 1;
+  bool released = false, qkNorm = false, bias = false, sharedGated = false;
+  int64_t bytes = 0;
+  std::vector<float> inputNorm, qNorm, kNorm, postNorm, bq, bk, bv;
+  sy::Matrix wq, wk, wv, wo, router, sGate, sUp, sDown, sScale;
+  // Scratch, grown to the largest step seen (a handle belongs to the main thread).
+  std::vector<float> xn, g, u, o, gateLogit;
+};
+
+// y = x / sqrt(mean(x²) + eps) · w over n floats (ONNX graph: Pow, ReduceMean, Add, Sqrt, Div, Mul).
+void rms_norm(const float* x, const float* w, uint32_t n, float eps, float* y) {
+  float sum = 0;
+  for (uint32_t i = 0; i < n; i++) sum += x[i] * x[i];
+  const float rms = std::sqrt(sum / static_cast<float>(n) + eps);
+  for (uint32_t i = 0; i < n; i++) y[i] = x[i] / rms * w[i];
+}
+
+// NeoX rotary over each head of a row: out = x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁].
+void rotary(float* row, uint32_t heads, uint32_t headDim, const float* cos, const float* sin) {
+  const uint32_t half = headDim / 2;
+  for (uint32_t h = 0; h < heads; h++) {
+    float* x = row + static_cast<size_t>(h) * headDim;
+    for (uint32_t j = 0; j < half; j++) {
+      const float a = x[j], b = x[j + half];
+      x[j] = a * cos[j] + (-b) * sin[j];
+      x[j + half] = b * cos[j + half] + a * sin[j + half];
+    }
+  }
+}
+
+void grow(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.assign(n, 0.0f);
+}
+
+void project(Layer& L, const float* x, uint32_t n, const float* cos, const float* sin, float* q, float* k, float* v) {
+  const uint32_t d = L.d;
+  grow(L.xn, static_cast<size_t>(n) * d);
+  for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * d, L.inputNorm.data(), d, L.eps, L.xn.data() + static_cast<size_t>(t) * d);
+  sy::matmul(g_avx2, L.wq, L.xn.data(), d, n, q, d);
+  sy::matmul(g_avx2, L.wk, L.xn.data(), d, n, k, L.kvDim);
+  sy::matmul(g_avx2, L.wv, L.xn.data(), d, n, v, L.kvDim);
+  for (uint32_t t = 0; t < n; t++) {
+    float* qt = q + static_cast<size_t>(t) * d;
+    float* kt = k + static_cast<size_t>(t) * L.kvDim;
+    float* vt = v + static_cast<size_t>(t) * L.kvDim;
+    if (L.bias) {
+      for (uint32_t i = 0; i < d; i++) qt[i] += L.bq[i];
+      for (uint32_t i = 0; i < L.kvDim; i++) kt[i] += L.bk[i];
+      for (uint32_t i = 0; i < L.kvDim; i++) vt[i] += L.bv[i];
+    }
+    if (L.qkNorm) {
+      rms_norm(qt, L.qNorm.data(), d, L.eps, qt);
+      rms_norm(kt, L.kNorm.data(), L.kvDim, L.eps, kt);
+    }
+    const float* c = cos + static_cast<size_t>(t) * L.headDim;
+    const float* s = sin + static_cast<size_t>(t) * L.headDim;
+    rotary(qt, L.heads, L.headDim, c, s);
+    rotary(kt, L.kvHeads, L.headDim, c, s);
+  }
+}
+
+void output(Layer& L, const float* x, const float* attended, uint32_t n, float* h, float* m, float* logits) {
+  const uint32_t d = L.d;
+  grow(L.o, static_cast<size_t>(n) * d);
+  sy::matmul(g_avx2, L.wo, attended, d, n, L.o.data(), d);
+  for (size_t i = 0, total = static_cast<size_t>(n) * d; i < total; i++) h[i] = x[i] + (L.residual == 1.0f ? L.o[i] : L.o[i] * L.residual);
+  for (uint32_t t = 0; t < n; t++) rms_norm(h + static_cast<size_t>(t) * d, L.postNorm.data(), d, L.eps, m + static_cast<size_t>(t) * d);
+  sy::matmul(g_avx2, L.router, m, d, n, logits, L.experts);
+  if (L.shared == 0) return;
+  // h += down(silu(gate·m) ⊙ up·m) (× sigmoid(m·Wsᵀ)), as withSharedExpert in src/engine/attention.ts.
+  const uint32_t w = L.shared;
+  grow(L.g, static_cast<size_t>(n) * w);
+  grow(L.u, static_cast<size_t>(n) * w);
+  sy::matmul(g_avx2, L.sGate, m, d, n, L.g.data(), w);
+  sy::matmul(g_avx2, L.sUp, m, d, n, L.u.data(), w);
+  sy::swiglu(g_avx2, L.g.data(), L.u.data(), static_cast<size_t>(n) * w);
+  sy::matmul(g_avx2, L.sDown, L.g.data(), w, n, L.o.data(), d);
+  if (L.sharedGated) {
+    grow(L.gateLogit, n);
+    sy::matmul(g_avx2, L.sScale, m, d, n, L.gateLogit.data(), 1);
+  }
+  for (uint32_t t = 0; t < n; t++) {
+    const float scale = L.sharedGated ? 1.0f / (1.0f + std::exp(-L.gateLogit[t])) : 1.0f;
+    float* ht = h + static_cast<size_t>(t) * d;
+    const float* ot = L.o.data() + static_cast<size_t>(t) * d;
+    for (uint32_t i = 0; i < d; i++) ht[i] += L.sharedGated ? ot[i] * scale : ot[i];
+  }
+}
+
+// ---- N-API glue -------------------------------------------------------------------------------------------------
+
+void free_storage(napi_env env, Layer& L) {
+  if (L.released) return;
+  L.released = true;
+  for (sy::Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.router, &L.sGate, &L.sUp, &L.sDown, &L.sScale}) std::vector<float>().swap(m->w);
+  for (std::vector<float>* v : {&L.inputNorm, &L.qNorm, &L.kNorm, &L.postNorm, &L.bq, &L.bk, &L.bv, &L.xn, &L.g, &L.u, &L.o, &L.gateLogit})
+    std::vector<float>().swap(*v);
+  int64_t now;
+  napi_adjust_external_memory(env, -L.bytes, &now);
+}
+
+void finalize_layer(napi_env env, void* data, void*) {
+  Layer* L = static_cast<Layer*>(data);
+  free_storage(env, *L);
+  delete L;
+}
+
+bool get_uint(napi_env env, napi_value obj, const char* name, uint32_t* out) {
+  napi_value v;
+  return napi_get_named_property(env, obj, name, &v) == napi_ok && napi_get_value_uint32(env, v, out) == napi_ok;
+}
+bool get_float(napi_env env, napi_value obj, const char* name, float* out) {
+  napi_value v;
+  double d;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return false;
+  *out = static_cast<float>(d);
+  return true;
+}
+bool get_bool(napi_env env, napi_value obj, const char* name, bool* out) {
+  napi_value v;
+  return napi_get_named_property(env, obj, name, &v) == napi_ok && napi_get_value_bool(env, v, out) == napi_ok;
+}
+
+// The Float32Array `name` of `obj` with exactly `count` floats; "" or the error.
+std::string get_floats(napi_env env, napi_value obj, const char* name, size_t count, const float** data) {
+  napi_value v;
+  size_t n = 0;
+  float* p = nullptr;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok || !sy::typed_array(env, v, napi_float32_array, &p, &n))
+    return std::string(name) + " must be a Float32Array";
+  if (n != count) return std::string(name) + " must hold " + std::to_string(count) + " floats";
+  *data = p;
+  return "";
+}
+
+std::string vec(napi_env env, napi_value obj, const char* name, size_t count, std::vector<float>& out) {
+  const float* p;
+  std::string err = get_floats(env, obj, name, count, &p);
+  if (err.empty()) out.assign(p, p + count);
+  return err;
+}
+
+std::string mat(napi_env env, napi_value obj, const char* name, uint32_t rows, uint32_t cols, sy::Matrix& out) {
+  const float* p;
+  std::string err = get_floats(env, obj, name, static_cast<size_t>(rows) * cols, &p);
+  if (err.empty()) sy::fill(out, p, rows, cols);
+  return err;
+}
+
+// createLayer({d, heads, kvHeads, experts, eps, residual, qkNorm, bias, shared, sharedGated, inputNorm, q, k, v,
+//              qNorm?, kNorm?, qBias?, kBias?, vBias?, o, postNorm, router, sharedGate?, sharedUp?, sharedDown?,
+//              sharedScale?}) → handle. Weights in torch Linear layout [out, in], copied.
+napi_value CreateLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value spec;
+  SY_CHECK(napi_get_cb_info(env, info, &argc, &spec, nullptr, nullptr));
+  if (argc != 1) return sy::throw_type(env, "createLayer(spec) takes one object");
+  Layer* L = new (std::nothrow) Layer();
+  if (!L) return sy::throw_error(env, "createLayer: out of memory");
+  std::string err;
+  if (!get_uint(env, spec, "d", &L->d) || !get_uint(env, spec, "heads", &L->heads) || !get_uint(env, spec, "kvHeads", &L->kvHeads) ||
+      !get_uint(env, spec, "experts", &L->experts) || !get_uint(env, spec, "shared", &L->shared) || !get_float(env, spec, "eps", &L->eps) ||
+      !get_float(env, spec, "residual", &L->residual) || !get_bool(env, spec, "qkNorm", &L->qkNorm) || !get_bool(env, spec, "bias", &L->bias) ||
+      !get_bool(env, spec, "sharedGated", &L->sharedGated)) {
+    err = "d, heads, kvHeads, experts, shared (integers), eps, residual (numbers), qkNorm, bias, sharedGated (booleans) are required";
+  } else if (L->heads == 0 || L->kvHeads == 0 || L->d % L->heads != 0 || L->heads % L->kvHeads != 0 || L->experts == 0) {
+    err = "heads must divide d, kvHeads must divide heads, experts must be positive";
+  } else {
+    L->headDim = L->d / L->heads;
+    L->kvDim = L->kvHeads * L->headDim;
+    if (L->d % 8 || L->kvDim % 8 || L->shared % 8 || L->headDim % 2) err = "d, the kv width and the shared expert width must be multiples of 8 and the head size even";
+  }
+  const uint32_t d = L->d, kv = L->kvDim, s = L->shared;
+  if (err.empty()) err = vec(env, spec, "inputNorm", d, L->inputNorm);
+  if (err.empty()) err = mat(env, spec, "q", d, d, L->wq);
+  if (err.empty()) err = mat(env, spec, "k", kv, d, L->wk);
+  if (err.empty()) err = mat(env, spec, "v", kv, d, L->wv);
+  if (err.empty() && L->qkNorm) err = vec(env, spec, "qNorm", d, L->qNorm);
+  if (err.empty() && L->qkNorm) err = vec(env, spec, "kNorm", kv, L->kNorm);
+  if (err.empty() && L->bias) err = vec(env, spec, "qBias", d, L->bq);
+  if (err.empty() && L->bias) err = vec(env, spec, "kBias", kv, L->bk);
+  if (err.empty() && L->bias) err = vec(env, spec, "vBias", kv, L->bv);
+  if (err.empty()) err = mat(env, spec, "o", d, d, L->wo);
+  if (err.empty()) err = vec(env, spec, "postNorm", d, L->postNorm);
+  if (err.empty()) err = mat(env, spec, "router", L->experts, d, L->router);
+  if (err.empty() && s > 0) err = mat(env, spec, "sharedGate", s, d, L->sGate);
+  if (err.empty() && s > 0) err = mat(env, spec, "sharedUp", s, d, L->sUp);
+  if (err.empty() && s > 0) err = mat(env, spec, "sharedDown", d, s, L->sDown);
+  if (err.empty() && s > 0 && L->sharedGated) err = mat(env, spec, "sharedScale", 1, d, L->sScale);
+  if (!err.empty()) {
+    delete L;
+    return sy::throw_type(env, ("createLayer: " + err).c_str());
+  }
+  for (sy::Matrix* m : {&L->wq, &L->wk, &L->wv, &L->wo, &L->router, &L->sGate, &L->sUp, &L->sDown, &L->sScale})
+    L->bytes += static_cast<int64_t>(m->w.capacity() * sizeof(float));
+  int64_t now;
+  napi_adjust_external_memory(env, L->bytes, &now);
+  napi_value handle;
+  if (napi_create_external(env, L, finalize_layer, nullptr, &handle) != napi_ok) {
+    free_storage(env, *L);
+    delete L;
+    return sy::throw_error(env, "createLayer: cannot make the handle");
+  }
+  return handle;
+}
+
+Layer* layer_of(napi_env env, napi_value handle) {
+  void* data = nullptr;
+  if (napi_get_value_external(env, handle, &data) != napi_ok || data == nullptr) return nullptr;
+  Layer* L = static_cast<Layer*>(data);
+  return L->released ? nullptr : L;
+}
+
+// Float32Array argument `i` with at least `need` floats, or nullptr.
+float* floats_arg(napi_env env, napi_value v, size_t need) {
+  float* p = nullptr;
+  size_t n = 0;
+  if (!sy::typed_array(env, v, napi_float32_array, &p, &n) || n < need) return nullptr;
+  return p;
+}
+
+// project(handle, n, x [n·d], cos [n·hd], sin [n·hd], q [n·d], k [n·kv], v [n·kv])
+napi_value Project(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value a[8];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  Layer* L = argc == 8 ? layer_of(env, a[0]) : nullptr;
+  uint32_t n;
+  if (!L || napi_get_value_uint32(env, a[1], &n) != napi_ok) return sy::throw_type(env, "project(handle, n, x, cos, sin, q, k, v) on a live layer");
+  const size_t nd = static_cast<size_t>(n) * L->d, nh = static_cast<size_t>(n) * L->headDim, nk = static_cast<size_t>(n) * L->kvDim;
+  float *x = floats_arg(env, a[2], nd), *c = floats_arg(env, a[3], nh), *s = floats_arg(env, a[4], nh);
+  float *q = floats_arg(env, a[5], nd), *k = floats_arg(env, a[6], nk), *v = floats_arg(env, a[7], nk);
+  if (!x || !c || !s || !q || !k || !v) return sy::throw_range(env, "project: x, q [n·d], cos, sin [n·head_dim], k, v [n·kv width] must be Float32Arrays that large");
+  if (n > 0) project(*L, x, n, c, s, q, k, v);
+  return nullptr;
+}
+
+// output(handle, n, x [n·d], attended [n·d], h [n·d], moeInput [n·d], routerLogits [n·experts])
+napi_value Output(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value a[7];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  Layer* L = argc == 7 ? layer_of(env, a[0]) : nullptr;
+  uint32_t n;
+  if (!L || napi_get_value_uint32(env, a[1], &n) != napi_ok) return sy::throw_type(env, "output(handle, n, x, attended, h, moeInput, routerLogits) on a live layer");
+  const size_t nd = static_cast<size_t>(n) * L->d;
+  float *x = floats_arg(env, a[2], nd), *att = floats_arg(env, a[3], nd), *h = floats_arg(env, a[4], nd);
+  float *m = floats_arg(env, a[5], nd), *logits = floats_arg(env, a[6], static_cast<size_t>(n) * L->experts);
+  if (!x || !att || !h || !m || !logits) return sy::throw_range(env, "output: x, attended, h, moeInput [n·d], routerLogits [n·experts] must be Float32Arrays that large");
+  if (n > 0) output(*L, x, att, n, h, m, logits);
+  return nullptr;
+}
+
+// release(handle): frees the weights now (the handle itself goes with the garbage collector).
+napi_value Release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  void* data = nullptr;
+  if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) return sy::throw_type(env, "release(handle)");
+  free_storage(env, *static_cast<Layer*>(data));
+  return nullptr;
+}
+
+napi_value Info(napi_env env, napi_callback_info) { return sy::simd_info(env, g_avx2); }
+
+napi_value SetSimd(napi_env env, napi_callback_info info) {
+  g_avx2 = sy::want_avx2(env, info);
+  return sy::simd_info(env, g_avx2);
+}
+
+}  // namespace
+
+NAPI_MODULE_INIT() {
+  g_avx2 = sy::cpu_has_avx2();
+  napi_property_descriptor props[] = {
+      {"createLayer", nullptr, CreateLayer, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"project", nullptr, Project, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"output", nullptr, Output, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setSimd", nullptr, SetSimd, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return nullptr;
+  return exports;
+}
