@@ -4,6 +4,7 @@
  * Exit codes: 0 ok, 1 failure (bad configuration, startup error; `serve`: requests cut at shutdown, or a second
  * signal), 2 usage error (unknown command or flag).
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
 import { PackageError } from './format/safetensors.ts';
@@ -21,6 +22,8 @@ export interface Command {
   summary: string;
   /** Usage text shown by `switchyard <name> --help` (list -h, --help too: every command accepts it). */
   usage: string;
+  /** More help, worked out when asked for (`--help`, `help <name>`), e.g. from the code it describes. */
+  moreHelp?: () => Promise<string>;
   options: Options;
   run(values: Values, io: CliIo): Promise<number>;
 }
@@ -81,7 +84,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Start the HTTP gateway',
     usage: `Usage: switchyard serve [options]
 
-Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info).
+Load the model package and serve the HTTP API (every route is listed below).
 
 SIGTERM or SIGINT shuts down gracefully: the listener closes, requests in flight get up to shutdown.graceMs to
 finish, then what is left ends with an error (streams: a terminal error event). Exit code 0 when every request
@@ -98,6 +101,11 @@ Options:
   -h, --help      show this help
 
 Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|warn|error|silent sets logging.`,
+    // From the app's own route table, so the list is always what the server mounts.
+    async moreHelp() {
+      const { formatRoutes } = await import('./server/route-list.ts');
+      return `${formatRoutes()}\n\nThe admin routes take Authorization: Bearer <admin.token>; nats.url is set by --nats.`;
+    },
     options: {
       config: { type: 'string' },
       model: { type: 'string' },
@@ -468,10 +476,20 @@ Switchyard: a Mixture-of-Experts serving gateway.
 Commands:
 ${list}
 
-Run 'switchyard <command> --help' for a command's options.`;
+Run 'switchyard <command> --help' for a command's options; 'switchyard --version' (-v) prints the version.`;
+}
+
+/** The package's version, read from package.json (the one npm publishes), so it cannot disagree with it. */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  if (typeof pkg.version !== 'string') throw new Error('package.json has no "version" string');
+  return pkg.version;
 }
 
 const commandUsage = (cmd: Command) => cmd.usage;
+
+/** What `--help` prints: the usage, and the help worked out on demand. */
+const commandHelp = async (cmd: Command) => (cmd.moreHelp ? `${cmd.usage}\n\n${await cmd.moreHelp()}` : cmd.usage);
 
 const defaultIo: CliIo = {
   stdout: (text) => void process.stdout.write(`${text}\n`),
@@ -481,9 +499,13 @@ const defaultIo: CliIo = {
 /** Runs the CLI on `argv` (without node and script) and returns the exit code. */
 export async function main(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === '--version' || name === '-v') {
+    io.stdout(packageVersion());
+    return 0;
+  }
   if (name === '--help' || name === '-h' || name === 'help') {
     const topic = name === 'help' ? rest[0] : undefined;
-    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) io.stdout(commandUsage(COMMANDS[topic]));
+    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) io.stdout(await commandHelp(COMMANDS[topic]));
     else if (topic !== undefined) {
       io.stderr(`switchyard: unknown command '${topic}'\n\n${mainUsage()}`);
       return 2;
@@ -509,7 +531,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo): Prom
     return 2;
   }
   if (values.help) {
-    io.stdout(commandUsage(cmd));
+    io.stdout(await commandHelp(cmd));
     return 0;
   }
 
