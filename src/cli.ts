@@ -439,7 +439,8 @@ Options:
   --cores C                    CPU cores the workers share in the simulation (default: this machine's)
   --max-experts-per-worker S   memory budget per worker, all layers (default: no limit)
   --min-split-rows R           the gateway's placement.minSplitRows (default 32)
-  --svg FILE                   also draw expert load over time and per-worker load before/after (SVG)
+  --svg FILE                   also draw expert load over time (seconds axis; idle stretches, missing steps and
+                               gateway restarts marked) and per-worker load before/after on a % scale (SVG)
   --out FILE                   write the recommended placement to FILE instead of printing it
   --hosts-max H                plan expert hosts (scale-out over NATS) instead: simulate 1..H hosts, print a cluster
                                placement (the SVG is for workers only)
