@@ -255,6 +255,7 @@ Progress (calibration tokens, then experts) goes to stderr: a bar on a terminal,
         calibration: strFlag(values, 'calibration'), calibrationTokens: intFlag(values, 'calibration-tokens', 1), experts,
         dropExperts: dropFraction(strFlag(values, 'drop-experts')),
       };
+      if (!values.quiet) io.stderr(`prune: loading ${model}`);
       const calibrating = progressFor(io, values, { label: 'calibrating', unit: 'tokens' });
       const pruning = progressFor(io, values, { label: 'pruning', unit: 'experts' });
       let result: Awaited<ReturnType<typeof prunePackage>>;

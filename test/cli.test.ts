@@ -166,6 +166,7 @@ describe('progress of eval and prune (CLI)', () => {
     const io = captureIo();
     const out = mkdtempSync(join(tmpdir(), 'switchyard-cli-prune-'));
     expect(await main(['prune', '--model', dir, '--out', out, '--method', 'wanda', '--sparsity', '0.5', '--calibration-tokens', '600'], io)).toBe(0);
+    expect(io.err[0]).toMatch(/^prune: loading /);
     const calibrating = counts(io.err, 'calibrating');
     const pruning = counts(io.err, 'pruning');
     expect(calibrating.length).toBeGreaterThan(1);
