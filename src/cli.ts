@@ -4,10 +4,13 @@
  * Exit codes: 0 ok, 1 failure (bad configuration, startup error; `serve`: requests cut at shutdown, or a second
  * signal), 2 usage error (unknown command or flag).
  */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, type ConfigInput } from './config.ts';
 import { PackageError } from './format/safetensors.ts';
 import { log } from './log.ts';
+import { lineProgress, progressOn, silentProgress, type Progress, type ProgressLabel } from './progress.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 type Values = Record<string, string | boolean | undefined>;
@@ -15,12 +18,16 @@ type Values = Record<string, string | boolean | undefined>;
 export interface CliIo {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
+  /** Progress display for a long job (default: a line per tenth of the work through `stderr`). */
+  progress?: (what: ProgressLabel) => Progress;
 }
 
 export interface Command {
   summary: string;
   /** Usage text shown by `switchyard <name> --help` (list -h, --help too: every command accepts it). */
   usage: string;
+  /** More help, worked out when asked for (`--help`, `help <name>`), e.g. from the code it describes. */
+  moreHelp?: () => Promise<string>;
   options: Options;
   run(values: Values, io: CliIo): Promise<number>;
 }
@@ -48,6 +55,14 @@ function dropFraction(raw: string | undefined): number | undefined {
 
 const strFlag = (values: Values, name: string): string | undefined =>
   typeof values[name] === 'string' ? (values[name] as string) : undefined;
+
+/** Progress of a long job on stderr; none with --quiet. */
+function progressFor(io: CliIo, values: Values, what: ProgressLabel): Progress {
+  if (values.quiet) return silentProgress;
+  return io.progress ? io.progress(what) : lineProgress(io.stderr, what);
+}
+
+const QUIET_FLAG = { quiet: { type: 'boolean', short: 'q' } } as const;
 
 /**
  * One repeat of the first signal within this many ms is the same request delivered twice, not a second one: Ctrl-C
@@ -88,7 +103,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Start the HTTP gateway',
     usage: `Usage: switchyard serve [options]
 
-Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info).
+Load the model package and serve the HTTP API (every route is listed below).
 
 SIGTERM or SIGINT shuts down gracefully: the listener closes, requests in flight get up to shutdown.graceMs to
 finish, then what is left ends with an error (streams: a terminal error event). Exit code 0 when every request
@@ -106,6 +121,11 @@ Options:
   -h, --help      show this help
 
 Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|warn|error|silent sets logging.`,
+    // From the app's own route table, so the list is always what the server mounts.
+    async moreHelp() {
+      const { formatRoutes } = await import('./server/route-list.ts');
+      return `${formatRoutes()}\n\nThe admin routes take Authorization: Bearer <admin.token>; nats.url is set by --nats.`;
+    },
     options: {
       config: { type: 'string' },
       model: { type: 'string' },
@@ -204,7 +224,10 @@ Options:
   --experts L.E,...      only these experts (default: all)
   --drop-experts F       also remove, per layer, this fraction of the experts the router chose least often on the
                          calibration text (no weights kept; the router masks them)
-  -h, --help             show this help`,
+  -q, --quiet            no progress on stderr
+  -h, --help             show this help
+
+Progress (calibration tokens, then experts) goes to stderr: a bar on a terminal, else a line per tenth of the work.`,
     options: {
       model: { type: 'string' },
       out: { type: 'string' },
@@ -215,6 +238,7 @@ Options:
       'calibration-tokens': { type: 'string' },
       experts: { type: 'string' },
       'drop-experts': { type: 'string' },
+      ...QUIET_FLAG,
     },
     async run(values, io) {
       const { METHODS, prunePackage } = await import('./pruning/prune-package.ts');
@@ -233,21 +257,29 @@ Options:
         if (!m) throw new UsageError(`--experts takes layer.expert pairs like 0.3,1.7 (got ${JSON.stringify(e)})`);
         return { layer: Number(m[1]), expert: Number(m[2]) };
       });
-      const { SingleBar, Presets } = (await import('cli-progress')).default;
-      const bar = new SingleBar({ format: 'pruning [{bar}] {value}/{total} experts  {what}', stream: process.stderr, hideCursor: true }, Presets.shades_classic);
-      let started = false;
-      const result = await prunePackage({
+      const options = {
         modelDir: model, outDir: out, method: method as (typeof METHODS)[number], sparsity,
         nm: nm ? { n: Number(nm[1]), m: Number(nm[2]) } : undefined,
         calibration: strFlag(values, 'calibration'), calibrationTokens: intFlag(values, 'calibration-tokens', 1), experts,
         dropExperts: dropFraction(strFlag(values, 'drop-experts')),
-        onProgress: (done, total, what) => {
-          if (!started) bar.start(total, 0, { what });
-          started = true;
-          bar.update(done, { what });
-        },
-      });
-      bar.stop();
+      };
+      if (!values.quiet) io.stderr(`prune: loading ${model}`);
+      const calibrating = progressFor(io, values, { label: 'calibrating', unit: 'tokens' });
+      const pruning = progressFor(io, values, { label: 'pruning', unit: 'experts' });
+      let result: Awaited<ReturnType<typeof prunePackage>>;
+      try {
+        result = await prunePackage({
+          ...options,
+          onCalibrationProgress: (done, total) => calibrating.update(done, total),
+          onProgress: (done, total, what) => {
+            calibrating.stop();
+            pruning.update(done, total, what);
+          },
+        });
+      } finally {
+        calibrating.stop();
+        pruning.stop();
+      }
       if (result.dropped.length > 0) io.stdout(`dropped ${result.dropped.length} experts: ${result.dropped.map((e) => `${e.layer}.${e.expert} (${(100 * e.share).toFixed(1)}%)`).join(', ')}`);
       io.stdout(`wrote ${result.outDir}: ${result.experts.length} experts pruned, expert sparsity ${(100 * result.expertSparsity).toFixed(2)}%, weights ${result.bytes.before} -> ${result.bytes.after} bytes`);
       return 0;
@@ -267,19 +299,31 @@ Options:
   --reference DIR   model to compare greedy choices with (default: models/switchyard-moe unless that is --model)
   --workers K       expert worker threads (default: one per CPU core)
   --json            print one JSON line {"val_bpb": …, "greedy_agreement": …, …}
-  -h, --help        show this help`,
+  -q, --quiet       no progress on stderr
+  -h, --help        show this help
+
+Progress (windows scored) goes to stderr: a bar on a terminal, else a line per tenth of the windows.`,
     options: {
       model: { type: 'string' },
       reference: { type: 'string' },
       workers: { type: 'string' },
       json: { type: 'boolean' },
+      ...QUIET_FLAG,
     },
     async run(values, io) {
       const model = strFlag(values, 'model');
       if (!model) throw new UsageError('--model DIR is required');
       const { runEval } = await import('./eval/run-eval.ts');
       const reference = strFlag(values, 'reference') ?? 'models/switchyard-moe';
-      const result = await runEval({ model, reference, workers: intFlag(values, 'workers', 1) });
+      const workers = intFlag(values, 'workers', 1);
+      if (!values.quiet) io.stderr(`eval: loading ${model}${resolve(reference) !== resolve(model) ? ` and the reference ${reference}` : ''}`);
+      const progress = progressFor(io, values, { label: 'eval', unit: 'windows' });
+      let result: Awaited<ReturnType<typeof runEval>>;
+      try {
+        result = await runEval({ model, reference, workers, onProgress: (done, total) => progress.update(done, total) });
+      } finally {
+        progress.stop();
+      }
       if (values.json) io.stdout(JSON.stringify(result));
       else {
         io.stdout(`validation bits per byte: ${result.val_bpb.toFixed(4)} over ${result.val_bytes} bytes (${result.windows} windows)`);
@@ -404,7 +448,8 @@ Options:
   --cores C                    CPU cores the workers share in the simulation (default: this machine's)
   --max-experts-per-worker S   memory budget per worker, all layers (default: no limit)
   --min-split-rows R           the gateway's placement.minSplitRows (default 32)
-  --svg FILE                   also draw expert load over time and per-worker load before/after (SVG)
+  --svg FILE                   also draw expert load over time (seconds axis; idle stretches, missing steps and
+                               gateway restarts marked) and per-worker load before/after on a % scale (SVG)
   --out FILE                   write the recommended placement to FILE instead of printing it
   --hosts-max H                plan expert hosts (scale-out over NATS) instead: simulate 1..H hosts, print a cluster
                                placement (the SVG is for workers only)
@@ -476,22 +521,37 @@ Switchyard: a Mixture-of-Experts serving gateway.
 Commands:
 ${list}
 
-Run 'switchyard <command> --help' for a command's options.`;
+Run 'switchyard <command> --help' for a command's options; 'switchyard --version' (-v) prints the version.`;
+}
+
+/** The package's version, read from package.json (the one npm publishes), so it cannot disagree with it. */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  if (typeof pkg.version !== 'string') throw new Error('package.json has no "version" string');
+  return pkg.version;
 }
 
 const commandUsage = (cmd: Command) => cmd.usage;
 
+/** What `--help` prints: the usage, and the help worked out on demand. */
+const commandHelp = async (cmd: Command) => (cmd.moreHelp ? `${cmd.usage}\n\n${await cmd.moreHelp()}` : cmd.usage);
+
 const defaultIo: CliIo = {
   stdout: (text) => void process.stdout.write(`${text}\n`),
   stderr: (text) => void process.stderr.write(`${text}\n`),
+  progress: (what) => progressOn(process.stderr, defaultIo.stderr, what),
 };
 
 /** Runs the CLI on `argv` (without node and script) and returns the exit code. */
 export async function main(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === '--version' || name === '-v') {
+    io.stdout(packageVersion());
+    return 0;
+  }
   if (name === '--help' || name === '-h' || name === 'help') {
     const topic = name === 'help' ? rest[0] : undefined;
-    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) io.stdout(commandUsage(COMMANDS[topic]));
+    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) io.stdout(await commandHelp(COMMANDS[topic]));
     else if (topic !== undefined) {
       io.stderr(`switchyard: unknown command '${topic}'\n\n${mainUsage()}`);
       return 2;
@@ -517,7 +577,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo): Prom
     return 2;
   }
   if (values.help) {
-    io.stdout(commandUsage(cmd));
+    io.stdout(await commandHelp(cmd));
     return 0;
   }
 

@@ -11,9 +11,9 @@ import { describe, expect, it } from 'vitest';
 
 const ROOT = path.join(import.meta.dirname, '..');
 
-/** Lower ranks are lower layers; a file may import its own rank or lower. Utilities (log, config) are rank 0. */
+/** Lower ranks are lower layers; a file may import its own rank or lower. Utilities (log, config, progress) are rank 0. */
 const LAYERS: Array<[prefix: string, rank: number]> = [
-  ['router/', 0], ['src/format/', 0], ['src/log.ts', 0],
+  ['router/', 0], ['src/format/', 0], ['src/log.ts', 0], ['src/progress.ts', 0],
   ['src/placement/', 1],
   ['experts/', 2],
   ['src/engine/', 3], ['src/telemetry/', 3], ['src/config.ts', 0],

@@ -39,8 +39,16 @@ export interface EvalResult {
   windows: number;
 }
 
+export interface EvaluateOptions {
+  /** Windows per forward pass (default 8). */
+  batch?: number;
+  /** Called after each batch with the windows scored so far and the total (counts go up, the last call has done = total). */
+  onProgress?: (done: number, total: number) => void;
+}
+
 /** Scores the windows in batches (each window a fresh sequence); only targets that are bytes count. */
-export async function evaluate(model: MoeModel, set: ValidationSet, reference?: MoeModel, batch = 8): Promise<EvalResult> {
+export async function evaluate(model: MoeModel, set: ValidationSet, reference?: MoeModel, options: EvaluateOptions = {}): Promise<EvalResult> {
+  const batch = options.batch ?? 8;
   const v = model.config.vocab_size;
   let nats = 0;
   let bytes = 0;
@@ -71,6 +79,7 @@ export async function evaluate(model: MoeModel, set: ValidationSet, reference?: 
         }
       }
     });
+    options.onProgress?.(i + chunk.length, set.windows.length);
   }
   const bpb = (n: number, b: number) => n / b / Math.LN2;
   return {

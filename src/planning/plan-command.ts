@@ -4,7 +4,7 @@ import { placementToFile } from '../placement/placement.ts';
 import { planCapacity, planHostCapacity, type CapacityPlan, type HostShape } from './capacity.ts';
 import { clusterPlacementToFile } from '../placement/cluster.ts';
 import { planSvg } from './svg.ts';
-import { readLoadTrace, TraceError, type LoadTrace } from './trace.ts';
+import { readLoadTrace, traceGaps, TraceError, type LoadTrace } from './trace.ts';
 
 export interface PlanCommandOptions {
   trace: string;
@@ -38,6 +38,16 @@ export function formatPlan(trace: LoadTrace, plan: CapacityPlan, options: PlanCo
   const out: string[] = [];
   const tokens = trace.steps.reduce((s, x) => s + x.tokens, 0);
   out.push(`trace: ${trace.steps.length} steps (${trace.lines} lines${trace.skipped ? `, ${trace.skipped} skipped` : ''}), ${trace.layers} layers × ${trace.experts} experts, ${tokens} tokens, ${trace.workers} workers seen`);
+  const gaps = traceGaps(trace);
+  if (gaps.length > 0) {
+    const count = (kind: string) => gaps.filter((g) => g.kind === kind).length;
+    const missing = gaps.reduce((sum, g) => sum + g.missingSteps, 0);
+    out.push(`gaps: ${[
+      count('idle') ? `${count('idle')} idle stretch${count('idle') === 1 ? '' : 'es'} (no steps for ≥ 1 s)` : null,
+      missing ? `${missing} step${missing === 1 ? '' : 's'} missing from the trace` : null,
+      count('restart') ? `${count('restart')} gateway restart${count('restart') === 1 ? '' : 's'}` : null,
+    ].filter((x) => x !== null).join(', ')}${options.svg ? ' (marked in the SVG)' : ''}`);
+  }
   out.push(`cost model: ${n(c.perTokenMs * 1000, 2)} µs per token row + ${n(c.perExpertMs * 1000, 1)} µs per expert batch on a worker; ` +
     `${n(c.taskOverheadMs, 3)} ms per task round trip + ${n(c.dispatchOverheadMs, 3)} ms per layer dispatch; ` +
     `trunk ${n(c.trunkFixedMs, 3)} ms + ${n(c.trunkPerTokenMs * 1000, 1)} µs per token per step (fitted on ${c.tasks} tasks, ${c.steps} steps)`);

@@ -153,3 +153,39 @@ export function totalLoad(trace: LoadTrace): number[][] {
   for (const s of trace.steps) for (const l of s.layers) l.tokensPerExpert.forEach((n, e) => (load[l.layer][e] += n));
   return load;
 }
+
+/**
+ * A stretch of a trace without steps. The trace records no events of its own, so gaps are read from what it does
+ * carry: `step` numbers (they count every step since the gateway started) and `ts` (each step's end) with `step_ms`.
+ * - `restart`: the gateway started again (`step` went back: a new run in the file).
+ * - `missing`: `step` skips numbers within a run: those steps ran, but their lines are not in the file (dropped
+ *   when the writer fell behind, `moe.load_trace.dropped_records`, or cut off by a truncated tail).
+ * - `idle`: numbers continue, but no step ran for at least `minIdleMs` (the scheduler steps only while it has
+ *   sequences, so this is time without requests).
+ * Expert worker restarts are not in the trace (they are counted by the `moe.worker.restarts` metric).
+ */
+export interface TraceGap {
+  kind: 'idle' | 'missing' | 'restart';
+  /** Index in `trace.steps` of the first step after the gap. */
+  next: number;
+  /** Epoch ms: the end of the step before and the start of the step after (NaN when the trace has no timestamps). */
+  from: number;
+  to: number;
+  /** Steps whose lines are missing (kind `missing`), else 0. */
+  missingSteps: number;
+}
+
+/** The gaps of a trace in order (see TraceGap); idle stretches shorter than `minIdleMs` (default 1000) are not gaps. */
+export function traceGaps(trace: LoadTrace, minIdleMs = 1000): TraceGap[] {
+  const gaps: TraceGap[] = [];
+  for (let i = 1; i < trace.steps.length; i++) {
+    const prev = trace.steps[i - 1];
+    const s = trace.steps[i];
+    const from = prev.time;
+    const to = s.time - s.stepMs;
+    if (s.run !== prev.run) gaps.push({ kind: 'restart', next: i, from, to, missingSteps: 0 });
+    else if (s.step > prev.step + 1) gaps.push({ kind: 'missing', next: i, from, to, missingSteps: s.step - prev.step - 1 });
+    else if (to - from >= minIdleMs) gaps.push({ kind: 'idle', next: i, from, to, missingSteps: 0 });
+  }
+  return gaps;
+}

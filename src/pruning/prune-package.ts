@@ -38,7 +38,10 @@ export interface PruneOptions {
    */
   dropExperts?: number;
   workers?: number;
+  /** After each pruned expert: experts done, experts in all, which one ("layer L expert E"). */
   onProgress?: (done: number, total: number, what: string) => void;
+  /** During calibration, after each window of text through the model: tokens run so far, tokens in all. */
+  onCalibrationProgress?: (done: number, total: number) => void;
 }
 
 export interface PrunedExpert {
@@ -61,7 +64,7 @@ export interface PruneResult {
 type ExpertKey = `${number}.${number}`;
 
 /** Each selected expert's calibration inputs (the moe-input rows the router sent it), and every expert's token count. */
-async function calibrate(engine: Engine, text: string, maxTokens: number, wanted: Set<ExpertKey>) {
+async function calibrate(engine: Engine, text: string, maxTokens: number, wanted: Set<ExpertKey>, onProgress?: (done: number, total: number) => void) {
   const ids = engine.codec.encode(text).slice(0, maxTokens);
   const window = Math.min(256, engine.pkg.config.max_position_embeddings);
   const d = engine.pkg.config.hidden_size;
@@ -80,6 +83,7 @@ async function calibrate(engine: Engine, text: string, maxTokens: number, wanted
         list.push(Array.from(x.subarray(t * d, (t + 1) * d)));
       }),
     });
+    onProgress?.(start + tokens.length, ids.length);
   }
   return {
     rows: new Map([...rows].map(([key, list]) => [key, { x: Float32Array.from(list.flat()), tokens: list.length }])),
@@ -136,7 +140,7 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
     const needsCalibration = !['magnitude', 'magnitude-global', '2:4'].includes(options.method) || (options.dropExperts ?? 0) > 0;
     const wanted = new Set((options.experts ?? allExperts).map((e) => `${e.layer}.${e.expert}` as ExpertKey));
     const calibrated = needsCalibration
-      ? await calibrate(engine, readFileSync(calibrationFile, 'utf8'), options.calibrationTokens ?? 8192, wanted)
+      ? await calibrate(engine, readFileSync(calibrationFile, 'utf8'), options.calibrationTokens ?? 8192, wanted, options.onCalibrationProgress)
       : { rows: new Map<ExpertKey, { x: Float32Array; tokens: number }>(), counts: new Map<ExpertKey, number>() };
     const calibration = calibrated.rows;
     const newlyDropped = (options.dropExperts ?? 0) > 0
