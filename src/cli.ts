@@ -120,7 +120,10 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       // then shuts the server down once it is up, instead of killing the process by the default action.
       const signalled = shutdownSignal();
       const { startServer } = await import('./serve.ts');
-      const server = await startServer(config);
+      // The dashboard's capacity planner (POST /admin/plan) is `plan`'s code: handed in, since the server may not
+      // import offline tools.
+      const { tracePlanner } = await import('./planning/plan-service.ts');
+      const server = await startServer(config, { planner: tracePlanner });
       const signal = await signalled;
       log.info('signal received', { signal });
       const report = await server.close();
