@@ -343,7 +343,7 @@ function chart(key, target, labels, data, axes = {}) {
       axes: [{}, { label: axes.y || '' }, ...(axes.extra || [])],
       series: [{}, ...labels.map((label, i) => ({ label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false, ...(axes.series?.[i] || {}) }))],
     };
-    c = { signature, plot: new uPlot(opts, data, target) };
+    c = { signature, target, plot: new uPlot(opts, data, target) };
     state.charts[key] = c;
   } else {
     c.plot.setData(data);
@@ -604,6 +604,9 @@ function start() {
     await applyPlacement(JSON.parse(text), 'the edited placement');
   });
   $('plan-form').addEventListener('submit', runPlan);
+  window.addEventListener('resize', () => {
+    for (const c of Object.values(state.charts)) c.plot.setSize({ width: Math.max(300, c.target.clientWidth || 600), height: 200 });
+  });
   $('plan-to-editor').addEventListener('click', () => {
     if (!state.planPlacement) return;
     $('placement-editor').value = JSON.stringify(state.planPlacement, null, 1);
