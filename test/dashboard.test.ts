@@ -25,7 +25,9 @@ let server: RunningServer;
 let browser: BrowserContext;
 let userDataDir: string;
 let traceDir: string;
-const logger = createLogger({ level: 'silent' });
+// Every log line at debug level (request lines included), to check the token never reaches the logs.
+const logLines: string[] = [];
+const logger = createLogger({ level: 'debug', write: (line) => logLines.push(line) });
 
 const admin = async (p: string, init: RequestInit = {}) => {
   const r = await fetch(server.url + p, { ...init, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...(init.headers ?? {}) } });
@@ -191,6 +193,13 @@ describe('the dashboard in Chromium', () => {
     await page.click('#editor-validate');
     expect(await page.textContent('#editor-problems')).toMatch(/every expert must be hosted at least once; not placed \(layer\.expert\): 0\.0/);
     expect(await page.isDisabled('#editor-apply')).toBe(true);
+    // Text from the editor (or the server) enters the page as text, never as HTML.
+    const hostile = '<img src=x onerror="window.__xss=1">';
+    await page.fill('#placement-editor', JSON.stringify({ [hostile]: 1, workers: 2, assignments: after.assignments }));
+    await page.click('#editor-validate');
+    expect(await page.textContent('#editor-problems')).toContain(`unknown field(s) ${hostile}`);
+    expect(await page.$$('#editor-problems img')).toHaveLength(0);
+    expect(await page.evaluate(() => (window as { __xss?: number }).__xss)).toBeUndefined();
     // A valid edit (back to 2 workers, round-robin) is applied.
     const roundRobin = { workers: 2, assignments: after.assignments.map((a: { layer: number; expert: number }, g: number) => ({ layer: a.layer, expert: a.expert, workers: [g % 2] })) };
     await page.fill('#placement-editor', JSON.stringify(roundRobin));
@@ -232,6 +241,11 @@ describe('the dashboard in Chromium', () => {
     expect(await page.textContent('#plan-error')).toMatch(/Planning failed \(422\): the body is not a JSONL load trace/);
     expect((page as Page & { problems?: string[] }).problems).toEqual([]);
     await page.close();
+  });
+
+  it('never logs the token (or the wrong one tried)', () => {
+    expect(logLines.some((l) => l.includes('"path":"/admin/load"'))).toBe(true);
+    expect(logLines.filter((l) => l.includes(TOKEN) || l.includes('not-the-token'))).toEqual([]);
   });
 });
 
