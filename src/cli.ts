@@ -81,7 +81,8 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Start the HTTP gateway',
     usage: `Usage: switchyard serve [options]
 
-Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info).
+Load the model package and serve the HTTP API (POST /generate, GET /health, GET /info). With an admin token
+(SWITCHYARD_ADMIN_TOKEN or admin.token), the admin API and the operator dashboard at /dashboard are on.
 
 SIGTERM or SIGINT shuts down gracefully: the listener closes, requests in flight get up to shutdown.graceMs to
 finish, then what is left ends with an error (streams: a terminal error event). Exit code 0 when every request
