@@ -83,14 +83,9 @@ export function createApp(service: GenerationService, config: Config, options: A
   // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked). A load trace for the
   // capacity planner has its own, larger limit (admin.maxTraceBytes), applied after the admin token is checked.
   const limitBody = bodyLimit({
-      maxSize: maxBytes,
-      onError: (c) =>
-        errorResponse(
-          c,
-          413,
-          'validation',
-          `request body is larger than ${maxBytes} bytes (limits.maxBodyBytes); send a shorter prompt`,
-        ),
+    maxSize: maxBytes,
+    onError: (c) =>
+      errorResponse(c, 413, 'validation', `request body is larger than ${maxBytes} bytes (limits.maxBodyBytes); send a shorter prompt`),
   });
   app.use('*', (c, next) => (adminOn && c.req.method === 'POST' && c.req.path === PLAN_PATH ? next() : limitBody(c, next)));
 
