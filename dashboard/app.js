@@ -89,6 +89,7 @@ const state = {
   dryRun: null,
   editorChecked: null,
   timer: null,
+  generation: 0,
 };
 
 function setStatus(kind, text) {
@@ -105,6 +106,7 @@ const metaOf = (load) => ({
 });
 
 async function connect(candidate) {
+  state.generation++;
   token = candidate;
   showError($('login-error'), '');
   setStatus('', 'connecting…');
@@ -132,6 +134,7 @@ async function connect(candidate) {
 }
 
 function disconnect(message) {
+  state.generation++;
   token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(state.timer);
@@ -145,9 +148,10 @@ function disconnect(message) {
 // ---------------------------------------------------------------------------------------------------------------
 // Polling
 
-async function poll() {
+async function poll(generation = state.generation) {
   clearTimeout(state.timer);
-  if (!token) return;
+  // One polling loop per connection: a loop from an earlier connect (or a second click) stops here.
+  if (!token || generation !== state.generation) return;
   try {
     const [load, requests] = await Promise.all([api('/admin/load'), api('/admin/requests').catch((e) => (e.status === 404 ? null : Promise.reject(e)))]);
     const now = Date.now();
@@ -170,7 +174,7 @@ async function poll() {
     setStatus('stale', 'stale');
     showError($('error'), `Update failed: ${error.message}`);
   }
-  if (token) state.timer = setTimeout(poll, POLL_MS);
+  if (token && generation === state.generation) state.timer = setTimeout(() => poll(generation), POLL_MS);
 }
 
 function recordHistory(now, load, requests) {
