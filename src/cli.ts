@@ -103,7 +103,8 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Start the HTTP gateway',
     usage: `Usage: switchyard serve [options]
 
-Load the model package and serve the HTTP API (every route is listed below).
+Load the model package and serve the HTTP API (every route is listed below). With an admin token
+(SWITCHYARD_ADMIN_TOKEN or admin.token), the admin API and the operator dashboard at /dashboard are on.
 
 SIGTERM or SIGINT shuts down gracefully: the listener closes, requests in flight get up to shutdown.graceMs to
 finish, then what is left ends with an error (streams: a terminal error event). Exit code 0 when every request
@@ -148,7 +149,10 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       // then shuts the server down once it is up, instead of killing the process by the default action.
       const signalled = shutdownSignal();
       const { startServer } = await import('./serve.ts');
-      const server = await startServer(config);
+      // The dashboard's capacity planner (POST /admin/plan) is `plan`'s code: handed in, since the server may not
+      // import offline tools.
+      const { tracePlanner } = await import('./planning/plan-service.ts');
+      const server = await startServer(config, { planner: tracePlanner });
       const signal = await signalled;
       log.info('signal received', { signal });
       const report = await server.close();

@@ -178,6 +178,9 @@ const AdminSchema = z.strictObject({
   autoRebalanceMinTokens: int(1)
     .default(1000)
     .describe('Automatic rebalancing waits until the window holds at least this many routed tokens.'),
+  maxTraceBytes: int(1)
+    .default(32 * 2 ** 20)
+    .describe('Largest load trace (JSONL) POST /admin/plan accepts, in bytes (the dashboard\'s capacity planner; larger ones get 413).'),
 });
 
 const CorsSchema = z.strictObject({

@@ -16,6 +16,7 @@ import { log, type Logger } from './log.ts';
 import { createApp } from './server/app.ts';
 import type { ErrorBody } from './server/errors.ts';
 import { clusterAdminOf, placementAdminOf } from './server/routes/admin.ts';
+import type { TracePlanner } from './server/routes/admin-insights.ts';
 
 export type EngineLoader = (config: Config, observer?: StepObserver) => Promise<GenerationService>;
 
@@ -25,6 +26,8 @@ export interface StartServerOptions {
   logger?: Logger;
   /** Overrides config.shutdown.graceMs: how long close() lets requests in flight finish, in milliseconds. */
   closeGraceMs?: number;
+  /** The capacity planner behind POST /admin/plan (the CLI passes src/planning's; offline tools stay out of here). */
+  planner?: TracePlanner | null;
 }
 
 /** What happened to the requests that were in flight when close() began. */
@@ -176,7 +179,9 @@ export async function startServer(config: Config, options: StartServerOptions = 
   let server: Server;
   let address: AddressInfo;
   try {
-    const app = createApp(service, config, { logger, telemetry, admin, cluster, shuttingDown: () => shuttingDown });
+    const app = createApp(service, config, {
+      logger, telemetry, admin, cluster, shuttingDown: () => shuttingDown, planner: options.planner,
+    });
     const listener = getRequestListener(app.fetch, { hostname: config.host, errorHandler: onRequestError });
     // Node's own requireHostHeader check answers with an empty 400: the same check here, with the JSON shape.
     server = createServer({ requireHostHeader: false }, (req, res) => {

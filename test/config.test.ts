@@ -54,7 +54,7 @@ describe('loadConfig', () => {
       placement: { maxExpertsPerWorker: null, minSplitRows: 32 },
       admin: {
         token: null, maxWorkers: null, rebalanceWindowSeconds: 60, autoRebalance: false,
-        autoRebalanceIntervalSeconds: 60, autoRebalanceThreshold: 0.8, autoRebalanceMinTokens: 1000,
+        autoRebalanceIntervalSeconds: 60, autoRebalanceThreshold: 0.8, autoRebalanceMinTokens: 1000, maxTraceBytes: 32 * 2 ** 20,
       },
       shutdown: { graceMs: 30000 },
       cors: { origins: [] },

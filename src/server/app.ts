@@ -20,6 +20,8 @@ import type { PlacementController } from '../engine/placement-controller.ts';
 import { rejectContentEncoding } from './content-encoding.ts';
 import { corsFor } from './cors.ts';
 import { methodNotAllowedOr } from './method-not-allowed.ts';
+import { PLAN_PATH, registerInsightRoutes, type TracePlanner } from './routes/admin-insights.ts';
+import { registerDashboardRoutes } from './routes/dashboard.ts';
 
 export interface AppOptions {
   /** Default: the process-wide logger. */
@@ -32,6 +34,8 @@ export interface AppOptions {
   cluster?: ClusterAdmin | null;
   /** True once a graceful shutdown began: new requests get 503 `overloaded`, every response Connection: close. */
   shuttingDown?: () => boolean;
+  /** The capacity planner behind POST /admin/plan (the CLI hands in src/planning's; without it: 501). */
+  planner?: TracePlanner | null;
 }
 
 export function createApp(service: GenerationService, config: Config, options: AppOptions = {}): Hono {
@@ -75,20 +79,15 @@ export function createApp(service: GenerationService, config: Config, options: A
 
   app.use('*', rejectContentEncoding);
 
-  // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked).
-  app.use(
-    '*',
-    bodyLimit({
-      maxSize: maxBytes,
-      onError: (c) =>
-        errorResponse(
-          c,
-          413,
-          'validation',
-          `request body is larger than ${maxBytes} bytes (limits.maxBodyBytes); send a shorter prompt`,
-        ),
-    }),
-  );
+  const adminOn = Boolean(options.admin) && config.admin.token !== null;
+  // Checks Content-Length up front, and counts the bytes of bodies sent without one (chunked). A load trace for the
+  // capacity planner has its own, larger limit (admin.maxTraceBytes), applied after the admin token is checked.
+  const limitBody = bodyLimit({
+    maxSize: maxBytes,
+    onError: (c) =>
+      errorResponse(c, 413, 'validation', `request body is larger than ${maxBytes} bytes (limits.maxBodyBytes); send a shorter prompt`),
+  });
+  app.use('*', (c, next) => (adminOn && c.req.method === 'POST' && c.req.path === PLAN_PATH ? next() : limitBody(c, next)));
 
   registerGenerateRoute(app, service, config);
   registerGenerateStreamRoute(app, service, config);
@@ -97,6 +96,15 @@ export function createApp(service: GenerationService, config: Config, options: A
   registerHealthRoute(app, service);
   registerInfoRoute(app, service);
   if (options.telemetry) registerMetricsRoute(app, options.telemetry);
-  if (options.admin && config.admin.token !== null) registerAdminRoutes(app, options.admin, { token: config.admin.token, logger, cluster: options.cluster });
+  if (options.admin && config.admin.token !== null) {
+    registerAdminRoutes(app, options.admin, { token: config.admin.token, logger, cluster: options.cluster });
+    const telemetry = options.telemetry;
+    registerInsightRoutes(app, {
+      logger, planner: options.planner, maxTraceBytes: config.admin.maxTraceBytes,
+      recentRequests: telemetry ? (seconds) => telemetry.recentRequests(seconds) : undefined,
+      maxExpertsPerWorker: config.placement.maxExpertsPerWorker, minSplitRows: config.placement.minSplitRows,
+    });
+    registerDashboardRoutes(app);
+  }
   return app;
 }

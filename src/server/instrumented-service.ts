@@ -24,6 +24,7 @@ export function instrument(service: GenerationService, telemetry: Telemetry, mod
           onToken: (token, finished) => {
             if (first) span.firstToken();
             first = false;
+            span.outputToken();
             options.onToken?.(token, finished);
           },
         });

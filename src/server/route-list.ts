@@ -38,6 +38,12 @@ export const ROUTE_SUMMARIES: Readonly<Record<string, string>> = {
   'GET /admin/cluster': 'expert hosts, the cluster placement and each host\'s load',
   'PUT /admin/cluster/placement': 'validate a cluster placement and publish it (hosts follow it)',
   'POST /admin/cluster/rebalance': '{dry_run?, window_s?}: plan over the hosts from recent load, publish',
+  'GET /admin/requests': 'request rate, tokens/s, TTFT, time per output token and duration percentiles (?window=)',
+  'POST /admin/plan': 'a JSONL load trace as the body: the capacity plan of `switchyard plan` and its SVG',
+  'GET /dashboard': 'the operator dashboard (the page asks for the admin token)',
+  'GET /dashboard/': 'the same',
+  'GET /dashboard/assets/:name': "the dashboard's scripts and styles",
+  'GET /dashboard/vendor/:name': 'uPlot, the charts library, from node_modules',
 };
 
 /** Request routes of an app (middleware, registered for every method, left out), as `METHOD path`. */

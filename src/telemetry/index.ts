@@ -6,7 +6,8 @@
  *   const telemetry = createTelemetry(config.telemetry, { modelId });
  *   Engine.load(config, telemetry.observer);               // per step: metrics, moe.step/moe.dispatch spans, load trace
  *   const req = telemetry.startRequest({ operation: 'text_completion', model, maxTokens, stream });
- *   req.firstToken(); req.end({ inputTokens, outputTokens, finishReason });
+ *   req.firstToken(); req.outputToken(); req.end({ inputTokens, outputTokens, finishReason });
+ *   telemetry.recentRequests(10)                           // rate, tokens/s, TTFT/TPOT percentiles (GET /admin/requests)
  *   telemetry.observeCaches(() => service.info().caches);  // switchyard.cache.* (prefix and response caches)
  *   GET /metrics → await telemetry.metricsText()           // with PROMETHEUS_CONTENT_TYPE
  *   await telemetry.shutdown();
@@ -25,12 +26,14 @@ import { METRIC, SCOPE } from './names.ts';
 import { prometheusText } from './prometheus.ts';
 import { buildProviders, type TelemetryConfig } from './providers.ts';
 import { RequestMetrics, startRequest, type RequestInfo, type RequestTelemetry } from './request.ts';
+import { RequestWindow, type RequestWindowSummary } from './request-window.ts';
 import { recordStepSpans } from './step-spans.ts';
 import { summarizeStep } from './step-summary.ts';
 
 export type { RequestInfo, RequestResult, RequestTelemetry } from './request.ts';
 export type { LoadTraceRecord, LoadTraceWorker } from './load-trace.ts';
 export type { TelemetryConfig } from './providers.ts';
+export type { RequestWindowSummary } from './request-window.ts';
 export type { CacheStatsReader } from './cache-metrics.ts';
 export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 
@@ -43,6 +46,11 @@ export interface Telemetry {
   readonly observer: StepObserver & PoolObserver;
   /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
   startRequest(info: RequestInfo): RequestTelemetry;
+  /**
+   * Requests of the last `windowSeconds` (at most 600): finished per second, output tokens per second, TTFT, TPOT
+   * and duration percentiles (request-window.ts), from the same start, first-token and end times as the histograms.
+   */
+  recentRequests(windowSeconds: number): RequestWindowSummary;
   /** Registers the `switchyard.cache.*` metrics, read from `read` at each collection (call once per instance). */
   observeCaches(read: CacheStatsReader): void;
   /** Prometheus text exposition of all metrics (for GET /metrics). */
@@ -110,6 +118,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
     description: 'Load-trace records dropped because the file could not keep up.', unit: '{record}',
   });
 
+  const recent = new RequestWindow(now());
   let steps = 0;
   let closed: Promise<void> | null = null;
   const observer: StepObserver & PoolObserver = {
@@ -144,7 +153,33 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
 
   return {
     observer,
-    startRequest: (info) => startRequest(info, { tracer: providers.tracer, metrics: requestMetrics, now, responseModel: options.modelId }),
+    startRequest(info) {
+      const otel = startRequest(info, { tracer: providers.tracer, metrics: requestMetrics, now, responseModel: options.modelId });
+      const startedAt = now();
+      let firstAt: number | null = null;
+      let ended = false;
+      recent.requestStarted(startedAt);
+      return {
+        firstToken() {
+          otel.firstToken();
+          if (ended || firstAt !== null) return;
+          firstAt = now();
+          recent.firstToken(firstAt, startedAt);
+        },
+        outputToken() {
+          if (!ended) recent.outputTokens(now());
+        },
+        end(result) {
+          otel.end(result);
+          if (ended) return;
+          ended = true;
+          recent.requestEnded(now(), startedAt, {
+            firstTokenAt: firstAt, outputTokens: 'error' in result ? 0 : result.outputTokens, error: 'error' in result,
+          });
+        },
+      };
+    },
+    recentRequests: (windowSeconds) => recent.summary(now(), windowSeconds),
     observeCaches: (read) => registerCacheMetrics(meter, read),
     metricsText: prometheusText(providers.prometheus),
     shutdown() {

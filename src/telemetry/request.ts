@@ -23,6 +23,8 @@ export type RequestResult = { inputTokens: number; outputTokens: number; finishR
 export interface RequestTelemetry {
   /** Call when the first output token is produced (later calls are ignored). */
   firstToken(): void;
+  /** Call for every output token (the first one too, after firstToken()): counts output tokens per second. */
+  outputToken(): void;
   /** Call once when the request ends (later calls are ignored). */
   end(result: RequestResult): void;
 }
@@ -85,6 +87,8 @@ export function startRequest(
   let firstAt: number | null = null;
   let ended = false;
   return {
+    // Output-token rates are kept by the caller's RequestWindow (index.ts); the histograms need only the first.
+    outputToken() {},
     firstToken() {
       if (ended || firstAt !== null) return;
       firstAt = now();
