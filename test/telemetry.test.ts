@@ -18,6 +18,7 @@ import type { Sequence } from '../src/engine/sequence.ts';
 import { createTelemetry, type LoadTraceRecord, type Telemetry, type TelemetryConfig } from '../src/telemetry/index.ts';
 import { countRouted, layerWindows, summarizeStep } from '../src/telemetry/step-summary.ts';
 import { buildProviders, otlpUrl } from '../src/telemetry/providers.ts';
+import { prometheusUnit } from '../src/telemetry/prometheus.ts';
 
 const T0 = Date.UTC(2026, 0, 1); // epoch ms of the fake clock's start
 
@@ -430,9 +431,57 @@ describe('/metrics text', () => {
     expect(sample('moe_expert_tokens_total', { moe_layer: '1', moe_expert: '3' })).toBe(3);
     expect(sample('moe_expert_overflow_tokens_total', { moe_layer: '0' })).toBe(2);
     expect(sample('moe_steps_total', {})).toBe(2);
-    expect(sample('gen_ai_server_request_duration_count', { gen_ai_operation_name: 'chat', gen_ai_request_model: 'switchyard-moe' })).toBe(1);
+    expect(sample('gen_ai_server_request_duration_seconds_count', { gen_ai_operation_name: 'chat', gen_ai_request_model: 'switchyard-moe' })).toBe(1);
     // a second scrape is cumulative, not reset
     expect(await h.telemetry.metricsText()).toContain('moe_steps_total{otel_scope_name="switchyard"} 2');
+  });
+
+  it('names durations in seconds with a _seconds suffix (values in seconds) and counters with _total', async () => {
+    const h = harness();
+    feedSteps(h);
+    h.clock.t = T0 + 1000;
+    const req = h.telemetry.startRequest({ operation: 'chat', model: 'switchyard-moe', maxTokens: 4, stream: false });
+    h.clock.t = T0 + 1100;
+    req.firstToken();
+    h.clock.t = T0 + 1250;
+    req.end({ inputTokens: 2, outputTokens: 2, finishReason: 'stop' });
+    const text = await h.telemetry.metricsText();
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(series));
+      expect(line, `${series} in\n${text}`).toBeDefined();
+      return Number(line!.slice(line!.lastIndexOf(' ') + 1));
+    };
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1], m[2]]));
+    expect(Object.fromEntries([...types].filter(([name]) => /duration|time/.test(name)))).toEqual({
+      moe_worker_busy_time_seconds_total: 'counter',
+      moe_worker_queue_duration_seconds: 'histogram',
+      moe_dispatch_duration_seconds: 'histogram',
+      moe_step_duration_seconds: 'histogram',
+      gen_ai_server_time_to_first_token_seconds: 'histogram',
+      gen_ai_server_time_per_output_token_seconds: 'histogram',
+      gen_ai_server_request_duration_seconds: 'histogram',
+    });
+    for (const [name, type] of types) if (type === 'counter') expect(name).toMatch(/_total$/);
+    expect(text).toMatch(/^# UNIT moe_dispatch_duration_seconds seconds$/m);
+    expect(text).not.toMatch(/^# UNIT \S+ \{/m); // annotation-only units ({token}) carry no UNIT line
+    // the values are seconds: STEP0 + STEP1 lasted 11 + 4 ms, layer 0 dispatched 2 + 1 ms, worker 0 computed 1.15 ms
+    expect(value('moe_step_duration_seconds_sum{')).toBeCloseTo(0.015, 9);
+    expect(value('moe_dispatch_duration_seconds_sum{moe_layer="0"')).toBeCloseTo(0.003, 9);
+    expect(value('moe_worker_busy_time_seconds_total{moe_worker="0"')).toBeCloseTo(0.00115, 9);
+    expect(value('gen_ai_server_request_duration_seconds_sum{')).toBeCloseTo(0.25, 9);
+  });
+
+  it('maps OpenTelemetry units to Prometheus unit words', () => {
+    expect(prometheusUnit('s')).toBe('seconds');
+    expect(prometheusUnit('ms')).toBe('milliseconds');
+    expect(prometheusUnit('By')).toBe('bytes');
+    expect(prometheusUnit('{token}')).toBe('');
+    expect(prometheusUnit('')).toBe('');
+    expect(prometheusUnit('1')).toBe('');
+    expect(prometheusUnit('1', true)).toBe('ratio');
+    expect(prometheusUnit('By/s')).toBe('bytes_per_second');
+    expect(prometheusUnit('{token}/s')).toBe('per_second');
+    expect(prometheusUnit('furlong')).toBe('furlong');
   });
 });
 
