@@ -250,6 +250,36 @@ describe('dispatch spans', () => {
     expect(step1Layer1.events.map((e) => e.attributes?.['moe.worker'])).toEqual([1]);
   });
 
+  it('links each step span to the request span of every sequence it carried, and continues a caller\'s trace', () => {
+    const h = harness();
+    const callerTrace = '0af7651916cd43dd8448eb211c80319c';
+    const a = h.telemetry.startRequest({ operation: 'chat', model: 'm', maxTokens: 4, stream: false, responseId: 'chatcmpl-1',
+      parent: { traceparent: `00-${callerTrace}-b7ad6b7169203331-01` } });
+    const b = h.telemetry.startRequest({ operation: 'text_completion', model: 'm', maxTokens: 4, stream: false });
+    expect(a.trace?.traceparent).toMatch(new RegExp(`^00-${callerTrace}-[0-9a-f]{16}-01$`));
+    const sequence = (trace: unknown) => ({ options: { trace } });
+    // a sequence without a request span (no trace) is left out of the links
+    const sequences = [sequence(a.trace), sequence(b.trace), sequence(undefined)] as unknown as Sequence[];
+    h.clock.t = T0 + 100;
+    h.telemetry.observer.onStep!({ sequences, output: STEP0, ms: 11 });
+    h.telemetry.observer.onStep!({ sequences: sequences.slice(1), output: STEP1, ms: 4 });
+    a.end({ inputTokens: 8, outputTokens: 1, finishReason: 'length' });
+    b.end({ inputTokens: 8, outputTokens: 2, finishReason: 'length' });
+
+    const finished = h.spans.getFinishedSpans();
+    const spanA = finished.find((s) => s.name === 'chat m')!;
+    const spanB = finished.find((s) => s.name === 'text_completion m')!;
+    expect(spanA.spanContext().traceId).toBe(callerTrace);
+    expect(spanA.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
+    expect(spanA.attributes['gen_ai.response.id']).toBe('chatcmpl-1');
+    expect(spanB.parentSpanContext).toBeUndefined();
+    const [step0, step1] = finished.filter((s) => s.name === 'moe.step');
+    const ids = (s: ReadableSpan) => s.links.map((l) => `${l.context.traceId}/${l.context.spanId}`);
+    const idOf = (s: ReadableSpan) => `${s.spanContext().traceId}/${s.spanContext().spanId}`;
+    expect(ids(step0)).toEqual([idOf(spanA), idOf(spanB)]);
+    expect(ids(step1)).toEqual([idOf(spanB)]);
+  });
+
   it('exporters none and jsonl build no tracer; metrics are still collected', async () => {
     for (const exporter of ['none', 'jsonl'] as const) {
       const built = buildProviders({ exporter, otlpEndpoint: null, loadTraceFile: null }, { serviceName: 's', modelId: 'm' });

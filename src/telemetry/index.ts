@@ -25,7 +25,7 @@ import { METRIC, SCOPE } from './names.ts';
 import { prometheusText } from './prometheus.ts';
 import { buildProviders, type TelemetryConfig } from './providers.ts';
 import { RequestMetrics, startRequest, type RequestInfo, type RequestTelemetry } from './request.ts';
-import { recordStepSpans } from './step-spans.ts';
+import { recordStepSpans, requestLinks } from './step-spans.ts';
 import { summarizeStep } from './step-summary.ts';
 
 export type { RequestInfo, RequestResult, RequestTelemetry } from './request.ts';
@@ -118,7 +118,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
       try {
         const summary = summarizeStep(step, steps++, now());
         moeMetrics.record(summary);
-        if (providers.tracer) recordStepSpans(providers.tracer, summary);
+        if (providers.tracer) recordStepSpans(providers.tracer, summary, requestLinks(step.sequences));
         loadTrace?.write(summary);
       } catch (error) {
         fail(error);
