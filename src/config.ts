@@ -94,6 +94,9 @@ const ExpertsSchema = z.strictObject({
     .describe("How a layer's expert batches reach the workers: 'shared-memory' (SharedArrayBuffer + Atomics, no message per layer) or 'tasks' (one Piscina task per worker per layer)."),
 });
 
+/** Default of telemetry.exportTimeoutMs (also used where a telemetry config is built by hand without it). */
+export const DEFAULT_EXPORT_TIMEOUT_MS = 1000;
+
 const TelemetrySchema = z.strictObject({
   exporter: z
     .enum(['none', 'otlp', 'jsonl'])
@@ -110,6 +113,9 @@ const TelemetrySchema = z.strictObject({
     .nullable()
     .default(null)
     .describe('File the per-step expert load trace is appended to (JSON lines); null writes none.'),
+  exportTimeoutMs: int(1, 60_000)
+    .default(DEFAULT_EXPORT_TIMEOUT_MS)
+    .describe('Longest one OTLP export may take, retries included (OTLP\'s own default is 10000); it also bounds how long shutdown waits for a collector that is down.'),
 });
 
 const MiB = 2 ** 20;

@@ -19,6 +19,7 @@ import { createTelemetry, type LoadTraceRecord, type Telemetry, type TelemetryCo
 import { countRouted, layerWindows, summarizeStep } from '../src/telemetry/step-summary.ts';
 import { buildProviders, otlpUrl } from '../src/telemetry/providers.ts';
 import { prometheusUnit } from '../src/telemetry/prometheus.ts';
+import { ExportErrors } from '../src/telemetry/export-errors.ts';
 
 const T0 = Date.UTC(2026, 0, 1); // epoch ms of the fake clock's start
 
@@ -282,7 +283,9 @@ describe('dispatch spans', () => {
 
   it('exporters none and jsonl build no tracer; metrics are still collected', async () => {
     for (const exporter of ['none', 'jsonl'] as const) {
-      const built = buildProviders({ exporter, otlpEndpoint: null, loadTraceFile: null }, { serviceName: 's', modelId: 'm' });
+      const built = buildProviders({ exporter, otlpEndpoint: null, loadTraceFile: null }, {
+        serviceName: 's', modelId: 'm', exportErrors: new ExportErrors({ report: (e) => { throw e; }, hint: '' }),
+      });
       expect([exporter, built.tracer, built.tracerProvider]).toEqual([exporter, null, null]);
       await built.meterProvider.shutdown();
     }

@@ -20,6 +20,7 @@ import type { StepObserver } from '../engine/scheduler.ts';
 import type { PoolObserver } from '../../experts/pool.ts';
 import { registerCacheMetrics, type CacheStatsReader } from './cache-metrics.ts';
 import { LoadTraceWriter } from './load-trace.ts';
+import { ExportErrors } from './export-errors.ts';
 import { MoeMetrics } from './moe-metrics.ts';
 import { METRIC, SCOPE } from './names.ts';
 import { prometheusText } from './prometheus.ts';
@@ -66,8 +67,9 @@ export interface TelemetryOptions {
   /** Clock in epoch milliseconds (default: performance.timeOrigin + performance.now(), sub-millisecond). */
   now?: () => number;
   /**
-   * Errors the telemetry hit after start (a load-trace write failure, an exception inside the step hook). The
-   * step hook never throws into the scheduler. Without this, the first such error is rethrown by shutdown().
+   * Errors the telemetry hit after start (a load-trace write failure, an exception inside the step hook, a failed
+   * export: the first one, then at most one report a minute). The step hook never throws into the scheduler.
+   * Without this, the first such error is rethrown by shutdown().
    */
   onError?: (error: Error) => void;
 }
@@ -99,9 +101,15 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
     onError: (error) => fail(new Error(`load trace ${config.loadTraceFile}: ${error.message}`, { cause: error })),
   });
 
+  const exportErrors = new ExportErrors({
+    report: fail,
+    hint: config.exporter === 'otlp'
+      ? `Check that an OTLP/HTTP collector listens at telemetry.otlpEndpoint (${config.otlpEndpoint ?? 'null: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318'}), or set telemetry.exporter to 'none'.`
+      : 'Check the exporter given to createTelemetry.',
+  });
   const providers = buildProviders(config, {
     serviceName: options.serviceName ?? 'switchyard', modelId: options.modelId,
-    spanExporter: options.spanExporter, metricExporter: options.metricExporter,
+    spanExporter: options.spanExporter, metricExporter: options.metricExporter, exportErrors,
   });
   const meter = providers.meterProvider.getMeter(SCOPE);
   const moeMetrics = new MoeMetrics(meter);
@@ -149,6 +157,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
     metricsText: prometheusText(providers.prometheus),
     shutdown() {
       closed ??= (async () => {
+        exportErrors.beginShutdown();
         const parts: Array<[string, Promise<void> | undefined]> = [
           ['load trace', loadTrace?.close()],
           ['span export', providers.tracerProvider?.shutdown()],
@@ -158,7 +167,9 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
         results.forEach((r, i) => {
           if (r.status === 'rejected') {
             const cause = r.reason instanceof Error ? r.reason : new Error(String(r.reason));
-            fail(new Error(`telemetry shutdown: ${parts[i][0]} failed: ${cause.message}`, { cause }));
+            // A final export that failed was reported by its exporter: this goes through the same rate limit.
+            if (parts[i][0] !== 'load trace') exportErrors.failed(`the last ${parts[i][0] === 'span export' ? 'spans' : 'metrics'} (at shutdown)`, cause);
+            else fail(new Error(`telemetry shutdown: ${parts[i][0]} failed: ${cause.message}`, { cause }));
           }
         });
         if (firstError) throw firstError;
