@@ -95,7 +95,7 @@ const ExpertsSchema = z.strictObject({
 });
 
 /** Default of telemetry.exportTimeoutMs (also used where a telemetry config is built by hand without it). */
-export const DEFAULT_EXPORT_TIMEOUT_MS = 1000;
+export const DEFAULT_EXPORT_TIMEOUT_MS = 500;
 
 const TelemetrySchema = z.strictObject({
   exporter: z
@@ -115,7 +115,7 @@ const TelemetrySchema = z.strictObject({
     .describe('File the per-step expert load trace is appended to (JSON lines); null writes none.'),
   exportTimeoutMs: int(1, 60_000)
     .default(DEFAULT_EXPORT_TIMEOUT_MS)
-    .describe('Longest one OTLP export may take, retries included (OTLP\'s own default is 10000); it also bounds how long shutdown waits for a collector that is down.'),
+    .describe('Longest one OTLP export may take, retries included (OTLP\'s default is 10000; under 800 a refused connection is not retried, the next export tries again); it bounds how long shutdown waits for a collector that is down.'),
 });
 
 const MiB = 2 ** 20;
