@@ -37,20 +37,25 @@ export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 
 export interface Telemetry {
   /**
-   * Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line;
+   * Engine hook: per step and layer → metrics, a `moe.step` span (linked to the request spans of its sequences, from
+   * `GenerateOptions.trace`) with one `moe.dispatch` span per layer, JSONL load-trace line;
    * per expert worker restart (the engine wires it to the pool) → `moe.worker.restarts`; per expert batch that an
    * expert host did not answer (scale-out; the engine wires it to the cluster runner) → `moe.host.failovers`.
    */
   readonly observer: StepObserver & PoolObserver;
-  /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
+  /**
+   * A span per request with GenAI attributes (a child of `info.parent`, the caller's W3C trace context, when given),
+   * plus the gen_ai.server.* histograms. The result's `trace` is the span's context for GenerateOptions.trace.
+   */
   startRequest(info: RequestInfo): RequestTelemetry;
   /** Registers the `switchyard.cache.*` metrics, read from `read` at each collection (call once per instance). */
   observeCaches(read: CacheStatsReader): void;
-  /** Prometheus text exposition of all metrics (for GET /metrics). */
+  /** Prometheus text exposition of all metrics (for GET /metrics), unit suffixes added (see prometheus.ts). */
   metricsText(): Promise<string>;
   /**
    * Flushes exporters and closes the load-trace file (idempotent). Rejects with the first error (a final export
-   * that failed, a load-trace write error) unless `onError` was given, which then receives them instead.
+   * that failed, a load-trace write error) unless `onError` was given, which then receives them instead. Waits at
+   * most about `exportTimeoutMs` for exports, and not at all for a collector whose last export failed.
    */
   shutdown(): Promise<void>;
 }
