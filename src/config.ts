@@ -98,6 +98,9 @@ const ExpertsSchema = z.strictObject({
     .describe("How a layer's expert batches reach the workers: 'shared-memory' (SharedArrayBuffer + Atomics, no message per layer) or 'tasks' (one Piscina task per worker per layer)."),
 });
 
+/** Default of telemetry.exportTimeoutMs (also used where a telemetry config is built by hand without it). */
+export const DEFAULT_EXPORT_TIMEOUT_MS = 500;
+
 const TelemetrySchema = z.strictObject({
   exporter: z
     .enum(['none', 'otlp', 'jsonl'])
@@ -114,6 +117,9 @@ const TelemetrySchema = z.strictObject({
     .nullable()
     .default(null)
     .describe('File the per-step expert load trace is appended to (JSON lines); null writes none.'),
+  exportTimeoutMs: int(1, 60_000)
+    .default(DEFAULT_EXPORT_TIMEOUT_MS)
+    .describe('Longest one OTLP export may take, retries included (OTLP\'s default is 10000; under 800 a refused connection is not retried, the next export tries again); it bounds how long shutdown waits for a collector that is down.'),
 });
 
 const MiB = 2 ** 20;

@@ -3,6 +3,7 @@
  * handling here (the CLI owns that).
  */
 import { getRequestListener } from '@hono/node-server';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { tuneAllocator } from './allocator.ts';
@@ -28,6 +29,8 @@ export interface StartServerOptions {
   closeGraceMs?: number;
   /** The capacity planner behind POST /admin/plan (the CLI passes src/planning's; offline tools stay out of here). */
   planner?: TracePlanner | null;
+  /** Tests: receives every span as it ends (e.g. an InMemorySpanExporter), in place of the config's span export. */
+  spanExporter?: SpanExporter;
 }
 
 /** What happened to the requests that were in flight when close() began. */
@@ -133,6 +136,7 @@ export async function startServer(config: Config, options: StartServerOptions = 
   const modelId = basename(config.model);
   const telemetry = createTelemetry(config.telemetry, {
     modelId,
+    ...(options.spanExporter ? { spanExporter: options.spanExporter } : {}),
     onError: (err) => logger.warn('telemetry error', { err }),
   });
   let service: GenerationService;

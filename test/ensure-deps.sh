@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SWITCHYARD_SKIP_DEPS:-}" = "1" ] && exit 0
 
-apt_packages=(python3-torch libopenblas0-pthread fortunes-min fortunes nats-server chromium)
+apt_packages=(python3-torch libopenblas0-pthread fortunes-min fortunes nats-server chromium prometheus)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -38,7 +38,7 @@ describe('service endpoints', () => {
     expect(r.headers.get('content-type')).toMatch(/text\/plain/);
     const text = await r.text();
     expect(text).toMatch(/^moe_expert_tokens_total\{[^}]*moe_layer="0"[^}]*\} \d+/m);
-    expect(text).toMatch(/gen_ai_server_request_duration_count\{[^}]*\} [1-9]/);
+    expect(text).toMatch(/gen_ai_server_request_duration_seconds_count\{[^}]*\} [1-9]/);
   });
 
   it('GET /info describes model, parameters and placement', async () => {

@@ -18,6 +18,8 @@ import type { Sequence } from '../src/engine/sequence.ts';
 import { createTelemetry, type LoadTraceRecord, type Telemetry, type TelemetryConfig } from '../src/telemetry/index.ts';
 import { countRouted, layerWindows, summarizeStep } from '../src/telemetry/step-summary.ts';
 import { buildProviders, otlpUrl } from '../src/telemetry/providers.ts';
+import { prometheusUnit } from '../src/telemetry/prometheus.ts';
+import { ExportErrors } from '../src/telemetry/export-errors.ts';
 
 const T0 = Date.UTC(2026, 0, 1); // epoch ms of the fake clock's start
 
@@ -249,9 +251,41 @@ describe('dispatch spans', () => {
     expect(step1Layer1.events.map((e) => e.attributes?.['moe.worker'])).toEqual([1]);
   });
 
+  it('links each step span to the request span of every sequence it carried, and continues a caller\'s trace', () => {
+    const h = harness();
+    const callerTrace = '0af7651916cd43dd8448eb211c80319c';
+    const a = h.telemetry.startRequest({ operation: 'chat', model: 'm', maxTokens: 4, stream: false, responseId: 'chatcmpl-1',
+      parent: { traceparent: `00-${callerTrace}-b7ad6b7169203331-01` } });
+    const b = h.telemetry.startRequest({ operation: 'text_completion', model: 'm', maxTokens: 4, stream: false });
+    expect(a.trace?.traceparent).toMatch(new RegExp(`^00-${callerTrace}-[0-9a-f]{16}-01$`));
+    const sequence = (trace: unknown) => ({ options: { trace } });
+    // a sequence without a request span (no trace) is left out of the links
+    const sequences = [sequence(a.trace), sequence(b.trace), sequence(undefined)] as unknown as Sequence[];
+    h.clock.t = T0 + 100;
+    h.telemetry.observer.onStep!({ sequences, output: STEP0, ms: 11 });
+    h.telemetry.observer.onStep!({ sequences: sequences.slice(1), output: STEP1, ms: 4 });
+    a.end({ inputTokens: 8, outputTokens: 1, finishReason: 'length' });
+    b.end({ inputTokens: 8, outputTokens: 2, finishReason: 'length' });
+
+    const finished = h.spans.getFinishedSpans();
+    const spanA = finished.find((s) => s.name === 'chat m')!;
+    const spanB = finished.find((s) => s.name === 'text_completion m')!;
+    expect(spanA.spanContext().traceId).toBe(callerTrace);
+    expect(spanA.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
+    expect(spanA.attributes['gen_ai.response.id']).toBe('chatcmpl-1');
+    expect(spanB.parentSpanContext).toBeUndefined();
+    const [step0, step1] = finished.filter((s) => s.name === 'moe.step');
+    const ids = (s: ReadableSpan) => s.links.map((l) => `${l.context.traceId}/${l.context.spanId}`);
+    const idOf = (s: ReadableSpan) => `${s.spanContext().traceId}/${s.spanContext().spanId}`;
+    expect(ids(step0)).toEqual([idOf(spanA), idOf(spanB)]);
+    expect(ids(step1)).toEqual([idOf(spanB)]);
+  });
+
   it('exporters none and jsonl build no tracer; metrics are still collected', async () => {
     for (const exporter of ['none', 'jsonl'] as const) {
-      const built = buildProviders({ exporter, otlpEndpoint: null, loadTraceFile: null }, { serviceName: 's', modelId: 'm' });
+      const built = buildProviders({ exporter, otlpEndpoint: null, loadTraceFile: null }, {
+        serviceName: 's', modelId: 'm', exportErrors: new ExportErrors({ report: (e) => { throw e; }, hint: '' }),
+      });
       expect([exporter, built.tracer, built.tracerProvider]).toEqual([exporter, null, null]);
       await built.meterProvider.shutdown();
     }
@@ -430,9 +464,57 @@ describe('/metrics text', () => {
     expect(sample('moe_expert_tokens_total', { moe_layer: '1', moe_expert: '3' })).toBe(3);
     expect(sample('moe_expert_overflow_tokens_total', { moe_layer: '0' })).toBe(2);
     expect(sample('moe_steps_total', {})).toBe(2);
-    expect(sample('gen_ai_server_request_duration_count', { gen_ai_operation_name: 'chat', gen_ai_request_model: 'switchyard-moe' })).toBe(1);
+    expect(sample('gen_ai_server_request_duration_seconds_count', { gen_ai_operation_name: 'chat', gen_ai_request_model: 'switchyard-moe' })).toBe(1);
     // a second scrape is cumulative, not reset
     expect(await h.telemetry.metricsText()).toContain('moe_steps_total{otel_scope_name="switchyard"} 2');
+  });
+
+  it('names durations in seconds with a _seconds suffix (values in seconds) and counters with _total', async () => {
+    const h = harness();
+    feedSteps(h);
+    h.clock.t = T0 + 1000;
+    const req = h.telemetry.startRequest({ operation: 'chat', model: 'switchyard-moe', maxTokens: 4, stream: false });
+    h.clock.t = T0 + 1100;
+    req.firstToken();
+    h.clock.t = T0 + 1250;
+    req.end({ inputTokens: 2, outputTokens: 2, finishReason: 'stop' });
+    const text = await h.telemetry.metricsText();
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(series));
+      expect(line, `${series} in\n${text}`).toBeDefined();
+      return Number(line!.slice(line!.lastIndexOf(' ') + 1));
+    };
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1], m[2]]));
+    expect(Object.fromEntries([...types].filter(([name]) => /duration|time/.test(name)))).toEqual({
+      moe_worker_busy_time_seconds_total: 'counter',
+      moe_worker_queue_duration_seconds: 'histogram',
+      moe_dispatch_duration_seconds: 'histogram',
+      moe_step_duration_seconds: 'histogram',
+      gen_ai_server_time_to_first_token_seconds: 'histogram',
+      gen_ai_server_time_per_output_token_seconds: 'histogram',
+      gen_ai_server_request_duration_seconds: 'histogram',
+    });
+    for (const [name, type] of types) if (type === 'counter') expect(name).toMatch(/_total$/);
+    expect(text).toMatch(/^# UNIT moe_dispatch_duration_seconds seconds$/m);
+    expect(text).not.toMatch(/^# UNIT \S+ \{/m); // annotation-only units ({token}) carry no UNIT line
+    // the values are seconds: STEP0 + STEP1 lasted 11 + 4 ms, layer 0 dispatched 2 + 1 ms, worker 0 computed 1.15 ms
+    expect(value('moe_step_duration_seconds_sum{')).toBeCloseTo(0.015, 9);
+    expect(value('moe_dispatch_duration_seconds_sum{moe_layer="0"')).toBeCloseTo(0.003, 9);
+    expect(value('moe_worker_busy_time_seconds_total{moe_worker="0"')).toBeCloseTo(0.00115, 9);
+    expect(value('gen_ai_server_request_duration_seconds_sum{')).toBeCloseTo(0.25, 9);
+  });
+
+  it('maps OpenTelemetry units to Prometheus unit words', () => {
+    expect(prometheusUnit('s')).toBe('seconds');
+    expect(prometheusUnit('ms')).toBe('milliseconds');
+    expect(prometheusUnit('By')).toBe('bytes');
+    expect(prometheusUnit('{token}')).toBe('');
+    expect(prometheusUnit('')).toBe('');
+    expect(prometheusUnit('1')).toBe('');
+    expect(prometheusUnit('1', true)).toBe('ratio');
+    expect(prometheusUnit('By/s')).toBe('bytes_per_second');
+    expect(prometheusUnit('{token}/s')).toBe('per_second');
+    expect(prometheusUnit('furlong')).toBe('furlong');
   });
 });
 

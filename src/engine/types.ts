@@ -62,11 +62,26 @@ export interface GenerateResult {
   prefill?: Array<Omit<TokenLogprob, 'logprob'> & { logprob: number | null }>;
 }
 
+/** W3C Trace Context (https://www.w3.org/TR/trace-context/) as its HTTP headers carry it. */
+export interface TraceCarrier {
+  traceparent?: string;
+  tracestate?: string;
+}
+
 export interface GenerateOptions {
   /** Aborting cancels the sequence and frees its KV cache. */
   signal?: AbortSignal;
-  /** What kind of request this is, for telemetry (default: a non-streamed text completion). */
-  label?: { operation: 'text_completion' | 'chat'; stream: boolean };
+  /**
+   * What kind of request this is, for telemetry (default: a non-streamed text completion); `responseId` is the id
+   * the client's response carries (OpenAI's `chatcmpl-…`), reported as `gen_ai.response.id`.
+   */
+  label?: { operation: 'text_completion' | 'chat'; stream: boolean; responseId?: string };
+  /**
+   * The trace this request belongs to. The HTTP routes pass the caller's `traceparent`/`tracestate` headers (its
+   * span becomes the request span's parent); the instrumented service hands the engine its request span's
+   * context instead, so that each step's `moe.step` span links to the requests it carried.
+   */
+  trace?: TraceCarrier;
   /** Called for every generated token, in order (streaming); `finished` is the result when it was the last. */
   onToken?: (token: GeneratedToken, finished: GenerateResult | null) => void;
   /**

@@ -1,4 +1,10 @@
-/** Wraps a GenerationService so every request gets its span and GenAI server metrics (time to first token, etc.). */
+/**
+ * Wraps a GenerationService so every request gets its span and GenAI server metrics (time to first token, etc.).
+ * The span continues the caller's trace (`options.trace`, from its traceparent header) and carries
+ * `gen_ai.response.id` (`label.responseId`; TGI responses have no id, so those get a fresh UUID); the engine then
+ * gets the request span's own context as `trace`, so that the steps running the request link to it.
+ */
+import { randomUUID } from 'node:crypto';
 import type { GenerationService } from '../engine/types.ts';
 import type { Telemetry } from '../telemetry/index.ts';
 
@@ -11,16 +17,17 @@ export function instrument(service: GenerationService, telemetry: Telemetry, mod
     ...(service.health ? { health: () => service.health!() } : {}),
     close: () => service.close(),
     async generate(request, options = {}) {
-      const { operation, stream } = options.label ?? { operation: 'text_completion', stream: false };
+      const { operation, stream, responseId } = options.label ?? { operation: 'text_completion', stream: false };
       const sampling = request.sampling;
       const span = telemetry.startRequest({
-        operation, stream, model: modelId, maxTokens: request.maxNewTokens,
+        operation, stream, model: modelId, maxTokens: request.maxNewTokens, responseId: responseId ?? randomUUID(), parent: options.trace,
         ...(sampling.doSample ? { temperature: sampling.temperature, topP: sampling.topP ?? undefined, topK: sampling.topK ?? undefined, seed: sampling.seed } : {}),
       });
       let first = true;
       try {
         const result = await service.generate(request, {
           ...options,
+          trace: span.trace ?? options.trace,
           onToken: (token, finished) => {
             if (first) span.firstToken();
             first = false;

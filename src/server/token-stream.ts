@@ -6,6 +6,7 @@ import type { Context } from 'hono';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
 import type { GenerateOptions, GenerateRequest, GenerateResult, GenerationService, GeneratedToken } from '../engine/types.ts';
 import { errorBodyFor } from './errors.ts';
+import { traceHeaders } from './trace-headers.ts';
 
 export interface TokenStreamHandlers {
   /** Events to send before the first token (e.g. the assistant role chunk). */
@@ -40,6 +41,7 @@ export function streamTokens(
         ...options,
         signal: cancel.signal,
         label: { operation, stream: true },
+        trace: traceHeaders(c),
         onToken: (token, finished) => send(handlers.token(token, finished)),
       });
       send(handlers.end?.(result) ?? []);

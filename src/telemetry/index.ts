@@ -21,13 +21,14 @@ import type { StepObserver } from '../engine/scheduler.ts';
 import type { PoolObserver } from '../../experts/pool.ts';
 import { registerCacheMetrics, type CacheStatsReader } from './cache-metrics.ts';
 import { LoadTraceWriter } from './load-trace.ts';
+import { ExportErrors } from './export-errors.ts';
 import { MoeMetrics } from './moe-metrics.ts';
 import { METRIC, SCOPE } from './names.ts';
 import { prometheusText } from './prometheus.ts';
 import { buildProviders, type TelemetryConfig } from './providers.ts';
 import { RequestMetrics, startRequest, type RequestInfo, type RequestTelemetry } from './request.ts';
 import { RequestWindow, type RequestWindowSummary } from './request-window.ts';
-import { recordStepSpans } from './step-spans.ts';
+import { recordStepSpans, requestLinks } from './step-spans.ts';
 import { summarizeStep } from './step-summary.ts';
 
 export type { RequestInfo, RequestResult, RequestTelemetry } from './request.ts';
@@ -39,12 +40,16 @@ export { PROMETHEUS_CONTENT_TYPE } from './prometheus.ts';
 
 export interface Telemetry {
   /**
-   * Engine hook: per step and layer → metrics, one `moe.dispatch` span per layer per step, JSONL load-trace line;
+   * Engine hook: per step and layer → metrics, a `moe.step` span (linked to the request spans of its sequences, from
+   * `GenerateOptions.trace`) with one `moe.dispatch` span per layer, JSONL load-trace line;
    * per expert worker restart (the engine wires it to the pool) → `moe.worker.restarts`; per expert batch that an
    * expert host did not answer (scale-out; the engine wires it to the cluster runner) → `moe.host.failovers`.
    */
   readonly observer: StepObserver & PoolObserver;
-  /** A span per request with GenAI attributes, plus the gen_ai.server.* histograms. */
+  /**
+   * A span per request with GenAI attributes (a child of `info.parent`, the caller's W3C trace context, when given),
+   * plus the gen_ai.server.* histograms. The result's `trace` is the span's context for GenerateOptions.trace.
+   */
   startRequest(info: RequestInfo): RequestTelemetry;
   /**
    * Requests of the last `windowSeconds` (at most 600): finished per second, output tokens per second, TTFT, TPOT
@@ -53,11 +58,12 @@ export interface Telemetry {
   recentRequests(windowSeconds: number): RequestWindowSummary;
   /** Registers the `switchyard.cache.*` metrics, read from `read` at each collection (call once per instance). */
   observeCaches(read: CacheStatsReader): void;
-  /** Prometheus text exposition of all metrics (for GET /metrics). */
+  /** Prometheus text exposition of all metrics (for GET /metrics), unit suffixes added (see prometheus.ts). */
   metricsText(): Promise<string>;
   /**
    * Flushes exporters and closes the load-trace file (idempotent). Rejects with the first error (a final export
-   * that failed, a load-trace write error) unless `onError` was given, which then receives them instead.
+   * that failed, a load-trace write error) unless `onError` was given, which then receives them instead. Waits at
+   * most about `exportTimeoutMs` for exports, and not at all for a collector whose last export failed.
    */
   shutdown(): Promise<void>;
 }
@@ -74,8 +80,9 @@ export interface TelemetryOptions {
   /** Clock in epoch milliseconds (default: performance.timeOrigin + performance.now(), sub-millisecond). */
   now?: () => number;
   /**
-   * Errors the telemetry hit after start (a load-trace write failure, an exception inside the step hook). The
-   * step hook never throws into the scheduler. Without this, the first such error is rethrown by shutdown().
+   * Errors the telemetry hit after start (a load-trace write failure, an exception inside the step hook, a failed
+   * export: the first one, then at most one report a minute). The step hook never throws into the scheduler.
+   * Without this, the first such error is rethrown by shutdown().
    */
   onError?: (error: Error) => void;
 }
@@ -107,9 +114,15 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
     onError: (error) => fail(new Error(`load trace ${config.loadTraceFile}: ${error.message}`, { cause: error })),
   });
 
+  const exportErrors = new ExportErrors({
+    report: fail,
+    hint: config.exporter === 'otlp'
+      ? `Check that an OTLP/HTTP collector listens at telemetry.otlpEndpoint (${config.otlpEndpoint ?? 'null: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318'}), or set telemetry.exporter to 'none'.`
+      : 'Check the exporter given to createTelemetry.',
+  });
   const providers = buildProviders(config, {
     serviceName: options.serviceName ?? 'switchyard', modelId: options.modelId,
-    spanExporter: options.spanExporter, metricExporter: options.metricExporter,
+    spanExporter: options.spanExporter, metricExporter: options.metricExporter, exportErrors,
   });
   const meter = providers.meterProvider.getMeter(SCOPE);
   const moeMetrics = new MoeMetrics(meter);
@@ -127,7 +140,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
       try {
         const summary = summarizeStep(step, steps++, now());
         moeMetrics.record(summary);
-        if (providers.tracer) recordStepSpans(providers.tracer, summary);
+        if (providers.tracer) recordStepSpans(providers.tracer, summary, requestLinks(step.sequences));
         loadTrace?.write(summary);
       } catch (error) {
         fail(error);
@@ -160,6 +173,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
       let ended = false;
       recent.requestStarted(startedAt);
       return {
+        trace: otel.trace,
         firstToken() {
           otel.firstToken();
           if (ended || firstAt !== null) return;
@@ -184,6 +198,7 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
     metricsText: prometheusText(providers.prometheus),
     shutdown() {
       closed ??= (async () => {
+        exportErrors.beginShutdown();
         const parts: Array<[string, Promise<void> | undefined]> = [
           ['load trace', loadTrace?.close()],
           ['span export', providers.tracerProvider?.shutdown()],
@@ -193,7 +208,9 @@ export function createTelemetry(config: TelemetryConfig, options: TelemetryOptio
         results.forEach((r, i) => {
           if (r.status === 'rejected') {
             const cause = r.reason instanceof Error ? r.reason : new Error(String(r.reason));
-            fail(new Error(`telemetry shutdown: ${parts[i][0]} failed: ${cause.message}`, { cause }));
+            // A final export that failed was reported by its exporter: this goes through the same rate limit.
+            if (parts[i][0] !== 'load trace') exportErrors.failed(`the last ${parts[i][0] === 'span export' ? 'spans' : 'metrics'} (at shutdown)`, cause);
+            else fail(new Error(`telemetry shutdown: ${parts[i][0]} failed: ${cause.message}`, { cause }));
           }
         });
         if (firstError) throw firstError;

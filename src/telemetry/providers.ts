@@ -11,6 +11,9 @@
  * An injected `spanExporter` (tests) replaces the config's span export in every mode and gets a
  * SimpleSpanProcessor, so each span is exported as it ends; an injected `metricExporter` replaces the OTLP metric
  * exporter (or adds one) behind a PeriodicExportingMetricReader, exported at forceFlush/shutdown.
+ *
+ * Every pushing exporter is wrapped by export-errors.ts (failures reported, rate-limited; exports bounded by
+ * `exportTimeoutMs`), and the OTLP exporters get `exportTimeoutMs` as their own timeout, retries included.
  */
 import type { Tracer } from '@opentelemetry/api';
 import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
@@ -19,10 +22,12 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { MeterProvider, PeriodicExportingMetricReader, type IMetricReader, type PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { Config } from '../config.ts';
+import { DEFAULT_EXPORT_TIMEOUT_MS, type Config } from '../config.ts';
+import { GuardedMetricExporter, GuardedSpanExporter, type ExportErrors } from './export-errors.ts';
 import { SCOPE, SERVICE_NAME } from './names.ts';
 
-export type TelemetryConfig = Config['telemetry'];
+/** The config's telemetry section; `exportTimeoutMs` may be left out (its schema default applies). */
+export type TelemetryConfig = Omit<Config['telemetry'], 'exportTimeoutMs'> & { exportTimeoutMs?: number };
 
 /** How often the OTLP metric reader pushes (ms). */
 export const METRIC_EXPORT_INTERVAL_MS = 30_000;
@@ -40,21 +45,36 @@ export function otlpUrl(base: string | null, signal: 'traces' | 'metrics'): stri
   return base === null ? undefined : `${base.replace(/\/+$/, '')}/v1/${signal}`;
 }
 
+/** Where an OTLP signal goes, in words, for error reports. */
+function otlpTarget(base: string | null, signal: 'traces' | 'metrics'): string {
+  return otlpUrl(base, signal) ?? `the default OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/${signal})`;
+}
+
 export function buildProviders(
   config: TelemetryConfig,
-  options: { serviceName: string; modelId: string; spanExporter?: SpanExporter; metricExporter?: PushMetricExporter },
+  options: { serviceName: string; modelId: string; spanExporter?: SpanExporter; metricExporter?: PushMetricExporter; exportErrors: ExportErrors },
 ): Providers {
   const resource = resourceFromAttributes({ [SERVICE_NAME]: options.serviceName, 'switchyard.model.id': options.modelId });
+  const timeoutMillis = config.exportTimeoutMs ?? DEFAULT_EXPORT_TIMEOUT_MS;
+  const errors = options.exportErrors;
 
   let spanProcessor: SpanProcessor | null = null;
-  if (options.spanExporter) spanProcessor = new SimpleSpanProcessor(options.spanExporter);
-  else if (config.exporter === 'otlp') spanProcessor = new BatchSpanProcessor(new OTLPTraceExporter({ url: otlpUrl(config.otlpEndpoint, 'traces') }));
+  if (options.spanExporter) {
+    spanProcessor = new SimpleSpanProcessor(new GuardedSpanExporter(options.spanExporter, errors, 'spans', timeoutMillis));
+  } else if (config.exporter === 'otlp') {
+    const exporter = new OTLPTraceExporter({ url: otlpUrl(config.otlpEndpoint, 'traces'), timeoutMillis });
+    spanProcessor = new BatchSpanProcessor(new GuardedSpanExporter(exporter, errors, `spans to ${otlpTarget(config.otlpEndpoint, 'traces')}`, timeoutMillis));
+  }
   const tracerProvider = spanProcessor ? new BasicTracerProvider({ resource, spanProcessors: [spanProcessor] }) : null;
 
   const prometheus = new PrometheusExporter({ preventServerStart: true });
   const readers: IMetricReader[] = [prometheus];
-  const push: PushMetricExporter | null = options.metricExporter
-    ?? (config.exporter === 'otlp' ? new OTLPMetricExporter({ url: otlpUrl(config.otlpEndpoint, 'metrics') }) : null);
+  let push: PushMetricExporter | null = null;
+  if (options.metricExporter) push = new GuardedMetricExporter(options.metricExporter, errors, 'metrics', timeoutMillis);
+  else if (config.exporter === 'otlp') {
+    const exporter = new OTLPMetricExporter({ url: otlpUrl(config.otlpEndpoint, 'metrics'), timeoutMillis });
+    push = new GuardedMetricExporter(exporter, errors, `metrics to ${otlpTarget(config.otlpEndpoint, 'metrics')}`, timeoutMillis);
+  }
   if (push) readers.push(new PeriodicExportingMetricReader({ exporter: push, exportIntervalMillis: METRIC_EXPORT_INTERVAL_MS }));
   const meterProvider = new MeterProvider({ resource, readers });
 

@@ -1,11 +1,14 @@
 /**
  * Per-request telemetry: a span named `{operation} {model}` with the GenAI request, usage and response
- * attributes, and the gen_ai.server.* histograms (seconds): time to first token, time per output token
+ * attributes (`gen_ai.response.id` included), a child of the caller's span when the request came with a W3C
+ * `traceparent`, and the gen_ai.server.* histograms (seconds): time to first token, time per output token
  * ((end − first token) / (output tokens − 1), only with ≥ 2 tokens and a firstToken() call) and request duration.
  * Times come from the injected clock (epoch milliseconds), so tests control them.
  */
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Attributes, type Histogram, type Meter, type Span, type Tracer } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode, type Attributes, type Histogram, type Meter, type Span, type Tracer } from '@opentelemetry/api';
+import type { TraceCarrier } from '../engine/types.ts';
 import { BUCKETS, ERROR_TYPE, GENAI, PROVIDER } from './names.ts';
+import { carrierOf, contextFrom } from './trace-context.ts';
 
 export interface RequestInfo {
   operation: 'text_completion' | 'chat';
@@ -16,11 +19,17 @@ export interface RequestInfo {
   topK?: number;
   seed?: number | null;
   stream: boolean;
+  /** `gen_ai.response.id`: the id of the response the client gets. */
+  responseId?: string;
+  /** The caller's trace (its `traceparent`/`tracestate` headers): the request span continues it. */
+  parent?: TraceCarrier;
 }
 
 export type RequestResult = { inputTokens: number; outputTokens: number; finishReason: string } | { error: Error };
 
 export interface RequestTelemetry {
+  /** The request span's context as W3C headers (for the engine, so step spans can link to it); undefined without tracing. */
+  readonly trace: TraceCarrier | undefined;
   /** Call when the first output token is produced (later calls are ignored). */
   firstToken(): void;
   /** Call for every output token (the first one too, after firstToken()): counts output tokens per second. */
@@ -81,7 +90,8 @@ export function startRequest(
     if (info.topP !== undefined) attributes[GENAI.topP] = info.topP;
     if (info.topK !== undefined) attributes[GENAI.topK] = info.topK;
     if (info.seed !== undefined && info.seed !== null) attributes[GENAI.seed] = info.seed;
-    span = tracer.startSpan(`${info.operation} ${info.model}`, { kind: SpanKind.SERVER, startTime: started, attributes }, ROOT_CONTEXT);
+    if (info.responseId !== undefined) attributes[GENAI.responseId] = info.responseId;
+    span = tracer.startSpan(`${info.operation} ${info.model}`, { kind: SpanKind.SERVER, startTime: started, attributes }, contextFrom(info.parent));
   }
 
   let firstAt: number | null = null;
@@ -89,6 +99,7 @@ export function startRequest(
   return {
     // Output-token rates are kept by the caller's RequestWindow (index.ts); the histograms need only the first.
     outputToken() {},
+    trace: span ? carrierOf(span) : undefined,
     firstToken() {
       if (ended || firstAt !== null) return;
       firstAt = now();

@@ -3,15 +3,32 @@
  * reconstructed timeline (see step-summary.ts). Each worker task of a layer is an event `moe.worker.task` on the
  * dispatch span, timestamped when the worker started it (dispatch start + queue wait, clamped to the span).
  * Events rather than child spans: a step with L layers and W workers costs 1 + L spans, not 1 + L·(1 + W).
+ *
+ * A step serves many requests and a request spans many steps, so the step span is a root of its own trace with a
+ * span link to the request span of every sequence it carried (OpenTelemetry's model for batch processing): a
+ * request's trace then leads to the expert dispatches that computed its tokens.
  */
-import { ROOT_CONTEXT, SpanKind, trace, type Tracer } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, trace, type Link, type Tracer } from '@opentelemetry/api';
+import type { Sequence } from '../engine/sequence.ts';
 import { MOE, SPAN } from './names.ts';
 import type { StepSummary } from './step-summary.ts';
+import { spanContextOf } from './trace-context.ts';
 
-export function recordStepSpans(tracer: Tracer, step: StepSummary): void {
+/** One link per sequence whose request has a span (`GenerateOptions.trace`); sequences without one are left out. */
+export function requestLinks(sequences: readonly Sequence[]): Link[] {
+  const links: Link[] = [];
+  for (const sequence of sequences) {
+    const context = spanContextOf(sequence.options?.trace);
+    if (context) links.push({ context });
+  }
+  return links;
+}
+
+export function recordStepSpans(tracer: Tracer, step: StepSummary, links: Link[] = []): void {
   const stepSpan = tracer.startSpan(SPAN.step, {
     kind: SpanKind.INTERNAL,
     startTime: step.startMs,
+    links,
     attributes: {
       [MOE.stepIndex]: step.index,
       [MOE.stepSequences]: step.sequences,

@@ -77,14 +77,14 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
         const includeUsage = body.stream_options?.include_usage === true;
         // With include_usage, every chunk has `usage: null` but the last (as OpenAI).
         const chunk = (choices: unknown[]) => ({ ...base, choices, ...(includeUsage ? { usage: null } : {}) });
-        return streamChoices(c, service, plan, { operation: 'text_completion', cache: cacheOf(c) }, {
+        return streamChoices(c, service, plan, { operation: 'text_completion', cache: cacheOf(c), responseId: base.id }, {
           start: (p) => (echo(p) ? [chunk([choice(p, echo(p), null, null)])] : []),
           delta: (p, delta) => [chunk([choice(p, delta.text, logprobs(p, delta), null)])],
           finish: (p, result) => [chunk([choice(p, '', null, finishReasonOf(result))])],
           end: (finished) => (includeUsage ? [{ ...base, choices: [], usage: usageOf(finished) }] : []),
         });
       }
-      const finished = await runChoices(c, service, plan, { operation: 'text_completion', cache: cacheOf(c) });
+      const finished = await runChoices(c, service, plan, { operation: 'text_completion', cache: cacheOf(c), responseId: base.id });
       return c.json({
         ...base,
         choices: finished.map((f) => choice(f.plan, echo(f.plan) + f.output.text, logprobs(f.plan, f.output), finishReasonOf(f.result))),
@@ -110,14 +110,14 @@ export function registerOpenAiRoutes(app: Hono, service: GenerationService, conf
           choices: [{ index: p.index, delta, logprobs: lp, finish_reason: finish }],
           ...(includeUsage ? { usage: null } : {}),
         });
-        return streamChoices(c, service, plan, { operation: 'chat', cache: cacheOf(c) }, {
+        return streamChoices(c, service, plan, { operation: 'chat', cache: cacheOf(c), responseId: base.id }, {
           start: (p) => [chunk(p, { role: 'assistant', content: '' }, null, null)],
           delta: (p, delta) => [chunk(p, { content: delta.text }, logprobs(delta), null)],
           finish: (p, result) => [chunk(p, {}, null, finishReasonOf(result))],
           end: (finished) => (includeUsage ? [{ ...base, object: 'chat.completion.chunk', choices: [], usage: usageOf(finished) }] : []),
         });
       }
-      const finished = await runChoices(c, service, plan, { operation: 'chat', cache: cacheOf(c) });
+      const finished = await runChoices(c, service, plan, { operation: 'chat', cache: cacheOf(c), responseId: base.id });
       return c.json({
         ...base,
         choices: finished.map((f) => ({

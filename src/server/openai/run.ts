@@ -7,6 +7,7 @@ import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { GenerateResult, GenerationService } from '../../engine/types.ts';
 import { abortWith, forwardAbort } from '../token-stream.ts';
+import { traceHeaders } from '../trace-headers.ts';
 import { choiceOf, ChoiceText, type ChoiceDelta } from './choice-text.ts';
 import { openAiStreamError } from './errors.ts';
 import type { ChoicePlan, Plan } from './request.ts';
@@ -15,6 +16,8 @@ export interface RunOptions {
   operation: 'text_completion' | 'chat';
   /** false: bypass the response cache (Cache-Control: no-cache), so that the model really runs. */
   cache: boolean;
+  /** The response's `id` (`cmpl-…`, `chatcmpl-…`), for telemetry's gen_ai.response.id. */
+  responseId: string;
 }
 
 export interface FinishedChoice {
@@ -35,7 +38,8 @@ export async function runChoices(c: Context, service: GenerationService, plan: P
     return await Promise.all(plan.choices.map(async (choice) => {
       try {
         const result = await service.generate(choice.request, {
-          signal: cancel.signal, label: { operation: options.operation, stream: false }, cache: options.cache,
+          signal: cancel.signal, label: { operation: options.operation, stream: false, responseId: options.responseId }, cache: options.cache,
+          trace: traceHeaders(c),
         });
         return { plan: choice, result, output: choiceOf(result.tokens, plan.stops) };
       } catch (err) {
@@ -90,7 +94,8 @@ export function streamChoices(c: Context, service: GenerationService, plan: Plan
         };
         try {
           const result = await service.generate(choice.request, {
-            signal: cancel.signal, label: { operation: options.operation, stream: true }, cache: options.cache,
+            signal: cancel.signal, label: { operation: options.operation, stream: true, responseId: options.responseId }, cache: options.cache,
+            trace: traceHeaders(c),
             onToken: (token, done) => {
               emit(text.push(token));
               if (done) emit(text.finish());

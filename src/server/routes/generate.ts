@@ -3,6 +3,7 @@ import type { Context, Hono } from 'hono';
 import type { Config } from '../../config.ts';
 import type { GenerateResult, GenerationService, TokenLogprob } from '../../engine/types.ts';
 import { HttpError } from '../errors.ts';
+import { traceHeaders } from '../trace-headers.ts';
 import {
   createGenerateSchema, parseGenerateBody, responseCacheAllowed, toGenerateRequest, type GenerateBody, type GenerateSchema,
 } from '../schemas.ts';
@@ -85,7 +86,7 @@ export async function generateAnswer(c: Context, service: GenerationService, con
   // The request's signal aborts when the client disconnects: the engine then drops the sequence.
   // (limits.requestTimeoutMs is enforced by the engine's scheduler.)
   const result = await service.generate(toGenerateRequest(body, config.limits), {
-    signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false },
+    signal: c.req.raw.signal, label: { operation: 'text_completion', stream: false }, trace: traceHeaders(c),
     cache: responseCacheAllowed(c.req.header('cache-control'), body),
   });
   return toGenerateResponse(result, body);
