@@ -52,13 +52,13 @@ type Variant = { name: string; storage: 'sparse-bitmask' | 'dense'; width: numbe
 const VARIANTS: Variant[] = [
   { name: 'magnitude', storage: 'sparse-bitmask', width: ff, options: { method: 'magnitude', sparsity: 0.5, experts: busiest } },
   { name: 'magnitude-global', storage: 'sparse-bitmask', width: ff, options: { method: 'magnitude-global', sparsity: 0.5, experts: busiest } },
-  { name: 'wanda', storage: 'sparse-bitmask', width: ff, options: { method: 'wanda', sparsity: 0.5, experts: busiest, calibrationTokens: 256 } },
-  { name: 'sparsegpt', storage: 'sparse-bitmask', width: ff, options: { method: 'sparsegpt', sparsity: 0.5, experts: busiest, calibrationTokens: 256 } },
+  { name: 'wanda', storage: 'sparse-bitmask', width: ff, options: { method: 'wanda', sparsity: 0.5, experts: busiest, calibrationTokens: 128 } },
+  { name: 'sparsegpt', storage: 'sparse-bitmask', width: ff, options: { method: 'sparsegpt', sparsity: 0.5, experts: busiest, calibrationTokens: 128 } },
   { name: '2:4', storage: 'sparse-bitmask', width: ff, options: { method: '2:4', sparsity: 0.5, experts: busiest } },
   // Every expert 384 wide: feed_forward_length must say 384 (it said 512, and llama.cpp refused the file).
-  { name: 'structured', storage: 'dense', width: (3 * ff) / 4, options: { method: 'structured', sparsity: 0.25, calibrationTokens: 256 } },
+  { name: 'structured', storage: 'dense', width: (3 * ff) / 4, options: { method: 'structured', sparsity: 0.25, calibrationTokens: 128 } },
   // The busiest expert of each layer 256 wide, the others 512: the narrow ones are padded with zero neurons.
-  { name: 'structured, some experts', storage: 'dense', width: ff, options: { method: 'structured', sparsity: 0.5, experts: busiest, calibrationTokens: 256 } },
+  { name: 'structured, some experts', storage: 'dense', width: ff, options: { method: 'structured', sparsity: 0.5, experts: busiest, calibrationTokens: 128 } },
 ];
 
 const tmp = mkdtempSync(join(tmpdir(), 'switchyard-gguf-pruned-'));
