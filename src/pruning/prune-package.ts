@@ -279,7 +279,8 @@ export interface SparsityCompressionConfig {
  * (`ModelCompressor.update_config` with no quantization config): `version`, `quant_method` "compressed-tensors" and
  * `sparsity_config`, nothing else. In particular no top-level `format`: that library's parser
  * (`ModelCompressor.parse_quantization_config`) treats any key beyond those three as a quantization config and
- * would then try to validate one.
+ * would then try to validate one. (Later releases also write an empty `transform_config`, which they pop before
+ * parsing but 0.9's parser does not: leaving it out suits both.)
  */
 export function compressedTensorsConfig(sparsity: SparsityCompressionConfig) {
   return { version: COMPRESSED_TENSORS_VERSION, quant_method: 'compressed-tensors', sparsity_config: sparsity };
