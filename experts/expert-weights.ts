@@ -24,7 +24,12 @@ export function describeMatrix(file: string, header: Map<string, TensorEntry>, n
   return { storage: 'sparse-bitmask', shape: [Number(shape[0]), Number(shape[1])] };
 }
 
-function readMatrix(file: string, header: Map<string, TensorEntry>, name: string): { data: Float32Array; shape: [number, number] } {
+/**
+ * One weight matrix as dense row-major float32, whatever its storage (dense F32/F16/BF16, or sparse-bitmask
+ * decompressed), with its dense [rows, cols] shape.
+ * @throws PackageError naming the file and tensor when it is missing, incomplete or inconsistent.
+ */
+export function readDenseMatrix(file: string, header: Map<string, TensorEntry>, name: string): { data: Float32Array; shape: [number, number] } {
   const stored = describeMatrix(file, header, name);
   if (stored.storage === 'dense') return { data: readTensors(file, header, [name]).get(name)!, shape: stored.shape };
   const parts = readTypedTensors(file, header, [`${name}.compressed`, `${name}.bitmask`]);
@@ -41,9 +46,9 @@ function readMatrix(file: string, header: Map<string, TensorEntry>, name: string
 /** One expert's dense weights and its FFN width (which structured pruning may have reduced). */
 export function readExpertWeights(file: string, header: Map<string, TensorEntry>, layer: number, expert: number, hidden: number): ExpertWeights & { ffn: number } {
   const names = tensorNames.expert(layer, expert);
-  const gate = readMatrix(file, header, names.gate);
-  const up = readMatrix(file, header, names.up);
-  const down = readMatrix(file, header, names.down);
+  const gate = readDenseMatrix(file, header, names.gate);
+  const up = readDenseMatrix(file, header, names.up);
+  const down = readDenseMatrix(file, header, names.down);
   const ffn = gate.shape[0];
   const want = (n: string, s: [number, number], e: [number, number]) => {
     if (s[0] !== e[0] || s[1] !== e[1]) throw new PackageError(`${file}: tensor ${n} has shape [${s}], expected [${e}]`);

@@ -343,7 +343,9 @@ Progress (windows scored) goes to stderr: a bar on a terminal, else a line per t
 
 Convert a model package (config.json, weights, tokenizer.json) into a GGUF v3 file that llama.cpp loads (all
 tensors F32, same weights): OLMoE as architecture 'olmoe', Mixtral as 'llama' (with experts), Qwen2-MoE as
-'qwen2moe', Granite-MoE as 'granitemoe', e.g. to run llama-server on it for a comparison.
+'qwen2moe', Granite-MoE as 'granitemoe', e.g. to run llama-server on it for a comparison. Pruned packages:
+sparse-bitmask experts are written dense, narrower experts padded with zero neurons to the widest; packages with
+experts removed by --drop-experts are refused (llama.cpp cannot mask an expert).
 
 Options:
   --model DIR     model package folder (required)

@@ -2,14 +2,15 @@
  * `switchyard convert-gguf`: a tiny random package converted to GGUF and read back — header, every metadata value,
  * tensor names / dims / data / alignment, the byte-level vocabulary — plus the GGUF encoder's bytes and the CLI.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main, type CliIo } from '../src/cli.ts';
 import { readGguf, readGgufTensor, ggufValue, type GgufFile } from '../src/convert/gguf-reader.ts';
 import { encodeGgufHeader, gguf, GgmlType, GgufError, GgufType, writeGgufFile } from '../src/convert/gguf-writer.ts';
-import { convertOlmoeToGguf } from '../src/convert/olmoe-to-gguf.ts';
+import { convertOlmoeToGguf, padMatrix } from '../src/convert/olmoe-to-gguf.ts';
+import { prunePackage } from '../src/pruning/prune-package.ts';
 import { loadModelPackage, tensorNames } from '../src/engine/package.ts';
 import { readTensors } from '../src/format/safetensors.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
@@ -182,6 +183,31 @@ describe('convert-gguf on a tiny package', () => {
     expect(up.subarray(2 * ff * d, 3 * ff * d)).toEqual(source('model.layers.1.mlp.experts.2.up_proj.weight'));
     expect(up.subarray(2 * ff * d, 3 * ff * d)).not.toEqual(source('model.layers.1.mlp.experts.1.up_proj.weight'));
   });
+});
+
+describe('convert-gguf on pruned packages', () => {
+  it('pads a narrower expert matrix with zeros at the end of each row and below, and leaves a full one as it is', () => {
+    const m = Float32Array.from([1, 2, 3, 4, 5, 6]);
+    expect(Array.from(padMatrix(m, [2, 3], [3, 4]))).toEqual([1, 2, 3, 0, 4, 5, 6, 0, 0, 0, 0, 0]);
+    expect(padMatrix(m, [2, 3], [2, 3])).toBe(m);
+    expect(() => padMatrix(m, [2, 3], [1, 3])).toThrow(/cannot pad/);
+  });
+
+  it('refuses a package with dropped experts, naming them and what to do instead (CLI: exit 1, no file)', async () => {
+    const dense = writeTinyPackage(config, 7);
+    writeFileSync(join(dense, 'calibration.txt'), 'Call me Ishmael. Some years ago, never mind how long precisely. '.repeat(4));
+    const dropped = mkdtempSync(join(tmpdir(), 'switchyard-gguf-dropped-'));
+    const result = await prunePackage({ modelDir: dense, outDir: dropped, method: 'magnitude', sparsity: 0, dropExperts: 0.25 });
+    expect(result.dropped).toHaveLength(L);
+    const out = join(mkdtempSync(join(tmpdir(), 'switchyard-gguf-')), 'dropped.gguf');
+    const first = result.dropped[0];
+    const message = new RegExp(`dropped_experts lists ${L} experts removed by pruning \\(layer ${first.layer} expert ${first.expert}, .*cannot mask removed ones.*pruned without --drop-experts`);
+    expect(() => convertOlmoeToGguf({ modelDir: dropped, outFile: out })).toThrow(message);
+    const io = captureIo();
+    expect(await main(['convert-gguf', '--model', dropped, '--out', out], io)).toBe(1);
+    expect(io.err.join('\n')).toMatch(message);
+    expect(existsSync(out) || existsSync(`${out}.tmp`)).toBe(false);
+  }, 60_000);
 });
 
 describe('GGUF encoder', () => {

@@ -82,7 +82,8 @@ function bitmaskPackage(damage: (parts: Map<string, { shape: number[]; data: Ten
   damage(tensors, names.up);
   writeSafetensors(join(dir, 'model.safetensors'), tensors);
   editConfig(dir, (c) => {
-    c.quantization_config = { quant_method: 'compressed-tensors', format: 'sparse-bitmask', sparsity_config: { format: 'sparse-bitmask' } };
+    // As compressed-tensors writes a sparsity-only model (no top-level format).
+    c.quantization_config = { version: '0.9.1', quant_method: 'compressed-tensors', sparsity_config: { format: 'sparse-bitmask' } };
   });
   return dir;
 }

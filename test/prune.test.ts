@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
 import { readSafetensorsHeader } from '../src/format/safetensors.ts';
-import { tensorNames } from '../src/engine/package.ts';
+import { expectedTensors, tensorNames } from '../src/engine/package.ts';
 import { readExpertWeights } from '../experts/expert-weights.ts';
 import { compressBitmask, decompressBitmask } from '../experts/pruning/bitmask.ts';
 import { prunePackage } from '../src/pruning/prune-package.ts';
@@ -17,6 +17,39 @@ const config = tinyConfig({ intermediate_size: 32 });
 const dense = writeTinyPackage(config, 21);
 writeFileSync(join(dense, 'calibration.txt'), 'Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse. '.repeat(6));
 const out = () => mkdtempSync(join(tmpdir(), 'pruned-'));
+
+/**
+ * What compressed-tensors' config parser makes of `quantization_config` (ModelCompressor.parse_sparsity_config and
+ * parse_quantization_config, then SparsityCompressionConfig.load_from_registry(format, **fields)): the sparsity
+ * config, and the quantization config, which must be null for a sparsity-only model (any key beyond
+ * sparsity_config, quant_method and version would be taken for one).
+ */
+function parseCompressedTensors(q: Record<string, unknown>) {
+  const { sparsity_config: sparsity, quant_method: method, version, ...rest } = q;
+  const fields = ['format', 'targets', 'ignore', 'global_sparsity', 'sparsity_structure'];
+  const s = sparsity as Record<string, unknown>;
+  return {
+    method, version, quantization: Object.keys(rest).length === 0 ? null : rest,
+    sparsityFormat: ['dense', 'sparse-bitmask', 'sparse-24-bitmask'].includes(s.format as string) ? s.format : `unregistered ${String(s.format)}`,
+    unknownSparsityFields: Object.keys(s).filter((k) => !fields.includes(k)),
+  };
+}
+
+/** Parameters of a package as stored, counted independently of the engine: trunk + what each expert keeps. */
+function storedParameters(dir: string, sparse: boolean) {
+  const d = config.hidden_size;
+  const trunk = [...expectedTensors(config).entries()].filter(([n]) => !n.includes('.mlp.experts.')).reduce((n, [, shape]) => n + shape.reduce((a, b) => a * b, 1), 0);
+  const header = readSafetensorsHeader(join(dir, 'model.safetensors'));
+  const perExpert = Array.from({ length: config.num_hidden_layers }, (_, l) => Array.from({ length: config.num_experts }, (_, e) => {
+    if (!header.has(tensorNames.expert(l, e).gate) && !header.has(`${tensorNames.expert(l, e).gate}.compressed`)) return 0; // dropped
+    const w = readExpertWeights(join(dir, 'model.safetensors'), header, l, e, d);
+    return [w.gate, w.up, w.down].reduce((n, m) => n + (sparse ? m.filter((v) => v !== 0).length : m.length), 0);
+  }));
+  return {
+    total: trunk + perExpert.flat().reduce((a, b) => a + b, 0),
+    active: trunk + perExpert.reduce((n, row) => n + Math.max(...row), 0),
+  };
+}
 
 /** The pruned package's expert weights, decompressed, for every expert. */
 function experts(dir: string) {
@@ -51,6 +84,10 @@ describe('switchyard prune', () => {
       expect(statSync(join(dir, 'model.safetensors')).size).toBeLessThan(statSync(join(dense, 'model.safetensors')).size);
       const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
       expect(cfg.quantization_config.sparsity_config).toMatchObject({ format: 'sparse-bitmask', sparsity_structure: 'unstructured' });
+      expect(parseCompressedTensors(cfg.quantization_config)).toEqual({
+        method: 'compressed-tensors', version: expect.stringMatching(/^\d+\.\d+\.\d+$/), quantization: null, sparsityFormat: 'sparse-bitmask', unknownSparsityFields: [],
+      });
+      expect(JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')).model_max_length).toBe(config.max_position_embeddings);
       expect(cfg.switchyard_pruning.method).toBe(method);
       if (method !== 'magnitude') expect(result.experts.some((e) => e.calibrationTokens > 0)).toBe(true);
 
@@ -68,6 +105,9 @@ describe('switchyard prune', () => {
         const ids = engine.codec.encode('The whale');
         const got = await engine.model.forward([{ cache: engine.model.newCache(), tokens: ids }]);
         expect(maxAbsDiff(got.logits[0], reference.forward(ids).logits[ids.length - 1])).toBeLessThan(1e-4);
+        // /info's parameters: the values the sparse experts store, not their bitmask bookkeeping.
+        const stored = storedParameters(dir, true);
+        expect(engine.info().parameters).toMatchObject({ total: stored.total, activePerToken: stored.active });
       } finally {
         await engine.close();
       }
@@ -98,6 +138,7 @@ describe('switchyard prune', () => {
       expect(Math.max(...shares)).toBeLessThanOrEqual(0.25);
     }
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+    expect(parseCompressedTensors(cfg.quantization_config)).toMatchObject({ quantization: null, sparsityFormat: 'dense' }); // nothing stored sparse
     expect(cfg.switchyard_pruning.dropped_experts.map((e: { layer: number; expert: number }) => `${e.layer}.${e.expert}`).sort())
       .toEqual(result.dropped.map((e) => `${e.layer}.${e.expert}`).sort());
 
@@ -113,6 +154,12 @@ describe('switchyard prune', () => {
       const stats = await engine.pool.stats();
       const loaded = stats.flatMap((s) => s.loaded);
       for (const d of result.dropped) expect(loaded).not.toContain(`${d.layer}.${d.expert}`);
+      // /info: dropped experts hold nothing; a token still runs one full expert per layer.
+      const stored = storedParameters(dir, false);
+      const perExpert = 3 * config.hidden_size * config.intermediate_size;
+      expect(engine.info().parameters).toMatchObject({ total: stored.total, activePerToken: stored.active });
+      expect(stored.total).toBe(storedParameters(dense, false).total - result.dropped.length * perExpert);
+      expect(stored.active).toBe(storedParameters(dense, false).active);
     } finally {
       await engine.close();
     }
@@ -124,8 +171,13 @@ describe('switchyard prune', () => {
     const header = readSafetensorsHeader(join(dir, 'model.safetensors'));
     expect(header.get(tensorNames.expert(1, 2).gate)!.shape).toEqual([24, config.hidden_size]);
     expect(header.get(tensorNames.expert(1, 2).down)!.shape).toEqual([config.hidden_size, 24]);
+    expect(parseCompressedTensors(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).quantization_config))
+      .toMatchObject({ quantization: null, sparsityFormat: 'dense', unknownSparsityFields: [] });
     const engine = await Engine.load(engineConfig(dir));
     try {
+      const stored = storedParameters(dir, false);
+      expect(engine.info().parameters).toMatchObject({ total: stored.total, activePerToken: stored.active });
+      expect(stored.total).toBe(storedParameters(dense, false).total - config.num_hidden_layers * config.num_experts * 3 * config.hidden_size * 8);
       const result = await engine.generate({ inputs: 'Ahab', maxNewTokens: 4, stop: [], sampling: { doSample: false, temperature: 1, topK: null, topP: null, repetitionPenalty: null, seed: null } });
       expect(result.generatedTokens).toBe(4);
     } finally {

@@ -87,9 +87,10 @@ def tokenizer_json() -> dict:
     }
 
 
-def tokenizer_config() -> dict:
+def tokenizer_config(context_length: int) -> dict:
+    # model_max_length: transformers' tokenizer warns about (and truncation stops at) longer inputs: the context.
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|eos|>",
-            "add_bos_token": True, "model_max_length": None, "chat_template": CHAT_TEMPLATE}
+            "add_bos_token": True, "model_max_length": context_length, "chat_template": CHAT_TEMPLATE}
 
 
 def encode(text: str) -> list[int]:
@@ -158,7 +159,7 @@ def export_package(model: SwitchOlmoe, summary: dict, out: Path, validation: dic
     safetensors.save({k: v for k, v in model.state_dict().items()}, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n")
     (out / "tokenizer.json").write_text(json.dumps(tokenizer_json(), ensure_ascii=False, indent=1) + "\n")
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(model.cfg.max_position_embeddings), indent=2) + "\n")
     (out / "golden.json").write_text(json.dumps(golden(model)) + "\n")
     (out / "training.json").write_text(json.dumps(training_record(summary), indent=1) + "\n")
     if validation is not None:

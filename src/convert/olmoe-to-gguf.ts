@@ -10,8 +10,13 @@
  *   same rotate-half layout as Hugging Face (only the LLaMA-style "normal" rope archs need the permutation);
  * - per-layer experts `mlp.experts.M.{gate,up,down}_proj.weight` [out, in] are stacked into one
  *   [n_expert, out, in] tensor each: `ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps` (ggml dims {in, out, n_expert});
- * - `olmoe.feed_forward_length` is the per-expert width (`intermediate_size`); llama.cpp's OLMoE graph uses
- *   softmax gating without renormalising the top-k weights, i.e. our Switch top-1 gating with expert_used_count 1;
+ * - `olmoe.feed_forward_length` is the per-expert width: the widest expert's, which is `intermediate_size` unless
+ *   structured pruning narrowed the experts. llama.cpp has one width per stacked tensor, so narrower experts are padded
+ *   with zero neurons (zero gate/up rows, zero down columns), which is exact: silu(0)·0 = 0 and a zero column adds
+ *   nothing. Sparse-bitmask experts (compressed-tensors) are written densified. Experts removed by `--drop-experts`
+ *   are refused: llama.cpp's OLMoE router takes the softmax over every row of ffn_gate_inp and cannot mask one;
+ * - llama.cpp's OLMoE graph uses softmax gating without renormalising the top-k weights, i.e. our Switch top-1
+ *   gating with expert_used_count 1;
  * - the vocabulary is the byte-level BPE list from tokenizer.json (`tokenizer.ggml.model` "gpt2").
  *
  * The file is written tensor by tensor: at most one tensor (one expert matrix for the stacked ones) is in memory.
@@ -20,6 +25,7 @@ import { endianness } from 'node:os';
 import { basename } from 'node:path';
 import { loadModelPackage, PackageError, tensorNames, type ModelPackage } from '../engine/package.ts';
 import { readTensors } from '../format/safetensors.ts';
+import { describeMatrix, readDenseMatrix } from '../../experts/expert-weights.ts';
 import { GgmlType, gguf, writeGgufFile, type GgufTensorSource, type GgufValue } from './gguf-writer.ts';
 
 /**
@@ -134,6 +140,7 @@ export function buildVocab(tokenizer: object, vocabSize: number, file = 'tokeniz
 /** All metadata, in the order written. */
 export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id): [string, GgufValue][] {
   const c = pkg.config;
+  const expertWidth = expertFfnWidth(pkg);
   const tc = pkg.tokenizerConfig as { add_bos_token?: unknown; add_eos_token?: unknown; chat_template?: unknown };
   const arch = ggufArch(pkg);
   const a = (key: string) => `${arch}.${key}`;
@@ -146,7 +153,8 @@ export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id)
     [a('vocab_size'), gguf.u32(c.vocab_size)],
     [a('context_length'), gguf.u32(c.max_position_embeddings)],
     [a('embedding_length'), gguf.u32(c.hidden_size)],
-    [a('feed_forward_length'), gguf.u32(c.intermediate_size)],
+    // Qwen2-MoE's is its dense layers' width (the experts' is expert_feed_forward_length below).
+    [a('feed_forward_length'), gguf.u32(arch === 'qwen2moe' ? c.intermediate_size : expertWidth)],
     [a('block_count'), gguf.u32(c.num_hidden_layers)],
     [a('attention.head_count'), gguf.u32(c.num_attention_heads)],
     [a('attention.head_count_kv'), gguf.u32(c.num_key_value_heads)],
@@ -162,7 +170,7 @@ export function ggufMetadata(pkg: ModelPackage, vocab: GgufVocab, name = pkg.id)
     ] as [string, GgufValue][] : []),
     // Qwen2-MoE: the routed experts' width and the shared expert's (feed_forward_length is its dense layers').
     ...(arch === 'qwen2moe' ? [
-      [a('expert_feed_forward_length'), gguf.u32(c.intermediate_size)],
+      [a('expert_feed_forward_length'), gguf.u32(expertWidth)],
       [a('expert_shared_feed_forward_length'), gguf.u32(c.shared_expert_intermediate_size)],
     ] as [string, GgufValue][] : []),
     ['tokenizer.ggml.model', gguf.str('gpt2')],
@@ -188,6 +196,51 @@ export interface TensorMapping {
   sources: string[];
   /** Rewrites a source's data (Mixtral's q/k row permutation); absent: copied as it is. */
   transform?: (data: Float32Array) => Float32Array;
+  /**
+   * Expert matrices: each source is read dense (sparse-bitmask decompressed) and padded with zeros to this
+   * [rows, cols] (narrower experts after structured pruning).
+   */
+  matrix?: [number, number];
+}
+
+/**
+ * Refuses a package llama.cpp cannot run as it is: experts removed by `switchyard prune --drop-experts` have no
+ * weights, and llama.cpp's routers (b4747) take the softmax and top-k over every expert with no way to mask one.
+ * @throws PackageError naming the dropped experts and what to do instead.
+ */
+export function assertNoDroppedExperts(pkg: ModelPackage): void {
+  if (pkg.droppedExperts.size === 0) return;
+  const list = [...pkg.droppedExperts].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  const shown = list.slice(0, 4).map((k) => { const [l, e] = k.split('.'); return `layer ${l} expert ${e}`; }).join(', ');
+  throw new PackageError(`${pkg.dir}/config.json: switchyard_pruning.dropped_experts lists ${list.length} expert${list.length === 1 ? '' : 's'} removed by pruning (${shown}${list.length > 4 ? ', …' : ''}), but llama.cpp's ${ggufArch(pkg)} router takes the softmax over every expert and cannot mask removed ones, so the GGUF would send tokens to experts with no weights; convert the package pruned without --drop-experts, or serve this one with switchyard serve`);
+}
+
+/**
+ * The FFN width every expert is written at: the widest live expert's (structured pruning may narrow experts unevenly;
+ * sparse-bitmask experts keep their dense width). Reads only the safetensors header and sparse `.shape` parts.
+ */
+export function expertFfnWidth(pkg: ModelPackage): number {
+  const c = pkg.config;
+  let widest = 0;
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    for (let e = 0; e < c.num_experts; e++) {
+      if (pkg.droppedExperts.has(`${l}.${e}`)) continue;
+      widest = Math.max(widest, describeMatrix(pkg.weightsFile, pkg.tensors, tensorNames.expert(l, e).gate).shape[0]);
+    }
+  }
+  return widest;
+}
+
+/**
+ * A row-major [rows, cols] matrix placed in the top-left corner of a zero [toRows, toCols] one (toRows ≥ rows,
+ * toCols ≥ cols). For an expert this adds neurons whose weights are all zero, which leaves its output unchanged.
+ */
+export function padMatrix(data: Float32Array, [rows, cols]: readonly [number, number], [toRows, toCols]: readonly [number, number]): Float32Array {
+  if (rows === toRows && cols === toCols) return data;
+  if (rows > toRows || cols > toCols) throw new Error(`cannot pad a [${rows}, ${cols}] matrix to [${toRows}, ${toCols}]`);
+  const out = new Float32Array(toRows * toCols);
+  for (let r = 0; r < rows; r++) out.set(data.subarray(r * cols, (r + 1) * cols), r * toCols);
+  return out;
 }
 
 /**
@@ -210,8 +263,15 @@ export function permuteRotaryRows(w: Float32Array, heads: number, inFeatures: nu
   return out;
 }
 
+/**
+ * Every GGUF tensor and the package tensors it is made of, in the order written. Stacked experts are
+ * [n_expert, ffn, hidden] (gate, up) and [n_expert, hidden, ffn] (down) with ffn the widest expert's width.
+ * @throws PackageError for a package with dropped experts (assertNoDroppedExperts).
+ */
 export function tensorMappings(pkg: ModelPackage): TensorMapping[] {
+  assertNoDroppedExperts(pkg);
   const c = pkg.config;
+  const ffn = expertFfnWidth(pkg);
   const shapeOf = (n: string) => pkg.tensors.get(n)!.shape;
   const one = (name: string, source: string, transform?: TensorMapping['transform']): TensorMapping =>
     ({ name, shape: [...shapeOf(source)], sources: [source], ...(transform ? { transform } : {}) });
@@ -242,7 +302,8 @@ export function tensorMappings(pkg: ModelPackage): TensorMapping[] {
     }
     for (const [gg, key] of [['ffn_gate_exps', 'gate'], ['ffn_up_exps', 'up'], ['ffn_down_exps', 'down']] as const) {
       const sources = Array.from({ length: c.num_experts }, (_, e) => tensorNames.expert(l, e)[key]);
-      out.push({ name: blk(gg), shape: [c.num_experts, ...shapeOf(sources[0])], sources });
+      const matrix: [number, number] = key === 'down' ? [c.hidden_size, ffn] : [ffn, c.hidden_size];
+      out.push({ name: blk(gg), shape: [c.num_experts, ...matrix], sources, matrix });
     }
   }
   out.push(one('output_norm.weight', tensorNames.finalNorm));
@@ -278,6 +339,7 @@ export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
     // granitemoe graphs renormalise): they would serve other numbers.
     throw new PackageError(`${pkg.dir}/config.json: norm_topk_prob is true, but llama.cpp's ${ggufArch(pkg)} architecture does not renormalise the top-k gates; only packages with norm_topk_prob false convert to GGUF`);
   }
+  assertNoDroppedExperts(pkg);
   const vocab = buildVocab(pkg.tokenizerJson, pkg.config.vocab_size, `${pkg.dir}/tokenizer.json`);
   const metadata = ggufMetadata(pkg, vocab, options.name ?? basename(pkg.dir));
   const sources: GgufTensorSource[] = tensorMappings(pkg).map((m) => ({
@@ -286,8 +348,14 @@ export function convertOlmoeToGguf(options: ConvertOptions): ConvertResult {
     type: GgmlType.F32,
     *chunks() {
       for (const source of m.sources) {
-        const read = readTensors(pkg.weightsFile, pkg.tensors, [source]).get(source)!;
-        const data = m.transform ? m.transform(read) : read;
+        let data: Float32Array;
+        if (m.matrix) {
+          const read = readDenseMatrix(pkg.weightsFile, pkg.tensors, source);
+          data = padMatrix(read.data, read.shape, m.matrix);
+        } else {
+          data = readTensors(pkg.weightsFile, pkg.tensors, [source]).get(source)!;
+        }
+        if (m.transform) data = m.transform(data);
         yield new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       }
     },

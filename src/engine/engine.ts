@@ -10,6 +10,7 @@ import { ExpertPool, type PoolObserver } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
+import { countParameters } from './parameters.ts';
 import { PlacementController, type ControllerSettings } from './placement-controller.ts';
 import { Scheduler, type PrefillHooks, type StepObserver } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -212,9 +213,8 @@ export class Engine implements GenerationService {
 
   info(): ModelInfo {
     const c = this.pkg.config;
-    const total = [...this.pkg.tensors.values()].reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
-    const perExpert = 3 * c.hidden_size * c.intermediate_size;
-    const activePerToken = total - c.num_hidden_layers * (c.num_experts - c.num_experts_per_tok) * perExpert;
+    // Counted as stored: pruned experts are narrower, sparse-bitmask or absent (parameters.ts).
+    const { total, activePerToken } = countParameters(c, this.pkg.tensors);
     const placement = this.pool.placement;
     return {
       modelId: this.pkg.id, modelDir: this.pkg.dir, modelType: c.model_type,

@@ -38,6 +38,11 @@ export interface PruneOptions {
    */
   dropExperts?: number;
   workers?: number;
+  /**
+   * An Engine already serving `modelDir`, used for calibration instead of loading one (it is not closed): lets
+   * callers that prune one package several ways pay for the load once.
+   */
+  engine?: Engine;
   /** After each pruned expert: experts done, experts in all, which one ("layer L expert E"). */
   onProgress?: (done: number, total: number, what: string) => void;
   /** During calibration, after each window of text through the model: tokens run so far, tokens in all. */
@@ -127,7 +132,8 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
   const src = resolve(options.modelDir);
   const out = resolve(options.outDir);
   if (src === out) throw new Error('--out must differ from --model');
-  const engine = await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: src, workers: options.workers ?? 1 } }));
+  if (options.engine && resolve(options.engine.pkg.dir) !== src) throw new Error(`options.engine serves ${options.engine.pkg.dir}, not ${src}`);
+  const engine = options.engine ?? await Engine.load(loadConfig({ file: null, env: {}, overrides: { model: src, workers: options.workers ?? 1 } }));
   try {
     const c = engine.pkg.config;
     // The output is written with OLMoE's tensor names and config; other families would need their own writer.
@@ -193,6 +199,7 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
       options.onProgress?.(i + 1, selected.length, `layer ${layer} expert ${expert}`);
     });
 
+    const sparseStorage = options.method !== 'structured' && pattern.sparsity > 0 && pruned.size > 0;
     for (const { layer, expert } of all) {
       const names = tensorNames.expert(layer, expert);
       const key = `${layer}.${expert}`;
@@ -202,7 +209,7 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
         ? [[names.gate, p.gate], [names.up, p.up], [names.down, p.down]]
         : [[names.gate, { rows: w.ffn, cols: d, data: w.gate }], [names.up, { rows: w.ffn, cols: d, data: w.up }], [names.down, { rows: d, cols: w.ffn, data: w.down }]];
       for (const [name, m] of mats) {
-        if (!p || options.method === 'structured' || pattern.sparsity === 0) {
+        if (!p || !sparseStorage) {
           tensors.set(name, { shape: [m.rows, m.cols], data: m.data });
         } else {
           const b = compressBitmask(m.data, m.rows, m.cols);
@@ -216,26 +223,26 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
 
     mkdirSync(out, { recursive: true });
     writeSafetensors(join(out, 'model.safetensors'), tensors);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'validation.json', 'calibration.txt', 'training.json']) {
+    for (const f of ['tokenizer.json', 'validation.json', 'calibration.txt', 'training.json']) {
       if (existsSync(join(src, f))) copyFileSync(join(src, f), join(out, f));
     }
+    // model_max_length: the longest input transformers' tokenizer accepts without a warning, i.e. the context.
+    const tokenizerConfigFile = join(src, 'tokenizer_config.json');
+    const tokenizerConfig = existsSync(tokenizerConfigFile) ? JSON.parse(readFileSync(tokenizerConfigFile, 'utf8')) : {};
+    writeFileSync(join(out, 'tokenizer_config.json'), JSON.stringify({ ...tokenizerConfig, model_max_length: c.max_position_embeddings }, null, 2) + '\n');
     const expertSparsity = report.reduce((n, e) => n + e.sparsity, 0) / Math.max(1, report.length);
     const structure = options.method === 'structured' ? 'structured' : pattern.nm ? `${pattern.nm.n}:${pattern.nm.m}` : 'unstructured';
     const config = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8'));
     writeFileSync(join(out, 'config.json'), JSON.stringify({
       ...config,
-      // compressed-tensors' convention for sparse weights, so its tooling recognises the storage.
-      quantization_config: {
-        quant_method: 'compressed-tensors',
-        format: options.method === 'structured' ? 'dense' : 'sparse-bitmask',
-        sparsity_config: {
-          format: options.method === 'structured' ? 'dense' : 'sparse-bitmask',
-          global_sparsity: expertSparsity,
-          sparsity_structure: structure,
-          targets: selected.flatMap(({ layer, expert }) => ['gate_proj', 'up_proj', 'down_proj'].map((m) => `model.layers.${layer}.mlp.experts.${expert}.${m}`)),
-          ignore: ['lm_head'],
-        },
-      },
+      quantization_config: compressedTensorsConfig({
+        // sparse-bitmask exactly when some matrix is stored that way (structured pruning and sparsity 0 store dense).
+        format: sparseStorage ? 'sparse-bitmask' : 'dense',
+        global_sparsity: expertSparsity,
+        sparsity_structure: structure,
+        targets: selected.flatMap(({ layer, expert }) => ['gate_proj', 'up_proj', 'down_proj'].map((m) => `model.layers.${layer}.mlp.experts.${expert}.${m}`)),
+        ignore: ['lm_head'],
+      }),
       switchyard_pruning: {
         method: options.method, sparsity: options.sparsity, structure, source_model: config._name_or_path ?? src.split('/').pop(),
         calibration: needsCalibration ? { file: calibrationFile.split('/').pop(), max_tokens: options.calibrationTokens ?? 8192 } : null,
@@ -252,8 +259,35 @@ export async function prunePackage(options: PruneOptions): Promise<PruneResult> 
       bytes: { before: tensorBytes(header), after: tensorBytes(readSafetensorsHeader(join(out, 'model.safetensors'))) },
     };
   } finally {
-    await engine.close();
+    if (!options.engine) await engine.close();
   }
+}
+
+/**
+ * The compressed-tensors release whose config writer `compressedTensorsConfig` follows (written as `version`, as
+ * that library writes its own `__version__`).
+ */
+export const COMPRESSED_TENSORS_VERSION = '0.9.1';
+
+/** compressed-tensors' SparsityCompressionConfig fields (config/base.py); its parser takes `format` as the registry name. */
+export interface SparsityCompressionConfig {
+  format: 'dense' | 'sparse-bitmask';
+  global_sparsity: number;
+  sparsity_structure: string;
+  targets: string[];
+  ignore: string[];
+}
+
+/**
+ * `quantization_config` for a sparsity-only model exactly as compressed-tensors' own writer produces it
+ * (`ModelCompressor.update_config` with no quantization config): `version`, `quant_method` "compressed-tensors" and
+ * `sparsity_config`, nothing else. In particular no top-level `format`: that library's parser
+ * (`ModelCompressor.parse_quantization_config`) treats any key beyond those three as a quantization config and
+ * would then try to validate one. (Later releases also write an empty `transform_config`, which they pop before
+ * parsing but 0.9's parser does not: leaving it out suits both.)
+ */
+export function compressedTensorsConfig(sparsity: SparsityCompressionConfig) {
+  return { version: COMPRESSED_TENSORS_VERSION, quant_method: 'compressed-tensors', sparsity_config: sparsity };
 }
 
 /** Bytes of tensor data listed in a safetensors header. */
