@@ -18,6 +18,9 @@ namespace sy {
 
 inline uint32_t pad8(uint32_t n) { return (n + 7) & ~7u; }
 
+// How far ahead of the rows being read the weights are prefetched (floats; matrices are contiguous, row after row).
+constexpr uint32_t kPrefetchFloats = 2048;
+
 // A [rows, cols] matrix with each row padded to `stride` = pad8(cols) floats.
 struct Matrix {
   uint32_t rows = 0, cols = 0, stride = 0;
@@ -65,6 +68,11 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const float* w, uint3
   for (int r = 0; r < R; r++)
     for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
   for (uint32_t k = 0; k < len; k += 8) {
+    // Weights stream from memory once per call: ask for the bytes kPrefetchFloats ahead of each row, once per cache
+    // line. The hardware prefetchers stop at 4 KiB page boundaries, and at a few tokens the kernel would otherwise
+    // wait on memory instead of computing while it arrives (cold weights measured slower than onnxruntime before).
+    if ((k & 15) == 0)
+      for (int r = 0; r < R; r++) _mm_prefetch(reinterpret_cast<const char*>(w + static_cast<size_t>(r) * wStride + k + kPrefetchFloats), _MM_HINT_T0);
     __m256 xv[T];
     for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + static_cast<size_t>(t) * xStride + k);
     for (int r = 0; r < R; r++) {
