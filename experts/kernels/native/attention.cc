@@ -238,16 +238,12 @@ napi_value Attend(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-napi_value Info(napi_env env, napi_callback_info) { return sy::simd_info(env, g_avx2); }
-
 }  // namespace
 
 NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
-  napi_property_descriptor props[] = {
-      {"attend", nullptr, Attend, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return nullptr;
-  return exports;
+  return sy::define(env, exports, {
+      {"attend", Attend},
+      {"info", sy::info<&g_avx2>},
+  });
 }

@@ -136,36 +136,15 @@ napi_value Run(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// release(handle): frees the weights now (the handle itself goes with the garbage collector).
-napi_value Release(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value a[1];
-  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  void* data = nullptr;
-  if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) return sy::throw_type(env, "release(handle)");
-  free_storage(env, *static_cast<Expert*>(data));
-  return nullptr;
-}
-
-napi_value Info(napi_env env, napi_callback_info) { return sy::simd_info(env, g_avx2); }
-
-// setSimd(enabled): use the AVX2 path when the CPU has it (true) or the portable one (false); returns info().
-napi_value SetSimd(napi_env env, napi_callback_info info) {
-  g_avx2 = sy::want_avx2(env, info);
-  return sy::simd_info(env, g_avx2);
-}
-
 }  // namespace
 
 NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
-  napi_property_descriptor props[] = {
-      {"create", nullptr, Create, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"run", nullptr, Run, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"setSimd", nullptr, SetSimd, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return nullptr;
-  return exports;
+  return sy::define(env, exports, {
+      {"create", Create},
+      {"run", Run},
+      {"release", sy::release<Expert, free_storage>},
+      {"info", sy::info<&g_avx2>},
+      {"setSimd", sy::set_simd<&g_avx2>},
+  });
 }

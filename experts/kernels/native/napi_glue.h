@@ -3,6 +3,10 @@
 
 #include <node_api.h>
 
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
 #include "simd.h"
 
 // Returns from an N-API callback with a JS error when an N-API call fails.
@@ -61,13 +65,41 @@ inline napi_value simd_info(napi_env env, bool avx2) {
   return out;
 }
 
-// setSimd(enabled?) argument: the AVX2 path when asked for (default true) and the CPU has it.
-inline bool want_avx2(napi_env env, napi_callback_info info) {
+// info() → { simd }: which path the addon whose AVX2 flag is *Flag runs.
+template <bool* Flag>
+napi_value info(napi_env env, napi_callback_info) {
+  return simd_info(env, *Flag);
+}
+
+// setSimd(enabled = true) → info(): the AVX2 path when asked for and the CPU has it, else the portable one (tests and
+// benchmarks compare both; process-wide for the addon).
+template <bool* Flag>
+napi_value set_simd(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value a[1];
   bool want = true;
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) == napi_ok && argc >= 1) napi_get_value_bool(env, a[0], &want);
-  return want && cpu_has_avx2();
+  *Flag = want && cpu_has_avx2();
+  return simd_info(env, *Flag);
+}
+
+// release(handle): frees what a handle of T holds now, with Free (the handle itself goes with the garbage collector).
+template <typename T, void (*Free)(napi_env, T&)>
+napi_value release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  void* data = nullptr;
+  if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) return throw_type(env, "release(handle)");
+  Free(env, *static_cast<T*>(data));
+  return nullptr;
+}
+
+// The module's exports: each function under its name.
+inline napi_value define(napi_env env, napi_value exports, std::initializer_list<std::pair<const char*, napi_callback>> functions) {
+  std::vector<napi_property_descriptor> props;
+  for (const auto& [name, fn] : functions) props.push_back({name, nullptr, fn, nullptr, nullptr, nullptr, napi_default, nullptr});
+  return napi_define_properties(env, exports, props.size(), props.data()) == napi_ok ? exports : nullptr;
 }
 
 }  // namespace sy
