@@ -262,8 +262,8 @@ export class MoeModel {
   /**
    * attention(x) for all of a step's sequences, per layer: the projections over the packed tokens (native-trunk.ts, or
    * one onnxruntime run), their new k/v rows written to each cache, the attention core over the caches in place
-   * (cached-attention.ts), then the output stage (native, or one
-   * run (o_proj, residual, post-attention norm).
+   * (cached-attention.ts), then the output stage: o_proj, residual, post-attention norm, router logits (native, or one
+   * more onnxruntime run).
    */
   private batchedAttention(inputs: SequenceInput[]): StepAttention {
     const d = this.config.hidden_size;
