@@ -49,7 +49,7 @@ const OnnxSchema = z.strictObject({
   trunkKernel: z
     .enum(['auto', 'native', 'onnx'])
     .default('auto')
-    .describe("How each layer's dense trunk stages (input norm, q/k/v projections, rotary, o_proj, post-attention norm, router logits, shared expert) run: 'native' (our addon, built by npm ci: no onnxruntime run overhead, ~0.3 ms per layer at batch 1), 'onnx' (onnxruntime sessions on executionProviders.trunk), 'auto': native when the addon is built, the model's widths are multiples of 8 and executionProviders.trunk is ['cpu']. The embedding and the LM head always run in onnxruntime; a 'native' that cannot be used falls back to onnx with a warning."),
+    .describe("How each layer's dense trunk stages (input norm, q/k/v projections, rotary, o_proj, post-attention norm, router logits, shared expert) run: 'native' (our addon, built by npm ci: it saves onnxruntime's per-run overhead, ~0.3 ms per layer at batch 1), 'onnx' (onnxruntime sessions on executionProviders.trunk), 'auto': native when the addon is built, the model's widths are multiples of 8 and executionProviders.trunk is ['cpu']. The embedding and the LM head always run in onnxruntime; a 'native' that cannot be used falls back to onnx with a warning."),
   expertThreads: int(1).default(1).describe('Intra-op threads of each expert worker\'s ONNX Runtime sessions.'),
   executionProviders: z
     .strictObject({

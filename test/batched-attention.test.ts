@@ -184,6 +184,20 @@ describe('the native trunk (native-trunk.ts) against the onnxruntime graphs', ()
     });
   }
 
+  it('runs a step of zero tokens, and steps longer than its 64-token chunks, as the onnxruntime path does', async () => {
+    const pkg = loadModelPackage(dir);
+    const make = (trunkKernel: 'native' | 'onnx') => MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), {
+      capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], trunkKernel,
+    });
+    const [native, onnx] = await Promise.all([make('native'), make('onnx')]);
+    const empty = await Promise.all([native, onnx].map((m) => m.forward([{ cache: m.newCache(), tokens: [] }])));
+    expect(Array.from(empty[0].logits[0])).toEqual(Array.from(empty[1].logits[0]));
+    const long = tokens(150, 77);
+    const [a, b] = [await native.forward([{ cache: native.newCache(200), tokens: long, allPositions: true }]),
+      await onnx.forward([{ cache: onnx.newCache(200), tokens: long, allPositions: true }])];
+    expect(maxAbsDiff(a.logits[0], b.logits[0])).toBeLessThan(1e-5);
+  });
+
   it("'auto' keeps onnxruntime for other execution providers, and a model whose widths do not fit the kernel", async () => {
     const pkg = loadModelPackage(dir);
     const model = await MoeModel.load(pkg, LocalExpertRunner.fromPackage(pkg), { capacityFactor: null, trunkThreads: 1, executionProviders: ['webgpu', 'cpu'] });

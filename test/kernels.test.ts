@@ -307,6 +307,16 @@ describe('native dense kernel', () => {
       expect(out[0]).toBe(7);
       expect(() => k.runSync(new Float32Array(10), 1, out)).toThrow(/tokens × hidden/);
       expect(() => DenseNativeKernel.create({ ...w, down: new Float32Array(3) }, 16, 24)).toThrow(/hidden × ffn/);
+      expect(() => k.runSync(new Float32Array(32), 1.5, out)).toThrow(/tokens a non-negative integer/); // refused, not truncated
+      expect(() => DenseNativeKernel.create(w, 16.5, 24)).toThrow(/whole numbers/);
+      // A handle of another kernel addon is refused, never read as this addon's struct.
+      if (native.available && denseNative.available) {
+        const sparse = SparseKernel.create(expert(16, 24, 3, 0.5), 16, 24);
+        const foreign = (sparse as unknown as { handle: object }).handle;
+        expect(() => denseNative.addon.run(foreign, new Float32Array(16), 1, out)).toThrow(/handle made by this addon/);
+        expect(() => denseNative.addon.release(foreign)).toThrow(/handle made by this addon/);
+        void sparse.release();
+      }
       void k.release();
       expect(() => k.runSync(new Float32Array(16), 1, out)).toThrow(/after release/);
     });

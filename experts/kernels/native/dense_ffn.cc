@@ -35,6 +35,7 @@ struct Expert {
 };
 
 bool g_avx2 = false;
+const napi_type_tag kTag = {0x5377697463687961ULL, 0x64656e73655f6666ULL};  // dense_ffn handles
 
 // ---- driver -----------------------------------------------------------------------------------------------------
 
@@ -83,8 +84,8 @@ napi_value Create(napi_env env, napi_callback_info info) {
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   if (argc != 5) return sy::throw_type(env, "create(hidden, ffn, gate, up, down) takes 5 arguments");
   uint32_t hidden, ffn;
-  if (napi_get_value_uint32(env, a[0], &hidden) != napi_ok || napi_get_value_uint32(env, a[1], &ffn) != napi_ok || hidden == 0 || ffn == 0)
-    return sy::throw_range(env, "create: hidden and ffn must be positive integers");
+  if (!sy::whole(env, a[0], 1, 1 << 20, &hidden) || !sy::whole(env, a[1], 1, 1 << 20, &ffn))
+    return sy::throw_range(env, "create: hidden and ffn must be whole numbers in 1..1048576");
   const float* w[3];
   const size_t want = static_cast<size_t>(hidden) * ffn;
   for (int i = 0; i < 3; i++) {
@@ -107,7 +108,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
   int64_t now;
   napi_adjust_external_memory(env, e->bytes, &now);
   napi_value handle;
-  if (napi_create_external(env, e, finalize_expert, nullptr, &handle) != napi_ok) {
+  if (!sy::make_handle(env, e, finalize_expert, &kTag, &handle)) {
     free_storage(env, *e);
     delete e;
     return sy::throw_error(env, "create: cannot make the handle");
@@ -120,14 +121,14 @@ napi_value Run(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value a[4];
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  void* data = nullptr;
-  if (argc != 4 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) return sy::throw_type(env, "run(handle, x, tokens, out)");
-  Expert& e = *static_cast<Expert*>(data);
+  Expert* handle = argc == 4 ? sy::handle_of<Expert>(env, a[0], &kTag) : nullptr;
+  if (!handle) return sy::throw_type(env, "run(handle, x, tokens, out): handle made by this addon's create");
+  Expert& e = *handle;
   if (e.released) return sy::throw_error(env, "run: this expert was released");
   uint32_t tokens;
   float *xp, *yp;
   size_t xn, yn;
-  if (napi_get_value_uint32(env, a[2], &tokens) != napi_ok || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
+  if (!sy::whole(env, a[2], 0, 4294967295.0, &tokens) || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
       !sy::typed_array(env, a[3], napi_float32_array, &yp, &yn))
     return sy::throw_type(env, "run: x and out must be Float32Arrays and tokens a non-negative integer");
   const size_t need = static_cast<size_t>(tokens) * e.hidden;
@@ -143,7 +144,7 @@ NAPI_MODULE_INIT() {
   return sy::define(env, exports, {
       {"create", Create},
       {"run", Run},
-      {"release", sy::release<Expert, free_storage>},
+      {"release", sy::release<Expert, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},
   });

@@ -20,6 +20,31 @@
 
 namespace sy {
 
+// A whole number in [min, max] from `value`: 1.5, NaN, negative or 2^32 are refused, not truncated.
+inline bool whole(napi_env env, napi_value value, double min, double max, uint32_t* out) {
+  double d;
+  if (napi_get_value_double(env, value, &d) != napi_ok || !(d >= min && d <= max) || d != static_cast<double>(static_cast<uint64_t>(d))) return false;
+  *out = static_cast<uint32_t>(d);
+  return true;
+}
+
+// Kernel handles are externals tagged with their addon's kind: a handle of one kernel passed to another is refused
+// (napi_check_object_type_tag), never read as the wrong struct.
+template <typename T>
+bool make_handle(napi_env env, T* data, napi_finalize finalize, const napi_type_tag* tag, napi_value* out) {
+  return napi_create_external(env, data, finalize, nullptr, out) == napi_ok && napi_type_tag_object(env, *out, tag) == napi_ok;
+}
+
+// The T behind a handle made by make_handle with `tag`, or nullptr for anything else.
+template <typename T>
+T* handle_of(napi_env env, napi_value value, const napi_type_tag* tag) {
+  bool tagged = false;
+  void* data = nullptr;
+  if (napi_check_object_type_tag(env, value, tag, &tagged) != napi_ok || !tagged) return nullptr;
+  if (napi_get_value_external(env, value, &data) != napi_ok) return nullptr;
+  return static_cast<T*>(data);
+}
+
 // True when `value` is a typed array of type `want`; sets its data pointer and element count.
 template <typename T>
 bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, T** data, size_t* length) {
@@ -78,20 +103,21 @@ napi_value set_simd(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value a[1];
   bool want = true;
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) == napi_ok && argc >= 1) napi_get_value_bool(env, a[0], &want);
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) == napi_ok && argc >= 1 && napi_get_value_bool(env, a[0], &want) != napi_ok)
+    return throw_type(env, "setSimd(enabled): enabled must be a boolean");
   *Flag = want && cpu_has_avx2();
   return simd_info(env, *Flag);
 }
 
 // release(handle): frees what a handle of T holds now, with Free (the handle itself goes with the garbage collector).
-template <typename T, void (*Free)(napi_env, T&)>
+template <typename T, void (*Free)(napi_env, T&), const napi_type_tag* Tag>
 napi_value release(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value a[1];
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  void* data = nullptr;
-  if (argc != 1 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) return throw_type(env, "release(handle)");
-  Free(env, *static_cast<T*>(data));
+  T* data = argc == 1 ? handle_of<T>(env, a[0], Tag) : nullptr;
+  if (!data) return throw_type(env, "release(handle): a handle made by this addon's create");
+  Free(env, *data);
   return nullptr;
 }
 

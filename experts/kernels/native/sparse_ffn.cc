@@ -42,6 +42,7 @@ struct Expert {
 };
 
 bool g_avx2 = false;
+const napi_type_tag kTag = {0x5377697463687961ULL, 0x7370617273655f66ULL};  // sparse_ffn handles
 // Batches of at most this many tokens run the one-token (gather) path per token: each token costs about a third
 // of a stored weight's cycle there, while a tile costs about one cycle per stored weight whatever its width.
 uint32_t g_per_token_max = 2;
@@ -288,8 +289,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
     return nullptr;
   }
   uint32_t hidden, ffn;
-  if (napi_get_value_uint32(env, a[0], &hidden) != napi_ok || napi_get_value_uint32(env, a[1], &ffn) != napi_ok ||
-      hidden == 0 || ffn == 0 || hidden > 65535 || ffn > 65535) {
+  if (!sy::whole(env, a[0], 1, 65535, &hidden) || !sy::whole(env, a[1], 1, 65535, &ffn)) {
     napi_throw_range_error(env, nullptr, "hidden and ffn must be integers in 1..65535 (16-bit column indices)");
     return nullptr;
   }
@@ -318,7 +318,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
   int64_t now;
   napi_adjust_external_memory(env, e->bytes, &now);
   napi_value handle;
-  if (napi_create_external(env, e, finalize_expert, nullptr, &handle) != napi_ok) {
+  if (!sy::make_handle(env, e, finalize_expert, &kTag, &handle)) {
     free_storage(env, *e);
     delete e;
     napi_throw_error(env, nullptr, "create: cannot make the handle");
@@ -332,12 +332,9 @@ napi_value Run(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value a[4];
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  void* data = nullptr;
-  if (argc != 4 || napi_get_value_external(env, a[0], &data) != napi_ok || data == nullptr) {
-    napi_throw_type_error(env, nullptr, "run(handle, x, tokens, out)");
-    return nullptr;
-  }
-  Expert& e = *static_cast<Expert*>(data);
+  Expert* handle = argc == 4 ? sy::handle_of<Expert>(env, a[0], &kTag) : nullptr;
+  if (!handle) return sy::throw_type(env, "run(handle, x, tokens, out): handle made by this addon's create");
+  Expert& e = *handle;
   if (e.released) {
     napi_throw_error(env, nullptr, "run: this expert was released");
     return nullptr;
@@ -345,7 +342,7 @@ napi_value Run(napi_env env, napi_callback_info info) {
   uint32_t tokens;
   void *xp, *yp;
   size_t xn, yn;
-  if (napi_get_value_uint32(env, a[2], &tokens) != napi_ok || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
+  if (!sy::whole(env, a[2], 0, 4294967295.0, &tokens) || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
       !sy::typed_array(env, a[3], napi_float32_array, &yp, &yn)) {
     napi_throw_type_error(env, nullptr, "run: x and out must be Float32Arrays and tokens a non-negative integer");
     return nullptr;
@@ -378,7 +375,7 @@ NAPI_MODULE_INIT() {
   return sy::define(env, exports, {
       {"create", Create},
       {"run", Run},
-      {"release", sy::release<Expert, free_storage>},
+      {"release", sy::release<Expert, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"perTokenMax", PerTokenMax},
       {"setSimd", sy::set_simd<&g_avx2>},

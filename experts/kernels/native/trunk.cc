@@ -30,6 +30,9 @@
 namespace {
 
 bool g_avx2 = false;
+const napi_type_tag kTag = {0x5377697463687961ULL, 0x7472756e6b5f6c79ULL};  // trunk layer handles
+// Tokens per pass: bounds the scratch (shared by every layer of the thread) to kChunk rows of the widest stage.
+constexpr uint32_t kChunk = 64;
 
 struct Layer {
   uint32_t d = 0, heads = 0, kvHeads = 0, headDim = 0, kvDim = 0, experts = 0, shared = 0;
@@ -38,9 +41,13 @@ struct Layer {
   int64_t bytes = 0;
   std::vector<float> inputNorm, qNorm, kNorm, postNorm, bq, bk, bv;
   sy::Matrix wq, wk, wv, wo, router, sGate, sUp, sDown, sScale;
-  // Scratch, grown to the largest step seen (a handle belongs to the main thread).
+};
+
+// One chunk's intermediate rows, shared by every layer of a thread (calls are synchronous): kChunk × the widest.
+struct Scratch {
   std::vector<float> xn, g, u, o, gateLogit;
 };
+thread_local Scratch t_scratch;
 
 // y = x / sqrt(mean(x²) + eps) · w over n floats (ONNX graph: Pow, ReduceMean, Add, Sqrt, Div, Mul).
 void rms_norm(const float* x, const float* w, uint32_t n, float eps, float* y) {
@@ -67,13 +74,15 @@ void grow(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.assign(n, 0.0f);
 }
 
+// One chunk of at most kChunk tokens.
 void project(Layer& L, const float* x, uint32_t n, const float* cos, const float* sin, float* q, float* k, float* v) {
   const uint32_t d = L.d;
-  grow(L.xn, static_cast<size_t>(n) * d);
-  for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * d, L.inputNorm.data(), d, L.eps, L.xn.data() + static_cast<size_t>(t) * d);
-  sy::matmul(g_avx2, L.wq, L.xn.data(), d, n, q, d);
-  sy::matmul(g_avx2, L.wk, L.xn.data(), d, n, k, L.kvDim);
-  sy::matmul(g_avx2, L.wv, L.xn.data(), d, n, v, L.kvDim);
+  std::vector<float>& xn = t_scratch.xn;
+  grow(xn, static_cast<size_t>(n) * d);
+  for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * d, L.inputNorm.data(), d, L.eps, xn.data() + static_cast<size_t>(t) * d);
+  sy::matmul(g_avx2, L.wq, xn.data(), d, n, q, d);
+  sy::matmul(g_avx2, L.wk, xn.data(), d, n, k, L.kvDim);
+  sy::matmul(g_avx2, L.wv, xn.data(), d, n, v, L.kvDim);
   for (uint32_t t = 0; t < n; t++) {
     float* qt = q + static_cast<size_t>(t) * d;
     float* kt = k + static_cast<size_t>(t) * L.kvDim;
@@ -94,30 +103,32 @@ void project(Layer& L, const float* x, uint32_t n, const float* cos, const float
   }
 }
 
+// One chunk of at most kChunk tokens.
 void output(Layer& L, const float* x, const float* attended, uint32_t n, float* h, float* m, float* logits) {
   const uint32_t d = L.d;
-  grow(L.o, static_cast<size_t>(n) * d);
-  sy::matmul(g_avx2, L.wo, attended, d, n, L.o.data(), d);
-  for (size_t i = 0, total = static_cast<size_t>(n) * d; i < total; i++) h[i] = x[i] + (L.residual == 1.0f ? L.o[i] : L.o[i] * L.residual);
+  Scratch& s = t_scratch;
+  grow(s.o, static_cast<size_t>(n) * d);
+  sy::matmul(g_avx2, L.wo, attended, d, n, s.o.data(), d);
+  for (size_t i = 0, total = static_cast<size_t>(n) * d; i < total; i++) h[i] = x[i] + (L.residual == 1.0f ? s.o[i] : s.o[i] * L.residual);
   for (uint32_t t = 0; t < n; t++) rms_norm(h + static_cast<size_t>(t) * d, L.postNorm.data(), d, L.eps, m + static_cast<size_t>(t) * d);
   sy::matmul(g_avx2, L.router, m, d, n, logits, L.experts);
   if (L.shared == 0) return;
   // h += down(silu(gate·m) ⊙ up·m) (× sigmoid(m·Wsᵀ)), as withSharedExpert in src/engine/attention.ts.
   const uint32_t w = L.shared;
-  grow(L.g, static_cast<size_t>(n) * w);
-  grow(L.u, static_cast<size_t>(n) * w);
-  sy::matmul(g_avx2, L.sGate, m, d, n, L.g.data(), w);
-  sy::matmul(g_avx2, L.sUp, m, d, n, L.u.data(), w);
-  sy::swiglu(g_avx2, L.g.data(), L.u.data(), static_cast<size_t>(n) * w);
-  sy::matmul(g_avx2, L.sDown, L.g.data(), w, n, L.o.data(), d);
+  grow(s.g, static_cast<size_t>(n) * w);
+  grow(s.u, static_cast<size_t>(n) * w);
+  sy::matmul(g_avx2, L.sGate, m, d, n, s.g.data(), w);
+  sy::matmul(g_avx2, L.sUp, m, d, n, s.u.data(), w);
+  sy::swiglu(g_avx2, s.g.data(), s.u.data(), static_cast<size_t>(n) * w);
+  sy::matmul(g_avx2, L.sDown, s.g.data(), w, n, s.o.data(), d);
   if (L.sharedGated) {
-    grow(L.gateLogit, n);
-    sy::matmul(g_avx2, L.sScale, m, d, n, L.gateLogit.data(), 1);
+    grow(s.gateLogit, n);
+    sy::matmul(g_avx2, L.sScale, m, d, n, s.gateLogit.data(), 1);
   }
   for (uint32_t t = 0; t < n; t++) {
-    const float scale = L.sharedGated ? 1.0f / (1.0f + std::exp(-L.gateLogit[t])) : 1.0f;
+    const float scale = L.sharedGated ? 1.0f / (1.0f + std::exp(-s.gateLogit[t])) : 1.0f;
     float* ht = h + static_cast<size_t>(t) * d;
-    const float* ot = L.o.data() + static_cast<size_t>(t) * d;
+    const float* ot = s.o.data() + static_cast<size_t>(t) * d;
     for (uint32_t i = 0; i < d; i++) ht[i] += L.sharedGated ? ot[i] * scale : ot[i];
   }
 }
@@ -128,8 +139,7 @@ void free_storage(napi_env env, Layer& L) {
   if (L.released) return;
   L.released = true;
   for (sy::Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.router, &L.sGate, &L.sUp, &L.sDown, &L.sScale}) std::vector<float>().swap(m->w);
-  for (std::vector<float>* v : {&L.inputNorm, &L.qNorm, &L.kNorm, &L.postNorm, &L.bq, &L.bk, &L.bv, &L.xn, &L.g, &L.u, &L.o, &L.gateLogit})
-    std::vector<float>().swap(*v);
+  for (std::vector<float>* v : {&L.inputNorm, &L.qNorm, &L.kNorm, &L.postNorm, &L.bq, &L.bk, &L.bv}) std::vector<float>().swap(*v);
   int64_t now;
   napi_adjust_external_memory(env, -L.bytes, &now);
 }
@@ -142,7 +152,7 @@ void finalize_layer(napi_env env, void* data, void*) {
 
 bool get_uint(napi_env env, napi_value obj, const char* name, uint32_t* out) {
   napi_value v;
-  return napi_get_named_property(env, obj, name, &v) == napi_ok && napi_get_value_uint32(env, v, out) == napi_ok;
+  return napi_get_named_property(env, obj, name, &v) == napi_ok && sy::whole(env, v, 0, 1 << 20, out);
 }
 bool get_float(napi_env env, napi_value obj, const char* name, float* out) {
   napi_value v;
@@ -197,9 +207,9 @@ napi_value CreateLayer(napi_env env, napi_callback_info info) {
       !get_uint(env, spec, "experts", &L->experts) || !get_uint(env, spec, "shared", &L->shared) || !get_float(env, spec, "eps", &L->eps) ||
       !get_float(env, spec, "residual", &L->residual) || !get_bool(env, spec, "qkNorm", &L->qkNorm) || !get_bool(env, spec, "bias", &L->bias) ||
       !get_bool(env, spec, "sharedGated", &L->sharedGated)) {
-    err = "d, heads, kvHeads, experts, shared (integers), eps, residual (numbers), qkNorm, bias, sharedGated (booleans) are required";
-  } else if (L->heads == 0 || L->kvHeads == 0 || L->d % L->heads != 0 || L->heads % L->kvHeads != 0 || L->experts == 0) {
-    err = "heads must divide d, kvHeads must divide heads, experts must be positive";
+    err = "d, heads, kvHeads, experts, shared (whole numbers up to 2^20), eps, residual (numbers), qkNorm, bias, sharedGated (booleans) are required";
+  } else if (L->d == 0 || L->heads == 0 || L->kvHeads == 0 || L->d % L->heads != 0 || L->heads % L->kvHeads != 0 || L->experts == 0) {
+    err = "d, heads, kvHeads and experts must be positive, heads must divide d and kvHeads heads";
   } else {
     L->headDim = L->d / L->heads;
     L->kvDim = L->kvHeads * L->headDim;
@@ -231,7 +241,7 @@ napi_value CreateLayer(napi_env env, napi_callback_info info) {
   int64_t now;
   napi_adjust_external_memory(env, L->bytes, &now);
   napi_value handle;
-  if (napi_create_external(env, L, finalize_layer, nullptr, &handle) != napi_ok) {
+  if (!sy::make_handle(env, L, finalize_layer, &kTag, &handle)) {
     free_storage(env, *L);
     delete L;
     return sy::throw_error(env, "createLayer: cannot make the handle");
@@ -240,18 +250,14 @@ napi_value CreateLayer(napi_env env, napi_callback_info info) {
 }
 
 Layer* layer_of(napi_env env, napi_value handle) {
-  void* data = nullptr;
-  if (napi_get_value_external(env, handle, &data) != napi_ok || data == nullptr) return nullptr;
-  Layer* L = static_cast<Layer*>(data);
-  return L->released ? nullptr : L;
+  Layer* L = sy::handle_of<Layer>(env, handle, &kTag);
+  return L && !L->released ? L : nullptr;
 }
 
-// Float32Array argument `i` with at least `need` floats, or nullptr.
-float* floats_arg(napi_env env, napi_value v, size_t need) {
-  float* p = nullptr;
+// A Float32Array of at least `need` floats (an empty one has no data pointer: fine when need is 0).
+bool floats_arg(napi_env env, napi_value v, size_t need, float** out) {
   size_t n = 0;
-  if (!sy::typed_array(env, v, napi_float32_array, &p, &n) || n < need) return nullptr;
-  return p;
+  return sy::typed_array(env, v, napi_float32_array, out, &n) && n >= need;
 }
 
 // project(handle, n, x [n·d], cos [n·hd], sin [n·hd], q [n·d], k [n·kv], v [n·kv])
@@ -261,12 +267,16 @@ napi_value Project(napi_env env, napi_callback_info info) {
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   Layer* L = argc == 8 ? layer_of(env, a[0]) : nullptr;
   uint32_t n;
-  if (!L || napi_get_value_uint32(env, a[1], &n) != napi_ok) return sy::throw_type(env, "project(handle, n, x, cos, sin, q, k, v) on a live layer");
-  const size_t nd = static_cast<size_t>(n) * L->d, nh = static_cast<size_t>(n) * L->headDim, nk = static_cast<size_t>(n) * L->kvDim;
-  float *x = floats_arg(env, a[2], nd), *c = floats_arg(env, a[3], nh), *s = floats_arg(env, a[4], nh);
-  float *q = floats_arg(env, a[5], nd), *k = floats_arg(env, a[6], nk), *v = floats_arg(env, a[7], nk);
-  if (!x || !c || !s || !q || !k || !v) return sy::throw_range(env, "project: x, q [n·d], cos, sin [n·head_dim], k, v [n·kv width] must be Float32Arrays that large");
-  if (n > 0) project(*L, x, n, c, s, q, k, v);
+  if (!L || !sy::whole(env, a[1], 0, 4294967295.0, &n)) return sy::throw_type(env, "project(handle, n, x, cos, sin, q, k, v) on a live layer, n a whole number");
+  const uint32_t d = L->d, hd = L->headDim, kv = L->kvDim;
+  float *x, *c, *s, *q, *k, *v;
+  if (!floats_arg(env, a[2], size_t{n} * d, &x) || !floats_arg(env, a[3], size_t{n} * hd, &c) || !floats_arg(env, a[4], size_t{n} * hd, &s) ||
+      !floats_arg(env, a[5], size_t{n} * d, &q) || !floats_arg(env, a[6], size_t{n} * kv, &k) || !floats_arg(env, a[7], size_t{n} * kv, &v))
+    return sy::throw_range(env, "project: x, q [n·d], cos, sin [n·head_dim], k, v [n·kv width] must be Float32Arrays that large");
+  for (uint32_t t = 0; t < n; t += kChunk) {
+    const uint32_t m = n - t < kChunk ? n - t : kChunk;
+    project(*L, x + size_t{t} * d, m, c + size_t{t} * hd, s + size_t{t} * hd, q + size_t{t} * d, k + size_t{t} * kv, v + size_t{t} * kv);
+  }
   return nullptr;
 }
 
@@ -277,12 +287,16 @@ napi_value Output(napi_env env, napi_callback_info info) {
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   Layer* L = argc == 7 ? layer_of(env, a[0]) : nullptr;
   uint32_t n;
-  if (!L || napi_get_value_uint32(env, a[1], &n) != napi_ok) return sy::throw_type(env, "output(handle, n, x, attended, h, moeInput, routerLogits) on a live layer");
-  const size_t nd = static_cast<size_t>(n) * L->d;
-  float *x = floats_arg(env, a[2], nd), *att = floats_arg(env, a[3], nd), *h = floats_arg(env, a[4], nd);
-  float *m = floats_arg(env, a[5], nd), *logits = floats_arg(env, a[6], static_cast<size_t>(n) * L->experts);
-  if (!x || !att || !h || !m || !logits) return sy::throw_range(env, "output: x, attended, h, moeInput [n·d], routerLogits [n·experts] must be Float32Arrays that large");
-  if (n > 0) output(*L, x, att, n, h, m, logits);
+  if (!L || !sy::whole(env, a[1], 0, 4294967295.0, &n)) return sy::throw_type(env, "output(handle, n, x, attended, h, moeInput, routerLogits) on a live layer, n a whole number");
+  const uint32_t d = L->d, e = L->experts;
+  float *x, *att, *h, *m, *logits;
+  if (!floats_arg(env, a[2], size_t{n} * d, &x) || !floats_arg(env, a[3], size_t{n} * d, &att) || !floats_arg(env, a[4], size_t{n} * d, &h) ||
+      !floats_arg(env, a[5], size_t{n} * d, &m) || !floats_arg(env, a[6], size_t{n} * e, &logits))
+    return sy::throw_range(env, "output: x, attended, h, moeInput [n·d], routerLogits [n·experts] must be Float32Arrays that large");
+  for (uint32_t t = 0; t < n; t += kChunk) {
+    const uint32_t c = n - t < kChunk ? n - t : kChunk;
+    output(*L, x + size_t{t} * d, att + size_t{t} * d, c, h + size_t{t} * d, m + size_t{t} * d, logits + size_t{t} * e);
+  }
   return nullptr;
 }
 
@@ -294,7 +308,7 @@ NAPI_MODULE_INIT() {
       {"createLayer", CreateLayer},
       {"project", Project},
       {"output", Output},
-      {"release", sy::release<Layer, free_storage>},
+      {"release", sy::release<Layer, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},
   });
