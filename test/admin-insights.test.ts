@@ -11,7 +11,7 @@ import { PlacementController } from '../src/engine/placement-controller.ts';
 import { roundRobinPlacement } from '../src/placement/placement.ts';
 import type { GenerationService } from '../src/engine/types.ts';
 import { createTelemetry } from '../src/telemetry/index.ts';
-import { planTraceText, tracePlanner } from '../src/planning/plan-service.ts';
+import { planInWorker, planTraceText, TracePlanError, tracePlanner } from '../src/planning/plan-service.ts';
 import type { TracePlanner } from '../src/server/routes/admin-insights.ts';
 
 const TOKEN = 'insights-token';
@@ -113,6 +113,29 @@ describe('POST /admin/plan', () => {
     const rebalance = await a.request('/admin/rebalance', { method: 'POST', body: big, headers: auth });
     expect(rebalance.status).toBe(413);
     expect((await rebalance.json()).error).toMatch(/limits\.maxBodyBytes/);
+  });
+
+  it('skips lines whose indices would size the planner\'s tables (worker 1e9 aborted the process), and says so', async () => {
+    const lines = trace(20).trim().split('\n');
+    const hostile = JSON.parse(lines[3]);
+    hostile.workers[0].worker = 1e9;
+    const fractional = { ...JSON.parse(lines[5]), layer: 0.5 };
+    const text = [...lines.slice(0, 3), JSON.stringify(hostile), lines[4], JSON.stringify(fractional), ...lines.slice(6)].join('\n');
+    const r = await post(app(), text, '?workers_max=2&cores=2');
+    expect(r.status).toBe(200);
+    const report = await r.json() as { trace: { skipped: number; problems: string[]; workers_seen: number } };
+    expect(report.trace.skipped).toBe(2);
+    expect(report.trace.problems.join(' ')).toMatch(/worker must be an integer in 0\.\.4095.*layer must be an integer/);
+    expect(report.trace.workers_seen).toBe(2);
+  });
+
+  it('ends a plan that runs past its time limit (422 for the trace), or whose caller went away', async () => {
+    const options = { workersMax: 2, cores: 2, maxExpertsPerWorker: null, minSplitRows: 32 };
+    await expect(planInWorker(trace(200), options, undefined, { heapMb: 512, timeoutMs: 1 })).rejects.toThrow(TracePlanError);
+    await expect(planInWorker(trace(200), options, undefined, { heapMb: 512, timeoutMs: 1 })).rejects.toThrow(/longer than 0\.001 s; send a shorter trace/);
+    const gone = new AbortController();
+    gone.abort();
+    await expect(planInWorker(trace(20), options, gone.signal)).rejects.toThrow(/caller went away/);
   });
 
   it('one plan at a time (429 with Retry-After), 501 without a planner', async () => {

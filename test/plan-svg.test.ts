@@ -126,6 +126,13 @@ describe('planSvg', () => {
     expect(elements(svg, 'rect', 'gap gap-idle')).toHaveLength(0); // idle time cannot be told without times
   });
 
+  it('falls back to step ticks when every step has the same time (no stacked labels)', () => {
+    const trace = parseLoadTrace(traceText(run(0, 19, 0).map((s) => ({ ...s, at: 0 }))));
+    const labels = elements(planSvg(trace, plan(trace)), 'text', 'time-tick-label').map((l) => l.text);
+    expect(labels.every((l) => /^\d+$/.test(l))).toBe(true);
+    expect(new Set(labels).size).toBe(labels.length);
+  });
+
   it('puts a percent scale on the worker bars that reads each bar\'s share back', () => {
     const trace = clean();
     const p = plan(trace);

@@ -66,7 +66,10 @@ export function planTraceText(text: string, options: TracePlanOptions): TracePla
   try {
     plan = planCapacity(trace, capacity);
   } catch (error) {
-    throw new TracePlanError((error as Error).message.replace('--workers-max', 'workers_max').replace('--max-experts-per-worker', 'max_experts_per_worker'));
+    // The planner's own refusals name the CLI flag that was impossible: the client's mistake. Anything else is ours.
+    const message = (error as Error).message;
+    if (!/--workers-max|--max-experts-per-worker/.test(message)) throw error;
+    throw new TracePlanError(message.replace('--workers-max', 'workers_max').replace('--max-experts-per-worker', 'max_experts_per_worker'));
   }
   const c = plan.cost;
   const rec = plan.recommended;
@@ -103,27 +106,44 @@ export function planTraceText(text: string, options: TracePlanOptions): TracePla
 /** What a planner worker thread posts back. */
 type WorkerAnswer = { ok: true; report: TracePlanReport } | { ok: false; planError: boolean; message: string };
 
+/** Limits of one plan on its worker thread: a trace that needs more is refused, never the gateway's memory or time. */
+export const PLAN_LIMITS = { heapMb: 1024, timeoutMs: 60_000 } as const;
+
 /**
  * planTraceText on a fresh worker thread (plan-worker.mjs), so the caller's event loop is not blocked. Rejects
- * with TracePlanError for the client's mistakes and a plain Error when the thread itself fails.
+ * with TracePlanError for the client's mistakes (including a trace that needs more than PLAN_LIMITS' heap or time)
+ * and a plain Error when the thread itself fails. `signal` (the request's) ends the thread when the caller leaves.
  */
-export function planInWorker(text: string, options: TracePlanOptions): Promise<TracePlanReport> {
+export function planInWorker(text: string, options: TracePlanOptions, signal?: AbortSignal, limits: { heapMb: number; timeoutMs: number } = PLAN_LIMITS): Promise<TracePlanReport> {
   return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL('./plan-worker.mjs', import.meta.url), { workerData: { text, options } });
+    const worker = new Worker(new URL('./plan-worker.mjs', import.meta.url), {
+      workerData: { text, options }, resourceLimits: { maxOldGenerationSizeMb: limits.heapMb },
+    });
     let settled = false;
+    const settle = (fail: Error | null, report?: TracePlanReport) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      if (fail) {
+        void worker.terminate();
+        reject(fail);
+      } else resolve(report!);
+    };
+    const timer = setTimeout(() => settle(new TracePlanError(`planning took longer than ${limits.timeoutMs / 1000} s; send a shorter trace (its last steps) or a smaller workers_max`)), limits.timeoutMs);
+    const onAbort = () => settle(new Error('the caller went away; planning stopped'));
+    if (signal?.aborted) onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
     worker.once('message', (answer: WorkerAnswer) => {
-      settled = true;
-      if (answer.ok) resolve(answer.report);
-      else reject(answer.planError ? new TracePlanError(answer.message) : new Error(`capacity planner failed: ${answer.message}`));
+      if (answer.ok) settle(null, answer.report);
+      else settle(answer.planError ? new TracePlanError(answer.message) : new Error(`capacity planner failed: ${answer.message}`));
     });
-    worker.once('error', (error) => {
-      if (!settled) reject(new Error(`capacity planner thread failed: ${error.message}`, { cause: error }));
-      settled = true;
+    worker.once('error', (error: Error & { code?: string }) => {
+      settle(error.code === 'ERR_WORKER_OUT_OF_MEMORY'
+        ? new TracePlanError(`planning this trace needs more than ${limits.heapMb} MB; send a shorter trace (its last steps)`)
+        : new Error(`capacity planner thread failed: ${error.message}`, { cause: error }));
     });
-    worker.once('exit', (code) => {
-      if (!settled) reject(new Error(`capacity planner thread exited (code ${code}) without an answer`));
-      settled = true;
-    });
+    worker.once('exit', (code) => settle(new Error(`capacity planner thread exited (code ${code}) without an answer`)));
   });
 }
 

@@ -49,10 +49,13 @@ export function planSvg(trace: LoadTrace, plan: CapacityPlan, options: PlanSvgOp
   const { layers, experts } = trace;
   const bins = Math.max(1, Math.min(options.bins ?? 96, trace.steps.length));
   // Time slices: by step time when the trace has it, else by step order.
-  const timed = trace.steps.every((s) => Number.isFinite(s.time));
+  // ...and only when the times spread over at least a millisecond (equal timestamps would stack every step and tick).
+  const stamps = trace.steps.map((s) => s.time);
+  const spread = (xs: number[]) => xs.reduce((m, x) => Math.max(m, x), -Infinity) - xs.reduce((m, x) => Math.min(m, x), Infinity);
+  const timed = stamps.every((t) => Number.isFinite(t)) && spread(stamps) >= 1;
   const times = trace.steps.map((s, i) => (timed ? s.time : i));
-  const t0 = Math.min(...times);
-  const span = Math.max(1e-9, Math.max(...times) - t0);
+  const t0 = times.reduce((m, x) => Math.min(m, x), Infinity);
+  const span = Math.max(1e-9, spread(times));
   const counts = Array.from({ length: layers }, () => Array.from({ length: bins }, () => new Array<number>(experts).fill(0)));
   trace.steps.forEach((s, i) => {
     const b = Math.min(bins - 1, Math.floor(((times[i] - t0) / span) * bins));

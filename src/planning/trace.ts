@@ -42,15 +42,28 @@ export class TraceError extends Error {
 }
 
 const isNumber = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
+const isIndex = (x: unknown, below: number): x is number => Number.isSafeInteger(x) && (x as number) >= 0 && (x as number) < below;
+
+/**
+ * Bounds on the indices a trace line may carry. The planner sizes arrays by them (layers × experts × workers), so a
+ * single line with worker 1e9 would otherwise abort the process (V8 cannot allocate the table); real deployments are
+ * far below these.
+ */
+export const TRACE_LIMITS = { layers: 1024, experts: 4096, workers: 4096 } as const;
 
 function checkRecord(r: unknown): string | null {
   if (typeof r !== 'object' || r === null) return 'not a JSON object';
   const x = r as Partial<LoadTraceRecord>;
   if (!isNumber(x.step) || !isNumber(x.layer) || !isNumber(x.tokens)) return 'step, layer and tokens must be numbers';
+  if (!Number.isSafeInteger(x.step) || x.step < 0) return 'step must be a non-negative integer';
+  if (!isIndex(x.layer, TRACE_LIMITS.layers)) return `layer must be an integer in 0..${TRACE_LIMITS.layers - 1}`;
   if (!Array.isArray(x.tokens_per_expert) || !x.tokens_per_expert.every(isNumber)) return 'tokens_per_expert must be an array of numbers';
+  if (x.tokens_per_expert.length > TRACE_LIMITS.experts) return `tokens_per_expert holds at most ${TRACE_LIMITS.experts} experts`;
   if (!Array.isArray(x.workers)) return 'workers must be an array';
   for (const w of x.workers) {
     if (!isNumber(w?.worker) || !isNumber(w?.tokens) || !isNumber(w?.compute_ms) || !Array.isArray(w?.experts)) return 'each worker needs worker, tokens, experts, compute_ms';
+    if (!isIndex(w.worker, TRACE_LIMITS.workers)) return `worker must be an integer in 0..${TRACE_LIMITS.workers - 1}`;
+    if (!w.experts.every((e: unknown) => isIndex(e, TRACE_LIMITS.experts))) return `a worker's experts must be integers in 0..${TRACE_LIMITS.experts - 1}`;
   }
   return null;
 }

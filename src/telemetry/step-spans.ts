@@ -8,7 +8,7 @@
  * span link to the request span of every sequence it carried (OpenTelemetry's model for batch processing): a
  * request's trace then leads to the expert dispatches that computed its tokens.
  */
-import { ROOT_CONTEXT, SpanKind, trace, type Link, type Tracer } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, trace, type Link, type Tracer, TraceFlags } from '@opentelemetry/api';
 import type { Sequence } from '../engine/sequence.ts';
 import { MOE, SPAN } from './names.ts';
 import type { StepSummary } from './step-summary.ts';
@@ -19,7 +19,8 @@ export function requestLinks(sequences: readonly Sequence[]): Link[] {
   const links: Link[] = [];
   for (const sequence of sequences) {
     const context = spanContextOf(sequence.options?.trace);
-    if (context) links.push({ context });
+    // A request span the caller's sampling decision left unrecorded (traceparent flags 00) is never exported: no link.
+    if (context && (context.traceFlags & TraceFlags.SAMPLED) !== 0) links.push({ context });
   }
   return links;
 }

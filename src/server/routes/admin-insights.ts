@@ -33,8 +33,8 @@ export interface TracePlanOptions {
  * imports (test/layering.test.ts).
  */
 export interface TracePlanner {
-  /** Plans from a JSONL trace's text; resolves to a JSON-ready report with an `svg` string. */
-  plan(text: string, options: TracePlanOptions): Promise<unknown>;
+  /** Plans from a JSONL trace's text; resolves to a JSON-ready report with an `svg` string. `signal`: stop when aborted. */
+  plan(text: string, options: TracePlanOptions, signal?: AbortSignal): Promise<unknown>;
   /** True when a rejection is the client's mistake (unusable trace, impossible options): answered 422. */
   isClientError(error: unknown): boolean;
 }
@@ -97,16 +97,17 @@ export function registerInsightRoutes(app: Hono, options: InsightRouteOptions): 
       if (/^multipart\//i.test(type)) {
         throw new HttpError(415, 'validation', 'send the trace file as the raw request body (Content-Type: application/x-ndjson), not as a form upload');
       }
-      const text = await c.req.text();
-      if (text.trim() === '') throw new HttpError(422, 'validation', 'the trace is empty; send a JSONL load trace (telemetry.loadTraceFile, docs/load-trace.md) as the body');
-      const firstLine = text.slice(0, text.indexOf('\n') === -1 ? text.length : text.indexOf('\n')).trim();
-      if (!firstLine.startsWith('{')) {
-        throw new HttpError(422, 'validation', 'the body is not a JSONL load trace (its first line is not a JSON object); send the file telemetry.loadTraceFile writes (docs/load-trace.md)');
-      }
-      if (running) throw new HttpError(429, 'overloaded', 'another capacity plan is running; retry after 2 s', { 'Retry-After': '2' });
+      // One plan at a time, decided before the body is read: concurrent uploads are not all buffered first.
+      if (running) throw new HttpError(429, 'overloaded', 'another capacity plan is running; retry when it is done', { 'Retry-After': '2' });
       running = true;
       const q = query.data;
       try {
+        const text = await c.req.text();
+        if (text.trim() === '') throw new HttpError(422, 'validation', 'the trace is empty; send a JSONL load trace (telemetry.loadTraceFile, docs/load-trace.md) as the body');
+        const firstLine = text.slice(0, text.indexOf('\n') === -1 ? text.length : text.indexOf('\n')).trim();
+        if (!firstLine.startsWith('{')) {
+          throw new HttpError(422, 'validation', 'the body is not a JSONL load trace (its first line is not a JSON object); send the file telemetry.loadTraceFile writes (docs/load-trace.md)');
+        }
         const started = performance.now();
         const report = await planner.plan(text, {
           workersMax: q.workers_max ?? 8,
@@ -115,7 +116,7 @@ export function registerInsightRoutes(app: Hono, options: InsightRouteOptions): 
           minSplitRows: q.min_split_rows ?? options.minSplitRows,
           ...(q.target_tokens_per_s !== undefined ? { targetTokensPerS: q.target_tokens_per_s } : {}),
           ...(q.p99_ms !== undefined ? { p99Ms: q.p99_ms } : {}),
-        });
+        }, c.req.raw.signal);
         options.logger.info('capacity plan', { bytes: Buffer.byteLength(text), ms: Math.round(performance.now() - started) });
         return c.json(report as object);
       } catch (error) {
