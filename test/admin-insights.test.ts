@@ -13,6 +13,7 @@ import type { GenerationService } from '../src/engine/types.ts';
 import { createTelemetry } from '../src/telemetry/index.ts';
 import { planInWorker, planTraceText, TracePlanError, tracePlanner } from '../src/planning/plan-service.ts';
 import type { TracePlanner } from '../src/server/routes/admin-insights.ts';
+import { syntheticTrace } from './fixtures/load-trace.ts';
 
 const TOKEN = 'insights-token';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -27,25 +28,8 @@ function app(config: ConfigInput = {}, planner: TracePlanner | null = tracePlann
     { admin: controller, telemetry, planner, logger: createLogger({ level: 'silent' }) });
 }
 
-/** A valid trace for 2 layers × 4 experts on 2 workers, expert 0 hot; about 700 bytes per step. */
-function trace(steps: number): string {
-  const lines: string[] = [];
-  for (let step = 0; step < steps; step++) {
-    for (let layer = 0; layer < 2; layer++) {
-      const perExpert = [14, 2, 2, 2];
-      const workers = [0, 1].map((w) => {
-        const experts = [0, 1, 2, 3].filter((e) => (layer * 4 + e) % 2 === w);
-        const rows = experts.reduce((n, e) => n + perExpert[e], 0);
-        return { worker: w, tokens: rows, experts, queue_ms: 0.05, compute_ms: 0.02 * experts.length + 0.01 * rows };
-      });
-      lines.push(JSON.stringify({
-        ts: new Date(Date.UTC(2026, 0, 1) + step * 10).toISOString(), step, layer, tokens: 20, tokens_per_expert: perExpert,
-        overflow: 0, capacity: 20, sequences: 20, step_ms: 2 + (step % 3) * 0.1, dispatch_ms: 0.4, workers,
-      }));
-    }
-  }
-  return lines.join('\n') + '\n';
-}
+/** The planner's test trace, steps of 2–2.2 ms. */
+const trace = (steps: number) => syntheticTrace(steps, (step) => 2 + (step % 3) * 0.1);
 
 const post = (a: ReturnType<typeof app>, body: string, query = '', headers: Record<string, string> = {}) =>
   a.request(`/admin/plan${query}`, { method: 'POST', body, headers: { ...auth, 'content-type': 'application/x-ndjson', ...headers } });

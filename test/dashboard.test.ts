@@ -15,6 +15,7 @@ import { createLogger } from '../src/log.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
 import { tracePlanner } from '../src/planning/plan-service.ts';
 import { engineConfig } from './helpers.ts';
+import { syntheticTrace } from './fixtures/load-trace.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const TOKEN = 'dashboard-test-token';
@@ -248,23 +249,3 @@ describe('the dashboard in Chromium', () => {
     expect(logLines.filter((l) => l.includes(TOKEN) || l.includes('not-the-token'))).toEqual([]);
   });
 });
-
-/** A small valid trace for 2 layers × 4 experts on 2 workers; expert 0 is hot. */
-function syntheticTrace(steps: number): string {
-  const lines: string[] = [];
-  for (let step = 0; step < steps; step++) {
-    for (let layer = 0; layer < 2; layer++) {
-      const perExpert = [14, 2, 2, 2];
-      const workers = [0, 1].map((w) => {
-        const experts = [0, 1, 2, 3].filter((e) => (layer * 4 + e) % 2 === w);
-        const rows = experts.reduce((n, e) => n + perExpert[e], 0);
-        return { worker: w, tokens: rows, experts, queue_ms: 0.05, compute_ms: 0.02 * experts.length + 0.01 * rows };
-      });
-      lines.push(JSON.stringify({
-        ts: new Date(Date.UTC(2026, 0, 1) + step * 10).toISOString(), step, layer, tokens: 20, tokens_per_expert: perExpert,
-        overflow: 0, capacity: 20, sequences: 20, step_ms: 2, dispatch_ms: 0.4, workers,
-      }));
-    }
-  }
-  return lines.join('\n') + '\n';
-}
