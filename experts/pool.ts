@@ -31,6 +31,7 @@ import type { DispatchPlan } from '../router/dispatch.ts';
 import { gatherRows } from '../router/dispatch.ts';
 import { ChannelView } from './channel.ts';
 import type { KernelSettings } from './kernels/types.ts';
+import type { WorkerScheduling } from './thread-scheduling.ts';
 import {
   createHosting, expertKey, type ExpertItem, readHosting, writeHosting, type ResidencyResult, type RunResult, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask,
 } from './protocol.ts';
@@ -51,6 +52,8 @@ export interface PoolOptions {
   executionProviders: string[];
   /** How each expert picks its kernel (config `experts`); default 'auto'. */
   kernel?: KernelSettings;
+  /** The worker threads' scheduling policy (config experts.workerScheduling); absent: unchanged. */
+  scheduling?: WorkerScheduling;
   /** Most experts each worker keeps loaded (config experts.maxResidentPerWorker); null: all. */
   maxResidentPerWorker?: number | null;
   /** Experts removed by pruning ("layer.expert"): never loaded. */
@@ -650,6 +653,7 @@ export class ExpertPool {
       workerId, weightsFile: options.weightsFile, ...(options.modelType ? { modelType: options.modelType } : {}),
       hidden: options.hidden, ffn: options.ffn, experts, threads: options.threadsPerWorker, executionProviders: options.executionProviders,
       ...(options.kernel ? { kernel: options.kernel } : {}),
+      ...(options.scheduling ? { scheduling: options.scheduling } : {}),
       maxResident: options.maxResidentPerWorker ?? null,
       dropped: options.droppedExperts ?? [],
       hosting: createHosting(hosts.length, hosts[0]?.length ?? 0, experts),

@@ -4,6 +4,7 @@
  */
 import type { ChannelSetup } from './channel.ts';
 import type { KernelReport, KernelSettings } from './kernels/types.ts';
+import type { WorkerScheduling } from './thread-scheduling.ts';
 
 export interface WorkerSetup {
   workerId: number;
@@ -17,6 +18,8 @@ export interface WorkerSetup {
   executionProviders: string[];
   /** How experts pick their kernel (config `experts`); default 'auto'. */
   kernel?: KernelSettings;
+  /** The thread's scheduling policy (config experts.workerScheduling, thread-scheduling.ts); absent: unchanged. */
+  scheduling?: WorkerScheduling;
   /** Most experts kept loaded (the rest of those hosted load on demand, LRU); null or absent: all. */
   maxResident?: number | null;
   /** Experts removed by pruning ("layer.expert"): placed like any other, never loaded, never routed. */
@@ -121,6 +124,8 @@ export interface WorkerStats {
   busyMs: number;
   /** Per resident "layer.expert": the kernel it runs with and how that was chosen. */
   kernels: Record<string, KernelReport>;
+  /** The thread's scheduling: what was asked, the policy /proc reports (0 SCHED_OTHER, 3 SCHED_BATCH), why not. */
+  scheduling: { wanted: WorkerScheduling | null; policy: number | null; reason?: string };
 }
 
 export const expertKey = (layer: number, expert: number) => `${layer}.${expert}`;

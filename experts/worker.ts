@@ -20,6 +20,7 @@ import { readExpertWeights } from './expert-weights.ts';
 import { selectKernel } from './kernels/select.ts';
 import { DEFAULT_KERNEL_SETTINGS, type ExpertKernel, type KernelReport } from './kernels/types.ts';
 import { ChannelView } from './channel.ts';
+import { applyThreadScheduling, threadPolicy } from './thread-scheduling.ts';
 import { expertKey, readHosting, type ResidencyResult, type RunResult, type ExpertItem, type WorkerFault, type WorkerSetup, type WorkerStats, type WorkerTask } from './protocol.ts';
 
 type ExpertRef = WorkerSetup['experts'][number];
@@ -42,6 +43,8 @@ async function loadExpert(setup: WorkerSetup, header: ReturnType<typeof readSafe
 
 export async function initialize() {
   const setup = workerData as WorkerSetup;
+  const scheduled = setup.scheduling ? applyThreadScheduling(setup.scheduling) : null;
+  if (scheduled && !scheduled.applied) log.warn('expert worker keeps the default scheduling policy', { worker: setup.workerId, wanted: setup.scheduling, reason: scheduled.reason });
   const arch = architectureOf(setup.modelType ?? 'olmoe');
   if (!arch) throw new Error(`worker ${setup.workerId}: unknown model_type ${JSON.stringify(setup.modelType)}`);
   const header = canonicalEntries(arch, readSafetensorsHeader(setup.weightsFile));
@@ -187,6 +190,7 @@ export async function initialize() {
       resident: resident(), ran: structuredClone(ran),
       kernels: Object.fromEntries([...residents.entries()].map(([key, r]) => [key, structuredClone(r.report)])),
       loaded: [...residents.keys()].sort(), residency: { ...residency, max: setup.maxResident ?? null },
+      scheduling: { wanted: setup.scheduling ?? null, policy: threadPolicy(), ...(scheduled && !scheduled.applied ? { reason: scheduled.reason } : {}) },
     };
     return stats;
   }

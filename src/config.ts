@@ -92,6 +92,10 @@ const ExpertsSchema = z.strictObject({
     .nullable()
     .default(null)
     .describe("Steps with at least this many tokens run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers it measured 0.91x at batch 8 and 0.93-1.19x at batch 32 (bench/RESULTS.md: both halves wait on memory); try it with more cores than workers."),
+  workerScheduling: z
+    .enum(['batch', 'normal'])
+    .default('batch')
+    .describe("Linux scheduling policy of the expert worker threads: 'batch' (SCHED_BATCH: a worker woken for a layer does not preempt the main thread on its core; +3-6 % tokens/s at 8 and 32 clients on 2 cores, bench/RESULTS.md) or 'normal' (SCHED_OTHER, the default policy). No privileges needed; elsewhere than Linux the threads keep the default."),
   channel: z
     .enum(['shared-memory', 'tasks'])
     .default('shared-memory')

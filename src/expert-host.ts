@@ -30,6 +30,7 @@ export async function startExpertHost(config: Config, hostId = defaultHostId()):
     placement: { workers, hosts: Array.from({ length: c.num_hidden_layers }, () => Array.from({ length: c.num_experts }, () => [])) },
     threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
     kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
+    scheduling: config.experts.workerScheduling,
     maxResidentPerWorker: config.experts.maxResidentPerWorker,
     channel: config.experts.channel,
     droppedExperts: [...pkg.droppedExperts],

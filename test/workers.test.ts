@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
+import { threadPolicy } from '../experts/thread-scheduling.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff } from './helpers.ts';
 
@@ -13,6 +14,18 @@ const dir = writeTinyPackage(config, 5);
 const PROMPTS = ['Sperm whales dive deep.', 'Hello, world', 'Ahab'];
 
 describe('expert workers', () => {
+  it.runIf(process.platform === 'linux')("run under SCHED_BATCH by default (experts.workerScheduling), SCHED_OTHER with 'normal'; the main thread keeps its policy", async () => {
+    for (const [scheduling, policy] of [['batch', 3], ['normal', 0]] as const) {
+      const engine = await Engine.load(engineConfig(dir, { workers: 2, experts: { workerScheduling: scheduling } }));
+      try {
+        for (const s of await engine.pool.stats()) expect(s.scheduling, `worker ${s.workerId}`).toEqual({ wanted: scheduling, policy });
+      } finally {
+        await engine.close();
+      }
+    }
+    expect(threadPolicy()).toBe(0);
+  });
+
   it('run every expert batch off the main thread, and report exactly the router\'s load', async () => {
     const engine = await Engine.load(engineConfig(dir, { workers: 2 }));
     try {

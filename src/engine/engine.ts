@@ -74,6 +74,7 @@ export class Engine implements GenerationService {
       weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
       threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
       kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
+      scheduling: config.experts.workerScheduling,
       maxResidentPerWorker: config.experts.maxResidentPerWorker,
       channel: config.experts.channel,
       droppedExperts: [...pkg.droppedExperts],
