@@ -23,6 +23,21 @@ import { maxAbsDiff } from './helpers.ts';
 import { classifyError } from '../src/server/errors.ts';
 import { ExpertUnavailableError } from '../experts/remote/errors.ts';
 import { startNats } from './nats-helpers.ts';
+import { ClusterAdmin } from '../src/engine/cluster-admin.ts';
+import type { LoadTracker } from '../src/placement/load-window.ts';
+
+describe('the announced hosts', () => {
+  it('lists a host once even when the key listing yields it twice (a host renewing during the listing)', async () => {
+    const announce = (hostId: string) => ({ hostId, workers: 2, cores: 2, memoryBytes: 1, startedAt: '2026-01-01T00:00:00Z', heartbeatMs: 1000 });
+    const kv = {
+      keys: async () => (async function* () { yield* ['host.a', 'host.b', 'host.b']; })(),
+      get: async (key: string) => ({ operation: 'PUT', created: new Date(), json: () => announce(key.slice(5)) }),
+    };
+    const admin = new ClusterAdmin({ connection: { kv } as unknown as ClusterConnection, placement: { hosts: [] } }, {} as LoadTracker,
+      { layers: 1, experts: 1, cluster: 'c', hostTimeoutMs: 6000 });
+    expect((await admin.hosts()).map((h) => h.hostId)).toEqual(['a', 'b']);
+  });
+});
 
 describe('expert batch wire format', () => {
   it('round-trips requests and replies, from any byte offset', () => {

@@ -50,9 +50,12 @@ export class ClusterAdmin {
    * ago each renewed it (by the NATS server's clock against this machine's: keep clocks in sync).
    */
   async hosts(): Promise<Array<HostAnnouncement & { lastSeenMsAgo: number }>> {
-    const keys = await this.mode.connection.kv.keys(hostKey('*'));
+    // A set: the key listing is a consumer over the bucket, and a host that renews its announcement while it runs is
+    // listed again (a duplicate host made rebalancing plan over three hosts of two).
+    const keys = new Set<string>();
+    for await (const key of await this.mode.connection.kv.keys(hostKey('*'))) keys.add(key);
     const found: Array<HostAnnouncement & { lastSeenMsAgo: number }> = [];
-    for await (const key of keys) {
+    for (const key of keys) {
       const entry = await this.mode.connection.kv.get(key);
       if (!entry || entry.operation !== 'PUT') continue;
       try {
