@@ -291,7 +291,7 @@ Progress (calibration tokens, then experts) goes to stderr: a bar on a terminal,
   },
   eval: {
     summary: 'Validation bits per byte and greedy agreement with a reference model',
-    usage: `Usage: switchyard eval --model DIR [--reference DIR] [--workers K] [--json]
+    usage: `Usage: switchyard eval --model DIR [--reference DIR] [--workers K] [--json] [-q]
 
 Scores a model package on the bundled corpus' held-out windows (validation.json, written by the trainer) through
 the gateway's own forward pass: validation bits per byte (targets that are bytes), per source, and — with

@@ -169,6 +169,11 @@ describe('GET /admin/requests', () => {
     const bad = await app().request('/admin/requests?window=0', { headers: auth });
     expect(bad.status).toBe(422);
     expect((await bad.json()).error).toMatch(/\?window=SECONDS \(1\.\.600\)/);
+    for (const odd of ['', '0x10', '1e2', '5.5']) {
+      const r = await app().request(`/admin/requests?window=${odd}`, { headers: auth });
+      expect(r.status, `?window=${odd}`).toBe(422);
+      expect((await r.json()).error).toMatch(/window: .*; use \?window=SECONDS/);
+    }
     expect((await app().request('/admin/requests')).status).toBe(401);
   });
 });

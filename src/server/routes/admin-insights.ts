@@ -60,7 +60,8 @@ const planQuery = z.strictObject({
   p99_ms: z.coerce.number().positive().optional(),
 });
 
-const windowQuery = z.strictObject({ window: z.coerce.number().int().min(1).max(600).optional() });
+// ?window=S: decimal digits only (no '', '0x10' or '1e2' coerced into numbers).
+const windowQuery = z.strictObject({ window: z.string().regex(/^\d+$/, 'must be whole seconds in decimal digits').transform(Number).pipe(z.number().int().min(1).max(600)).optional() });
 
 function problems(error: z.ZodError): string {
   return error.issues.map((i) => `${i.path.join('.') || '(query)'}: ${i.message}`).join('; ');
