@@ -76,8 +76,6 @@ const DUPLICATE_SIGNAL_MS = 3000;
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
       const first = performance.now();
       let repeated = false;
       const force = (again: NodeJS.Signals) => {
@@ -89,8 +87,12 @@ function shutdownSignal(): Promise<string> {
         log.warn('second signal, exiting without waiting', { signal: again });
         process.exit(1);
       };
+      // Add the new listeners before removing the old: with no listener left, Node restores the default action for
+      // a moment, and npm's forwarded copy of Ctrl-C arriving right then killed the server without a word.
       process.on('SIGINT', force);
       process.on('SIGTERM', force);
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       resolve(signal);
     };
     process.on('SIGINT', onSignal);
