@@ -9,6 +9,7 @@ import type { Config } from './config.ts';
 import { ExpertPool } from '../experts/pool.ts';
 import { joinCluster } from '../experts/remote/cluster.ts';
 import { ExpertHost } from '../experts/remote/host.ts';
+import { poolOptions } from './engine/engine.ts';
 import { loadModelPackage } from './engine/package.ts';
 import { log } from './log.ts';
 
@@ -25,16 +26,8 @@ export async function startExpertHost(config: Config, hostId = defaultHostId()):
   const c = pkg.config;
   const workers = config.workers ?? availableParallelism();
   // No experts until the cluster placement names some for this host.
-  const pool = await ExpertPool.start({
-    weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size,
-    placement: { workers, hosts: Array.from({ length: c.num_hidden_layers }, () => Array.from({ length: c.num_experts }, () => [])) },
-    threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
-    kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
-    scheduling: config.experts.workerScheduling,
-    maxResidentPerWorker: config.experts.maxResidentPerWorker,
-    channel: config.experts.channel,
-    droppedExperts: [...pkg.droppedExperts],
-  });
+  const pool = await ExpertPool.start(poolOptions(config, pkg,
+    { workers, hosts: Array.from({ length: c.num_hidden_layers }, () => Array.from({ length: c.num_experts }, () => [])) }));
   let connection;
   try {
     connection = await joinCluster({ url: config.nats.url, cluster: config.nats.cluster, token: config.nats.token, credentialsFile: config.nats.credentialsFile, tls: config.nats.tls },

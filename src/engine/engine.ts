@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { randomInt } from 'node:crypto';
 import type { Config } from '../config.ts';
-import { ExpertPool, type PoolObserver } from '../../experts/pool.ts';
+import { ExpertPool, type PoolObserver, type PoolOptions } from '../../experts/pool.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
@@ -26,6 +26,23 @@ import { ResponseCache } from './response-cache.ts';
 import {
   CancelledError, InvalidRequestError, type ChatMessage, type GenerateOptions, type GenerateRequest, type GenerateResult, type GenerationService, type HealthReport, type ModelInfo,
 } from './types.ts';
+
+/**
+ * The worker pool's options for this package and placement, from the config's onnx, placement and experts sections:
+ * the gateway's own pool and an expert host's (src/expert-host.ts) are started alike.
+ */
+export function poolOptions(config: Config, pkg: ModelPackage, placement: Placement): PoolOptions {
+  const c = pkg.config;
+  return {
+    weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
+    threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
+    kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
+    scheduling: config.experts.workerScheduling,
+    maxResidentPerWorker: config.experts.maxResidentPerWorker,
+    channel: config.experts.channel,
+    droppedExperts: [...pkg.droppedExperts],
+  };
+}
 
 export class Engine implements GenerationService {
   private nextId = 0;
@@ -70,15 +87,7 @@ export class Engine implements GenerationService {
     const placement = cluster
       ? gatewayWorkerPlacement(cluster.placement, config.workers ?? availableParallelism())
       : loadPlacement(config, c.num_hidden_layers, c.num_experts);
-    const pool = await ExpertPool.start({
-      weightsFile: pkg.weightsFile, modelType: c.model_type, hidden: c.hidden_size, ffn: c.intermediate_size, placement,
-      threadsPerWorker: config.onnx.expertThreads, executionProviders: config.onnx.executionProviders.experts, minSplitRows: config.placement.minSplitRows,
-      kernel: { kernel: config.experts.kernel, sparseMinSparsity: config.experts.sparseMinSparsity, trialMs: config.experts.trialMs },
-      scheduling: config.experts.workerScheduling,
-      maxResidentPerWorker: config.experts.maxResidentPerWorker,
-      channel: config.experts.channel,
-      droppedExperts: [...pkg.droppedExperts],
-    }).catch(async (error) => {
+    const pool = await ExpertPool.start(poolOptions(config, pkg, placement)).catch(async (error) => {
       await cluster?.connection.close();
       throw error;
     });

@@ -116,34 +116,13 @@ napi_value Create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-// run(handle, x: Float32Array [tokens·hidden], tokens, out: Float32Array [tokens·hidden])
-napi_value Run(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value a[4];
-  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  Expert* handle = argc == 4 ? sy::handle_of<Expert>(env, a[0], &kTag) : nullptr;
-  if (!handle) return sy::throw_type(env, "run(handle, x, tokens, out): handle made by this addon's create");
-  Expert& e = *handle;
-  if (e.released) return sy::throw_error(env, "run: this expert was released");
-  uint32_t tokens;
-  float *xp, *yp;
-  size_t xn, yn;
-  if (!sy::whole(env, a[2], 0, 4294967295.0, &tokens) || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
-      !sy::typed_array(env, a[3], napi_float32_array, &yp, &yn))
-    return sy::throw_type(env, "run: x and out must be Float32Arrays and tokens a non-negative integer");
-  const size_t need = static_cast<size_t>(tokens) * e.hidden;
-  if (xn < need || yn < need) return sy::throw_range(env, "run: x and out must hold tokens × hidden floats");
-  if (tokens > 0) run_expert(e, xp, yp, tokens);
-  return nullptr;
-}
-
 }  // namespace
 
 NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"create", Create},
-      {"run", Run},
+      {"run", sy::run_ffn<Expert, &kTag, run_expert>},
       {"release", sy::release<Expert, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},

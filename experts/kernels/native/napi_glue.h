@@ -121,6 +121,29 @@ napi_value release(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// run(handle, x: Float32Array [tokens·hidden], tokens, out: Float32Array [tokens·hidden]) of an expert FFN addon
+// whose handles are T (with `hidden` and `released`, made with Tag): checks the arguments, then Compute(e, x, y, n).
+template <typename T, const napi_type_tag* Tag, void (*Compute)(T&, const float*, float*, uint32_t)>
+napi_value run_ffn(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value a[4];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  T* handle = argc == 4 ? handle_of<T>(env, a[0], Tag) : nullptr;
+  if (!handle) return throw_type(env, "run(handle, x, tokens, out): handle made by this addon's create");
+  T& e = *handle;
+  if (e.released) return throw_error(env, "run: this expert was released");
+  uint32_t tokens;
+  float *xp, *yp;
+  size_t xn, yn;
+  if (!whole(env, a[2], 0, 4294967295.0, &tokens) || !typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
+      !typed_array(env, a[3], napi_float32_array, &yp, &yn))
+    return throw_type(env, "run: x and out must be Float32Arrays and tokens a non-negative integer");
+  const size_t need = static_cast<size_t>(tokens) * e.hidden;
+  if (xn < need || yn < need) return throw_range(env, "run: x and out must hold tokens × hidden floats");
+  if (tokens > 0) Compute(e, xp, yp, tokens);
+  return nullptr;
+}
+
 // The module's exports: each function under its name.
 inline napi_value define(napi_env env, napi_value exports, std::initializer_list<std::pair<const char*, napi_callback>> functions) {
   std::vector<napi_property_descriptor> props;

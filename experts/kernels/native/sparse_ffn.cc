@@ -327,35 +327,6 @@ napi_value Create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-// run(handle, x: Float32Array [tokens·hidden], tokens, out: Float32Array [tokens·hidden])
-napi_value Run(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value a[4];
-  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  Expert* handle = argc == 4 ? sy::handle_of<Expert>(env, a[0], &kTag) : nullptr;
-  if (!handle) return sy::throw_type(env, "run(handle, x, tokens, out): handle made by this addon's create");
-  Expert& e = *handle;
-  if (e.released) {
-    napi_throw_error(env, nullptr, "run: this expert was released");
-    return nullptr;
-  }
-  uint32_t tokens;
-  void *xp, *yp;
-  size_t xn, yn;
-  if (!sy::whole(env, a[2], 0, 4294967295.0, &tokens) || !sy::typed_array(env, a[1], napi_float32_array, &xp, &xn) ||
-      !sy::typed_array(env, a[3], napi_float32_array, &yp, &yn)) {
-    napi_throw_type_error(env, nullptr, "run: x and out must be Float32Arrays and tokens a non-negative integer");
-    return nullptr;
-  }
-  const size_t need = static_cast<size_t>(tokens) * e.hidden;
-  if (xn < need || yn < need) {
-    napi_throw_range_error(env, nullptr, "run: x and out must hold tokens × hidden floats");
-    return nullptr;
-  }
-  if (tokens > 0) run_expert(e, static_cast<const float*>(xp), static_cast<float*>(yp), tokens);
-  return nullptr;
-}
-
 // perTokenMax(n?): batches of at most n tokens (≥ 1) use the per-token gather path; returns the value in force.
 napi_value PerTokenMax(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -374,7 +345,7 @@ NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"create", Create},
-      {"run", Run},
+      {"run", sy::run_ffn<Expert, &kTag, run_expert>},
       {"release", sy::release<Expert, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"perTokenMax", PerTokenMax},
