@@ -90,8 +90,8 @@ const ExpertsSchema = z.strictObject({
     .describe('Most experts a worker keeps loaded; others it hosts are loaded on demand, least recently used released first. null keeps all.'),
   overlapMinTokens: int(2)
     .nullable()
-    .default(null)
-    .describe("Steps with at least this many tokens run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers it measured 0.91x at batch 8 and 0.93-1.19x at batch 32 (bench/RESULTS.md: both halves wait on memory); try it with more cores than workers."),
+    .default(16)
+    .describe("Steps with at least this many tokens (and two or more sequences) run as two micro-batches, so that the main thread runs one half's attention while the workers run the other half's experts (two-batch overlap; outputs unchanged; only without a capacity factor). null: off. On 2 cores with 2 workers (native trunk) decode steps measured 0.74x at batch 8, 0.82x at 12, 1.24x at 16 and 1.18x at 32 (bench/trunk.ts in bench/RESULTS.md), hence 16."),
   workerScheduling: z
     .enum(['batch', 'normal'])
     .default('batch')
