@@ -21,26 +21,6 @@ export interface SseOptions {
   now?: () => number;
 }
 
-/** The chunks of a web ReadableStream (fetch's `response.body`); the reader is released if the consumer stops early. */
-export async function* readChunks(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const reader = body.getReader();
-  let done = false;
-  try {
-    for (;;) {
-      const next = await reader.read();
-      if (next.done) {
-        done = true;
-        return;
-      }
-      yield next.value;
-    }
-  } finally {
-    // Stopped early (break, error, abort): cancel so the connection is not left half-read.
-    if (!done) await reader.cancel().catch(() => {});
-    reader.releaseLock();
-  }
-}
-
 /**
  * The SSE parser as a synchronous state machine: `push` takes the next chunk (bytes, or text already decoded) with
  * its arrival time and returns the events it completed; `end` finishes a last line without terminator and a last
