@@ -6,7 +6,7 @@
  * - `llamacpp`: llama.cpp's llama-server native POST /completion (SSE `{"content","stop"}` events).
  *
  * Every request has a hard timeout (the whole response, body included) and refuses redirects, so a request to a
- * loopback URL cannot be sent on elsewhere. Streams go over node:http (keep-alive) with a synchronous SSE parser:
+ * loopback URL cannot be sent on elsewhere. Streams go over node:http with a synchronous SSE parser:
  * the load generator shares the machine with the server it measures, and fetch's web streams with nested async
  * generators took about three times the CPU per token event (~0.3 of a core at 1100 tokens/s on 2 cores). Requests
  * are greedy (no sampling) so both sides of a comparison do the same work.
@@ -120,8 +120,10 @@ async function post(url: string, body: unknown, signal: AbortSignal, accept: str
   return res;
 }
 
-// One keep-alive connection per concurrent stream, as fetch keeps them.
-const streamAgent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+// A new connection per stream: a kept-alive one can be closed by the server as the next request goes out (llama-server's
+// HTTP library closes a connection after a few requests), which fails that request with "socket hang up"; a loopback
+// connect costs far less than one token.
+const streamAgent = new http.Agent({ keepAlive: false, maxSockets: 1024 });
 
 /** POSTs JSON; resolves with the response once its headers arrived (2xx), else rejects with HttpStatusError. */
 function postStream(url: string, body: unknown, signal: AbortSignal, accept: string): Promise<http.IncomingMessage> {
@@ -390,8 +392,8 @@ export async function createClient(api: ApiKind, url: string, options: ClientOpt
           }
           done = true;
         } finally {
-          // Finished: the rest of the body (its end) drains by itself and the connection goes back to the agent for
-          // the next request. Stopped early (the consumer broke off, an error): drop it rather than leave it half-read.
+          // Finished: the rest of the body (its end) drains by itself. Stopped early (the consumer broke off, an error):
+          // drop the connection rather than leave it half-read.
           if (!done) res.destroy();
         }
         summary = result;

@@ -1,7 +1,7 @@
 /**
  * The load generator's streaming client (bench/clients.ts) against a plain node:http server that plays a TGI
- * /generate_stream: token events split across writes, the server's own count, non-2xx answers, the deadline, and
- * the keep-alive connection reused after a finished stream.
+ * /generate_stream: token events split across writes, the server's own count, non-2xx answers, the deadline and a
+ * cancel, and streams in a row.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -67,11 +67,11 @@ describe('bench client streams (node:http, SseParser)', () => {
     expect(stream.summary).toEqual({ reportedTokens: 3, finishReason: 'length' });
   });
 
-  it('reuses the keep-alive connection for the next stream after a finished one', async () => {
+  it('runs streams one after another, each on its own connection (none is reused after the server closed it)', async () => {
     const client = await createClient('tgi', base);
     const before = sockets.size;
-    for (let i = 0; i < 3; i++) expect((await collect(client.stream('hello', 3))).length).toBe(3);
-    expect(sockets.size - before).toBeLessThanOrEqual(1);
+    for (let i = 0; i < 3; i++) expect((await collect(client.stream('hello', 3))).map((e) => e.text)).toEqual(['a', 'b', 'c']);
+    expect(sockets.size - before).toBe(3);
   });
 
   it('rejects a non-2xx answer with its status and body', async () => {
