@@ -13,15 +13,7 @@ import { planCapacity, type CapacityOptions } from './capacity.ts';
 import { formatPlan } from './plan-command.ts';
 import { planSvg } from './svg.ts';
 import { parseLoadTrace, TraceError } from './trace.ts';
-
-export interface TracePlanOptions {
-  workersMax: number;
-  cores: number;
-  maxExpertsPerWorker: number | null;
-  minSplitRows: number;
-  targetTokensPerS?: number;
-  p99Ms?: number;
-}
+import type { TracePlanOptions } from '../placement/trace-plan-options.ts';
 
 const r = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 

@@ -15,18 +15,9 @@ import { z } from 'zod';
 import type { RequestWindowSummary } from '../../telemetry/index.ts';
 import type { Logger } from '../../log.ts';
 import { errorResponse, HttpError } from '../errors.ts';
+import type { TracePlanOptions } from '../../placement/trace-plan-options.ts';
 
 export const PLAN_PATH = '/admin/plan';
-
-/** Options of one planning run (the CLI's `plan` flags). */
-export interface TracePlanOptions {
-  workersMax: number;
-  cores: number;
-  maxExpertsPerWorker: number | null;
-  minSplitRows: number;
-  targetTokensPerS?: number;
-  p99Ms?: number;
-}
 
 /**
  * The capacity planner (src/planning/plan-service.ts), handed in by the CLI: offline tools stay out of the server's
