@@ -91,6 +91,10 @@ def finetune(config_path: Path, fresh: bool = False, export: bool = True, stop_a
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(cfg.get("threads", 1))
     package = REPO / cfg["package"]
+    if not package.is_dir():
+        how = f"create it first: {cfg['prepare']}" if "prepare" in cfg else \
+            "create it with `node bin/switchyard.mjs prune --model models/switchyard-moe --out DIR ...` and set package"
+        raise SystemExit(f"{package} does not exist; {how}")
     model, hf, masks = read_package(package)
     if not masks:
         raise SystemExit(f"{package}: no expert matrices found")
