@@ -12,6 +12,7 @@ from training import safetensors
 from training.data import build_corpus
 from training.export import validation_record
 from training.finetune import finetune, load_config, train_step
+from training.sparse_train import initial_masks, sparse_settings, sparse_train
 from training.model import ModelConfig, SwitchOlmoe
 from training.sparse_package import pack_bitmask, read_package, unpack_bitmask, write_package
 from training.sparsity import (apply_masks, density, distillation_loss, imp_schedule, is_update_step,
@@ -273,6 +274,58 @@ class FinetuneTest(unittest.TestCase):
         resumed = finetune(FINETUNE_SMOKE, export=False, run_dir=run_dir)["model"].state_dict()
         for name, tensor in result["model"].state_dict().items():
             torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+
+SPARSE_SMOKE = REPO / "training/configs/sparse-smoke.json"
+
+
+class SparseTrainingTest(unittest.TestCase):
+    def run_method(self, method: str, tmp: Path, **kwargs) -> dict:
+        cfg = json.loads(SPARSE_SMOKE.read_text())
+        cfg["sparse"]["method"] = method
+        cfg["run_dir"] = f"training/runs/sparse-smoke-{method}"
+        cfg["export_dir"] = f"training/runs/sparse-smoke-{method}/package"
+        path = tmp / f"sparse-smoke-{method}.json"
+        path.write_text(json.dumps(cfg))
+        return sparse_train(path, **kwargs), cfg, path
+
+    def test_set_and_rigl_keep_density_and_export_their_masks(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in ("set", "rigl", "static"):
+                result, cfg, path = self.run_method(method, Path(tmp), fresh=True)
+                settings = sparse_settings(json.loads(path.read_text()), path)
+                start = initial_masks(SwitchOlmoe(ModelConfig(**cfg["model"])), settings)
+                masks = result["masks"]
+                for name, mask in masks.items():
+                    self.assertEqual(int(mask.sum()), int(start[name].sum()), f"{method} {name}: density changed")
+                updates = result["history"]["updates"]
+                if method == "static":
+                    self.assertEqual(updates, [])
+                    self.assertTrue(all(torch.equal(masks[n], start[n]) for n in masks))
+                else:
+                    self.assertEqual([u["step"] for u in updates], [3, 6])  # ΔT = 3, T_end = 9 of 12 steps
+                    self.assertTrue(all(u["replaced"] > 0 for u in updates), updates)
+                    self.assertFalse(all(torch.equal(masks[n], start[n]) for n in masks), "the topology never moved")
+                params = dict(result["model"].named_parameters())
+                for name, mask in masks.items():
+                    self.assertTrue(bool((params[name].detach()[~mask] == 0).all()), name)
+                _, hf, exported = read_package(REPO / cfg["export_dir"])
+                self.assertEqual(hf["switchyard_sparse_training"]["method"], method)
+                for name, mask in masks.items():
+                    self.assertTrue(torch.equal(exported[name], mask), name)
+
+    def test_rigl_resumes_with_its_masks(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            full, _, _ = self.run_method("rigl", Path(tmp), fresh=True, export=False)
+            self.run_method("rigl", Path(tmp), fresh=True, export=False, stop_at=4)  # after the first update
+            resumed, _, _ = self.run_method("rigl", Path(tmp), export=False)
+            for name, mask in full["masks"].items():
+                self.assertTrue(torch.equal(resumed["masks"][name], mask), name)
+            for name, tensor in full["model"].state_dict().items():
+                torch.testing.assert_close(resumed["model"].state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 if __name__ == "__main__":
