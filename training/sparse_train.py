@@ -12,6 +12,8 @@ The config is train.py's plus a "sparse" block:
   delta_t       steps between mask updates (ΔT)
   t_end_fraction  T_end as a fraction of the steps (RigL: 0.75); the mask is frozen afterwards
   seed          seed of the masks and of SET's regrowth
+  mask_from     (static only) a masks file saved by another run, e.g. a lottery ticket's final_masks.pt
+  init_seed     seed of the weight initialisation (default: the run's seed, which also orders the data)
 A mask update happens after the optimiser step of every ΔT-th step before T_end: the dense gradient of that step's
 batch (taken before the gradients are masked) ranks RigL's candidates; dropped and grown weights lose their Adam
 moments and grown weights start at 0.0. Resumes from the run folder's checkpoint (masks included) unless --fresh.
@@ -44,7 +46,9 @@ def sparse_settings(cfg: dict, path: Path) -> dict:
     method = s.get("method")
     if method not in METHODS:
         raise SystemExit(f"{path}: sparse.method is {method!r}; use one of {', '.join(METHODS)}")
-    if method != "dense" and not 0 < float(s.get("density", 0)) < 1:
+    if s.get("mask_from") and method != "static":
+        raise SystemExit(f"{path}: sparse.mask_from needs method \"static\" (a given mask is never updated)")
+    if method != "dense" and not s.get("mask_from") and not 0 < float(s.get("density", 0)) < 1:
         raise SystemExit(f"{path}: sparse.density must be in (0, 1) for method {method}, e.g. 0.1")
     s.setdefault("alpha", 0.3)
     s.setdefault("delta_t", 100)
@@ -54,8 +58,20 @@ def sparse_settings(cfg: dict, path: Path) -> dict:
 
 
 def initial_masks(model: SwitchOlmoe, s: dict) -> dict[str, torch.Tensor]:
+    """Random masks at the configured density, or (static with "mask_from") the masks saved by another run, such
+    as a lottery ticket's final_masks.pt for its fresh-initialisation control."""
     if s["method"] == "dense":
         return {}
+    if s.get("mask_from"):
+        path = REPO / s["mask_from"]
+        if not path.is_file():
+            raise SystemExit(f"{path} (sparse.mask_from) is missing: run the lottery config that writes it first "
+                             "(/usr/bin/python3 -m training.lottery --config training/configs/lottery-proxy-ticket.json)")
+        masks = torch.load(path)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if is_expert_matrix(n)}
+        if {n: tuple(m.shape) for n, m in masks.items()} != shapes:
+            raise SystemExit(f"{path}: its masks do not fit this model's expert matrices; use the same model block")
+        return masks
     g = torch.Generator().manual_seed(s["seed"])
     return {n: random_mask(tuple(p.shape), s["density"], g)
             for n, p in model.named_parameters() if is_expert_matrix(n)}
@@ -98,7 +114,7 @@ def sparse_train(config_path: Path, fresh: bool = False, export: bool = True, st
         cfg["run_dir"] = run_dir
     s = sparse_settings(cfg, config_path)
     mc: ModelConfig = cfg["model"]
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(s.get("init_seed", cfg["seed"]))  # init_seed: another initialisation, same data order
     torch.set_num_threads(cfg.get("threads", 1))
     corpus = build_corpus(REPO / "node_modules", Path(cfg["fortunes_dir"]), cfg["source_weights"],
                           cfg.get("max_bytes_per_source"))

@@ -12,6 +12,7 @@ from training import safetensors
 from training.data import build_corpus
 from training.export import validation_record
 from training.finetune import finetune, load_config, train_step
+from training.lottery import lottery
 from training.sparse_train import initial_masks, sparse_settings, sparse_train
 from training.model import ModelConfig, SwitchOlmoe
 from training.sparse_package import pack_bitmask, read_package, unpack_bitmask, write_package
@@ -326,6 +327,37 @@ class SparseTrainingTest(unittest.TestCase):
                 self.assertTrue(torch.equal(resumed["masks"][name], mask), name)
             for name, tensor in full["model"].state_dict().items():
                 torch.testing.assert_close(resumed["model"].state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+
+class LotteryTest(unittest.TestCase):
+    def test_imp_rounds_ticket_and_control(self):
+        import tempfile
+        config = REPO / "training/configs/lottery-smoke.json"
+        cfg = json.loads(config.read_text())
+        result = lottery(config, fresh=True)
+        self.assertEqual([r["expert_density"] for r in result["history"]["rounds"]], [1.0, 0.5, 0.25])
+        # every round retrains steps k..T: T + 2 (T - k) steps in all
+        self.assertEqual(result["history"]["tokens"], (8 + 2 * 6) * cfg["batch_size"] * cfg["seq_len"])
+        params = dict(result["model"].named_parameters())
+        for name, mask in result["masks"].items():
+            self.assertTrue(bool((params[name].detach()[~mask] == 0).all()), name)
+            # the survivors were rewound to θ_k and then trained: they moved away from θ_k
+            self.assertFalse(torch.equal(params[name].detach()[mask], result["rewind"][name][mask]), name)
+        _, hf, exported = read_package(REPO / cfg["export_dir"])
+        self.assertEqual(hf["switchyard_lottery"]["rounds"], 2)
+        for name, mask in result["masks"].items():
+            self.assertTrue(torch.equal(exported[name], mask), name)
+        # The control: the same final mask, a fresh initialisation.
+        with tempfile.TemporaryDirectory() as tmp:
+            control = json.loads((REPO / "training/configs/sparse-smoke.json").read_text())
+            control["sparse"] = {"method": "static", "mask_from": f"{cfg['run_dir']}/final_masks.pt", "init_seed": 99}
+            control["run_dir"] = "training/runs/lottery-smoke-control"
+            path = Path(tmp) / "control.json"
+            path.write_text(json.dumps(control))
+            out = sparse_train(path, fresh=True, export=False)
+            for name, mask in result["masks"].items():
+                self.assertTrue(torch.equal(out["masks"][name], mask), name)
 
 
 if __name__ == "__main__":
