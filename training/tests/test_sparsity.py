@@ -13,6 +13,7 @@ from training.data import build_corpus
 from training.export import validation_record
 from training.finetune import finetune, load_config, train_step
 from training.lottery import lottery
+from training.distill import distill
 from training.sparse_train import initial_masks, sparse_settings, sparse_train
 from training.model import ModelConfig, SwitchOlmoe
 from training.sparse_package import pack_bitmask, read_package, unpack_bitmask, write_package
@@ -358,6 +359,39 @@ class LotteryTest(unittest.TestCase):
             out = sparse_train(path, fresh=True, export=False)
             for name, mask in result["masks"].items():
                 self.assertTrue(torch.equal(out["masks"][name], mask), name)
+
+
+
+class DistillTest(unittest.TestCase):
+    def test_student_with_and_without_teacher(self):
+        import tempfile
+        from training.export import hf_config
+        config = REPO / "training/configs/distill-smoke.json"
+        cfg = json.loads(config.read_text())
+        torch.manual_seed(1)
+        teacher = SwitchOlmoe(ModelConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_experts=2, max_position_embeddings=64))
+        with torch.no_grad():
+            teacher.lm_head.weight.mul_(100)  # confident, far from the student's near-uniform start
+        write_package(teacher, {}, hf_config(teacher.cfg), REPO / cfg["distill"]["teacher"], "note", {})
+        with tempfile.TemporaryDirectory() as tmp:
+            # kd_weight 0: exactly the student trained without the teacher (the baseline's loop, same tokens)
+            without = dict(cfg, distill=dict(cfg["distill"], kd_weight=0.0), run_dir="training/runs/distill-smoke-0")
+            path = Path(tmp) / "kd0.json"
+            path.write_text(json.dumps(without))
+            alone = dict(cfg, sparse={"method": "dense"}, run_dir="training/runs/distill-smoke-alone")
+            alone_path = Path(tmp) / "alone.json"
+            alone_path.write_text(json.dumps(alone))
+            a = distill(path, fresh=True, export=False)["model"].state_dict()
+            b = sparse_train(alone_path, fresh=True, export=False)["model"].state_dict()
+            for name, tensor in b.items():
+                torch.testing.assert_close(a[name], tensor, rtol=0, atol=1e-6, msg=name)
+        result = distill(config, fresh=True)
+        kd = [row["kd"] for row in result["history"]["train"]]
+        self.assertLess(kd[-1], kd[0], f"the student did not move toward the teacher: {kd}")
+        _, hf, masks = read_package(REPO / cfg["export_dir"])
+        self.assertEqual(hf["switchyard_distillation"]["kd_weight"], 0.5)
+        self.assertNotIn("quantization_config", hf)
 
 
 if __name__ == "__main__":
