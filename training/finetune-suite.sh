@@ -20,6 +20,7 @@ seconds() { date +%s; }
 if [ ! -s "$OUT/dense.eval.json" ]; then
   node bin/switchyard.mjs eval --model models/switchyard-moe --workers 1 --json -q > "$OUT/dense.eval.json"
 fi
+[ -s "$OUT/dense.decode.json" ] || npx tsx bench/decode.ts models/switchyard-moe --json 2>/dev/null > "$OUT/dense.decode.json"
 for arm in "${arms[@]}"; do
   config=training/configs/finetune-$arm.json
   [ -f "$config" ] || { echo "no config $config (arms: magnitude-70 magnitude-90 sparsegpt-70 sparsegpt-90)" >&2; exit 2; }
@@ -32,6 +33,7 @@ for arm in "${arms[@]}"; do
   [ -s "$OUT/$arm.before.json" ] || node bin/switchyard.mjs eval --model "$package" --workers 1 --json -q > "$OUT/$arm.before.json"
   t0=$(seconds); $PY -m training.finetune --config "$config" | tee "$OUT/$arm.finetune.log"; t1=$(seconds)
   [ -s "$OUT/$arm.after.json" ] || node bin/switchyard.mjs eval --model "$export_dir" --workers 1 --json -q > "$OUT/$arm.after.json"
+  [ -s "$OUT/$arm.decode.json" ] || npx tsx bench/decode.ts "$export_dir" --json 2>/dev/null > "$OUT/$arm.decode.json"
   $PY - "$arm" "$config" "$OUT" "$((t1 - t0))" <<'EOF' | tee -a training/runs/finetune-suite.jsonl
 import json, sys
 arm, config, out, last_wall = sys.argv[1:]
@@ -42,7 +44,11 @@ print(json.dumps({"arm": arm, "config": config,
                   "dense_val_bpb": json.load(open(f"{out}/dense.eval.json"))["val_bpb"],
                   "before_val_bpb": json.load(open(f"{out}/{arm}.before.json"))["val_bpb"],
                   "after_val_bpb": json.load(open(f"{out}/{arm}.after.json"))["val_bpb"],
+                  "before_greedy_agreement": json.load(open(f"{out}/{arm}.before.json")).get("greedy_agreement"),
                   "after_greedy_agreement": json.load(open(f"{out}/{arm}.after.json")).get("greedy_agreement"),
+                  "dense_decode_tok_s": json.load(open(f"{out}/dense.decode.json"))["decode_tok_s"],
+                  "after_decode_tok_s": json.load(open(f"{out}/{arm}.decode.json"))["decode_tok_s"],
+                  "after_kernels": json.load(open(f"{out}/{arm}.decode.json"))["kernels"],
                   "expert_density": record["expert_density"], "steps": record["steps"], "tokens": record["tokens"],
                   "training_seconds": record["training_seconds"], "last_invocation_wall_s": float(last_wall),
                   "stored_global_sparsity": hf["quantization_config"]["sparsity_config"]["global_sparsity"]}))
