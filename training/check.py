@@ -1,7 +1,7 @@
 """Re-read an exported package and recompute its golden file:  /usr/bin/python3 -m training.check models/<name>
 
-Loads model.safetensors into a fresh model (every tensor name and shape must match), recomputes golden.json
-and compares logits (max abs ≤ 1e-4), greedy tokens and router choices. Exits non-zero on any mismatch.
+Loads model.safetensors into a fresh model (every tensor name and shape must match; sparse-bitmask experts
+decompressed), recomputes golden.json and compares logits (max abs ≤ 1e-4), greedy tokens and router choices. Exits non-zero on any mismatch.
 """
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-from . import safetensors
 from .export import golden
-from .model import ModelConfig, SwitchOlmoe
+from .model import SwitchOlmoe
+from .sparse_package import read_package
 
 
 def model_from_package(folder: Path) -> SwitchOlmoe:
-    hf = json.loads((folder / "config.json").read_text())
-    cfg = ModelConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                      intermediate_size=hf["intermediate_size"], num_hidden_layers=hf["num_hidden_layers"],
-                      num_attention_heads=hf["num_attention_heads"], num_experts=hf["num_experts"],
-                      max_position_embeddings=hf["max_position_embeddings"], rope_theta=hf["rope_theta"],
-                      rms_norm_eps=hf["rms_norm_eps"], bos_token_id=hf["bos_token_id"],
-                      eos_token_id=hf["eos_token_id"])
-    model = SwitchOlmoe(cfg)
-    model.load_state_dict(safetensors.load(folder / "model.safetensors"), strict=True)
-    return model
+    """The package's weights in a fresh model (every tensor name and shape must match); experts stored as
+    sparse-bitmask (switchyard prune, training.finetune and the other sparsity tools) are decompressed."""
+    return read_package(folder)[0]
 
 
 def compare(expected: dict, actual: dict, tolerance: float = 1e-4) -> list[str]:
