@@ -12,7 +12,6 @@ data (training/configs/sparse-proxy-dense.json for distill-proxy.json). Resumes 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .data import build_corpus
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import read_package, write_package
@@ -148,13 +148,7 @@ def distill(config_path: Path, fresh: bool = False, export: bool = True, stop_at
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="training/configs/distill-*.json")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--no-export", action="store_true", help="train only; do not write the package")
-    args = parser.parse_args(argv)
-    distill(args.config, fresh=args.fresh, export=not args.no_export)
-    return 0
+    return run_cli(__doc__, distill, argv, "training/configs/distill-*.json")
 
 
 if __name__ == "__main__":

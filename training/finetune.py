@@ -11,7 +11,6 @@ last step is done.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .data import build_corpus
 from .sparse_package import read_package, write_package
 from .sparsity import apply_masks, density, mask_gradients
@@ -174,13 +174,7 @@ def finetune(config_path: Path, fresh: bool = False, export: bool = True, stop_a
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="training/configs/finetune-*.json")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--no-export", action="store_true", help="train only; do not write the package")
-    args = parser.parse_args(argv)
-    finetune(args.config, fresh=args.fresh, export=not args.no_export)
-    return 0
+    return run_cli(__doc__, finetune, argv, "training/configs/finetune-*.json")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ training.sparse_train). Checkpoints hold the round, step, masks and θ_k, so a r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .data import build_corpus
 from .finetune import train_step
 from .model import ModelConfig, SwitchOlmoe
@@ -151,13 +151,7 @@ def lottery(config_path: Path, fresh: bool = False, export: bool = True, run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="training/configs/lottery-*.json")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--no-export", action="store_true", help="train only; do not write the package")
-    args = parser.parse_args(argv)
-    lottery(args.config, fresh=args.fresh, export=not args.no_export)
-    return 0
+    return run_cli(__doc__, lottery, argv, "training/configs/lottery-*.json")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ moments and grown weights start at 0.0. Resumes from the run folder's checkpoint
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .data import build_corpus
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import write_package
@@ -213,13 +213,7 @@ def sparse_train(config_path: Path, fresh: bool = False, export: bool = True, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="training/configs/sparse-*.json")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--no-export", action="store_true", help="train only; do not write the package")
-    args = parser.parse_args(argv)
-    sparse_train(args.config, fresh=args.fresh, export=not args.no_export)
-    return 0
+    return run_cli(__doc__, sparse_train, argv, "training/configs/sparse-*.json")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ exports the package to `export_dir` when the last step is done.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .data import build_corpus
 from .model import ModelConfig, SwitchOlmoe
 
@@ -171,13 +171,7 @@ def train(config_path: Path, fresh: bool = False, export: bool = True, stop_at: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "training/configs/switchyard-moe.json")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    parser.add_argument("--no-export", action="store_true", help="train only; do not write the package")
-    args = parser.parse_args(argv)
-    train(args.config, fresh=args.fresh, export=not args.no_export)
-    return 0
+    return run_cli(__doc__, train, argv, "training/configs/*.json", REPO / "training/configs/switchyard-moe.json")
 
 
 if __name__ == "__main__":
