@@ -26,8 +26,10 @@ export interface PeerOptions {
   prompts: string[];
   promptsFrom: string;
   timeoutMs: number;
-  /** Threads on both sides: llama-server -t, the gateway's expert workers. */
+  /** Threads on both sides: llama-server -t, the gateway's expert workers (or its compute team: the machine's cores). */
   threads: number;
+  /** Where the gateway's experts run (experts.execution): its worker pool, or the in-process compute team. */
+  execution: 'workers' | 'in-process';
   /**
    * llama-server -t when it must differ from `threads`: its threads meet at a spinning barrier per op, which
    * collapses when other processes compete for the cores (seen: 1.7 tok/s with -t 2 against 107 with -t 1).
@@ -53,6 +55,7 @@ export function parsePeerArgs(argv: string[], cores: number): PeerOptions | null
     'timeout-s': { type: 'string' },
     threads: { type: 'string' },
     'peer-threads': { type: 'string' },
+    execution: { type: 'string' },
     peer: { type: 'string' },
     'no-peer': { type: 'boolean' },
     profile: { type: 'boolean' },
@@ -65,6 +68,10 @@ export function parsePeerArgs(argv: string[], cores: number): PeerOptions | null
   if (values.peer !== undefined && values['no-peer']) throw new UsageError('--peer and --no-peer contradict each other');
   const quick = values.quick === true;
   const threads = intFlag('threads', values.threads, cores, 1, 256);
+  const execution = values.execution ?? 'in-process';
+  if (execution !== 'workers' && execution !== 'in-process') throw new UsageError(`--execution must be 'workers' or 'in-process'; got ${JSON.stringify(execution)}`);
+  // The compute team is sized by experts.teamThreads, whose default is the machine's cores.
+  if (execution === 'in-process' && threads !== cores) throw new UsageError(`--threads ${threads} needs --execution workers: the in-process compute team has one thread per core (${cores})`);
   // --quick: a smoke run, small everywhere unless a flag says otherwise; never recorded.
   const fixedRequests = values.requests === undefined ? (quick ? 4 : undefined) : intFlag('requests', values.requests, 0, 1, MAX_REQUESTS);
   return {
@@ -77,6 +84,7 @@ export function parsePeerArgs(argv: string[], cores: number): PeerOptions | null
     promptsFrom: values.prompts ?? 'built-in',
     timeoutMs: numberFlag('timeout-s', values['timeout-s'], 120, MAX_TIMEOUT_S) * 1000,
     threads,
+    execution,
     peerThreads: intFlag('peer-threads', values['peer-threads'], threads, 1, 256),
     peer: values.peer,
     noPeer: values['no-peer'] === true,

@@ -43,7 +43,10 @@ Options:
   --repeats R         interleaved runs per level and server; tables show medians (default 3)
   --prompts FILE      JSON array of prompts (default: the built-in short English prompts)
   --timeout-s S       hard limit per request (default 120)
-  --threads T         llama-server -t and the gateway's expert workers (default: this machine's cores)
+  --threads T         llama-server -t and the gateway's expert workers (default: this machine's cores; with
+                      --execution in-process only the cores: the compute team has a thread per core)
+  --execution MODE    where the gateway's experts run: 'in-process' (default; the compute team that also runs
+                      the trunk) or 'workers' (the worker pool, --threads workers)
   --peer-threads T    llama-server -t only (default: --threads); on a machine busy with other work, llama.cpp's
                       spinning thread barrier can collapse with -t = cores (say so when you use this)
   --peer PATH         llama-server binary (default ../shared/peer/llama-server)
@@ -54,6 +57,11 @@ Options:
   --no-record         print only; do not append to bench/RESULTS.md
   -h, --help          this text
 `;
+
+/** The gateway's flags for --threads and --execution. */
+function gatewayFlags(opts: PeerOptions): string[] {
+  return opts.execution === 'workers' ? ['--workers', String(opts.threads)] : ['--execution', 'in-process'];
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 /** llama-server, restarted whenever a different --parallel is asked for. */
@@ -115,9 +123,9 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
 
   const port = await freePort();
   const oursUrl = `http://127.0.0.1:${port}`;
-  process.stderr.write(`starting the gateway: switchyard serve --port ${port} --config config/bench-no-cache.json --workers ${opts.threads}\n`);
+  process.stderr.write(`starting the gateway: switchyard serve --port ${port} --config config/bench-no-cache.json ${gatewayFlags(opts).join(' ')}\n`);
   const gateway = startProc('the gateway', process.execPath,
-    [SWITCHYARD, 'serve', '--host', '127.0.0.1', '--port', String(port), '--config', BENCH_CONFIG, '--workers', String(opts.threads)],
+    [SWITCHYARD, 'serve', '--host', '127.0.0.1', '--port', String(port), '--config', BENCH_CONFIG, ...gatewayFlags(opts)],
     path.join(tmp, 'gateway.log'), { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' });
   onCleanup(() => stopProc(gateway));
   await waitHealthy(gateway, oursUrl);
@@ -152,12 +160,12 @@ async function sideBySide(opts: PeerOptions, signal: AbortSignal, onCleanup: (f:
   notes.push('Ratios are only computed within this one run: the servers alternate run by run (peer, ours, peer, …) so drift hits both alike. ' +
     `On a small machine (${os.cpus().length} cores) shared with other work the absolute numbers are noisy; compare ratios, not absolute numbers across sections.`);
   if (!peer) notes.push('no llama-server: the gateway alone, no ratios.');
-  if (peer && opts.peerThreads !== opts.threads) notes.push(`llama-server ran with -t ${opts.peerThreads}, the gateway with ${opts.threads} expert workers (not equal threads; --peer-threads).`);
+  if (peer && opts.peerThreads !== opts.threads) notes.push(`llama-server ran with -t ${opts.peerThreads}, the gateway with ${opts.threads} ${opts.execution === 'workers' ? 'expert workers' : 'compute team threads'} (not equal threads; --peer-threads).`);
   if (signal.aborted) notes.push('interrupted before the end: incomplete levels are missing or based on fewer repeats.');
   publish(body, notes, opts.record && {
     title: 'side by side with llama.cpp', label: opts.label, command: commandLine('bench/peer.ts'),
     facts: [
-      ['ours', `switchyard serve --config config/bench-no-cache.json (caches off) --workers ${opts.threads}, /generate_stream with ignore_eos`],
+      ['ours', `switchyard serve --config config/bench-no-cache.json (caches off) ${gatewayFlags(opts).join(' ')}, /generate_stream with ignore_eos`],
       ['peer', peerAbout],
       ['load', `${opts.maxTokens} new tokens (ignore_eos), greedy, streamed, prompts: ${opts.promptsFrom} (${opts.prompts.length}), ${opts.repeats} repeats interleaved`],
       ['machine load', `load average (1 min) ${loadBefore[0].toFixed(1)} at the start, ${os.loadavg()[0].toFixed(1)} at the end (other work on the machine)`],
@@ -178,10 +186,11 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   const { percentile } = await import('./stats.ts');
 
   const maxClients = Math.max(...opts.levels);
-  const base = loadConfig({ file: BENCH_CONFIG, overrides: { host: '127.0.0.1', port: 0, workers: opts.threads } });
+  const placing = opts.execution === 'workers' ? { workers: opts.threads } : { experts: { execution: opts.execution } };
+  const base = loadConfig({ file: BENCH_CONFIG, overrides: { host: '127.0.0.1', port: 0, ...placing } });
   const config = loadConfig({
     file: BENCH_CONFIG,
-    overrides: { host: '127.0.0.1', port: 0, workers: opts.threads, limits: loadLimits(base.limits, { maxTokens: opts.maxTokens, clients: maxClients, timeoutMs: opts.timeoutMs }) },
+    overrides: { host: '127.0.0.1', port: 0, ...placing, limits: loadLimits(base.limits, { maxTokens: opts.maxTokens, clients: maxClients, timeoutMs: opts.timeoutMs }) },
   });
   const profiler = new StepProfiler({ captureRouting: true });
   let engine: Awaited<ReturnType<typeof Engine.load>> | undefined;
@@ -258,7 +267,7 @@ async function profile(opts: PeerOptions, signal: AbortSignal, onCleanup: (f: ()
   publish(body, notes, opts.record && {
     title: 'step profile', label: opts.label, command: commandLine('bench/peer.ts'),
     facts: [
-      ['gateway', `in-process, config/bench-no-cache.json (caches off), ${opts.threads} expert workers, trunk threads ${config.onnx.trunkThreads}`],
+      ['gateway', `in this process, config/bench-no-cache.json (caches off), ${opts.execution === 'workers' ? `${opts.threads} expert workers, trunk threads ${config.onnx.trunkThreads}` : `experts in-process on a compute team of ${opts.threads} threads`}`],
       ['machine load', `load average (1 min) ${os.loadavg()[0].toFixed(1)} at the end (other work on the machine)`],
     ],
   });

@@ -119,6 +119,9 @@ Options:
   --host H        interface to listen on (env HOST; default 127.0.0.1)
   --port N        TCP port, 0 for a free one (env PORT; default 8080)
   --workers K     expert worker threads (env SWITCHYARD_WORKERS; default: one per CPU core)
+  --execution M   where the experts run (experts.execution): 'workers' (the worker pool: placement, rebalancing,
+                  scale-out) or 'in-process' (a compute team of one thread per core in this process that also runs
+                  the trunk: fastest on one machine; one fixed placement)
   --nats URL      join the expert cluster on this NATS server (nats.url): experts run on expert hosts as the
                   cluster placement says (nats.placementFile); see docs/scale-out.md
   -h, --help      show this help
@@ -135,15 +138,21 @@ Precedence: defaults < config file < environment < flags. LOG_LEVEL=debug|info|w
       host: { type: 'string' },
       port: { type: 'string' },
       workers: { type: 'string' },
+      execution: { type: 'string' },
       nats: { type: 'string' },
     },
     async run(values) {
       const nats = strFlag(values, 'nats');
+      const execution = strFlag(values, 'execution');
+      if (execution !== undefined && execution !== 'workers' && execution !== 'in-process') {
+        throw new UsageError(`--execution must be 'workers' or 'in-process'; got ${JSON.stringify(execution)}`);
+      }
       const overrides: ConfigInput = {
         model: strFlag(values, 'model'),
         host: strFlag(values, 'host'),
         port: intFlag(values, 'port', 0),
         workers: intFlag(values, 'workers', 1),
+        ...(execution ? { experts: { execution } } : {}),
         ...(nats ? { nats: { url: nats } } : {}),
       };
       const config = loadConfig({ file: strFlag(values, 'config'), overrides });

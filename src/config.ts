@@ -68,6 +68,14 @@ const AllocatorSchema = z.strictObject({
 });
 
 const ExpertsSchema = z.strictObject({
+  execution: z
+    .enum(['workers', 'in-process'])
+    .default('workers')
+    .describe("Where the experts run. 'workers': the Piscina worker pool, each worker holding the experts its placement gives it (live placement changes and rebalancing, crash isolation, scale-out over NATS, per-expert kernel choice, onnxruntime execution providers). 'in-process': every expert in the gateway process on a compute team of native threads that also runs the trunk — no hand-off between threads inside a step, fastest on one machine (bench/RESULTS.md: decode steps 1.5-2x at batch 1-32 on 2 cores); fp32 dense-native kernel only, one fixed placement."),
+  teamThreads: int(1, 256)
+    .nullable()
+    .default(null)
+    .describe("experts.execution 'in-process': threads of the compute team, the gateway's main thread included; null: the machine's cores (os.availableParallelism())."),
   kernel: z
     .enum(['auto', 'dense', 'dense-native', 'int8', 'int4', 'sparse'])
     .default('auto')
@@ -272,7 +280,7 @@ export const ConfigSchema = z
     limits: LimitsSchema.prefault({}).describe('Request and scheduling limits.'),
     onnx: OnnxSchema.prefault({}).describe('ONNX Runtime settings.'),
     allocator: AllocatorSchema.prefault({}).describe('Process-wide memory allocator settings (applied when the server starts).'),
-    experts: ExpertsSchema.prefault({}).describe('Expert kernels: how each expert FFN is computed in the workers.'),
+    experts: ExpertsSchema.prefault({}).describe('Where the experts run (worker pool or in-process compute team) and how each expert FFN is computed.'),
     telemetry: TelemetrySchema.prefault({}).describe('OpenTelemetry and load-trace output.'),
     cache: CacheSchema.prefault({}).describe('Prefix (key/value) and response caches.'),
     placement: PlacementSchema.prefault({}).describe('Expert placement limits and dispatch.'),
@@ -283,6 +291,19 @@ export const ConfigSchema = z
     nats: NatsSchema.prefault({}).describe('Scale-out: experts on expert hosts of other machines, over NATS (docs/scale-out.md).'),
   })
   .superRefine((config, ctx) => {
+    if (config.experts.execution === 'in-process') {
+      const conflicts: Array<[string[], boolean, string]> = [
+        [['nats', 'url'], config.nats.url !== null, 'scale-out over NATS places experts on worker threads and expert hosts'],
+        [['experts', 'kernel'], !['auto', 'dense-native'].includes(config.experts.kernel), "in-process experts run the fp32 dense-native kernel; other kernels run in workers"],
+        [['onnx', 'executionProviders', 'experts'], config.onnx.executionProviders.experts.some((p) => p !== 'cpu'), 'in-process experts run on the CPU; execution providers apply to workers'],
+        [['experts', 'maxResidentPerWorker'], config.experts.maxResidentPerWorker !== null, 'in-process experts are all resident'],
+        [['workers'], config.workers !== null, 'in-process experts have no worker threads (experts.teamThreads sizes the compute team)'],
+        [['placementFile'], config.placementFile !== null, 'in-process experts have one fixed placement'],
+      ];
+      for (const [path, conflict, why] of conflicts) {
+        if (conflict) ctx.addIssue({ code: 'custom', path, message: `cannot be set with experts.execution 'in-process' (${why}); set experts.execution to 'workers' or leave this at its default` });
+      }
+    }
     if (config.limits.defaultMaxNewTokens > config.limits.maxNewTokens) {
       ctx.addIssue({
         code: 'custom',

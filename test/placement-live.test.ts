@@ -26,7 +26,7 @@ const stepWaiters: Array<{ test: (generation: number, sequences: number) => bool
 
 const probe: StepObserver = {
   onStep({ sequences }) {
-    const generation = engine.pool.generation;
+    const generation = engine.workerPool.generation;
     for (const s of sequences) {
       const seen = generationsOf.get(s.id) ?? new Set<number>();
       seen.add(generation);
@@ -78,7 +78,7 @@ describe('live placement change', () => {
     // Reference outputs, no placement change.
     const baseline = await Promise.all(PROMPTS.map((p, i) => generate(p, `base ${i}`)));
     expect(baseline.map((b) => b.status)).toEqual(PROMPTS.map(() => 200));
-    const startGeneration = engine.pool.generation;
+    const startGeneration = engine.workerPool.generation;
 
     let done = false;
     const results: Array<{ prompt: number; status: number; ids: number[] }> = [];

@@ -88,11 +88,11 @@ describe('expert worker recovery (engine)', () => {
     reference = await forward();
   });
   afterAll(() => engine?.close());
-  afterEach(() => engine.pool.injectFault(1, null));
+  afterEach(() => engine.workerPool.injectFault(1, null));
 
   it('replaces a thread that exits inside a layer task, runs the task again, and the process survives', async () => {
     const before = await engine.pool.stats();
-    await engine.pool.injectFault(1, { kind: 'exit' });
+    await engine.workerPool.injectFault(1, { kind: 'exit' });
     const watch = new LogWatch();
     const logits = await forward().finally(() => watch.stop());
 
@@ -115,7 +115,7 @@ describe('expert worker recovery (engine)', () => {
     const placed = keysOf(expertsOfWorker(engine.pool.placement, 1));
     expect(keysOf((await engine.pool.stats())[1].resident)).toEqual(placed);
 
-    await engine.pool.injectFault(1, { kind: 'exit', afterRuns: 1 });
+    await engine.workerPool.injectFault(1, { kind: 'exit', afterRuns: 1 });
     expect(await forward()).toEqual(reference);
     expect(restarts.map((r) => r.worker)).toEqual([1, 1]);
     expect(keysOf(restarts[1].experts)).toEqual(placed);
@@ -126,13 +126,13 @@ describe('expert worker recovery (engine)', () => {
   });
 
   it('runs a task that throws once more; if it throws again the step fails with a clear error', async () => {
-    await engine.pool.injectFault(0, { kind: 'throw' });
+    await engine.workerPool.injectFault(0, { kind: 'throw' });
     const watch = new LogWatch();
     const logits = await forward().finally(() => watch.stop());
     expect(logits).toEqual(reference);
     expect(watch.lines.some(retried(0, 'task threw'))).toBe(true);
 
-    await engine.pool.injectFault(0, { kind: 'throw', times: 2 });
+    await engine.workerPool.injectFault(0, { kind: 'throw', times: 2 });
     await expect(forward()).rejects.toThrow(/expert worker 0: run task failed 2 times \(thread died 0, task threw 2\); last: .*injected fault/);
     expect(await forward()).toEqual(reference); // the fault is spent; the pool serves on
     expect(restarts).toHaveLength(2); // throwing is not dying
@@ -156,7 +156,7 @@ describe('expert worker recovery: a replacement that cannot start', () => {
       });
 
       truncateSync(join(broken, 'model.safetensors'), 0); // a new thread cannot read its experts any more
-      await engine.pool.injectFault(1, { kind: 'exit' });
+      await engine.workerPool.injectFault(1, { kind: 'exit' });
       await expect(engine.model.forward(inputs())).rejects.toThrow(/expert worker 1: run task failed 3 times .*failed to start/);
 
       const degraded = await app.request('/health');
@@ -249,7 +249,7 @@ describe('expert worker recovery under load (HTTP)', () => {
     expect(baseline.map((b) => b.status)).toEqual(HTTP_PROMPTS.map(() => 200));
 
     // 1. Start-up placement: worker 1 exits inside its next layer task.
-    const first = await roundWithFault('a', () => engine.pool.injectFault(1, { kind: 'exit' }), restartCount());
+    const first = await roundWithFault('a', () => engine.workerPool.injectFault(1, { kind: 'exit' }), restartCount());
     expect(first.filter((r) => r.status !== 200)).toEqual([]);
     for (const r of first) expect(r.ids, HTTP_PROMPTS[r.prompt]).toEqual(baseline[r.prompt].ids);
     expect(restarts.map((r) => r.worker)).toEqual([1]);
@@ -260,7 +260,7 @@ describe('expert worker recovery under load (HTTP)', () => {
       body: JSON.stringify({ workers: 2, assignments: Array.from({ length: 8 }, (_, g) => ({ layer: Math.floor(g / 4), expert: g % 4, workers: [(g + 1) % 2] })) }),
     });
     expect(put.status).toBe(200);
-    const second = await roundWithFault('b', () => engine.pool.injectFault(1, { kind: 'exit', afterRuns: 2 }), restartCount());
+    const second = await roundWithFault('b', () => engine.workerPool.injectFault(1, { kind: 'exit', afterRuns: 2 }), restartCount());
     expect(second.filter((r) => r.status !== 200)).toEqual([]);
     for (const r of second) expect(r.ids, HTTP_PROMPTS[r.prompt]).toEqual(baseline[r.prompt].ids);
     expect(restarts.map((r) => r.worker)).toEqual([1, 1]);
@@ -279,7 +279,7 @@ describe('expert worker recovery under load (HTTP)', () => {
     const baseline = await Promise.all(HTTP_PROMPTS.map((p, i) => generate(p, `base2 ${i}`)));
     const watch = new LogWatch();
     try {
-      const results = await roundWithFault('c', () => engine.pool.injectFault(0, { kind: 'throw' }), watch.waitFor(retried(0, 'task threw')));
+      const results = await roundWithFault('c', () => engine.workerPool.injectFault(0, { kind: 'throw' }), watch.waitFor(retried(0, 'task threw')));
       expect(results.filter((r) => r.status !== 200)).toEqual([]);
       for (const r of results) expect(r.ids, HTTP_PROMPTS[r.prompt]).toEqual(baseline[r.prompt].ids);
     } finally {

@@ -11,6 +11,12 @@ import type { ExpertKernel } from './types.ts';
 interface Addon extends FfnAddon {
   /** gate, up: [ffn, hidden]; down: [hidden, ffn] (torch Linear layout); copied into the handle. */
   create(hidden: number, ffn: number, gate: Float32Array, up: Float32Array, down: Float32Array): object;
+  /** Batch i (tokens[i] rows of x after those of the batches before it) through handles[i], on the compute team. */
+  runBatches(handles: object[], x: Float32Array, tokens: Uint32Array, out: Float32Array): void;
+  /** The compute team (process-wide): helper threads besides the caller, µs they stay awake after a loop. */
+  configureTeam(helpers: number, spinUs: number): { helpers: number; spinUs: number };
+  /** The team as a handle for the trunk and attention addons' useTeam. */
+  teamHandle(): object;
 }
 
 export type DenseNativeStatus = NativeStatus<Addon>;
@@ -28,4 +34,15 @@ export class DenseNativeKernel extends NativeFfnKernel<Addon> implements ExpertK
     if (!native.available) throw new Error(native.reason);
     return new DenseNativeKernel(native.addon, native.addon.create(hidden, ffn, w.gate, w.up, w.down));
   }
+}
+
+/**
+ * Runs several experts' batches at once on the compute team (native/team.h: this thread and the team's helper
+ * threads split the experts' weight rows): batch i is tokens[i] rows of x [Σ tokens, hidden], after those of the
+ * batches before it, through kernels[i]; the results land in the same rows of out. Bit for bit what runSync of each
+ * kernel gives. An expert may appear once per call. Throws when the addon is unavailable.
+ */
+export function runBatchesOnTeam(kernels: DenseNativeKernel[], x: Float32Array, tokens: Uint32Array, out: Float32Array, native: DenseNativeStatus = nativeDense()): void {
+  if (!native.available) throw new Error(native.reason);
+  native.addon.runBatches(kernels.map((k) => k.handle), x, tokens, out);
 }

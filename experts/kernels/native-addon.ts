@@ -19,11 +19,16 @@ export interface FfnAddon extends KernelAddon {
 
 /** An expert kernel over a native FFN addon's handle: synchronous runs, weights freed on release. */
 export abstract class NativeFfnKernel<A extends FfnAddon> {
-  protected constructor(protected readonly addon: A, private handle: object | null) {}
+  protected constructor(protected readonly addon: A, private native: object | null) {}
+
+  /** The addon's handle (for calls that take several experts at once); throws after release. */
+  get handle(): object {
+    if (!this.native) throw new Error('native expert kernel used after release');
+    return this.native;
+  }
 
   /** y [tokens, hidden] for x [tokens, hidden], computed now on this thread. Throws after release. */
   runSync(x: Float32Array, tokens: number, out: Float32Array): void {
-    if (!this.handle) throw new Error('native expert kernel used after release');
     this.addon.run(this.handle, x, tokens, out);
   }
 
@@ -32,8 +37,8 @@ export abstract class NativeFfnKernel<A extends FfnAddon> {
   }
 
   async release(): Promise<void> {
-    if (this.handle) this.addon.release(this.handle);
-    this.handle = null;
+    if (this.native) this.addon.release(this.native);
+    this.native = null;
   }
 }
 

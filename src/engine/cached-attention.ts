@@ -36,6 +36,8 @@ export type AttentionKernel = (layer: number, q: Float32Array, out: Float32Array
 interface Addon {
   attend(q: Float32Array, out: Float32Array, keys: Float32Array[], values: Float32Array[], capacities: Uint32Array,
     pasts: Uint32Array, counts: Uint32Array, heads: number, kvHeads: number, headDim: number, scale: number): void;
+  /** Spread the query rows over the compute team (experts/in-process.ts), or null: the calling thread alone. */
+  useTeam(team: object | null): void;
   info(): { simd: string };
 }
 

@@ -7,6 +7,7 @@ import { availableParallelism } from 'node:os';
 import { randomInt } from 'node:crypto';
 import type { Config } from '../config.ts';
 import { ExpertPool, type PoolObserver, type PoolOptions } from '../../experts/pool.ts';
+import { InProcessExperts } from '../../experts/in-process.ts';
 import { placementFileSchema, placementFromFile, roundRobinPlacement, type Placement } from '../placement/placement.ts';
 import { loadModelPackage, PackageError, type ModelPackage } from './package.ts';
 import { MoeModel } from './model.ts';
@@ -51,7 +52,8 @@ export class Engine implements GenerationService {
   private constructor(
     readonly pkg: ModelPackage,
     readonly model: MoeModel,
-    readonly pool: ExpertPool,
+    /** Where the experts run (config experts.execution): the worker pool, or the in-process compute team. */
+    readonly pool: ExpertPool | InProcessExperts,
     readonly codec: TextCodec,
     private readonly scheduler: Scheduler,
     private readonly limits: { maxPromptTokens: number; maxNewTokens: number },
@@ -64,6 +66,12 @@ export class Engine implements GenerationService {
       caches.prefix.clear();
       caches.response.clear();
     });
+  }
+
+  /** The worker pool (fault injection, placement generations in tests); throws with experts.execution 'in-process'. */
+  get workerPool(): ExpertPool {
+    if (!(this.pool instanceof ExpertPool)) throw new Error("experts.execution is 'in-process': there is no worker pool");
+    return this.pool;
   }
 
   /** Live placement changes, recent expert load and rebalancing (the admin API's engine side). */
@@ -87,15 +95,21 @@ export class Engine implements GenerationService {
     const placement = cluster
       ? gatewayWorkerPlacement(cluster.placement, config.workers ?? availableParallelism())
       : loadPlacement(config, c.num_hidden_layers, c.num_experts);
-    const pool = await ExpertPool.start(poolOptions(config, pkg, placement)).catch(async (error) => {
-      await cluster?.connection.close();
-      throw error;
-    });
+    const pool = config.experts.execution === 'in-process'
+      ? InProcessExperts.load({
+        weightsFile: pkg.weightsFile, tensors: pkg.tensors, layers: c.num_hidden_layers, experts: c.num_experts, hidden: c.hidden_size,
+        threads: config.experts.teamThreads ?? availableParallelism(), droppedExperts: pkg.droppedExperts,
+      })
+      : await ExpertPool.start(poolOptions(config, pkg, placement)).catch(async (error) => {
+        await cluster?.connection.close();
+        throw error;
+      });
     for (const o of [observers].flat()) if (o.onWorkerRestart) pool.onWorkerRestart((event) => o.onWorkerRestart?.(event));
-    const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, placement.workers));
+    const placementAdmin = new PlacementController(pool, placementSettings(config, c.num_hidden_layers, c.num_experts, pool.placement.workers));
     const observer = composeObservers([...[observers].flat(), placementAdmin.tracker.observer]);
     try {
-      const runner = cluster ? new ClusterExpertRunner(cluster.connection.nc, pool, cluster.placement, {
+      // The config refuses nats with in-process experts, so a cluster always has the worker pool.
+      const runner = cluster && pool instanceof ExpertPool ? new ClusterExpertRunner(cluster.connection.nc, pool, cluster.placement, {
         cluster: config.nats.cluster, hidden: c.hidden_size, requestTimeoutMs: config.nats.requestTimeoutMs,
         attempts: config.nats.attempts, localFallback: config.nats.localFallback,
       }) : pool;
@@ -105,7 +119,9 @@ export class Engine implements GenerationService {
       const model = await MoeModel.load(pkg, runner, {
         capacityFactor: config.routing.capacityFactor, trunkThreads: config.onnx.trunkThreads,
         executionProviders: config.onnx.executionProviders.trunk, trunkKernel: config.onnx.trunkKernel,
-        microBatchMinTokens: config.experts.overlapMinTokens ?? Infinity,
+        // In-process experts run synchronously on the team: no second thread for a micro-batch to overlap with.
+        microBatchMinTokens: pool instanceof InProcessExperts ? Infinity : config.experts.overlapMinTokens ?? Infinity,
+        team: pool instanceof InProcessExperts ? pool.team : null,
       });
       if (model.trunkKernelNote && config.onnx.trunkKernel === 'native') log.warn('the trunk runs in onnxruntime: the native trunk cannot be used', { reason: model.trunkKernelNote });
       else if (model.trunkKernelNote) log.info('the trunk runs in onnxruntime', { reason: model.trunkKernelNote });

@@ -21,6 +21,8 @@ interface Addon {
   project(handle: object, n: number, x: Float32Array, cos: Float32Array, sin: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array): void;
   output(handle: object, n: number, x: Float32Array, attended: Float32Array, h: Float32Array, moeInput: Float32Array, routerLogits: Float32Array): void;
   release(handle: object): void;
+  /** Split the matrix products over the compute team (experts/in-process.ts), or null: the calling thread alone. */
+  useTeam(team: object | null): void;
   info(): { simd: string };
   setSimd(enabled: boolean): { simd: string };
 }

@@ -72,7 +72,7 @@ export class PlacementController {
   onChange: (() => void) | null = null;
 
   constructor(
-    private readonly pool: Pick<ExpertPool, 'placement' | 'applyPlacement'>,
+    private readonly pool: Pick<ExpertPool, 'placement' | 'applyPlacement'> & { readonly fixedPlacement?: string },
     readonly settings: ControllerSettings,
     private readonly logger: Pick<Logger, 'info' | 'warn'> = log,
     now?: () => number,
@@ -107,6 +107,8 @@ export class PlacementController {
   /** Validates and applies a placement file live. */
   async apply(raw: unknown): Promise<PlacementChange> {
     const placement = this.validate(raw);
+    const fixed = this.pool.fixedPlacement;
+    if (fixed && !samePlacement(placement, this.pool.placement)) throw new InvalidPlacementError([fixed]);
     const change = await this.pool.applyPlacement(placement);
     this.onChange?.();
     return change;
@@ -121,6 +123,7 @@ export class PlacementController {
 
   /** Plans from recent load and applies the plan unless dryRun (or it would change nothing or not help). */
   async rebalance(options: RebalanceOptions = {}): Promise<RebalanceResult> {
+    if (this.pool.fixedPlacement) throw new RebalanceError(this.pool.fixedPlacement);
     const workers = options.workers ?? this.pool.placement.workers;
     if (!Number.isInteger(workers) || workers < 1 || workers > this.settings.maxWorkers) {
       throw new RebalanceError(`workers must be an integer from 1 to ${this.settings.maxWorkers} (admin.maxWorkers); got ${workers}`);
@@ -160,7 +163,7 @@ export class PlacementController {
   /** Starts automatic rebalancing when configured; the timer does not keep the process alive. */
   start(): void {
     const auto = this.settings.auto;
-    if (!auto || this.timer) return;
+    if (!auto || this.timer || this.pool.fixedPlacement) return;
     this.timer = setInterval(() => void this.autoRebalance(), auto.intervalSeconds * 1000);
     this.timer.unref();
   }

@@ -13,7 +13,7 @@
 // not depend on its batch, nor on how its prompt was split into chunks.
 //
 // The AVX2/FMA path (chosen at run time, as in sparse_ffn.cc) needs head_dim % 8 == 0; the portable loops serve the
-// rest. Single-threaded: it runs on the calling (main) thread while the expert workers use the other cores.
+// rest. Query rows are spread over the compute team when one is set (useTeam; team.h), else run on the calling thread.
 #include <node_api.h>
 
 #include <algorithm>
@@ -25,10 +25,13 @@
 
 #include "napi_glue.h"
 #include "simd.h"
+#include "team.h"
 
 namespace {
 
 bool g_avx2 = false;
+// The compute team the query rows are spread over (useTeam), or null: this thread alone.
+sy::Team* g_team = nullptr;
 
 struct Shape {
   uint32_t heads, kvHeads, headDim;
@@ -211,30 +214,38 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     longest = std::max(longest, pasts[s] + counts[s]);
   }
 
-  thread_local std::vector<float> scores;
-  if (scores.size() < (longest + 7u) / 8 * 8) scores.resize((longest + 7u) / 8 * 8);
   const uint32_t group = sh.heads / sh.kvHeads;
 #if SY_X86
   const bool simd = g_avx2 && sh.headDim % 8 == 0;
 #endif
-  size_t row = 0;
-  for (uint32_t s = 0; s < sequences; s++) {
-    for (uint32_t i = 0; i < counts[s]; i++, row++) {
-      const uint32_t len = pasts[s] + i + 1;
-      for (uint32_t h = 0; h < sh.heads; h++) {
-        const size_t head = static_cast<size_t>(h / group) * caps[s] * sh.headDim;
-        const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
-        float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
-#if SY_X86
-        if (simd) {
-          row_avx2(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
-          continue;
-        }
-#endif
-        row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
-      }
-    }
+  // One unit per query row (all its heads); rows are independent, each computed the same way on any thread.
+  std::vector<uint32_t> rowSequence(tokens);
+  for (uint32_t s = 0, row = 0; s < sequences; s++)
+    for (uint32_t i = 0; i < counts[s]; i++) rowSequence[row++] = s;
+  std::vector<uint32_t> firstRow(sequences);
+  for (uint32_t s = 0, row = 0; s < sequences; s++) {
+    firstRow[s] = row;
+    row += counts[s];
   }
+  auto body = [&](uint32_t row) {
+    thread_local std::vector<float> scores;
+    if (scores.size() < (longest + 7u) / 8 * 8) scores.resize((longest + 7u) / 8 * 8);
+    const uint32_t s = rowSequence[row];
+    const uint32_t len = pasts[s] + (row - firstRow[s]) + 1;
+    for (uint32_t h = 0; h < sh.heads; h++) {
+      const size_t head = static_cast<size_t>(h / group) * caps[s] * sh.headDim;
+      const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
+      float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
+#if SY_X86
+      if (simd) {
+        row_avx2(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
+        continue;
+      }
+#endif
+      row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
+    }
+  };
+  sy::parallel_for(g_team, static_cast<uint32_t>(tokens), body);
   return nullptr;
 }
 
@@ -244,6 +255,7 @@ NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"attend", Attend},
+      {"useTeam", sy::use_team<&g_team>},
       {"info", sy::info<&g_avx2>},
   });
 }

@@ -20,6 +20,7 @@
 #include "matmul.h"
 #include "napi_glue.h"
 #include "simd.h"
+#include "team.h"
 
 namespace {
 
@@ -57,6 +58,77 @@ void run_expert(Expert& e, const float* x, float* y, uint32_t tokens) {
   for (uint32_t t = 0; t < tokens; t += kChunk) {
     const uint32_t n = tokens - t < kChunk ? tokens - t : kChunk;
     run_chunk(e, x + static_cast<size_t>(t) * e.hidden, y + static_cast<size_t>(t) * e.hidden, n);
+  }
+}
+
+// ---- a layer's batches on the compute team ------------------------------------------------------------------------
+
+// Weight rows per unit of work: 64 rows of gate and up (2 × 64 KiB at hidden 256) or of down.
+constexpr uint32_t kRowsPerUnit = 64;
+
+sy::Team& team() {
+  static sy::Team* t = new sy::Team();  // never destroyed: its helper threads live as long as the process
+  return *t;
+}
+
+struct Batch {
+  Expert* e;
+  const float* x;  // [tokens, hidden]
+  float* y;        // [tokens, hidden]
+  uint32_t tokens;
+};
+
+// Every batch through its expert, on the team: per chunk of kChunk tokens, one parallel loop over blocks of gate/up
+// rows (with the SwiGLU on those rows), then one over blocks of down rows. Each output value is the same dot product
+// as in run_expert, so the result is bit for bit the one-thread result.
+void run_batches(std::vector<Batch>& batches) {
+  uint32_t most = 0;
+  for (const Batch& b : batches) most = b.tokens > most ? b.tokens : most;
+  struct Unit {
+    uint32_t batch, r0, r1;
+  };
+  std::vector<Unit> up, down;
+  for (uint32_t c = 0; c < most; c += kChunk) {
+    up.clear();
+    down.clear();
+    for (uint32_t i = 0; i < batches.size(); i++) {
+      Batch& b = batches[i];
+      if (b.tokens <= c) continue;
+      Expert& e = *b.e;
+      for (uint32_t r = 0; r < e.ffn; r += kRowsPerUnit) up.push_back({i, r, r + kRowsPerUnit < e.ffn ? r + kRowsPerUnit : e.ffn});
+      for (uint32_t r = 0; r < e.hidden; r += kRowsPerUnit) down.push_back({i, r, r + kRowsPerUnit < e.hidden ? r + kRowsPerUnit : e.hidden});
+      const uint32_t n = b.tokens - c < kChunk ? b.tokens - c : kChunk;
+      if (e.gate.stride != e.hidden)  // rows of x padded with zeros to the weights' stride, as run_chunk does
+        for (uint32_t t = 0; t < n; t++)
+          std::memcpy(e.x.data() + static_cast<size_t>(t) * e.gate.stride, b.x + (static_cast<size_t>(c) + t) * e.hidden, e.hidden * sizeof(float));
+    }
+    const auto chunk = [&](const Batch& b, const float** xin) {
+      const Expert& e = *b.e;
+      *xin = e.gate.stride != e.hidden ? e.x.data() : b.x + static_cast<size_t>(c) * e.hidden;
+      return b.tokens - c < kChunk ? b.tokens - c : kChunk;
+    };
+    auto gate_up = [&](uint32_t u) {
+      const Unit& unit = up[u];
+      const Batch& b = batches[unit.batch];
+      Expert& e = *b.e;
+      const float* xin;
+      const uint32_t n = chunk(b, &xin);
+      const uint32_t fs = e.down.stride;
+      sy::matmul_rows(g_avx2, e.gate, unit.r0, unit.r1, xin, e.gate.stride, n, e.g.data(), fs);
+      sy::matmul_rows(g_avx2, e.up, unit.r0, unit.r1, xin, e.gate.stride, n, e.u.data(), fs);
+      const uint32_t end = unit.r1 == e.ffn ? fs : unit.r1;  // the last block takes the zero padding along
+      for (uint32_t t = 0; t < n; t++) sy::swiglu(g_avx2, e.g.data() + static_cast<size_t>(t) * fs + unit.r0, e.u.data() + static_cast<size_t>(t) * fs + unit.r0, end - unit.r0);
+    };
+    auto down_rows = [&](uint32_t u) {
+      const Unit& unit = down[u];
+      const Batch& b = batches[unit.batch];
+      Expert& e = *b.e;
+      const float* xin;
+      const uint32_t n = chunk(b, &xin);
+      sy::matmul_rows(g_avx2, e.down, unit.r0, unit.r1, e.g.data(), e.down.stride, n, b.y + static_cast<size_t>(c) * e.hidden, e.hidden);
+    };
+    team().parallel_for(static_cast<uint32_t>(up.size()), gate_up);
+    team().parallel_for(static_cast<uint32_t>(down.size()), down_rows);
   }
 }
 
@@ -116,6 +188,74 @@ napi_value Create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+// runBatches(handles: object[], x: Float32Array, tokens: Uint32Array, out: Float32Array): batch i (tokens[i] rows of
+// x, after the rows of the batches before it) through expert handles[i], into the same rows of out; on the compute
+// team (configureTeam), synchronously. A handle may appear once per call.
+napi_value RunBatches(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value a[4];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  bool isArray = false;
+  uint32_t count = 0;
+  if (argc != 4 || napi_is_array(env, a[0], &isArray) != napi_ok || !isArray || napi_get_array_length(env, a[0], &count) != napi_ok)
+    return sy::throw_type(env, "runBatches(handles, x, tokens, out): handles must be an array");
+  uint32_t* tokens;
+  float *x, *y;
+  size_t tn, xn, yn;
+  if (!sy::typed_array(env, a[2], napi_uint32_array, &tokens, &tn) || tn != count)
+    return sy::throw_type(env, "runBatches: tokens must be a Uint32Array with one count per handle");
+  if (!sy::typed_array(env, a[1], napi_float32_array, &x, &xn) || !sy::typed_array(env, a[3], napi_float32_array, &y, &yn))
+    return sy::throw_type(env, "runBatches: x and out must be Float32Arrays");
+  std::vector<Batch> batches;
+  batches.reserve(count);
+  size_t row = 0;
+  uint32_t hidden = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value h;
+    SY_CHECK(napi_get_element(env, a[0], i, &h));
+    Expert* e = sy::handle_of<Expert>(env, h, &kTag);
+    if (!e) return sy::throw_type(env, "runBatches: every handle must be made by this addon's create");
+    if (e->released) return sy::throw_error(env, "runBatches: an expert was released");
+    if (i == 0) hidden = e->hidden;
+    if (e->hidden != hidden) return sy::throw_type(env, "runBatches: the experts must share one hidden width");
+    for (const Batch& b : batches)
+      if (b.e == e) return sy::throw_type(env, "runBatches: a handle appears twice (its scratch is per call)");
+    const size_t need = (row + tokens[i]) * e->hidden;
+    if (xn < need || yn < need) return sy::throw_range(env, "runBatches: x and out must hold Σ tokens × hidden floats");
+    if (tokens[i] > 0) batches.push_back({e, x + row * e->hidden, y + row * e->hidden, tokens[i]});
+    row += tokens[i];
+  }
+  run_batches(batches);
+  return nullptr;
+}
+
+// configureTeam(helpers, spinUs) → { helpers, spinUs }: the compute team of runBatches (helper threads besides the
+// caller, and how long they stay awake after a loop); process-wide. Helpers are started once and never stopped.
+napi_value ConfigureTeam(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value a[2];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  uint32_t helpers, spin;
+  if (argc != 2 || !sy::whole(env, a[0], 0, 256, &helpers) || !sy::whole(env, a[1], 0, 1000000, &spin))
+    return sy::throw_range(env, "configureTeam(helpers, spinUs): helpers a whole number in 0..256, spinUs in 0..1000000");
+  team().configure(helpers, spin);
+  napi_value out, hv, sv;
+  SY_CHECK(napi_create_object(env, &out));
+  SY_CHECK(napi_create_uint32(env, team().helpers(), &hv));
+  SY_CHECK(napi_create_uint32(env, team().spin_us(), &sv));
+  SY_CHECK(napi_set_named_property(env, out, "helpers", hv));
+  SY_CHECK(napi_set_named_property(env, out, "spinUs", sv));
+  return out;
+}
+
+// teamHandle() → the compute team as a tagged external, for the trunk and attention addons' useTeam.
+napi_value TeamHandle(napi_env env, napi_callback_info) {
+  napi_value handle;
+  SY_CHECK(napi_create_external(env, &team(), nullptr, nullptr, &handle));
+  SY_CHECK(napi_type_tag_object(env, handle, &sy::kTeamTag));
+  return handle;
+}
+
 }  // namespace
 
 NAPI_MODULE_INIT() {
@@ -123,6 +263,9 @@ NAPI_MODULE_INIT() {
   return sy::define(env, exports, {
       {"create", Create},
       {"run", sy::run_ffn<Expert, &kTag, run_expert>},
+      {"runBatches", RunBatches},
+      {"configureTeam", ConfigureTeam},
+      {"teamHandle", TeamHandle},
       {"release", sy::release<Expert, free_storage, &kTag>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},

@@ -38,9 +38,9 @@ inline void fill(Matrix& m, const float* src, uint32_t rows, uint32_t cols) {
 
 // ---- portable ---------------------------------------------------------------------------------------------------
 
-// out[t·outStride + r] = W[r] · in[t·inStride] for rows [0, m.rows) and tokens [0, tokens); same lane order as AVX2.
-inline void matmul_portable(const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
-  for (uint32_t r = 0; r < m.rows; r++) {
+// out[t·outStride + r] = W[r] · in[t·inStride] for rows [r0, r1) and tokens [0, tokens); same lane order as AVX2.
+inline void matmul_portable(const Matrix& m, uint32_t r0, uint32_t r1, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
+  for (uint32_t r = r0; r < r1; r++) {
     const float* w = m.w.data() + static_cast<size_t>(r) * m.stride;
     for (uint32_t t = 0; t < tokens; t++) {
       const float* x = in + static_cast<size_t>(t) * inStride;
@@ -100,26 +100,33 @@ __attribute__((target("avx2,fma"))) inline void rows_avx2(const float* w, uint32
   }
 }
 
-__attribute__((target("avx2,fma"))) inline void matmul_avx2(const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
+__attribute__((target("avx2,fma"))) inline void matmul_avx2(const Matrix& m, uint32_t r0, uint32_t r1, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
   const float* w = m.w.data();
-  uint32_t r = 0;
+  uint32_t r = r0;
   // Two rows per block when tokens come in fours (8 accumulators), four when fewer tokens (one token: 4 chains).
   if (tokens >= 4) {
-    for (; r + 2 <= m.rows; r += 2) rows_avx2<2>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
+    for (; r + 2 <= r1; r += 2) rows_avx2<2>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
   } else {
-    for (; r + 4 <= m.rows; r += 4) rows_avx2<4>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
+    for (; r + 4 <= r1; r += 4) rows_avx2<4>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
   }
-  for (; r < m.rows; r++) rows_avx2<1>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
+  for (; r < r1; r++) rows_avx2<1>(w + static_cast<size_t>(r) * m.stride, m.stride, in, inStride, tokens, m.stride, out + r, outStride);
 }
 #endif
 
-// out[t·outStride + r] = W[r] · in[t·inStride] (rows of in padded to m.stride with zeros), AVX2 when `avx2`.
-inline void matmul(bool avx2, const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
+// out[t·outStride + r] = W[r] · in[t·inStride] for rows r in [r0, r1) (rows of in padded to m.stride with zeros), AVX2
+// when `avx2`. Which rows run together does not change any value, so a matrix split over threads by rows gives the
+// same output as one call.
+inline void matmul_rows(bool avx2, const Matrix& m, uint32_t r0, uint32_t r1, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
 #if SY_X86
-  if (avx2) return matmul_avx2(m, in, inStride, tokens, out, outStride);
+  if (avx2) return matmul_avx2(m, r0, r1, in, inStride, tokens, out, outStride);
 #endif
   (void)avx2;
-  matmul_portable(m, in, inStride, tokens, out, outStride);
+  matmul_portable(m, r0, r1, in, inStride, tokens, out, outStride);
+}
+
+// All rows: out[t·outStride + r] = W[r] · in[t·inStride].
+inline void matmul(bool avx2, const Matrix& m, const float* in, uint32_t inStride, uint32_t tokens, float* out, uint32_t outStride) {
+  matmul_rows(avx2, m, 0, m.rows, in, inStride, tokens, out, outStride);
 }
 
 // g[k] = silu(g[k]) · u[k] over n floats (n a multiple of 8 on the AVX2 path).

@@ -26,11 +26,16 @@
 #include "matmul.h"
 #include "napi_glue.h"
 #include "simd.h"
+#include "team.h"
 
 namespace {
 
 bool g_avx2 = false;
 const napi_type_tag kTag = {0x5377697463687961ULL, 0x7472756e6b5f6c79ULL};  // trunk layer handles
+// The compute team the matrix products run on (useTeam), or null: this thread alone.
+sy::Team* g_team = nullptr;
+// Weight rows per unit of work on the team: 32 rows of a 256-wide matrix are 32 KiB.
+constexpr uint32_t kRowsPerUnit = 32;
 // Tokens per pass: bounds the scratch (shared by every layer of the thread) to kChunk rows of the widest stage.
 constexpr uint32_t kChunk = 64;
 
@@ -70,6 +75,31 @@ void rotary(float* row, uint32_t heads, uint32_t headDim, const float* cos, cons
   }
 }
 
+// One product of several that read the same input rows: out[t·outStride + r] = W[r] · in[t·inStride].
+struct Product {
+  const sy::Matrix* m;
+  float* out;
+  uint32_t outStride;
+};
+
+// The products over `n` input rows, split by blocks of weight rows over the compute team (each value computed as
+// sy::matmul computes it, so the split changes nothing).
+void matmuls(std::initializer_list<Product> products, const float* in, uint32_t inStride, uint32_t n) {
+  const Product* list = products.begin();
+  uint32_t units = 0, bounds[8];
+  const uint32_t count = static_cast<uint32_t>(products.size());
+  for (uint32_t i = 0; i < count; i++) bounds[i] = (units += (list[i].m->rows + kRowsPerUnit - 1) / kRowsPerUnit);
+  auto body = [&](uint32_t u) {
+    uint32_t i = 0;
+    while (u >= bounds[i]) i++;
+    const Product& p = list[i];
+    const uint32_t r0 = (u - (i ? bounds[i - 1] : 0)) * kRowsPerUnit;
+    const uint32_t r1 = r0 + kRowsPerUnit < p.m->rows ? r0 + kRowsPerUnit : p.m->rows;
+    sy::matmul_rows(g_avx2, *p.m, r0, r1, in, inStride, n, p.out, p.outStride);
+  };
+  sy::parallel_for(g_team, units, body);
+}
+
 void grow(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.assign(n, 0.0f);
 }
@@ -80,9 +110,7 @@ void project(Layer& L, const float* x, uint32_t n, const float* cos, const float
   std::vector<float>& xn = t_scratch.xn;
   grow(xn, static_cast<size_t>(n) * d);
   for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * d, L.inputNorm.data(), d, L.eps, xn.data() + static_cast<size_t>(t) * d);
-  sy::matmul(g_avx2, L.wq, xn.data(), d, n, q, d);
-  sy::matmul(g_avx2, L.wk, xn.data(), d, n, k, L.kvDim);
-  sy::matmul(g_avx2, L.wv, xn.data(), d, n, v, L.kvDim);
+  matmuls({{&L.wq, q, d}, {&L.wk, k, L.kvDim}, {&L.wv, v, L.kvDim}}, xn.data(), d, n);
   for (uint32_t t = 0; t < n; t++) {
     float* qt = q + static_cast<size_t>(t) * d;
     float* kt = k + static_cast<size_t>(t) * L.kvDim;
@@ -108,7 +136,7 @@ void output(Layer& L, const float* x, const float* attended, uint32_t n, float* 
   const uint32_t d = L.d;
   Scratch& s = t_scratch;
   grow(s.o, static_cast<size_t>(n) * d);
-  sy::matmul(g_avx2, L.wo, attended, d, n, s.o.data(), d);
+  matmuls({{&L.wo, s.o.data(), d}}, attended, d, n);
   for (size_t i = 0, total = static_cast<size_t>(n) * d; i < total; i++) h[i] = x[i] + (L.residual == 1.0f ? s.o[i] : s.o[i] * L.residual);
   for (uint32_t t = 0; t < n; t++) rms_norm(h + static_cast<size_t>(t) * d, L.postNorm.data(), d, L.eps, m + static_cast<size_t>(t) * d);
   sy::matmul(g_avx2, L.router, m, d, n, logits, L.experts);
@@ -117,10 +145,9 @@ void output(Layer& L, const float* x, const float* attended, uint32_t n, float* 
   const uint32_t w = L.shared;
   grow(s.g, static_cast<size_t>(n) * w);
   grow(s.u, static_cast<size_t>(n) * w);
-  sy::matmul(g_avx2, L.sGate, m, d, n, s.g.data(), w);
-  sy::matmul(g_avx2, L.sUp, m, d, n, s.u.data(), w);
+  matmuls({{&L.sGate, s.g.data(), w}, {&L.sUp, s.u.data(), w}}, m, d, n);
   sy::swiglu(g_avx2, s.g.data(), s.u.data(), static_cast<size_t>(n) * w);
-  sy::matmul(g_avx2, L.sDown, s.g.data(), w, n, s.o.data(), d);
+  matmuls({{&L.sDown, s.o.data(), d}}, s.g.data(), w, n);
   if (L.sharedGated) {
     grow(s.gateLogit, n);
     sy::matmul(g_avx2, L.sScale, m, d, n, s.gateLogit.data(), 1);
@@ -309,6 +336,7 @@ NAPI_MODULE_INIT() {
       {"project", Project},
       {"output", Output},
       {"release", sy::release<Layer, free_storage, &kTag>},
+      {"useTeam", sy::use_team<&g_team>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},
   });

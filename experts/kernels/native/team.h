@@ -1,0 +1,160 @@
+// A compute team: the calling thread and a few helper threads run the units of one parallel loop, then return.
+// llama.cpp's model of a decode step (ggml's thread pool): no thread sleeps inside a step. Helpers spin for `spin_us`
+// after a loop ends, so the next loop of the same step (the next stage, the next layer) finds them awake; after that
+// they sleep on a condition variable, so an idle gateway costs no CPU.
+//
+// Units are claimed with one 64-bit compare-and-swap over (generation, next unit): a helper that wakes late, after its
+// loop has ended, can never claim a unit of the next loop with the previous loop's body. The caller waits for its
+// units to be done, not for every helper to check in, so a helper that is slow to wake (its core busy) delays nothing.
+// One loop at a time per team: parallel_for from a second thread while one runs waits on the team's mutex.
+#pragma once
+
+#include <node_api.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SY_PAUSE() _mm_pause()
+#else
+#define SY_PAUSE() std::this_thread::yield()
+#endif
+
+namespace sy {
+
+class Team {
+  using Body = void (*)(void*, uint32_t);
+
+ public:
+  // helpers: threads besides the caller (0: every loop runs on the caller alone); spin_us: how long a helper stays
+  // awake after a loop. Helpers are started once and live as long as the process (they are detached: the addon may be
+  // unloaded only with the process).
+  void configure(uint32_t helpers, uint32_t spin_us) {
+    std::lock_guard<std::mutex> run(run_);
+    spin_us_.store(spin_us, std::memory_order_relaxed);
+    while (started_ < helpers) {
+      std::thread(&Team::helper, this, started_).detach();
+      started_++;
+    }
+    helpers_.store(helpers, std::memory_order_relaxed);
+  }
+
+  uint32_t helpers() const { return helpers_.load(std::memory_order_relaxed); }
+  uint32_t spin_us() const { return spin_us_.load(std::memory_order_relaxed); }
+
+  // body(unit) for every unit in [0, units), on this thread and the helpers; returns when all have run.
+  template <typename F>
+  void parallel_for(uint32_t units, F& body) {
+    if (units == 0) return;
+    std::lock_guard<std::mutex> run(run_);
+    if (helpers_.load(std::memory_order_relaxed) == 0 || units == 1) {
+      for (uint32_t u = 0; u < units; u++) body(u);
+      return;
+    }
+    fn_.store([](void* ctx, uint32_t u) { (*static_cast<F*>(ctx))(u); }, std::memory_order_relaxed);
+    ctx_.store(&body, std::memory_order_relaxed);
+    units_.store(units, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    {
+      std::lock_guard<std::mutex> lock(sleep_);
+      ticket_.store(gen << 32, std::memory_order_release);
+      if (sleepers_ > 0) wake_.notify_all();
+    }
+    work(gen);
+    while (done_.load(std::memory_order_acquire) < units) SY_PAUSE();
+  }
+
+ private:
+  // Claims and runs units of generation `gen` until none are left (or a newer loop has started).
+  void work(uint64_t gen) {
+    for (;;) {
+      uint64_t t = ticket_.load(std::memory_order_acquire);
+      if ((t >> 32) != gen) return;
+      // Read before the claim; a successful claim proves they belong to `gen` (they change only after it is done).
+      const uint32_t units = units_.load(std::memory_order_relaxed);
+      Body fn = fn_.load(std::memory_order_relaxed);
+      void* ctx = ctx_.load(std::memory_order_relaxed);
+      const uint32_t unit = static_cast<uint32_t>(t);
+      if (unit >= units) return;
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
+      fn(ctx, unit);
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  // Helper `index` takes part while index < helpers (configure may lower the count; threads are never stopped).
+  void helper(uint32_t index) {
+    uint64_t seen = ticket_.load(std::memory_order_acquire) >> 32;
+    for (;;) {
+      const auto start = std::chrono::steady_clock::now();
+      const auto spin = std::chrono::microseconds(spin_us_.load(std::memory_order_relaxed));
+      uint32_t polls = 0;
+      while ((ticket_.load(std::memory_order_acquire) >> 32) == seen) {
+        SY_PAUSE();
+        if ((++polls & 63) == 0 && std::chrono::steady_clock::now() - start > spin) {
+          std::unique_lock<std::mutex> lock(sleep_);
+          sleepers_++;
+          wake_.wait(lock, [&] { return (ticket_.load(std::memory_order_acquire) >> 32) != seen; });
+          sleepers_--;
+          break;
+        }
+      }
+      seen = ticket_.load(std::memory_order_acquire) >> 32;
+      if (index < helpers_.load(std::memory_order_relaxed)) work(seen);
+    }
+  }
+
+  std::mutex run_;  // one loop at a time
+  std::atomic<uint32_t> helpers_{0}, spin_us_{0};
+  uint32_t started_ = 0;
+  // (generation << 32) | next unit to claim.
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<uint32_t> done_{0};
+  std::atomic<uint32_t> units_{0};
+  std::atomic<Body> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::mutex sleep_;
+  std::condition_variable wake_;
+  uint32_t sleepers_ = 0;
+};
+
+// The type tag of a team handle (an external whose data is a Team*): the addon that owns the team (dense_ffn) hands it
+// out, the others (trunk, attention) are given it from JS and refuse anything else.
+inline const napi_type_tag kTeamTag = {0x5377697463687961ULL, 0x7465616d5f746561ULL};
+
+// useTeam(handle | null) of an addon that borrows the team: its loops run on `*slot` from then on (null: on the caller).
+template <Team** Slot>
+napi_value use_team(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  napi_valuetype type = napi_undefined;
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc != 1 || napi_typeof(env, a[0], &type) != napi_ok) return nullptr;
+  if (type == napi_null) {
+    *Slot = nullptr;
+    return nullptr;
+  }
+  bool tagged = false;
+  void* data = nullptr;
+  if (napi_check_object_type_tag(env, a[0], &kTeamTag, &tagged) != napi_ok || !tagged || napi_get_value_external(env, a[0], &data) != napi_ok) {
+    napi_throw_type_error(env, nullptr, "useTeam(handle): a handle from the dense_ffn addon's teamHandle(), or null");
+    return nullptr;
+  }
+  *Slot = static_cast<Team*>(data);
+  return nullptr;
+}
+
+// body(unit) for each unit on `team`, or here in order when there is none.
+template <typename F>
+void parallel_for(Team* team, uint32_t units, F& body) {
+  if (team) return team->parallel_for(units, body);
+  for (uint32_t u = 0; u < units; u++) body(u);
+}
+
+}  // namespace sy
