@@ -21,6 +21,7 @@ describe('parsePeerArgs', () => {
     expect(o.maxTokens).toBe(64);
     expect(o.repeats).toBe(3);
     expect(o.threads).toBe(2);
+    expect(o.execution).toBe('in-process');
     expect(o.record).toBe(true);
     expect(o.requestsFor(1)).toBe(8);
     expect(o.requestsFor(32)).toBe(64);
@@ -36,8 +37,11 @@ describe('parsePeerArgs', () => {
   });
 
   it('reads the flags and rejects bad ones', () => {
-    const o = parsePeerArgs(['--clients', '2,16', '--requests', '5', '--repeats', '4', '--threads', '3', '--profile', '--no-record'], 2)!;
-    expect(o).toMatchObject({ levels: [2, 16], repeats: 4, threads: 3, peerThreads: 3, profile: true, record: false });
+    const o = parsePeerArgs(['--clients', '2,16', '--requests', '5', '--repeats', '4', '--threads', '3', '--execution', 'workers', '--profile', '--no-record'], 2)!;
+    expect(o).toMatchObject({ levels: [2, 16], repeats: 4, threads: 3, peerThreads: 3, execution: 'workers', profile: true, record: false });
+    // The in-process compute team has one thread per core: other thread counts need the worker pool.
+    expect(() => parsePeerArgs(['--threads', '3'], 2)).toThrow(/--execution workers/);
+    expect(() => parsePeerArgs(['--execution', 'gpu'], 2)).toThrow(UsageError);
     expect(parsePeerArgs(['--peer-threads', '1'], 2)).toMatchObject({ threads: 2, peerThreads: 1 });
     expect(o.requestsFor(16)).toBe(5);
     expect(parsePeerArgs(['--help'], 2)).toBeNull();

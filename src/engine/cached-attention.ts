@@ -35,9 +35,7 @@ export type AttentionKernel = (layer: number, q: Float32Array, out: Float32Array
 
 interface Addon {
   attend(q: Float32Array, out: Float32Array, keys: Float32Array[], values: Float32Array[], capacities: Uint32Array,
-    pasts: Uint32Array, counts: Uint32Array, heads: number, kvHeads: number, headDim: number, scale: number): void;
-  /** Spread the query rows over the compute team (experts/in-process.ts), or null: the calling thread alone. */
-  useTeam(team: object | null): void;
+    pasts: Uint32Array, counts: Uint32Array, heads: number, kvHeads: number, headDim: number, scale: number, team?: object | null): void;
   info(): { simd: string };
 }
 
@@ -48,8 +46,11 @@ export function nativeAttention(): NativeAttention {
   return loadKernelAddon<Addon>('attention.node', 'native attention kernel');
 }
 
-/** The native kernel for this shape, or null when the addon is unavailable. */
-export function nativeAttentionKernel(shape: AttentionShape, status: NativeAttention = nativeAttention()): AttentionKernel | null {
+/**
+ * The native kernel for this shape, or null when the addon is unavailable. `team`: the compute team
+ * (InProcessExperts.team) the query rows are spread over (each row computed as on one thread); null: the caller's.
+ */
+export function nativeAttentionKernel(shape: AttentionShape, team: object | null = null, status: NativeAttention = nativeAttention()): AttentionKernel | null {
   if (!status.available) return null;
   const { addon } = status;
   return (layer, q, out, sequences) => {
@@ -66,7 +67,7 @@ export function nativeAttentionKernel(shape: AttentionShape, status: NativeAtten
       keys[i] = s.cache.keys[layer];
       values[i] = s.cache.values[layer];
     });
-    addon.attend(q, out, keys, values, capacities, pasts, counts, shape.heads, shape.kvHeads, shape.headDim, shape.scale);
+    addon.attend(q, out, keys, values, capacities, pasts, counts, shape.heads, shape.kvHeads, shape.headDim, shape.scale, team);
   };
 }
 

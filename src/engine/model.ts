@@ -16,7 +16,7 @@ import { KvCache } from './kv-cache.ts';
 import { readTensors } from '../format/safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
-import { attendReference, nativeAttention, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';
+import { attendReference, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';
 import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 import { NativeTrunk, nativeTrunkAddon, nativeTrunkUnsupported } from './native-trunk.ts';
@@ -66,18 +66,9 @@ export interface ModelOptions {
   trunkKernel?: 'auto' | 'native' | 'onnx';
   /**
    * The compute team (InProcessExperts.team) the native trunk's matrix products and the attention core split their
-   * work over; null or absent: they run on the calling thread. Process-wide: the native addons hold one team each,
-   * so the model loaded last decides.
+   * work over (same values as on one thread); null or absent: they run on the calling thread.
    */
   team?: object | null;
-}
-
-/** The native trunk and attention addons (those that are built) split their work over `team`, or none. */
-function useTeam(team: object | null): void {
-  const trunk = nativeTrunkAddon();
-  if (trunk.available) trunk.addon.useTeam(team);
-  const attention = nativeAttention();
-  if (attention.available) attention.addon.useTeam(team);
 }
 
 /** Which trunk runs the batched path's dense stages, and why not native when it is not. */
@@ -125,7 +116,7 @@ export class MoeModel {
     this.trunkKernel = sessions.native ? 'native' : 'onnx';
     this.heads = headsOf(config);
     const shape = { heads: this.heads.heads, kvHeads: this.heads.kvHeads, headDim: this.heads.headDim, scale: attentionScale(config) };
-    const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape);
+    const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape, options.team ?? null);
     this.attend = native ?? attendReference(shape);
     this.attentionKernel = native ? 'native' : 'typescript';
   }
@@ -156,13 +147,12 @@ export class MoeModel {
     const create = async (graph: Uint8Array) => (await createSession(graph, sessionOptions, options.executionProviders, 'trunk')).session;
     const layers = Array.from({ length: c.num_hidden_layers }, (_, l) => l);
     const trunk = chooseTrunk(c, options);
-    useTeam(options.team ?? null);
     const sessions: AttentionSessions = {};
     if (options.attention === 'per-sequence') {
       sessions.perSequence = [];
       for (const l of layers) sessions.perSequence.push(await create(attentionGraph(c, l, w)));
     } else if (trunk.kernel === 'native') {
-      sessions.native = NativeTrunk.create(c, w);
+      sessions.native = NativeTrunk.create(c, w, options.team ?? null);
     } else {
       sessions.projection = [];
       sessions.output = [];

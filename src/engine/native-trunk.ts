@@ -17,12 +17,11 @@ import { tensorNames, type ModelConfig } from './package.ts';
 import type { Weights } from './trunk-graphs.ts';
 
 interface Addon {
-  createLayer(spec: Record<string, number | boolean | Float32Array>): object;
+  /** `team`: a compute team handle (experts/in-process.ts) the layer's matrix products are split over. */
+  createLayer(spec: Record<string, number | boolean | Float32Array | object>): object;
   project(handle: object, n: number, x: Float32Array, cos: Float32Array, sin: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array): void;
   output(handle: object, n: number, x: Float32Array, attended: Float32Array, h: Float32Array, moeInput: Float32Array, routerLogits: Float32Array): void;
   release(handle: object): void;
-  /** Split the matrix products over the compute team (experts/in-process.ts), or null: the calling thread alone. */
-  useTeam(team: object | null): void;
   info(): { simd: string };
   setSimd(enabled: boolean): { simd: string };
 }
@@ -49,9 +48,10 @@ export class NativeTrunk {
 
   /**
    * One handle per layer with its weights copied in (torch Linear layout). Throws when the addon is unavailable or
-   * the model's widths do not fit it (nativeTrunkUnsupported).
+   * the model's widths do not fit it (nativeTrunkUnsupported). `team`: the compute team (InProcessExperts.team) the
+   * matrix products are split over, by blocks of weight rows (the same values as on one thread); null: this thread.
    */
-  static create(c: ModelConfig, w: Weights, status: NativeTrunkStatus = nativeTrunkAddon()): NativeTrunk {
+  static create(c: ModelConfig, w: Weights, team: object | null = null, status: NativeTrunkStatus = nativeTrunkAddon()): NativeTrunk {
     if (!status.available) throw new Error(status.reason);
     const unsupported = nativeTrunkUnsupported(c);
     if (unsupported) throw new Error(`the native trunk cannot run this model: ${unsupported}`);
@@ -69,6 +69,7 @@ export class NativeTrunk {
         ...(c.attention_bias ? { qBias: w(b.q), kBias: w(b.k), vBias: w(b.v) } : {}),
         ...(shared > 0 ? { sharedGate: w(s.gate), sharedUp: w(s.up), sharedDown: w(s.down) } : {}),
         ...(shared > 0 && c.shared_expert_gated ? { sharedScale: w(s.scale) } : {}),
+        ...(team ? { team } : {}),
       });
     });
     return new NativeTrunk(status.addon, layers);

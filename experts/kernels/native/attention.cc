@@ -13,7 +13,7 @@
 // not depend on its batch, nor on how its prompt was split into chunks.
 //
 // The AVX2/FMA path (chosen at run time, as in sparse_ffn.cc) needs head_dim % 8 == 0; the portable loops serve the
-// rest. Query rows are spread over the compute team when one is set (useTeam; team.h), else run on the calling thread.
+// rest. Query rows are spread over the compute team when the call passes one (team.h), else run on the calling thread.
 #include <node_api.h>
 
 #include <algorithm>
@@ -30,8 +30,6 @@
 namespace {
 
 bool g_avx2 = false;
-// The compute team the query rows are spread over (useTeam), or null: this thread alone.
-sy::Team* g_team = nullptr;
 
 struct Shape {
   uint32_t heads, kvHeads, headDim;
@@ -159,17 +157,20 @@ napi_value fail(napi_env env, const std::string& message) {
   return nullptr;
 }
 
-// attend(q, out, keys[], values[], capacities, pasts, counts, heads, kvHeads, headDim, scale) -> undefined
+// attend(q, out, keys[], values[], capacities, pasts, counts, heads, kvHeads, headDim, scale, team?) -> undefined
 //   q, out: Float32Array [N, heads · head_dim], N = Σ counts (the step's new tokens, sequence by sequence)
 //   keys[s], values[s]: Float32Array [kvHeads, capacities[s], head_dim], positions 0..pasts[s] + counts[s] written
 //   capacities, pasts, counts: Uint32Array [S]
+//   team: a compute team handle (dense_ffn's teamHandle()) the query rows are spread over; absent or null: this thread
 napi_value Attend(napi_env env, napi_callback_info info) {
-  size_t argc = 11;
-  napi_value a[11];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc != 11) {
-    napi_throw_type_error(env, nullptr, "attend(q, out, keys, values, capacities, pasts, counts, heads, kvHeads, headDim, scale) takes 11 arguments");
+  size_t argc = 12;
+  napi_value a[12];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 11) {
+    napi_throw_type_error(env, nullptr, "attend(q, out, keys, values, capacities, pasts, counts, heads, kvHeads, headDim, scale, team?) takes 11 or 12 arguments");
     return nullptr;
   }
+  sy::Team* team = nullptr;
+  if (argc == 12 && !sy::team_arg(env, a[11], &team)) return fail(env, "team must be a handle from the dense_ffn addon's teamHandle(), or null");
   float *q, *out;
   size_t qn, on, sn, pn, cn;
   uint32_t *caps, *pasts, *counts;
@@ -245,7 +246,7 @@ napi_value Attend(napi_env env, napi_callback_info info) {
       row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
     }
   };
-  sy::parallel_for(g_team, static_cast<uint32_t>(tokens), body);
+  sy::parallel_for(team, static_cast<uint32_t>(tokens), body);
   return nullptr;
 }
 
@@ -255,7 +256,6 @@ NAPI_MODULE_INIT() {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"attend", Attend},
-      {"useTeam", sy::use_team<&g_team>},
       {"info", sy::info<&g_avx2>},
   });
 }

@@ -126,28 +126,24 @@ class Team {
 };
 
 // The type tag of a team handle (an external whose data is a Team*): the addon that owns the team (dense_ffn) hands it
-// out, the others (trunk, attention) are given it from JS and refuse anything else.
+// out; the trunk and attention addons take it as an argument and refuse anything else. The team is never freed, so
+// a handle stays valid for the life of the process.
 inline const napi_type_tag kTeamTag = {0x5377697463687961ULL, 0x7465616d5f746561ULL};
 
-// useTeam(handle | null) of an addon that borrows the team: its loops run on `*slot` from then on (null: on the caller).
-template <Team** Slot>
-napi_value use_team(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value a[1];
+// The team behind `value`: a handle from the dense_ffn addon's teamHandle(), or null for undefined/null (the caller's
+// thread alone). False for anything else (the caller throws).
+inline bool team_arg(napi_env env, napi_value value, Team** out) {
   napi_valuetype type = napi_undefined;
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc != 1 || napi_typeof(env, a[0], &type) != napi_ok) return nullptr;
-  if (type == napi_null) {
-    *Slot = nullptr;
-    return nullptr;
+  if (napi_typeof(env, value, &type) != napi_ok) return false;
+  if (type == napi_undefined || type == napi_null) {
+    *out = nullptr;
+    return true;
   }
   bool tagged = false;
   void* data = nullptr;
-  if (napi_check_object_type_tag(env, a[0], &kTeamTag, &tagged) != napi_ok || !tagged || napi_get_value_external(env, a[0], &data) != napi_ok) {
-    napi_throw_type_error(env, nullptr, "useTeam(handle): a handle from the dense_ffn addon's teamHandle(), or null");
-    return nullptr;
-  }
-  *Slot = static_cast<Team*>(data);
-  return nullptr;
+  if (napi_check_object_type_tag(env, value, &kTeamTag, &tagged) != napi_ok || !tagged || napi_get_value_external(env, value, &data) != napi_ok) return false;
+  *out = static_cast<Team*>(data);
+  return true;
 }
 
 // body(unit) for each unit on `team`, or here in order when there is none.

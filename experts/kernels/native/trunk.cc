@@ -32,8 +32,6 @@ namespace {
 
 bool g_avx2 = false;
 const napi_type_tag kTag = {0x5377697463687961ULL, 0x7472756e6b5f6c79ULL};  // trunk layer handles
-// The compute team the matrix products run on (useTeam), or null: this thread alone.
-sy::Team* g_team = nullptr;
 // Weight rows per unit of work on the team: 32 rows of a 256-wide matrix are 32 KiB.
 constexpr uint32_t kRowsPerUnit = 32;
 // Tokens per pass: bounds the scratch (shared by every layer of the thread) to kChunk rows of the widest stage.
@@ -42,6 +40,7 @@ constexpr uint32_t kChunk = 64;
 struct Layer {
   uint32_t d = 0, heads = 0, kvHeads = 0, headDim = 0, kvDim = 0, experts = 0, shared = 0;
   float eps = 0, residual = 1;
+  sy::Team* team = nullptr;  // the compute team its matrix products are split over, or null: the calling thread
   bool released = false, qkNorm = false, bias = false, sharedGated = false;
   int64_t bytes = 0;
   std::vector<float> inputNorm, qNorm, kNorm, postNorm, bq, bk, bv;
@@ -84,7 +83,7 @@ struct Product {
 
 // The products over `n` input rows, split by blocks of weight rows over the compute team (each value computed as
 // sy::matmul computes it, so the split changes nothing).
-void matmuls(std::initializer_list<Product> products, const float* in, uint32_t inStride, uint32_t n) {
+void matmuls(sy::Team* team, std::initializer_list<Product> products, const float* in, uint32_t inStride, uint32_t n) {
   const Product* list = products.begin();
   uint32_t units = 0, bounds[8];
   const uint32_t count = static_cast<uint32_t>(products.size());
@@ -97,7 +96,7 @@ void matmuls(std::initializer_list<Product> products, const float* in, uint32_t 
     const uint32_t r1 = r0 + kRowsPerUnit < p.m->rows ? r0 + kRowsPerUnit : p.m->rows;
     sy::matmul_rows(g_avx2, *p.m, r0, r1, in, inStride, n, p.out, p.outStride);
   };
-  sy::parallel_for(g_team, units, body);
+  sy::parallel_for(team, units, body);
 }
 
 void grow(std::vector<float>& v, size_t n) {
@@ -110,7 +109,7 @@ void project(Layer& L, const float* x, uint32_t n, const float* cos, const float
   std::vector<float>& xn = t_scratch.xn;
   grow(xn, static_cast<size_t>(n) * d);
   for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * d, L.inputNorm.data(), d, L.eps, xn.data() + static_cast<size_t>(t) * d);
-  matmuls({{&L.wq, q, d}, {&L.wk, k, L.kvDim}, {&L.wv, v, L.kvDim}}, xn.data(), d, n);
+  matmuls(L.team, {{&L.wq, q, d}, {&L.wk, k, L.kvDim}, {&L.wv, v, L.kvDim}}, xn.data(), d, n);
   for (uint32_t t = 0; t < n; t++) {
     float* qt = q + static_cast<size_t>(t) * d;
     float* kt = k + static_cast<size_t>(t) * L.kvDim;
@@ -136,7 +135,7 @@ void output(Layer& L, const float* x, const float* attended, uint32_t n, float* 
   const uint32_t d = L.d;
   Scratch& s = t_scratch;
   grow(s.o, static_cast<size_t>(n) * d);
-  matmuls({{&L.wo, s.o.data(), d}}, attended, d, n);
+  matmuls(L.team, {{&L.wo, s.o.data(), d}}, attended, d, n);
   for (size_t i = 0, total = static_cast<size_t>(n) * d; i < total; i++) h[i] = x[i] + (L.residual == 1.0f ? s.o[i] : s.o[i] * L.residual);
   for (uint32_t t = 0; t < n; t++) rms_norm(h + static_cast<size_t>(t) * d, L.postNorm.data(), d, L.eps, m + static_cast<size_t>(t) * d);
   sy::matmul(g_avx2, L.router, m, d, n, logits, L.experts);
@@ -145,9 +144,9 @@ void output(Layer& L, const float* x, const float* attended, uint32_t n, float* 
   const uint32_t w = L.shared;
   grow(s.g, static_cast<size_t>(n) * w);
   grow(s.u, static_cast<size_t>(n) * w);
-  matmuls({{&L.sGate, s.g.data(), w}, {&L.sUp, s.u.data(), w}}, m, d, n);
+  matmuls(L.team, {{&L.sGate, s.g.data(), w}, {&L.sUp, s.u.data(), w}}, m, d, n);
   sy::swiglu(g_avx2, s.g.data(), s.u.data(), static_cast<size_t>(n) * w);
-  matmuls({{&L.sDown, s.o.data(), d}}, s.g.data(), w, n);
+  matmuls(L.team, {{&L.sDown, s.o.data(), d}}, s.g.data(), w, n);
   if (L.sharedGated) {
     grow(s.gateLogit, n);
     sy::matmul(g_avx2, L.sScale, m, d, n, s.gateLogit.data(), 1);
@@ -221,7 +220,8 @@ std::string mat(napi_env env, napi_value obj, const char* name, uint32_t rows, u
 
 // createLayer({d, heads, kvHeads, experts, eps, residual, qkNorm, bias, shared, sharedGated, inputNorm, q, k, v,
 //              qNorm?, kNorm?, qBias?, kBias?, vBias?, o, postNorm, router, sharedGate?, sharedUp?, sharedDown?,
-//              sharedScale?}) → handle. Weights in torch Linear layout [out, in], copied.
+//              sharedScale?, team?}) → handle. Weights in torch Linear layout [out, in], copied. `team`: a compute
+//              team handle (dense_ffn's teamHandle()) the layer's matrix products are split over; absent: this thread.
 napi_value CreateLayer(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value spec;
@@ -243,6 +243,9 @@ napi_value CreateLayer(napi_env env, napi_callback_info info) {
     if (L->d % 8 || L->kvDim % 8 || L->shared % 8 || L->headDim % 2) err = "d, the kv width and the shared expert width must be multiples of 8 and the head size even";
   }
   const uint32_t d = L->d, kv = L->kvDim, s = L->shared;
+  napi_value teamValue;
+  if (err.empty() && (napi_get_named_property(env, spec, "team", &teamValue) != napi_ok || !sy::team_arg(env, teamValue, &L->team)))
+    err = "team must be a handle from the dense_ffn addon's teamHandle(), or absent";
   if (err.empty()) err = vec(env, spec, "inputNorm", d, L->inputNorm);
   if (err.empty()) err = mat(env, spec, "q", d, d, L->wq);
   if (err.empty()) err = mat(env, spec, "k", kv, d, L->wk);
@@ -336,7 +339,6 @@ NAPI_MODULE_INIT() {
       {"project", Project},
       {"output", Output},
       {"release", sy::release<Layer, free_storage, &kTag>},
-      {"useTeam", sy::use_team<&g_team>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},
   });
