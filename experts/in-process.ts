@@ -114,7 +114,7 @@ export class InProcessExperts {
     const input = new Float32Array(total * d);
     let at = 0;
     for (const { rows } of plan.batches) {
-      input.set(gatherRows(x, rows, d), at * d);
+      gatherRows(x, rows, d, input, at);
       at += rows.length;
     }
     const out = new Float32Array(total * d);

@@ -43,10 +43,12 @@ export function planDispatch(choice: Int32Array, experts: number, capacityFactor
   return { batches, overflow, capacity };
 }
 
-/** Copies the rows of x [tokens, hidden] that a batch needs into one contiguous block. */
-export function gatherRows(x: Float32Array, rows: number[], hidden: number): Float32Array {
-  const out = new Float32Array(rows.length * hidden);
-  rows.forEach((row, i) => out.set(x.subarray(row * hidden, (row + 1) * hidden), i * hidden));
+/**
+ * Copies the rows of x [tokens, hidden] that a batch needs into one contiguous block: a new one, or `out` from row
+ * `at` on (several batches packed back to back).
+ */
+export function gatherRows(x: Float32Array, rows: number[], hidden: number, out = new Float32Array(rows.length * hidden), at = 0): Float32Array {
+  for (let i = 0; i < rows.length; i++) out.set(x.subarray(rows[i] * hidden, (rows[i] + 1) * hidden), (at + i) * hidden);
   return out;
 }
 

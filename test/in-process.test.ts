@@ -132,6 +132,18 @@ describe.skipIf(!dense.available)('in-process experts, tiny random package', () 
   });
   afterAll(() => engine?.close());
 
+  it('lets the event loop in at every step: an immediate queued with a request runs before its second token', async () => {
+    // Its forward awaits only settled promises: without a yield per step the scheduler held the thread until every
+    // sequence finished (a health check waited 1.1 s behind 16 generations).
+    let tokens = 0;
+    let seenByImmediate = -1;
+    const done = engine.generate({ ...request('The whale', 40), ignoreEos: true }, { onToken: () => void tokens++ });
+    setImmediate(() => (seenByImmediate = tokens));
+    expect((await done).tokens).toHaveLength(40);
+    expect(seenByImmediate).toBeGreaterThanOrEqual(0);
+    expect(seenByImmediate).toBeLessThan(2);
+  });
+
   it('matches the TypeScript reference model\'s logits and router choices', async () => {
     for (const prompt of ['Call me Ishmael.', 'The whale surfaced and', 'x']) {
       const ids = engine.codec.encode(prompt);
@@ -186,7 +198,7 @@ describe('experts.execution in the configuration', () => {
       [{ placementFile: 'placement.json' }, /placementFile/],
     ];
     for (const [extra, message] of conflicts) {
-      const input = { ...extra, experts: { execution: 'in-process', ...(extra as { experts?: object }).experts } };
+      const input = { ...extra, experts: { execution: 'in-process' as const, ...(extra as { experts?: object }).experts } };
       expect(() => loadConfig({ env: {}, overrides: input }), JSON.stringify(extra)).toThrow(message);
       expect(() => loadConfig({ env: {}, overrides: input })).toThrow(/experts\.execution to 'workers'/);
     }

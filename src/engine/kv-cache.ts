@@ -67,9 +67,13 @@ export class KvCache {
       target.set(rows, this.length * hd);
       return;
     }
+    // Element loops, not subarray + set: a decode step writes one row per sequence and layer, and a subarray object
+    // per head and row was most of the cost.
     for (let t = 0; t < n; t++) {
       for (let h = 0; h < this.heads; h++) {
-        target.set(rows.subarray(t * this.rowSize + h * hd, t * this.rowSize + (h + 1) * hd), (h * cap + this.length + t) * hd);
+        const from = t * this.rowSize + h * hd;
+        const to = (h * cap + this.length + t) * hd;
+        for (let i = 0; i < hd; i++) target[to + i] = rows[from + i];
       }
     }
   }
@@ -84,7 +88,9 @@ export class KvCache {
     }
     for (let t = from; t < to; t++) {
       for (let h = 0; h < this.heads; h++) {
-        out.set(source.subarray((h * cap + t) * hd, (h * cap + t + 1) * hd), (t - from) * this.rowSize + h * hd);
+        const at = (h * cap + t) * hd;
+        const into = (t - from) * this.rowSize + h * hd;
+        for (let i = 0; i < hd; i++) out[into + i] = source[at + i];
       }
     }
     return out;

@@ -15,7 +15,7 @@ import { createSession } from '../../experts/kernels/ort-session.ts';
 import { KvCache } from './kv-cache.ts';
 import { readTensors } from '../format/safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
-import { attentionGraph, embeddingGraph, headGraph } from './trunk-graphs.ts';
+import { attentionGraph, headGraph } from './trunk-graphs.ts';
 import { attendReference, nativeAttentionKernel, type AttentionKernel, type CachedSequence } from './cached-attention.ts';
 import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
@@ -103,9 +103,11 @@ export class MoeModel {
 
   private constructor(
     readonly config: ModelConfig,
-    private readonly embed: ort.InferenceSession,
+    /** The embedding table [vocab, d]: a step's rows are copied out of it (× embedding_multiplier). */
+    private readonly embeddings: Float32Array,
     private readonly sessions: AttentionSessions,
-    private readonly head: ort.InferenceSession,
+    /** The final norm and LM head in onnxruntime; null where the native trunk runs them. */
+    private readonly head: ort.InferenceSession | null,
     private readonly routers: RouterWeights[],
     private readonly inverseFrequencies: Float32Array,
     readonly runner: ExpertRunner,
@@ -170,7 +172,7 @@ export class MoeModel {
     // As the reference computes them, in fp32: 1 / theta^(2i / head_dim).
     const inverseFrequencies = Float32Array.from({ length: headDim / 2 }, (_, i) =>
       1 / Math.fround(c.rope_theta ** Math.fround((2 * i) / headDim)));
-    return new MoeModel(c, await create(embeddingGraph(c, w)), sessions, await create(headGraph(c, w)), routers,
+    return new MoeModel(c, w(tensorNames.embed), sessions, sessions.native ? null : await create(headGraph(c, w)), routers,
       inverseFrequencies, runner, options, trunk.note);
   }
 
@@ -195,8 +197,7 @@ export class MoeModel {
     const c = this.config;
     const d = c.hidden_size;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
-    const ids = new ort.Tensor('int64', BigInt64Array.from(inputs.flatMap((s) => s.tokens), BigInt), [total]);
-    const embedded = (await this.embed.run({ ids })).hidden.data as Float32Array;
+    const embedded = this.embed(inputs, total);
 
     // Two micro-batches run the layers side by side: while the workers compute one half's experts, the main thread
     // runs the other half's attention (two-batch overlap). Only where that cannot change a result: no capacity
@@ -234,9 +235,33 @@ export class MoeModel {
       headInput.set(x.subarray((end - rows[i]) * d, end * d), at * d);
       at += rows[i];
     });
-    const logits = (await this.head.run({ x: new ort.Tensor('float32', headInput, [at, d]) })).logits.data as Float32Array;
+    let logits: Float32Array;
+    if (this.head) logits = (await this.head.run({ x: new ort.Tensor('float32', headInput, [at, d]) })).logits.data as Float32Array;
+    else {
+      logits = new Float32Array(at * v);
+      this.sessions.native!.head(at, headInput, logits);
+    }
     let start = 0;
     return { logits: rows.map((n) => logits.slice(start * v, (start += n) * v)), layers };
+  }
+
+  /**
+   * x [total, d]: each token's row of the embedding table, × embedding_multiplier (Granite-MoE) in fp32 as the
+   * reference graph's Mul. Throws a RangeError for an id outside the vocabulary.
+   */
+  private embed(inputs: SequenceInput[], total: number): Float32Array {
+    const { hidden_size: d, vocab_size: vocab, embedding_multiplier: scale } = this.config;
+    const x = new Float32Array(total * d);
+    let row = 0;
+    for (const s of inputs) {
+      for (const id of s.tokens) {
+        if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new RangeError(`token id ${id} is outside the vocabulary (0..${vocab - 1})`);
+        x.set(this.embeddings.subarray(id * d, (id + 1) * d), row * d);
+        row++;
+      }
+    }
+    if (scale !== 1) for (let i = 0; i < x.length; i++) x[i] = Math.fround(x[i] * scale);
+    return x;
   }
 
   /**
@@ -251,7 +276,7 @@ export class MoeModel {
   ): Promise<{ x: Float32Array; layers: LayerTrace[] }> {
     const c = this.config;
     const tokens = inputs.reduce((n, s) => n + s.tokens.length, 0);
-    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs);
+    const attention = this.sessions.perSequence ? this.perSequenceAttention(inputs) : this.batchedAttention(inputs, onRouted !== undefined);
     const layers: LayerTrace[] = [];
     for (let layer = 0; layer < c.num_hidden_layers; layer++) {
       const { h, moeInput, routerLogits } = await attention(layer, x); // h = x + attention(x)
@@ -270,7 +295,7 @@ export class MoeModel {
    * (cached-attention.ts), then the output stage: o_proj, residual, post-attention norm, router logits (native, or one
    * more onnxruntime run).
    */
-  private batchedAttention(inputs: SequenceInput[]): StepAttention {
+  private batchedAttention(inputs: SequenceInput[], keepsMoeInput: boolean): StepAttention {
     const d = this.config.hidden_size;
     const { kvDim } = this.heads;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -289,13 +314,18 @@ export class MoeModel {
       const q = new Float32Array(total * d);
       const k = new Float32Array(total * kvDim);
       const v = new Float32Array(total * kvDim);
+      // The MoE layer is done with these before the next layer's attention (unless a hook keeps them: fresh ones then).
+      let moeInput = new Float32Array(total * d);
+      let routerLogits = new Float32Array(total * this.config.num_experts);
       return async (layer, x) => {
         native.project(layer, total, x, cos, sin, q, k, v);
         toCaches(layer, k, v);
         this.attend(layer, q, attended, sequences);
         const h = new Float32Array(total * d);
-        const moeInput = new Float32Array(total * d);
-        const routerLogits = new Float32Array(total * this.config.num_experts);
+        if (keepsMoeInput && layer > 0) {
+          moeInput = new Float32Array(total * d);
+          routerLogits = new Float32Array(total * this.config.num_experts);
+        }
         native.output(layer, total, x, attended, h, moeInput, routerLogits);
         return { h, moeInput, routerLogits };
       };
@@ -356,9 +386,7 @@ export class MoeModel {
     const sin = new Float32Array(total * headDim);
     let row = 0;
     for (const s of sequences) {
-      const r = this.rotary(s.past, s.n);
-      cos.set(r.cos.data as Float32Array, row * headDim);
-      sin.set(r.sin.data as Float32Array, row * headDim);
+      this.rotaryInto(s.past, s.n, cos, sin, row);
       row += s.n;
     }
     return { cos, sin };
@@ -366,17 +394,24 @@ export class MoeModel {
 
   private rotary(start: number, n: number) {
     const { headDim } = this.heads;
-    const half = headDim / 2;
     const cos = new Float32Array(n * headDim);
     const sin = new Float32Array(n * headDim);
+    this.rotaryInto(start, n, cos, sin, 0);
+    return { cos: new ort.Tensor('float32', cos, [n, 1, headDim]), sin: new ort.Tensor('float32', sin, [n, 1, headDim]) };
+  }
+
+  /** cos/sin of positions start..start+n−1 into rows at.. of cos, sin [*, head_dim] (NeoX: both halves alike). */
+  private rotaryInto(start: number, n: number, cos: Float32Array, sin: Float32Array, at: number): void {
+    const { headDim } = this.heads;
+    const half = headDim / 2;
     for (let t = 0; t < n; t++) {
+      const row = (at + t) * headDim;
       for (let i = 0; i < half; i++) {
         const angle = Math.fround((start + t) * this.inverseFrequencies[i]);
-        cos[t * headDim + i] = cos[t * headDim + half + i] = Math.cos(angle);
-        sin[t * headDim + i] = sin[t * headDim + half + i] = Math.sin(angle);
+        cos[row + i] = cos[row + half + i] = Math.cos(angle);
+        sin[row + i] = sin[row + half + i] = Math.sin(angle);
       }
     }
-    return { cos: new ort.Tensor('float32', cos, [n, 1, headDim]), sin: new ort.Tensor('float32', sin, [n, 1, headDim]) };
   }
 }
 

@@ -1,10 +1,11 @@
 /**
  * The trunk's dense stages of each layer in our native addon (experts/kernels/native/trunk.cc) instead of two
- * onnxruntime runs per layer and step:
+ * onnxruntime runs per layer and step, and the LM head instead of a third:
  *
  *   project: input norm, q/k/v (biases, q/k norms as the architecture has them), NeoX rotary at each token's position;
  *   output:  h = x + o_proj(attended) (× residual_multiplier), moe_input = post-attention norm(h), the router's logits
- *            (fp32), and the shared expert added to h where the architecture has one.
+ *            (fp32), and the shared expert added to h where the architecture has one;
+ *   head:    logits = lm_head(final norm(x)) / logits_scaling.
  *
  * The same arithmetic as projectionGraph and attentionOutputGraph (attention.ts), which stay the reference the tests
  * compare with and the path for other execution providers. Why: onnxruntime-node costs ~40 µs of fixed overhead per
@@ -22,6 +23,10 @@ interface Addon {
   project(handle: object, n: number, x: Float32Array, cos: Float32Array, sin: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array): void;
   output(handle: object, n: number, x: Float32Array, attended: Float32Array, h: Float32Array, moeInput: Float32Array, routerLogits: Float32Array): void;
   release(handle: object): void;
+  /** The final norm and LM head: weight [vocab, d]; logits divided by `scaling`. */
+  createHead(spec: { d: number; vocab: number; eps: number; scaling: number; norm: Float32Array; weight: Float32Array; team?: object }): object;
+  head(handle: object, n: number, x: Float32Array, logits: Float32Array): void;
+  releaseHead(handle: object): void;
   info(): { simd: string };
   setSimd(enabled: boolean): { simd: string };
 }
@@ -44,7 +49,7 @@ export function nativeTrunkUnsupported(c: ModelConfig): string | null {
 
 /** A layer's dense stages over a step's packed tokens (n rows); outputs are written into the given arrays. */
 export class NativeTrunk {
-  private constructor(private readonly addon: Addon, private readonly layers: object[]) {}
+  private constructor(private readonly addon: Addon, private readonly layers: object[], private readonly finalHead: object) {}
 
   /**
    * One handle per layer with its weights copied in (torch Linear layout). Throws when the addon is unavailable or
@@ -72,7 +77,12 @@ export class NativeTrunk {
         ...(team ? { team } : {}),
       });
     });
-    return new NativeTrunk(status.addon, layers);
+    const finalHead = status.addon.createHead({
+      d: c.hidden_size, vocab: c.vocab_size, eps: c.rms_norm_eps, scaling: c.logits_scaling, norm: w(tensorNames.finalNorm),
+      // Tied embeddings: the LM head is the embedding matrix.
+      weight: w(c.tie_word_embeddings ? tensorNames.embed : tensorNames.lmHead), ...(team ? { team } : {}),
+    });
+    return new NativeTrunk(status.addon, layers, finalHead);
   }
 
   /** q [n, d], k, v [n, kvDim] (after norms and rotary) of x [n, d]; cos/sin [n, head_dim] per token. */
@@ -85,7 +95,13 @@ export class NativeTrunk {
     this.addon.output(this.layers[layer], n, x, attended, h, moeInput, routerLogits);
   }
 
+  /** logits [n, vocab] = lm_head(final_norm(x)) / logits_scaling for x [n, d] (headGraph's arithmetic). */
+  head(n: number, x: Float32Array, logits: Float32Array): void {
+    this.addon.head(this.finalHead, n, x, logits);
+  }
+
   release(): void {
+    this.addon.releaseHead(this.finalHead);
     for (const handle of this.layers) this.addon.release(handle);
   }
 }

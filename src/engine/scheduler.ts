@@ -123,6 +123,11 @@ export class Scheduler {
 
   private async run(): Promise<void> {
     while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
+      // Let the event loop in once per step: a forward whose experts run in this process (experts.execution
+      // 'in-process') awaits only settled promises, so without this the loop would hold the thread until every
+      // sequence finished — no new request accepted, no stream flushed, no cancel seen, no health check answered.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (this.closed) break;
       while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) {
         const entry = this.queue.shift()!;
         this.hooks.onJoin?.(entry.sequence);

@@ -1,6 +1,6 @@
 /**
- * ONNX graphs for the dense trunk: token embedding, one attention block per layer (with a KV cache), and the
- * final norm with the LM head. The MoE half of each layer runs elsewhere: routing in the gateway, experts in
+ * ONNX graphs for the dense trunk: one attention block per layer (with a KV cache), and the final norm with the LM
+ * head (the embedding is a row copy, MoeModel.embed). The MoE half of each layer runs elsewhere: routing in the gateway, experts in
  * the worker pool.
  */
 import { GraphBuilder } from '../format/onnx-builder.ts';
@@ -8,17 +8,6 @@ import { attentionScale, headsOf, qkv, residualScaled, withSharedExpert } from '
 import { tensorNames, type ModelConfig } from './package.ts';
 
 export type Weights = (name: string) => Float32Array;
-
-export function embeddingGraph(c: ModelConfig, w: Weights): Uint8Array {
-  const g = new GraphBuilder('embed');
-  const ids = g.input('ids', ['tokens'], 'int64');
-  const table = g.weight('embed', w(tensorNames.embed), [c.vocab_size, c.hidden_size]);
-  const rows = g.op('Gather', [table, ids], { axis: 0 });
-  // Granite-MoE scales the embeddings (embedding_multiplier); 1 elsewhere leaves the graph as it was.
-  const hidden = c.embedding_multiplier === 1 ? rows : g.op('Mul', [rows, g.scalar(c.embedding_multiplier)]);
-  g.output(hidden, 'hidden', ['tokens', c.hidden_size]);
-  return g.toBytes();
-}
 
 /**
  * One sequence's attention block for `tokens` new positions after `past` cached ones:

@@ -47,6 +47,18 @@ struct Layer {
   sy::Matrix wq, wk, wv, wo, router, sGate, sUp, sDown, sScale;
 };
 
+// The final norm and LM head: logits = (rms_norm(x) · norm) · Wᵀ / logitsScaling.
+struct Head {
+  uint32_t d = 0, vocab = 0;
+  float eps = 0, scaling = 1;
+  sy::Team* team = nullptr;
+  bool released = false;
+  int64_t bytes = 0;
+  std::vector<float> norm;
+  sy::Matrix weight;
+};
+const napi_type_tag kHeadTag = {0x5377697463687961ULL, 0x7472756e6b5f6864ULL};  // head handles
+
 // One chunk's intermediate rows, shared by every layer of a thread (calls are synchronous): kChunk × the widest.
 struct Scratch {
   std::vector<float> xn, g, u, o, gateLogit;
@@ -157,6 +169,16 @@ void output(Layer& L, const float* x, const float* attended, uint32_t n, float* 
     const float* ot = s.o.data() + static_cast<size_t>(t) * d;
     for (uint32_t i = 0; i < d; i++) ht[i] += L.sharedGated ? ot[i] * scale : ot[i];
   }
+}
+
+// One chunk of at most kChunk tokens: x [n, d] → logits [n, vocab].
+void head(Head& H, const float* x, uint32_t n, float* logits) {
+  std::vector<float>& xn = t_scratch.xn;
+  grow(xn, static_cast<size_t>(n) * H.d);
+  for (uint32_t t = 0; t < n; t++) rms_norm(x + static_cast<size_t>(t) * H.d, H.norm.data(), H.d, H.eps, xn.data() + static_cast<size_t>(t) * H.d);
+  matmuls(H.team, {{&H.weight, logits, H.vocab}}, xn.data(), H.d, n);
+  if (H.scaling != 1.0f)
+    for (size_t i = 0, total = static_cast<size_t>(n) * H.vocab; i < total; i++) logits[i] /= H.scaling;
 }
 
 // ---- N-API glue -------------------------------------------------------------------------------------------------
@@ -279,6 +301,75 @@ napi_value CreateLayer(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+bool floats_arg(napi_env env, napi_value v, size_t need, float** out);
+
+void free_head(napi_env env, Head& H) {
+  if (H.released) return;
+  H.released = true;
+  std::vector<float>().swap(H.weight.w);
+  std::vector<float>().swap(H.norm);
+  int64_t now;
+  napi_adjust_external_memory(env, -H.bytes, &now);
+}
+
+void finalize_head(napi_env env, void* data, void*) {
+  Head* H = static_cast<Head*>(data);
+  free_head(env, *H);
+  delete H;
+}
+
+// createHead({d, vocab, eps, scaling, norm [d], weight [vocab·d], team?}) → handle: the final norm and LM head.
+napi_value CreateHead(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value spec;
+  SY_CHECK(napi_get_cb_info(env, info, &argc, &spec, nullptr, nullptr));
+  if (argc != 1) return sy::throw_type(env, "createHead(spec) takes one object");
+  Head* H = new (std::nothrow) Head();
+  if (!H) return sy::throw_error(env, "createHead: out of memory");
+  std::string err;
+  napi_value teamValue;
+  if (!get_uint(env, spec, "d", &H->d) || !get_uint(env, spec, "vocab", &H->vocab) || !get_float(env, spec, "eps", &H->eps) ||
+      !get_float(env, spec, "scaling", &H->scaling) || H->d == 0 || H->vocab == 0 || H->scaling == 0.0f)
+    err = "d, vocab (positive whole numbers up to 2^20), eps and scaling (numbers, scaling not 0) are required";
+  else if (H->d % 8) err = "d must be a multiple of 8";
+  else if (napi_get_named_property(env, spec, "team", &teamValue) != napi_ok || !sy::team_arg(env, teamValue, &H->team))
+    err = "team must be a handle from the dense_ffn addon's teamHandle(), or absent";
+  if (err.empty()) err = vec(env, spec, "norm", H->d, H->norm);
+  if (err.empty()) err = mat(env, spec, "weight", H->vocab, H->d, H->weight);
+  if (!err.empty()) {
+    delete H;
+    return sy::throw_type(env, ("createHead: " + err).c_str());
+  }
+  H->bytes = static_cast<int64_t>((H->weight.w.capacity() + H->norm.capacity()) * sizeof(float));
+  int64_t now;
+  napi_adjust_external_memory(env, H->bytes, &now);
+  napi_value handle;
+  if (!sy::make_handle(env, H, finalize_head, &kHeadTag, &handle)) {
+    free_head(env, *H);
+    delete H;
+    return sy::throw_error(env, "createHead: cannot make the handle");
+  }
+  return handle;
+}
+
+// head(handle, n, x [n·d], logits [n·vocab])
+napi_value RunHead(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value a[4];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  Head* H = argc == 4 ? sy::handle_of<Head>(env, a[0], &kHeadTag) : nullptr;
+  uint32_t n;
+  if (!H || H->released || !sy::whole(env, a[1], 0, 4294967295.0, &n)) return sy::throw_type(env, "head(handle, n, x, logits) on a live head, n a whole number");
+  float *x, *logits;
+  if (!floats_arg(env, a[2], size_t{n} * H->d, &x) || !floats_arg(env, a[3], size_t{n} * H->vocab, &logits))
+    return sy::throw_range(env, "head: x [n·d] and logits [n·vocab] must be Float32Arrays that large");
+  for (uint32_t t = 0; t < n; t += kChunk) {
+    const uint32_t c = n - t < kChunk ? n - t : kChunk;
+    head(*H, x + size_t{t} * H->d, c, logits + size_t{t} * H->vocab);
+  }
+  return nullptr;
+}
+
 Layer* layer_of(napi_env env, napi_value handle) {
   Layer* L = sy::handle_of<Layer>(env, handle, &kTag);
   return L && !L->released ? L : nullptr;
@@ -339,6 +430,9 @@ NAPI_MODULE_INIT() {
       {"project", Project},
       {"output", Output},
       {"release", sy::release<Layer, free_storage, &kTag>},
+      {"createHead", CreateHead},
+      {"head", RunHead},
+      {"releaseHead", sy::release<Head, free_head, &kHeadTag>},
       {"info", sy::info<&g_avx2>},
       {"setSimd", sy::set_simd<&g_avx2>},
   });
