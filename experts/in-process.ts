@@ -27,11 +27,12 @@ import type { LayerOutcome, PlacementChange, WorkerHealth, WorkerRestart } from 
 import type { WorkerStats } from './protocol.ts';
 
 /**
- * How long the team's helper threads stay awake after a loop, µs. 0: they sleep at once and the next loop wakes them
- * (the caller starts on the units meanwhile, so a late helper costs little). Through HTTP on 2 cores, with the load
- * client on the same cores, 0 measured 1.03-1.04x the tokens/s of 100 at 8 and 32 clients; in-process steps alike.
+ * How long the team's helper threads stay awake after a loop, µs: long enough to bridge the short JS stretches
+ * between a step's loops (routing, combine: tens of µs), short enough that they sleep through sampling and HTTP.
+ * Through HTTP on 2 cores (load client on the same cores), tokens/s at 1/8/32 clients: spin 0 398-411 / 1089-1093 /
+ * 1608-1653, 50: 417-431 / 1103-1214 / 1782-1830, 100 and 200 about as 50 (bench/peer.ts --no-peer, 2 repeats each).
  */
-export const TEAM_SPIN_US = 0;
+export const TEAM_SPIN_US = 50;
 
 export interface InProcessOptions {
   weightsFile: string;
