@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { attendReference, nativeAttention, nativeAttentionKernel, type AttentionShape, type CachedSequence } from '../src/engine/cached-attention.ts';
 import { KvCache } from '../src/engine/kv-cache.ts';
+import { nativeDense } from '../experts/kernels/dense-native.ts';
 
 function random(seed: number): () => number {
   let s = seed >>> 0;
@@ -116,6 +117,52 @@ describe.runIf(native.available)('native attention kernel', () => {
     });
   });
 
+  it('writes the step\'s new rows into the caches itself, and then gives the bits of a call after the writes; on a team too', () => {
+    const team = nativeDense().available ? nativeDense().addon.teamHandle() : null;
+    for (const shape of SHAPES) {
+      const kvDim = shape.kvHeads * shape.headDim;
+      const written = step(shape, SIZES, 11); // every row past + n already in the caches
+      const want = written.out();
+      nativeAttentionKernel(shape)!(1, written.q, want, written.sequences);
+      for (const withTeam of [null, team]) {
+        // The same caches holding only the past rows; the new ones come as the call's rows argument.
+        let row = 0;
+        const newKeys = new Float32Array(SIZES.reduce((a, [, n]) => a + n, 0) * kvDim);
+        const newValues = new Float32Array(newKeys.length);
+        const sequences = written.sequences.map((s) => {
+          const cache = new KvCache(2, kvDim, 2, shape.kvHeads);
+          const { keys, values } = s.cache.rows(1, 0, s.past + s.n);
+          if (s.past > 0) cache.write(1, keys.subarray(0, s.past * kvDim), values.subarray(0, s.past * kvDim));
+          cache.length = s.past; // as after the step that wrote them (a growth keeps the first `length` rows)
+          newKeys.set(keys.subarray(s.past * kvDim), row * kvDim);
+          newValues.set(values.subarray(s.past * kvDim), row * kvDim);
+          row += s.n;
+          return { cache, past: s.past, n: s.n };
+        });
+        const got = written.out();
+        nativeAttentionKernel(shape, withTeam)!(1, written.q, got, sequences, { keys: newKeys, values: newValues });
+        expect(Array.from(got), `${JSON.stringify(shape)}${withTeam ? ' on the team' : ''}`).toEqual(Array.from(want));
+        sequences.forEach((s, i) => {
+          const rows = (c: KvCache) => Array.from(c.rows(1, 0, s.past + s.n).keys);
+          s.cache.length = s.past + s.n;
+          expect(rows(s.cache)).toEqual(rows(written.sequences[i].cache));
+        });
+        // The TypeScript twin does the same through KvCache.write.
+        const twin = sequences.map((s) => ({ ...s, cache: new KvCache(2, kvDim, 2, shape.kvHeads) }));
+        twin.forEach((t, i) => {
+          const { keys, values } = written.sequences[i].cache.rows(1, 0, t.past);
+          if (t.past > 0) t.cache.write(1, keys, values);
+          t.cache.length = t.past;
+        });
+        const viaTwin = written.out();
+        attendReference(shape)(1, written.q, viaTwin, twin, { keys: newKeys, values: newValues });
+        const reference = written.out();
+        attendReference(shape)(1, written.q, reference, written.sequences);
+        expect(Array.from(viaTwin)).toEqual(Array.from(reference));
+      }
+    }
+  });
+
   it('rejects inconsistent shapes with a RangeError that names the problem', () => {
     const shape = SHAPES[0];
     const { sequences, q } = step(shape, [[3, 2], [4, 1]], 1);
@@ -125,5 +172,6 @@ describe.runIf(native.available)('native attention kernel', () => {
     expect(() => kernel(0, q, new Float32Array(q.length), beyond)).toThrow(/sequence 1: past \+ count exceeds its capacity/);
     const badShape = nativeAttentionKernel({ ...shape, heads: 3 })!;
     expect(() => badShape(0, q, new Float32Array(q.length), sequences)).toThrow(/multiple of kvHeads/);
+    expect(() => kernel(0, q, new Float32Array(q.length), sequences, { keys: new Float32Array(5), values: new Float32Array(5) })).toThrow(/newK and newV/);
   });
 });

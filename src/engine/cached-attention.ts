@@ -12,7 +12,10 @@
 import { loadKernelAddon, type NativeStatus } from '../../experts/kernels/native-addon.ts';
 import type { KvCache } from './kv-cache.ts';
 
-/** One sequence of the step: its cache (new rows already written at past..past+n), cached positions before, new tokens. */
+/**
+ * One sequence of the step: its cache, cached positions before, new tokens. The new rows are at past..past+n of the
+ * cache, written before the call or by the kernel from its `rows` argument.
+ */
 export interface CachedSequence {
   cache: KvCache;
   past: number;
@@ -29,13 +32,22 @@ export interface AttentionShape {
 
 /**
  * Computes out [N, heads·head_dim] from q [N, heads·head_dim] for one layer, N = Σ n over `sequences` (their tokens
- * packed back to back in this order). Throws a RangeError on inconsistent shapes.
+ * packed back to back in this order). `rows`: the step's new keys and values [N, kvHeads·head_dim], written into each
+ * cache at past.. first (the caches grow as needed); absent: they are there already. Throws a RangeError on
+ * inconsistent shapes.
  */
-export type AttentionKernel = (layer: number, q: Float32Array, out: Float32Array, sequences: CachedSequence[]) => void;
+export type AttentionKernel = (layer: number, q: Float32Array, out: Float32Array, sequences: CachedSequence[], rows?: NewRows) => void;
+
+/** A step's new key and value rows, position-major [N, kvHeads·head_dim]. */
+export interface NewRows {
+  keys: Float32Array;
+  values: Float32Array;
+}
 
 interface Addon {
   attend(q: Float32Array, out: Float32Array, keys: Float32Array[], values: Float32Array[], capacities: Uint32Array,
-    pasts: Uint32Array, counts: Uint32Array, heads: number, kvHeads: number, headDim: number, scale: number, team?: object | null): void;
+    pasts: Uint32Array, counts: Uint32Array, heads: number, kvHeads: number, headDim: number, scale: number, team?: object | null,
+    newK?: Float32Array, newV?: Float32Array): void;
   info(): { simd: string };
 }
 
@@ -53,7 +65,7 @@ export function nativeAttention(): NativeAttention {
 export function nativeAttentionKernel(shape: AttentionShape, team: object | null = null, status: NativeAttention = nativeAttention()): AttentionKernel | null {
   if (!status.available) return null;
   const { addon } = status;
-  return (layer, q, out, sequences) => {
+  return (layer, q, out, sequences, rows) => {
     const count = sequences.length;
     const capacities = new Uint32Array(count);
     const pasts = new Uint32Array(count);
@@ -61,14 +73,26 @@ export function nativeAttentionKernel(shape: AttentionShape, team: object | null
     const keys: Float32Array[] = new Array(count);
     const values: Float32Array[] = new Array(count);
     sequences.forEach((s, i) => {
+      if (rows) s.cache.reserve(layer, s.past + s.n);
       capacities[i] = s.cache.capacityOf(layer);
       pasts[i] = s.past;
       counts[i] = s.n;
       keys[i] = s.cache.keys[layer];
       values[i] = s.cache.values[layer];
     });
-    addon.attend(q, out, keys, values, capacities, pasts, counts, shape.heads, shape.kvHeads, shape.headDim, shape.scale, team);
+    if (rows) addon.attend(q, out, keys, values, capacities, pasts, counts, shape.heads, shape.kvHeads, shape.headDim, shape.scale, team, rows.keys, rows.values);
+    else addon.attend(q, out, keys, values, capacities, pasts, counts, shape.heads, shape.kvHeads, shape.headDim, shape.scale, team);
   };
+}
+
+/** Each sequence's new rows into its cache at past.. (KvCache.write appends after cache.length, which is `past`). */
+function writeRows(layer: number, sequences: CachedSequence[], rows: NewRows): void {
+  let at = 0;
+  for (const s of sequences) {
+    const width = s.cache.rowSize;
+    s.cache.write(layer, rows.keys.subarray(at * width, (at + s.n) * width), rows.values.subarray(at * width, (at + s.n) * width));
+    at += s.n;
+  }
 }
 
 /** The same computation in plain TypeScript (float64 arithmetic): the tests' reference and the fallback kernel. */
@@ -76,8 +100,9 @@ export function attendReference(shape: AttentionShape): AttentionKernel {
   const { heads, kvHeads, headDim, scale } = shape;
   const group = heads / kvHeads;
   const rowSize = heads * headDim;
-  return (layer, q, out, sequences) => {
+  return (layer, q, out, sequences, rows) => {
     const tokens = sequences.reduce((n, s) => n + s.n, 0);
+    if (rows) writeRows(layer, sequences, rows);
     if (q.length !== tokens * rowSize || out.length !== q.length) throw new RangeError(`attend: q and out must hold ${tokens} × ${rowSize} floats`);
     let row = 0;
     for (const s of sequences) {

@@ -45,9 +45,14 @@ export class KvCache {
    */
   write(layer: number, keys: Float32Array, values: Float32Array): void {
     const n = keys.length / this.rowSize;
-    if (this.length + n > this.capacity[layer]) this.grow(layer, Math.max(this.length + n, this.capacity[layer] * 2, this.initialCapacity));
+    this.reserve(layer, this.length + n);
     this.put(this.keys[layer], layer, keys, n);
     this.put(this.values[layer], layer, values, n);
+  }
+
+  /** Grows a layer's arrays (by doubling, at least to the initial capacity) to hold `positions`; a writer fills them. */
+  reserve(layer: number, positions: number): void {
+    if (positions > this.capacity[layer]) this.grow(layer, Math.max(positions, this.capacity[layer] * 2, this.initialCapacity));
   }
 
   /** A layer's first `count` positions, head-major [heads, count, head_dim] (copies): the per-sequence path's past. */

@@ -317,10 +317,10 @@ export class MoeModel {
       // The MoE layer is done with these before the next layer's attention (unless a hook keeps them: fresh ones then).
       let moeInput = new Float32Array(total * d);
       let routerLogits = new Float32Array(total * this.config.num_experts);
+      const rows = { keys: k, values: v };
       return async (layer, x) => {
         native.project(layer, total, x, cos, sin, q, k, v);
-        toCaches(layer, k, v);
-        this.attend(layer, q, attended, sequences);
+        this.attend(layer, q, attended, sequences, rows); // writes the new k/v rows into the caches, then attends
         const h = new Float32Array(total * d);
         if (keepsMoeInput && layer > 0) {
           moeInput = new Float32Array(total * d);

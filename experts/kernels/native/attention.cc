@@ -20,6 +20,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -162,15 +163,17 @@ napi_value fail(napi_env env, const std::string& message) {
 //   keys[s], values[s]: Float32Array [kvHeads, capacities[s], head_dim], positions 0..pasts[s] + counts[s] written
 //   capacities, pasts, counts: Uint32Array [S]
 //   team: a compute team handle (dense_ffn's teamHandle()) the query rows are spread over; absent or null: this thread
+//   newK, newV (optional, both or neither): Float32Array [N, kvHeads · head_dim], the step's new key/value rows
+//     (position-major, as the projections give them); written into keys[s]/values[s] at positions pasts[s].. first
 napi_value Attend(napi_env env, napi_callback_info info) {
-  size_t argc = 12;
-  napi_value a[12];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 11) {
-    napi_throw_type_error(env, nullptr, "attend(q, out, keys, values, capacities, pasts, counts, heads, kvHeads, headDim, scale, team?) takes 11 or 12 arguments");
+  size_t argc = 14;
+  napi_value a[14];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 11 || argc == 13) {
+    napi_throw_type_error(env, nullptr, "attend(q, out, keys, values, capacities, pasts, counts, heads, kvHeads, headDim, scale, team?, newK?, newV?) takes 11, 12 or 14 arguments");
     return nullptr;
   }
   sy::Team* team = nullptr;
-  if (argc == 12 && !sy::team_arg(env, a[11], &team)) return fail(env, "team must be a handle from the dense_ffn addon's teamHandle(), or null");
+  if (argc >= 12 && !sy::team_arg(env, a[11], &team)) return fail(env, "team must be a handle from the dense_ffn addon's teamHandle(), or null");
   float *q, *out;
   size_t qn, on, sn, pn, cn;
   uint32_t *caps, *pasts, *counts;
@@ -197,7 +200,14 @@ napi_value Attend(napi_env env, napi_callback_info info) {
   for (uint32_t s = 0; s < sequences; s++) tokens += counts[s];
   if (qn != tokens * rowFloats || on != qn) return fail(env, "q and out must hold Σ counts × heads × headDim floats");
 
-  std::vector<const float*> keys(sequences), values(sequences);
+  const size_t kvFloats = static_cast<size_t>(sh.kvHeads) * sh.headDim;
+  float *newK = nullptr, *newV = nullptr;
+  if (argc == 14) {
+    size_t nk, nv;
+    if (!float_array(env, a[12], &newK, &nk) || !float_array(env, a[13], &newV, &nv) || nk != tokens * kvFloats || nv != nk)
+      return fail(env, "newK and newV must be Float32Arrays of Σ counts × kvHeads × headDim floats");
+  }
+  std::vector<float*> keys(sequences), values(sequences);
   uint32_t longest = 0;
   for (uint32_t s = 0; s < sequences; s++) {
     napi_value kv, vv;
@@ -215,6 +225,19 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     longest = std::max(longest, pasts[s] + counts[s]);
   }
 
+  // The new rows first: a query row attends to its own position and, in a prefill chunk, to the rows before it.
+  if (newK) {
+    const uint32_t hd = sh.headDim;
+    for (uint32_t s = 0, row = 0; s < sequences; s++) {
+      for (uint32_t i = 0; i < counts[s]; i++, row++) {
+        for (uint32_t h = 0; h < sh.kvHeads; h++) {
+          const size_t at = (static_cast<size_t>(h) * caps[s] + pasts[s] + i) * hd;
+          std::memcpy(keys[s] + at, newK + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+          std::memcpy(values[s] + at, newV + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+        }
+      }
+    }
+  }
   const uint32_t group = sh.heads / sh.kvHeads;
 #if SY_X86
   const bool simd = g_avx2 && sh.headDim % 8 == 0;
