@@ -118,7 +118,8 @@ describe.runIf(native.available)('native attention kernel', () => {
   });
 
   it('writes the step\'s new rows into the caches itself, and then gives the bits of a call after the writes; on a team too', () => {
-    const team = nativeDense().available ? nativeDense().addon.teamHandle() : null;
+    const dense = nativeDense();
+    const team = dense.available ? dense.addon.teamHandle() : null;
     for (const shape of SHAPES) {
       const kvDim = shape.kvHeads * shape.headDim;
       const written = step(shape, SIZES, 11); // every row past + n already in the caches
