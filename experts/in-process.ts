@@ -17,10 +17,11 @@
  */
 import { performance } from 'node:perf_hooks';
 import { gatherRows, type DispatchPlan } from '../router/dispatch.ts';
+import type { Gating } from '../router/gate.ts';
 import type { TensorEntry } from '../src/format/safetensors.ts';
 import { samePlacement, type ExpertKey, type Placement } from '../src/placement/placement.ts';
 import { readExpertWeights } from './expert-weights.ts';
-import { DenseNativeKernel, nativeDense, runBatchesOnTeam, type DenseNativeStatus } from './kernels/dense-native.ts';
+import { DenseNativeKernel, nativeDense, runBatchesOnTeam, runLayerOnTeam, type DenseNativeStatus } from './kernels/dense-native.ts';
 import { weightSparsity } from './kernels/reference.ts';
 import type { KernelReport } from './kernels/types.ts';
 import type { LayerOutcome, PlacementChange, WorkerHealth, WorkerRestart } from './pool.ts';
@@ -102,14 +103,9 @@ export class InProcessExperts {
 
   /** Runs one layer's dispatch plan over x [tokens, hidden] now, on the team (the promise is already settled). */
   async runLayer(layer: number, x: Float32Array, plan: DispatchPlan): Promise<LayerOutcome> {
-    if (this.closed) throw new Error('the in-process experts are closed');
     const d = this.hidden;
     const started = performance.now();
-    const kernels = plan.batches.map(({ expert }) => {
-      const kernel = this.kernels.get(`${layer}.${expert}`);
-      if (!kernel) throw new Error(`expert ${expert} of layer ${layer} is not loaded (dropped by pruning?)`);
-      return kernel;
-    });
+    const kernels = this.kernelsOf(layer, plan);
     const tokens = Uint32Array.from(plan.batches, (b) => b.rows.length);
     const total = tokens.reduce((n, t) => n + t, 0);
     const input = new Float32Array(total * d);
@@ -120,16 +116,53 @@ export class InProcessExperts {
     }
     const out = new Float32Array(total * d);
     runBatchesOnTeam(kernels, input, tokens, out, this.native);
-    const computeMs = performance.now() - started;
-    this.busyMs += computeMs;
     at = 0;
-    const batches = plan.batches.map(({ expert, rows }) => {
+    const batches = plan.batches.map(({ expert, rows }) => ({ expert, rows, worker: 0, output: out.subarray(at * d, (at += rows.length) * d) }));
+    return { batches, workers: this.account(layer, plan, total, performance.now() - started) };
+  }
+
+  /**
+   * runLayer with the gather and the combine on the team too: h [tokens, hidden] += each batch's output × its
+   * token's gate × scale, in plan order (expert order), bit for bit moeLayer's combine of runLayer's outputs.
+   */
+  async runLayerInto(layer: number, x: Float32Array, plan: DispatchPlan, gating: Gating, h: Float32Array, scale: number): Promise<Omit<LayerOutcome, 'batches'>> {
+    const started = performance.now();
+    const kernels = this.kernelsOf(layer, plan);
+    const tokens = Uint32Array.from(plan.batches, (b) => b.rows.length);
+    const total = tokens.reduce((n, t) => n + t, 0);
+    const rows = new Uint32Array(total);
+    const gates = new Float32Array(total);
+    let at = 0;
+    for (const { expert, rows: batch } of plan.batches) {
+      for (const row of batch) {
+        let slot = row * gating.k;
+        while (gating.expert[slot] !== expert) slot++; // the token's choice of this expert (it is in the batch)
+        rows[at] = row;
+        gates[at++] = scale === 1 ? gating.gate[slot] : Math.fround(gating.gate[slot] * scale);
+      }
+    }
+    runLayerOnTeam(kernels, x, rows, tokens, gates, h, this.native);
+    return { workers: this.account(layer, plan, total, performance.now() - started) };
+  }
+
+  /** The plan's experts' kernels, in plan order; throws for one that is not loaded. */
+  private kernelsOf(layer: number, plan: DispatchPlan): DenseNativeKernel[] {
+    if (this.closed) throw new Error('the in-process experts are closed');
+    return plan.batches.map(({ expert }) => {
+      const kernel = this.kernels.get(`${layer}.${expert}`);
+      if (!kernel) throw new Error(`expert ${expert} of layer ${layer} is not loaded (dropped by pruning?)`);
+      return kernel;
+    });
+  }
+
+  /** Counts the layer's batches in the stats; the team's timing as the one worker's. */
+  private account(layer: number, plan: DispatchPlan, total: number, computeMs: number): LayerOutcome['workers'] {
+    this.busyMs += computeMs;
+    for (const { expert, rows } of plan.batches) {
       const seen = this.ran.get(`${layer}.${expert}`) ?? { tasks: 0, tokens: 0 };
       this.ran.set(`${layer}.${expert}`, { tasks: seen.tasks + 1, tokens: seen.tokens + rows.length });
-      return { expert, rows, worker: 0, output: out.subarray(at * d, (at += rows.length) * d) };
-    });
-    const workers = total > 0 ? [{ worker: 0, tokens: total, experts: plan.batches.map((b) => b.expert), queueMs: 0, computeMs }] : [];
-    return { batches, workers };
+    }
+    return total > 0 ? [{ worker: 0, tokens: total, experts: plan.batches.map((b) => b.expert), queueMs: 0, computeMs }] : [];
   }
 
   health(): WorkerHealth[] {

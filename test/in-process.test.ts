@@ -5,7 +5,8 @@
  */
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DenseNativeKernel, nativeDense, runBatchesOnTeam } from '../experts/kernels/dense-native.ts';
+import { DenseNativeKernel, nativeDense, runBatchesOnTeam, runLayerOnTeam } from '../experts/kernels/dense-native.ts';
+import { combineInto, gatherRows, planDispatch } from '../router/dispatch.ts';
 import { checkInput, randomValues } from '../experts/kernels/reference.ts';
 import { ConfigSchema, loadConfig } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
@@ -56,6 +57,38 @@ describe.skipIf(!dense.available)('runBatches on the compute team', () => {
       });
     }
   }
+
+  it('runLayerInto: gather, experts and combine in one call equal runBatches plus combineInto, bit for bit (top-2, scaled)', () => {
+    if (!dense.available) return;
+    const hidden = 40;
+    const T = 75;
+    const k = 2;
+    const kernels = [24, 64, 33].map((ffn, i) => DenseNativeKernel.create(expert(hidden, ffn, 50 + i), hidden, ffn));
+    const x = checkInput(T, hidden, 3);
+    // Each token chooses two different experts of the three; gates from a fixed pattern.
+    const expertOf = Int32Array.from({ length: T * k }, (_, slot) => ((slot >> 1) + (slot & 1)) % 3);
+    const gating = { k, expert: expertOf, gate: Float32Array.from({ length: T * k }, (_, i) => 0.1 + ((i * 37) % 11) / 13) };
+    const plan = planDispatch(expertOf, 3, null, k);
+    for (const scale of [1, 0.22]) {
+      const want = checkInput(T, hidden, 9);
+      const got = Float32Array.from(want);
+      for (const { expert, rows } of plan.batches) {
+        const out = new Float32Array(rows.length * hidden);
+        runBatchesOnTeam([kernels[expert]], gatherRows(x, rows, hidden), Uint32Array.from([rows.length]), out);
+        combineInto(want, out, rows, expert, gating, hidden, scale);
+      }
+      const rows = Uint32Array.from(plan.batches.flatMap((b) => b.rows));
+      const gates = Float32Array.from(plan.batches.flatMap(({ expert, rows: batch }) => batch.map((row) => {
+        const g = gating.gate[row * k + (gating.expert[row * k] === expert ? 0 : 1)];
+        return scale === 1 ? g : Math.fround(g * scale);
+      })));
+      runLayerOnTeam(plan.batches.map((b) => kernels[b.expert]), x, rows, Uint32Array.from(plan.batches, (b) => b.rows.length), gates, got);
+      expect(Array.from(got), `scale ${scale}`).toEqual(Array.from(want));
+    }
+    expect(() => runLayerOnTeam([kernels[0]], x, Uint32Array.from([T]), Uint32Array.from([1]), new Float32Array(1), new Float32Array(x.length))).toThrow(/outside x/);
+    expect(() => runLayerOnTeam([kernels[0]], x, Uint32Array.from([0, 1]), Uint32Array.from([1]), new Float32Array(2), new Float32Array(x.length))).toThrow(/Σ tokens/);
+    for (const kernel of kernels) void kernel.release();
+  });
 
   it('refuses what it cannot run, saying what is wrong', () => {
     if (!dense.available) return;

@@ -13,6 +13,8 @@ interface Addon extends FfnAddon {
   create(hidden: number, ffn: number, gate: Float32Array, up: Float32Array, down: Float32Array): object;
   /** Batch i (tokens[i] rows of x after those of the batches before it) through handles[i], on the compute team. */
   runBatches(handles: object[], x: Float32Array, tokens: Uint32Array, out: Float32Array): void;
+  /** runBatches with the gather from x's `rows` and the combine into residual (residual[row] += gate · output). */
+  runLayerInto(handles: object[], x: Float32Array, rows: Uint32Array, tokens: Uint32Array, gates: Float32Array, residual: Float32Array): void;
   /** The compute team (process-wide): helper threads besides the caller, µs they stay awake after a loop. */
   configureTeam(helpers: number, spinUs: number): { helpers: number; spinUs: number };
   /** The team as a handle for the trunk and attention addons' useTeam. */
@@ -45,4 +47,19 @@ export class DenseNativeKernel extends NativeFfnKernel<Addon> implements ExpertK
 export function runBatchesOnTeam(kernels: DenseNativeKernel[], x: Float32Array, tokens: Uint32Array, out: Float32Array, native: DenseNativeStatus = nativeDense()): void {
   if (!native.available) throw new Error(native.reason);
   native.addon.runBatches(kernels.map((k) => k.handle), x, tokens, out);
+}
+
+/**
+ * A layer's experts with the gather and combine done natively, on the compute team: batch i takes tokens[i] rows of
+ * x [T, hidden] listed in `rows` (after those of the batches before it) through kernels[i], and each output row is
+ * added into residual [T, hidden] at the same row, times its entry of `gates`, batch after batch in the order given.
+ * Bit for bit what runBatchesOnTeam followed by router/dispatch.ts's combineInto gives. Throws when the addon is
+ * unavailable or the shapes disagree.
+ */
+export function runLayerOnTeam(
+  kernels: DenseNativeKernel[], x: Float32Array, rows: Uint32Array, tokens: Uint32Array, gates: Float32Array, residual: Float32Array,
+  native: DenseNativeStatus = nativeDense(),
+): void {
+  if (!native.available) throw new Error(native.reason);
+  native.addon.runLayerInto(kernels.map((k) => k.handle), x, rows, tokens, gates, residual);
 }

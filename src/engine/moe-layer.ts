@@ -14,6 +14,12 @@ import type { HostTiming, LayerOutcome, WorkerTiming } from '../../experts/pool.
 /** Runs one layer's dispatch plan over x [tokens, d]: each batch's output [rows, d]. ExpertPool implements it. */
 export interface ExpertRunner {
   runLayer(layer: number, x: Float32Array, plan: DispatchPlan): Promise<LayerOutcome>;
+  /**
+   * Optional, for runners that can combine where they compute (the in-process experts): runs the plan and adds each
+   * batch's output × its token's gate × `scale` into h itself — bit for bit what moeLayer's combine does with
+   * runLayer's outputs — and returns the outcome without outputs.
+   */
+  runLayerInto?(layer: number, x: Float32Array, plan: DispatchPlan, gating: Gating, h: Float32Array, scale: number): Promise<Omit<LayerOutcome, 'batches'>>;
 }
 
 /** What the router and the runner did at one layer in one step: the load telemetry and traces record this. */
@@ -92,10 +98,16 @@ export async function moeLayer(a: MoeLayerArgs): Promise<LayerTrace> {
   a.onRouted?.(a.layer, a.moeInput, gating.expert, gating.k);
   const plan = planDispatch(gating.expert, a.experts, a.capacityFactor, gating.k);
   const started = performance.now();
-  const outcome = await a.runner.runLayer(a.layer, a.moeInput, plan);
-  // In expert order, so that a token's k contributions always add up in the same order (batch invariance).
-  const batches = gating.k === 1 ? outcome.batches : [...outcome.batches].sort((x, y) => x.expert - y.expert);
-  for (const batch of batches) combineInto(a.h, batch.output, batch.rows, batch.expert, gating, a.d, a.routing.residualScale ?? 1);
+  const scale = a.routing.residualScale ?? 1;
+  let outcome: Omit<LayerOutcome, 'batches'>;
+  if (a.runner.runLayerInto) outcome = await a.runner.runLayerInto(a.layer, a.moeInput, plan, gating, a.h, scale); // plan.batches are in expert order
+  else {
+    const ran = await a.runner.runLayer(a.layer, a.moeInput, plan);
+    // In expert order, so that a token's k contributions always add up in the same order (batch invariance).
+    const batches = gating.k === 1 ? ran.batches : [...ran.batches].sort((x, y) => x.expert - y.expert);
+    for (const batch of batches) combineInto(a.h, batch.output, batch.rows, batch.expert, gating, a.d, scale);
+    outcome = ran;
+  }
   const tokensPerExpert = new Array<number>(a.experts).fill(0);
   for (const b of plan.batches) tokensPerExpert[b.expert] = b.rows.length;
   return {

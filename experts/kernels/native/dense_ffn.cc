@@ -15,6 +15,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "matmul.h"
@@ -188,6 +189,96 @@ napi_value Create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+// residual[rows[i]] += gates[i] · y[i] for the rows of one batch's output y [n, hidden], as the JS combine does it:
+// the product rounded to float, then the sum (no fused multiply-add), so a token's value is the same bits either way.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+__attribute__((optimize("-ffp-contract=off")))
+#endif
+void combine_rows(float* residual, const float* y, const uint32_t* rows, const float* gates, uint32_t n, uint32_t hidden) {
+  for (uint32_t i = 0; i < n; i++) {
+    float* dst = residual + static_cast<size_t>(rows[i]) * hidden;
+    const float* src = y + static_cast<size_t>(i) * hidden;
+    const float g = gates[i];
+    for (uint32_t j = 0; j < hidden; j++) {
+      const float product = g * src[j];
+      dst[j] = dst[j] + product;
+    }
+  }
+}
+
+// Reads handles[] as experts of one hidden width (each once): the shared checks of runBatches and runLayerInto.
+bool experts_of(napi_env env, napi_value array, std::vector<Expert*>& out, std::string& err) {
+  bool isArray = false;
+  uint32_t count = 0;
+  if (napi_is_array(env, array, &isArray) != napi_ok || !isArray || napi_get_array_length(env, array, &count) != napi_ok) {
+    err = "handles must be an array";
+    return false;
+  }
+  out.clear();
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value h;
+    Expert* e = napi_get_element(env, array, i, &h) == napi_ok ? sy::handle_of<Expert>(env, h, &kTag) : nullptr;
+    if (!e) err = "every handle must be made by this addon's create";
+    else if (e->released) err = "an expert was released";
+    else if (!out.empty() && e->hidden != out.front()->hidden) err = "the experts must share one hidden width";
+    else
+      for (Expert* seen : out)
+        if (seen == e) err = "a handle appears twice (its scratch is per call)";
+    if (!err.empty()) return false;
+    out.push_back(e);
+  }
+  return true;
+}
+
+// runLayerInto(handles, x: Float32Array [T, hidden], rows: Uint32Array, tokens: Uint32Array, gates: Float32Array,
+// residual: Float32Array [T, hidden]): a layer's experts with the gather and the combine in here. Batch i takes
+// tokens[i] rows of x, listed in rows (after those of the batches before it), through handles[i]; each output row is
+// added into residual at the same row times its entry of gates, batch after batch in the order given (for top-k,
+// a token's contributions in that order). On the compute team, synchronously; bit for bit what runBatches and the
+// JS combine give.
+napi_value RunLayerInto(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value a[6];
+  SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  if (argc != 6) return sy::throw_type(env, "runLayerInto(handles, x, rows, tokens, gates, residual) takes 6 arguments");
+  std::vector<Expert*> experts;
+  std::string err;
+  if (!experts_of(env, a[0], experts, err)) return sy::throw_type(env, ("runLayerInto: " + err).c_str());
+  float *x, *gates, *residual;
+  uint32_t *rows, *tokens;
+  size_t xn, rn, tn, gn, hn;
+  if (!sy::typed_array(env, a[1], napi_float32_array, &x, &xn) || !sy::typed_array(env, a[5], napi_float32_array, &residual, &hn) ||
+      !sy::typed_array(env, a[4], napi_float32_array, &gates, &gn) || !sy::typed_array(env, a[2], napi_uint32_array, &rows, &rn) ||
+      !sy::typed_array(env, a[3], napi_uint32_array, &tokens, &tn))
+    return sy::throw_type(env, "runLayerInto: x, gates and residual must be Float32Arrays, rows and tokens Uint32Arrays");
+  if (tn != experts.size()) return sy::throw_type(env, "runLayerInto: tokens must hold one count per handle");
+  size_t total = 0;
+  for (size_t i = 0; i < tn; i++) total += tokens[i];
+  if (rn != total || gn != total) return sy::throw_range(env, "runLayerInto: rows and gates must hold Σ tokens entries");
+  if (experts.empty() || total == 0) return nullptr;
+  const uint32_t hidden = experts.front()->hidden;
+  if (xn != hn || xn % hidden != 0) return sy::throw_range(env, "runLayerInto: x and residual must both be [T, hidden]");
+  const size_t T = xn / hidden;
+  for (size_t i = 0; i < total; i++)
+    if (rows[i] >= T) return sy::throw_range(env, "runLayerInto: a row is outside x");
+  // Gathered inputs and the outputs, packed batch after batch (scratch of this thread, reused across calls).
+  thread_local std::vector<float> in, out;
+  if (in.size() < total * hidden) in.resize(total * hidden);
+  if (out.size() < total * hidden) out.resize(total * hidden);
+  for (size_t i = 0; i < total; i++) std::memcpy(in.data() + i * hidden, x + static_cast<size_t>(rows[i]) * hidden, hidden * sizeof(float));
+  std::vector<Batch> batches;
+  size_t row = 0;
+  for (size_t i = 0; i < experts.size(); i++) {
+    if (tokens[i] > 0) batches.push_back({experts[i], in.data() + row * hidden, out.data() + row * hidden, tokens[i]});
+    row += tokens[i];
+  }
+  run_batches(batches);
+  combine_rows(residual, out.data(), rows, gates, static_cast<uint32_t>(total), hidden);
+  return nullptr;
+}
+
 // runBatches(handles: object[], x: Float32Array, tokens: Uint32Array, out: Float32Array): batch i (tokens[i] rows of
 // x, after the rows of the batches before it) through expert handles[i], into the same rows of out; on the compute
 // team (configureTeam), synchronously. A handle may appear once per call.
@@ -195,31 +286,22 @@ napi_value RunBatches(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value a[4];
   SY_CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  bool isArray = false;
-  uint32_t count = 0;
-  if (argc != 4 || napi_is_array(env, a[0], &isArray) != napi_ok || !isArray || napi_get_array_length(env, a[0], &count) != napi_ok)
-    return sy::throw_type(env, "runBatches(handles, x, tokens, out): handles must be an array");
+  if (argc != 4) return sy::throw_type(env, "runBatches(handles, x, tokens, out) takes 4 arguments");
+  std::vector<Expert*> experts;
+  std::string err;
+  if (!experts_of(env, a[0], experts, err)) return sy::throw_type(env, ("runBatches: " + err).c_str());
   uint32_t* tokens;
   float *x, *y;
   size_t tn, xn, yn;
-  if (!sy::typed_array(env, a[2], napi_uint32_array, &tokens, &tn) || tn != count)
+  if (!sy::typed_array(env, a[2], napi_uint32_array, &tokens, &tn) || tn != experts.size())
     return sy::throw_type(env, "runBatches: tokens must be a Uint32Array with one count per handle");
   if (!sy::typed_array(env, a[1], napi_float32_array, &x, &xn) || !sy::typed_array(env, a[3], napi_float32_array, &y, &yn))
     return sy::throw_type(env, "runBatches: x and out must be Float32Arrays");
   std::vector<Batch> batches;
-  batches.reserve(count);
+  batches.reserve(experts.size());
   size_t row = 0;
-  uint32_t hidden = 0;
-  for (uint32_t i = 0; i < count; i++) {
-    napi_value h;
-    SY_CHECK(napi_get_element(env, a[0], i, &h));
-    Expert* e = sy::handle_of<Expert>(env, h, &kTag);
-    if (!e) return sy::throw_type(env, "runBatches: every handle must be made by this addon's create");
-    if (e->released) return sy::throw_error(env, "runBatches: an expert was released");
-    if (i == 0) hidden = e->hidden;
-    if (e->hidden != hidden) return sy::throw_type(env, "runBatches: the experts must share one hidden width");
-    for (const Batch& b : batches)
-      if (b.e == e) return sy::throw_type(env, "runBatches: a handle appears twice (its scratch is per call)");
+  for (size_t i = 0; i < experts.size(); i++) {
+    Expert* e = experts[i];
     const size_t need = (row + tokens[i]) * e->hidden;
     if (xn < need || yn < need) return sy::throw_range(env, "runBatches: x and out must hold Σ tokens × hidden floats");
     if (tokens[i] > 0) batches.push_back({e, x + row * e->hidden, y + row * e->hidden, tokens[i]});
@@ -264,6 +346,7 @@ NAPI_MODULE_INIT() {
       {"create", Create},
       {"run", sy::run_ffn<Expert, &kTag, run_expert>},
       {"runBatches", RunBatches},
+      {"runLayerInto", RunLayerInto},
       {"configureTeam", ConfigureTeam},
       {"teamHandle", TeamHandle},
       {"release", sy::release<Expert, free_storage, &kTag>},
