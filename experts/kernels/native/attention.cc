@@ -242,7 +242,9 @@ napi_value Attend(napi_env env, napi_callback_info info) {
 #if SY_X86
   const bool simd = g_avx2 && sh.headDim % 8 == 0;
 #endif
-  // One unit per query row (all its heads); rows are independent, each computed the same way on any thread.
+  // One unit per query row and key/value head (its group of query heads): rows are independent, and a row's
+  // heads read separate keys and values, so on a team the work spreads evenly even when rows' pasts differ. Each
+  // query head is computed the same way on any thread.
   std::vector<uint32_t> rowSequence(tokens);
   for (uint32_t s = 0, row = 0; s < sequences; s++)
     for (uint32_t i = 0; i < counts[s]; i++) rowSequence[row++] = s;
@@ -251,13 +253,14 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     firstRow[s] = row;
     row += counts[s];
   }
-  auto body = [&](uint32_t row) {
+  auto body = [&](uint32_t unit) {
     thread_local std::vector<float> scores;
     if (scores.size() < (longest + 7u) / 8 * 8) scores.resize((longest + 7u) / 8 * 8);
+    const uint32_t row = unit / sh.kvHeads, kv = unit % sh.kvHeads;
     const uint32_t s = rowSequence[row];
     const uint32_t len = pasts[s] + (row - firstRow[s]) + 1;
-    for (uint32_t h = 0; h < sh.heads; h++) {
-      const size_t head = static_cast<size_t>(h / group) * caps[s] * sh.headDim;
+    const size_t head = static_cast<size_t>(kv) * caps[s] * sh.headDim;
+    for (uint32_t h = kv * group; h < (kv + 1) * group; h++) {
       const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
       float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
 #if SY_X86
@@ -269,7 +272,7 @@ napi_value Attend(napi_env env, napi_callback_info info) {
       row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
     }
   };
-  sy::parallel_for(team, static_cast<uint32_t>(tokens), body);
+  sy::parallel_for(team, static_cast<uint32_t>(tokens * sh.kvHeads), body);
   return nullptr;
 }
 
