@@ -10,7 +10,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { loadConfig, resolveWorkers, type Config } from '../src/config.ts';
+import { describeExecution, loadConfig, type Config } from '../src/config.ts';
 import { seededRandom } from '../src/engine/sampling.ts';
 import { createClient, type ApiKind, type Client } from './clients.ts';
 import { intFlag, numberFlag, parseFlags, runCli, UsageError } from './cli-common.ts';
@@ -46,6 +46,7 @@ Options:
   --tolerance-mb T      allowed growth of the resident set, first sample to last, in MB of 10^6 bytes (default 50)
   --model DIR           model package (default: the configured model)
   --workers N           expert worker threads (default: the configured value)
+  --execution MODE      experts.execution: workers or in-process (default: the configured value)
   --timeout-s S         hard limit per request in seconds (default 120; at most 600)
   --label TEXT          a note for the RESULTS.md section title
   --no-record           print only; do not append to bench/RESULTS.md
@@ -58,14 +59,17 @@ function parse(argv: string[]) {
   const values = parseFlags(argv, {
     requests: { type: 'string' }, mix: { type: 'string' }, clients: { type: 'string' }, 'sample-every': { type: 'string' },
     'max-tokens': { type: 'string' }, seed: { type: 'string' }, 'tolerance-mb': { type: 'string' },
-    model: { type: 'string' }, workers: { type: 'string' }, 'timeout-s': { type: 'string' },
+    model: { type: 'string' }, workers: { type: 'string' }, execution: { type: 'string' }, 'timeout-s': { type: 'string' },
     label: { type: 'string' }, 'no-record': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
   });
   if (values.help) return null;
   const mix = (values.mix ?? 'alternate') as Mix;
   if (!MIXES.includes(mix)) throw new UsageError(`--mix must be one of ${MIXES.join(', ')} (got ${JSON.stringify(values.mix)})`);
   const requests = intFlag('requests', values.requests, 4000, 1, MAX_REQUESTS);
+  const execution = values.execution as 'workers' | 'in-process' | undefined;
+  if (execution !== undefined && execution !== 'workers' && execution !== 'in-process') throw new UsageError(`--execution must be workers or in-process (got ${JSON.stringify(execution)})`);
   return {
+    execution,
     requests,
     mix,
     clients: intFlag('clients', values.clients, 8, 1, MAX_CLIENTS),
@@ -192,7 +196,7 @@ function slope(xs: readonly number[], ys: readonly number[]): number {
 }
 
 async function main(opts: Options): Promise<number> {
-  const common = loopbackOverrides(opts.model, opts.workers);
+  const common = { ...loopbackOverrides(opts.model, opts.workers), ...(opts.execution ? { experts: { execution: opts.execution } } : {}) };
   const base = loadConfig({ overrides: common });
   const config = loadConfig({ overrides: { ...common, limits: loadLimits(base.limits, opts) } });
   const controller = new AbortController();
@@ -203,7 +207,7 @@ async function main(opts: Options): Promise<number> {
 
   // The run is long and the checkout may move meanwhile: record the code the gateway started from.
   const startCommit = gitCommit();
-  process.stderr.write(`starting the gateway process (model ${config.model}, workers ${resolveWorkers(config)})\n`);
+  process.stderr.write(`starting the gateway process (model ${config.model}, ${describeExecution(config)})\n`);
   const { gateway, url } = await GatewayProcess.start(config);
   try {
     const clients: Record<'tgi' | 'openai', Client> = {
@@ -307,7 +311,7 @@ async function main(opts: Options): Promise<number> {
       title: 'soak', label: opts.label, command: commandLine('bench/soak.ts'),
       facts: [
         ['gateway code', `commit ${startCommit} when the run started`],
-        ['server', `child process (node --expose-gc), workers ${resolveWorkers(config)}, maxBatchSequences ${config.limits.maxBatchSequences}, `
+        ['server', `child process (node --expose-gc), ${describeExecution(config)}, maxBatchSequences ${config.limits.maxBatchSequences}, `
           + `prefix cache ${fmt(config.cache.prefix.maxBytes / 2 ** 20, 0)} MiB, response cache ${config.cache.response.maxEntries} entries / ${fmt(config.cache.response.maxBytes / 2 ** 20, 0)} MiB`],
         ['load', `${opts.requests} greedy requests, ${opts.clients} clients, max ${opts.maxTokens} new tokens, mix ${opts.mix} (TGI and OpenAI routes), `
           + `seeded prompts (seed ${opts.seed}), a sample every ${opts.sampleEvery} requests`],

@@ -512,3 +512,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
 export function resolveWorkers(config: Pick<Config, 'workers'>): number {
   return config.workers ?? Math.max(1, os.availableParallelism());
 }
+
+/** Where the experts run, for logs and benchmark records: "2 expert workers" or "in-process, compute team of 2 threads". */
+export function describeExecution(config: Pick<Config, 'workers' | 'experts'>): string {
+  return config.experts.execution === 'in-process'
+    ? `in-process, compute team of ${config.experts.teamThreads ?? Math.max(1, os.availableParallelism())} threads`
+    : `${resolveWorkers(config)} expert workers`;
+}

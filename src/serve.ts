@@ -7,7 +7,7 @@ import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { tuneAllocator } from './allocator.ts';
-import { resolveWorkers, type Config } from './config.ts';
+import { describeExecution, resolveWorkers, type Config } from './config.ts';
 import type { GenerationService } from './engine/types.ts';
 import type { StepObserver } from './engine/scheduler.ts';
 import { createTelemetry } from './telemetry/index.ts';
@@ -209,7 +209,7 @@ export async function startServer(config: Config, options: StartServerOptions = 
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   logger.info('listening', {
-    url, host: address.address, port: address.port, pid: process.pid, model: config.model, workers: resolveWorkers(config),
+    url, host: address.address, port: address.port, pid: process.pid, model: config.model, workers: resolveWorkers(config), experts: describeExecution(config),
   });
 
   const graceMs = options.closeGraceMs ?? config.shutdown.graceMs;
