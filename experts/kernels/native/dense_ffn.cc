@@ -208,6 +208,19 @@ void combine_rows(float* residual, const float* y, const uint32_t* rows, const f
   }
 }
 
+// Batch i: tokens[i] rows of x and y after those of the batches before it, through experts[i] (empty ones left out).
+std::vector<Batch> packed(const std::vector<Expert*>& experts, const uint32_t* tokens, const float* x, float* y) {
+  std::vector<Batch> batches;
+  batches.reserve(experts.size());
+  size_t row = 0;
+  for (size_t i = 0; i < experts.size(); i++) {
+    const size_t at = row * experts[i]->hidden;
+    if (tokens[i] > 0) batches.push_back({experts[i], x + at, y + at, tokens[i]});
+    row += tokens[i];
+  }
+  return batches;
+}
+
 // Reads handles[] as experts of one hidden width (each once): the shared checks of runBatches and runLayerInto.
 bool experts_of(napi_env env, napi_value array, std::vector<Expert*>& out, std::string& err) {
   bool isArray = false;
@@ -268,12 +281,7 @@ napi_value RunLayerInto(napi_env env, napi_callback_info info) {
   if (in.size() < total * hidden) in.resize(total * hidden);
   if (out.size() < total * hidden) out.resize(total * hidden);
   for (size_t i = 0; i < total; i++) std::memcpy(in.data() + i * hidden, x + static_cast<size_t>(rows[i]) * hidden, hidden * sizeof(float));
-  std::vector<Batch> batches;
-  size_t row = 0;
-  for (size_t i = 0; i < experts.size(); i++) {
-    if (tokens[i] > 0) batches.push_back({experts[i], in.data() + row * hidden, out.data() + row * hidden, tokens[i]});
-    row += tokens[i];
-  }
+  std::vector<Batch> batches = packed(experts, tokens, in.data(), out.data());
   run_batches(batches);
   combine_rows(residual, out.data(), rows, gates, static_cast<uint32_t>(total), hidden);
   return nullptr;
@@ -297,16 +305,11 @@ napi_value RunBatches(napi_env env, napi_callback_info info) {
     return sy::throw_type(env, "runBatches: tokens must be a Uint32Array with one count per handle");
   if (!sy::typed_array(env, a[1], napi_float32_array, &x, &xn) || !sy::typed_array(env, a[3], napi_float32_array, &y, &yn))
     return sy::throw_type(env, "runBatches: x and out must be Float32Arrays");
-  std::vector<Batch> batches;
-  batches.reserve(experts.size());
-  size_t row = 0;
-  for (size_t i = 0; i < experts.size(); i++) {
-    Expert* e = experts[i];
-    const size_t need = (row + tokens[i]) * e->hidden;
-    if (xn < need || yn < need) return sy::throw_range(env, "runBatches: x and out must hold Σ tokens × hidden floats");
-    if (tokens[i] > 0) batches.push_back({e, x + row * e->hidden, y + row * e->hidden, tokens[i]});
-    row += tokens[i];
-  }
+  size_t total = 0;
+  for (size_t i = 0; i < tn; i++) total += tokens[i];
+  if (!experts.empty() && (xn < total * experts.front()->hidden || yn < total * experts.front()->hidden))
+    return sy::throw_range(env, "runBatches: x and out must hold Σ tokens × hidden floats");
+  std::vector<Batch> batches = packed(experts, tokens, x, y);
   run_batches(batches);
   return nullptr;
 }
