@@ -4,15 +4,18 @@
  * In one process, times MoeModel.forward for decode steps at batch 1, 8 and 32 (each sequence one new token after a
  * past of 64–256 tokens) with the per-sequence attention path (one run per sequence and layer) and the batched one
  * (attention.ts: the attention core over the KV caches, native kernel or its TypeScript twin), interleaved within
- * each repeat, medians. Two expert runners: the configured worker pool (the whole step) and a null runner that
- * returns zeros (the trunk alone).
+ * each repeat, medians. Three expert runners: the configured worker pool (the whole step), the in-process experts
+ * on the compute team (experts.execution 'in-process', the trunk on the team too), and a null runner that returns
+ * zeros (the trunk alone).
  */
+import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { loadModelPackage } from '../src/engine/package.ts';
 import { MoeModel, type ExpertRunner, type ModelOptions } from '../src/engine/model.ts';
 import type { KvCache } from '../src/engine/kv-cache.ts';
+import { InProcessExperts } from '../experts/in-process.ts';
 import { commandLine, publish } from './record.ts';
 import { fmt, markdownTable, median, ratio } from './stats.ts';
 
@@ -59,6 +62,12 @@ try {
     ['batched-typescript/trunk', await load(nullRunner, { attention: 'batched', attentionKernel: 'typescript' })],
     ['batched/trunk', await load(nullRunner, { attention: 'batched' })],
   ];
+  // Loaded after the pool's models: the compute team's helper threads start here and only this model uses them.
+  const team = InProcessExperts.load({
+    weightsFile: pkg.weightsFile, tensors: pkg.tensors, layers: c.num_hidden_layers, experts: c.num_experts, hidden: c.hidden_size,
+    threads: config.experts.teamThreads ?? availableParallelism(), droppedExperts: pkg.droppedExperts,
+  });
+  variants.push(['in-process', await load(team, { attention: 'batched', team: team.team })]);
 
   const rows: Array<Array<string | number>> = [];
   for (const batch of batches) {
@@ -89,11 +98,14 @@ try {
     rows.push([batch, fmt(m('per-sequence/pool'), 2), fmt(m('batched/pool'), 2), fmt(ratio(m('per-sequence/pool'), m('batched/pool')), 2),
       fmt(m('overlap/pool'), 2), fmt(ratio(m('batched/pool'), m('overlap/pool')), 2),
       fmt(m('per-sequence/trunk'), 2), fmt(m('batched-typescript/trunk'), 2), fmt(m('batched/trunk'), 2),
-      fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2)]);
+      fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2),
+      // The workers' default: two micro-batches from experts.overlapMinTokens tokens on.
+      fmt(m('in-process'), 2), fmt(ratio(m(batch >= (config.experts.overlapMinTokens ?? Infinity) ? 'overlap/pool' : 'batched/pool'), m('in-process')), 2)]);
     console.error(`batch ${batch} done`);
   }
+  await team.close();
   const table = markdownTable(
-    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched, TypeScript kernel (ms)', 'trunk, batched (ms)', 'trunk speedup'],
+    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched, TypeScript kernel (ms)', 'trunk, batched (ms)', 'trunk speedup', 'step, in-process experts on the compute team (ms)', 'in-process speedup over the workers\' default'],
     rows,
   );
   publish([table], [
@@ -101,6 +113,7 @@ try {
     '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
     '"batched": per layer one projection run, the native attention kernel over the KV caches in place, one output run; "TypeScript kernel": the same with the kernel\'s plain TypeScript twin (what runs where the addon is not built)',
     '"two micro-batches": the batched step split in two halves whose attention and experts overlap (experts.overlapMinTokens 2; bit-identical outputs)',
+    `"in-process": experts.execution 'in-process' (every expert in this process, the step's arithmetic on a compute team of ${team.threads} threads); its speedup is over the workers' default (two micro-batches from experts.overlapMinTokens = ${config.experts.overlapMinTokens} tokens)`,
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });
 } finally {
