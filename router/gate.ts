@@ -40,13 +40,14 @@ export function topK(logits: Float32Array, tokens: number, experts: number, k: n
   const probs = new Float32Array(tokens * experts);
   const expert = new Int32Array(tokens * k);
   const gate = new Float32Array(tokens * k);
+  const exps = new Float64Array(experts); // each exp once, in double as before, then divided
   for (let t = 0; t < tokens; t++) {
     const base = t * experts;
     let max = -Infinity;
     for (let e = 0; e < experts; e++) max = Math.max(max, logits[base + e]);
     let total = 0;
-    for (let e = 0; e < experts; e++) total += Math.exp(logits[base + e] - max);
-    for (let e = 0; e < experts; e++) probs[base + e] = Math.exp(logits[base + e] - max) / total;
+    for (let e = 0; e < experts; e++) total += (exps[e] = Math.exp(logits[base + e] - max));
+    for (let e = 0; e < experts; e++) probs[base + e] = exps[e] / total;
     // Selection by repeated argmax: k is small (1–8) and ties go to the lower index.
     let chosenSum = 0;
     for (let j = 0; j < k; j++) {

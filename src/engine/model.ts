@@ -242,7 +242,8 @@ export class MoeModel {
       this.sessions.native!.head(at, headInput, logits);
     }
     let start = 0;
-    return { logits: rows.map((n) => logits.slice(start * v, (start += n) * v)), layers };
+    // Views, not copies: the array is this step's own and nothing writes to it.
+    return { logits: rows.map((n) => logits.subarray(start * v, (start += n) * v)), layers };
   }
 
   /**
@@ -317,11 +318,13 @@ export class MoeModel {
       // The MoE layer is done with these before the next layer's attention (unless a hook keeps them: fresh ones then).
       let moeInput = new Float32Array(total * d);
       let routerLogits = new Float32Array(total * this.config.num_experts);
+      // h of one layer is x of the next: two buffers in turn (output reads x while it writes h).
+      const residuals = [new Float32Array(total * d), new Float32Array(total * d)];
       const rows = { keys: k, values: v };
       return async (layer, x) => {
         native.project(layer, total, x, cos, sin, q, k, v);
         this.attend(layer, q, attended, sequences, rows); // writes the new k/v rows into the caches, then attends
-        const h = new Float32Array(total * d);
+        const h = residuals[layer % 2];
         if (keepsMoeInput && layer > 0) {
           moeInput = new Float32Array(total * d);
           routerLogits = new Float32Array(total * this.config.num_experts);
