@@ -4,8 +4,9 @@
  *   x = x + moe(x):  logits = moe_input · routerᵀ (dropped experts masked) → top-k (fp32 softmax, gates)
  *                    → plan (token rows per expert, capacity) → runner.runLayer → h += Σ_k gate · expert(x)
  *
- * The experts run behind `ExpertRunner`: the Piscina pool (experts/pool.ts), a remote runner, or an in-process
- * runner in tests (expert-runner.ts).
+ * The experts run behind `ExpertRunner`: the Piscina pool (experts/pool.ts), the in-process experts on the compute
+ * team (experts/in-process.ts, which also gather and combine natively: runLayerInto), a remote runner, or the plain
+ * TypeScript reference runner of tests (expert-runner.ts).
  */
 import { performance } from 'node:perf_hooks';
 import { routerLogits, topK, planDispatch, combineInto, type DispatchPlan, type Gating } from '../../router/index.ts';
