@@ -3,6 +3,8 @@
  * the worker pool's dense-native experts (bit for bit) and the plain TypeScript reference, and what the gateway
  * answers about placement, health and conflicting configuration.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DenseNativeKernel, nativeDense, runBatchesOnTeam, runLayerOnTeam } from '../experts/kernels/dense-native.ts';
@@ -12,6 +14,7 @@ import { ConfigSchema, loadConfig } from '../src/config.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { createLogger } from '../src/log.ts';
 import { startServer, type RunningServer } from '../src/serve.ts';
+import { prunePackage } from '../src/pruning/prune-package.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, maxAbsDiff, request } from './helpers.ts';
@@ -186,6 +189,38 @@ describe.skipIf(!dense.available)('in-process experts, tiny random package', () 
       got.layers.forEach((layer, l) => expect(Array.from(layer.expert)).toEqual(want.router[l].map((r) => r.expert)));
     }
   });
+});
+
+describe.skipIf(!dense.available)('in-process experts on pruned packages', () => {
+  // Sparse-bitmask experts with some dropped, and structured-pruned (narrower) experts: read dense, run dense-native.
+  const base = writeTinyPackage(tinyConfig({ hidden_size: 24, intermediate_size: 48 }), 31);
+  writeFileSync(path.join(base, 'calibration.txt'), 'Call me Ishmael. Some years ago, never mind how long precisely, having little money. '.repeat(6));
+  for (const [name, options] of [
+    ['magnitude 50 % with a quarter of the experts dropped', { method: 'magnitude', sparsity: 0.5, dropExperts: 0.25 }],
+    ['structured 25 %', { method: 'structured', sparsity: 0.25 }],
+  ] as const) {
+    it(`${name}: the worker pool's logits and routing, bit for bit; dropped experts never chosen`, async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'in-process-pruned-'));
+      const pruned = await prunePackage({ modelDir: base, outDir: dir, ...options });
+      const workers = await Engine.load(engineConfig(dir, { experts: { kernel: 'dense-native' } }));
+      const team = await Engine.load(engineConfig(dir, inProcess));
+      try {
+        const dropped = new Set(pruned.dropped.map((d) => `${d.layer}.${d.expert}`));
+        expect(team.pool.placement.hosts.flatMap((row, l) => row.map((hosts, e) => [`${l}.${e}`, hosts.length] as const))
+          .filter(([key, n]) => (n === 0) !== dropped.has(key))).toEqual([]);
+        const ids = team.codec.encode('Call me Ishmael. Some years ago');
+        const [a, b] = await Promise.all([workers, team].map((engine) => engine.model.forward([{ cache: engine.model.newCache(), tokens: ids, allPositions: true }])));
+        expect(Array.from(b.logits[0])).toEqual(Array.from(a.logits[0]));
+        b.layers.forEach((layer, l) => {
+          expect(Array.from(layer.expert)).toEqual(Array.from(a.layers[l].expert));
+          expect(Array.from(layer.expert).some((e) => dropped.has(`${l}.${e}`))).toBe(false);
+        });
+      } finally {
+        await workers.close();
+        await team.close();
+      }
+    });
+  }
 });
 
 describe.skipIf(!dense.available)('in-process experts behind the admin API', () => {
