@@ -3,7 +3,7 @@
  * client going away cancels the sequence, and a failure after the stream began becomes an error event.
  */
 import type { Context } from 'hono';
-import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
+import { sseResponse } from './sse.ts';
 import type { GenerateOptions, GenerateRequest, GenerateResult, GenerationService, GeneratedToken } from '../engine/types.ts';
 import { errorBodyFor } from './errors.ts';
 import { traceHeaders } from './trace-headers.ts';
@@ -24,16 +24,12 @@ export function streamTokens(
   // Validation and queue errors surface before the stream starts, so they still get a proper status code.
   service.admit(request);
   const clientSignal = c.req.raw.signal;
-  return streamSSE(c, async (stream: SSEStreamingApi) => {
+  return sseResponse(c, async (stream) => {
     const cancel = new AbortController();
-    // Hono offers no way to unsubscribe; abortWith's closure holds only `cancel`, not this request's context.
-    stream.onAbort(abortWith(cancel));
+    const unlinkStream = forwardAbort(stream.signal, cancel);
     const unlink = forwardAbort(clientSignal, cancel);
-    let writing = Promise.resolve();
     const send = (events: Array<unknown | string>) => {
-      for (const e of events) {
-        writing = writing.then(() => stream.writeSSE({ data: typeof e === 'string' ? e : JSON.stringify(e) }));
-      }
+      for (const e of events) stream.send(typeof e === 'string' ? e : JSON.stringify(e));
     };
     send(handlers.start?.() ?? []);
     try {
@@ -49,13 +45,10 @@ export function streamTokens(
       if (!cancel.signal.aborted) send([errorBodyFor(error as Error)]);
     } finally {
       unlink();
+      unlinkStream();
     }
-    await writing;
   });
 }
-
-/** A listener that aborts `controller` (module-level: the closure holds only the controller). */
-export const abortWith = (controller: AbortController) => () => controller.abort();
 
 /**
  * Aborts `target` when `source` aborts, until the returned function is called. The request's signal outlives the

@@ -4,9 +4,9 @@
  * build each choice's text with ChoiceText, so a streamed answer and a non-streamed one are the same text.
  */
 import type { Context } from 'hono';
-import { streamSSE } from 'hono/streaming';
+import { sseResponse } from '../sse.ts';
 import type { GenerateResult, GenerationService } from '../../engine/types.ts';
-import { abortWith, forwardAbort } from '../token-stream.ts';
+import { forwardAbort } from '../token-stream.ts';
 import { traceHeaders } from '../trace-headers.ts';
 import { choiceOf, ChoiceText, type ChoiceDelta } from './choice-text.ts';
 import { openAiStreamError } from './errors.ts';
@@ -71,16 +71,15 @@ export interface StreamEvents {
 export function streamChoices(c: Context, service: GenerationService, plan: Plan, options: RunOptions, events: StreamEvents): Response {
   for (const choice of plan.choices) service.admit(choice.request);
   const clientSignal = c.req.raw.signal;
-  return streamSSE(c, async (stream) => {
+  return sseResponse(c, async (stream) => {
     const clientGone = new AbortController();
-    stream.onAbort(abortWith(clientGone));
+    const unlinkStream = forwardAbort(stream.signal, clientGone);
     const unlinkClient = forwardAbort(clientSignal, clientGone);
     // Stops every choice: the client went away, or one choice failed.
     const cancel = new AbortController();
     const unlinkCancel = forwardAbort(clientGone.signal, cancel);
-    let writing = Promise.resolve();
     const send = (items: unknown[]) => {
-      for (const e of items) writing = writing.then(() => stream.writeSSE({ data: typeof e === 'string' ? e : JSON.stringify(e) }));
+      for (const e of items) stream.send(typeof e === 'string' ? e : JSON.stringify(e));
     };
     for (const choice of plan.choices) send(events.start(choice));
     try {
@@ -114,7 +113,7 @@ export function streamChoices(c: Context, service: GenerationService, plan: Plan
     } finally {
       unlinkCancel();
       unlinkClient();
+      unlinkStream();
     }
-    await writing;
   });
 }
