@@ -225,18 +225,20 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     longest = std::max(longest, pasts[s] + counts[s]);
   }
 
-  // The new rows first: a query row attends to its own position and, in a prefill chunk, to the rows before it.
+  // The new rows go in before they are read: a query row attends to its own position and, in a prefill chunk, to the
+  // rows before it. A sequence of one new row is written by the unit that attends with it (that head's key and
+  // value, in parallel); those of several rows first, here, since other units read them.
+  const uint32_t hd = sh.headDim;
+  const auto put = [&](uint32_t s, uint32_t i, size_t row, uint32_t h) {
+    const size_t at = (static_cast<size_t>(h) * caps[s] + pasts[s] + i) * hd;
+    std::memcpy(keys[s] + at, newK + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+    std::memcpy(values[s] + at, newV + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+  };
   if (newK) {
-    const uint32_t hd = sh.headDim;
-    for (uint32_t s = 0, row = 0; s < sequences; s++) {
-      for (uint32_t i = 0; i < counts[s]; i++, row++) {
-        for (uint32_t h = 0; h < sh.kvHeads; h++) {
-          const size_t at = (static_cast<size_t>(h) * caps[s] + pasts[s] + i) * hd;
-          std::memcpy(keys[s] + at, newK + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
-          std::memcpy(values[s] + at, newV + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
-        }
-      }
-    }
+    for (uint32_t s = 0, row = 0; s < sequences; row += counts[s], s++)
+      if (counts[s] > 1)
+        for (uint32_t i = 0; i < counts[s]; i++)
+          for (uint32_t h = 0; h < sh.kvHeads; h++) put(s, i, row + i, h);
   }
   const uint32_t group = sh.heads / sh.kvHeads;
 #if SY_X86
@@ -260,6 +262,7 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     const uint32_t s = rowSequence[row];
     const uint32_t len = pasts[s] + (row - firstRow[s]) + 1;
     const size_t head = static_cast<size_t>(kv) * caps[s] * sh.headDim;
+    if (newK && counts[s] == 1) put(s, 0, row, kv);
     for (uint32_t h = kv * group; h < (kv + 1) * group; h++) {
       const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
       float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
