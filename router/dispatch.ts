@@ -31,15 +31,18 @@ export function expertCapacity(assignments: number, experts: number, capacityFac
  */
 export function planDispatch(choice: Int32Array, experts: number, capacityFactor: number | null, k = 1): DispatchPlan {
   const capacity = expertCapacity(choice.length, experts, capacityFactor);
-  const rowsByExpert: number[][] = Array.from({ length: experts }, () => []);
+  // Plain loops: this runs once per layer and step on the thread that also runs the model.
+  const rowsByExpert: number[][] = new Array(experts);
+  for (let e = 0; e < experts; e++) rowsByExpert[e] = [];
   const overflow: number[] = [];
-  choice.forEach((e, slot) => {
+  for (let slot = 0; slot < choice.length; slot++) {
     const token = k === 1 ? slot : Math.floor(slot / k);
-    const rows = rowsByExpert[e];
+    const rows = rowsByExpert[choice[slot]];
     if (rows.length < capacity) rows.push(token);
     else overflow.push(token);
-  });
-  const batches = rowsByExpert.flatMap((rows, expert) => (rows.length > 0 ? [{ expert, rows }] : []));
+  }
+  const batches: Array<{ expert: number; rows: number[] }> = [];
+  for (let expert = 0; expert < experts; expert++) if (rowsByExpert[expert].length > 0) batches.push({ expert, rows: rowsByExpert[expert] });
   return { batches, overflow, capacity };
 }
 
