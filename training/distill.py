@@ -13,21 +13,19 @@ data (training/configs/sparse-proxy-dense.json for distill-proxy.json). Resumes 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .cli import run_cli
 from .data import build_corpus
+from .loop import Interval, batch_at, count_routing, learning_rate, record_eval
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import read_package, write_package
 from .sparsity import distillation_loss
-from .train import REPO, evaluate, learning_rate, load_config, make_optimizer
+from .train import REPO, evaluate, load_config, make_optimizer
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, history: dict):
@@ -86,14 +84,10 @@ def distill(config_path: Path, fresh: bool = False, export: bool = True, stop_at
     print(json.dumps({"event": "start", "student": model.parameter_counts(),
                       "teacher": teacher.parameter_counts(), "teacher_package": d["teacher"]}), flush=True)
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
-    interval_start, interval_ce, interval_kd, interval_n = time.time(), 0.0, 0.0, 0
+    interval = Interval(tokens_per_step)
     last = cfg["steps"] if stop_at is None else min(stop_at, cfg["steps"])
     while step < last:
-        rng = np.random.default_rng([cfg["seed"], step])
-        ids, targets = (torch.from_numpy(np.ascontiguousarray(a))
-                        for a in corpus.batch(rng, cfg["batch_size"], cfg["seq_len"]))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+        ids, targets = batch_at(corpus, cfg, step, optimizer)
         with torch.no_grad():
             teacher_logits, _ = teacher(ids, capacity_factor=None)
         loss, kd, ce, stats = student_loss(model, teacher_logits, ids, targets, d["temperature"], d["kd_weight"])
@@ -102,29 +96,13 @@ def distill(config_path: Path, fresh: bool = False, export: bool = True, stop_at
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         optimizer.step()
         step += 1
-        interval_ce += float(ce)
-        interval_kd += float(kd)
-        interval_n += 1
+        interval.add(ce, kd=kd)
         history["tokens"] += tokens_per_step
-        for s in stats:
-            history["dropped_tokens"] += s.dropped
-            history["routed_tokens"] += s.choice.numel()
+        count_routing(history, stats)
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            elapsed = time.time() - interval_start
-            history["seconds"] += elapsed
-            row = {"step": step, "loss": round(interval_ce / interval_n, 4),
-                   "bpb": round(interval_ce / interval_n / math.log(2), 4), "kd": round(interval_kd / interval_n, 4),
-                   "lr": round(learning_rate(step, cfg), 6),
-                   "tokens_per_s": round(interval_n * tokens_per_step / elapsed, 1)}
-            history["train"].append(row)
-            print(json.dumps(row), flush=True)
-            interval_start, interval_ce, interval_kd, interval_n = time.time(), 0.0, 0.0, 0
+            interval.log(history, {"step": step}, learning_rate(step, cfg))
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-            t0 = time.time()
-            result = {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]}
-            history["val"].append(result)
-            print(json.dumps({"event": "eval", **result}), flush=True)
-            interval_start += time.time() - t0
+            record_eval(history, interval, lambda: {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]})
         if step % cfg["checkpoint_every"] == 0 or step in (cfg["steps"], last):
             save_checkpoint(ckpt, model, optimizer, step, history)
 

@@ -12,10 +12,7 @@ last step is done.
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +20,10 @@ import torch
 
 from .cli import run_cli
 from .data import build_corpus
+from .loop import Interval, batch_at, learning_rate, record_eval
 from .sparse_package import read_package, write_package
 from .sparsity import apply_masks, density, mask_gradients
-from .train import REPO, evaluate, learning_rate, make_optimizer, save_checkpoint
+from .train import REPO, evaluate, make_optimizer, save_checkpoint
 
 REQUIRED = ("name", "package", "seed", "fortunes_dir", "source_weights", "batch_size", "seq_len", "steps", "lr",
             "warmup_steps", "weight_decay", "grad_clip", "log_every", "checkpoint_every", "run_dir", "export_dir")
@@ -123,35 +121,19 @@ def finetune(config_path: Path, fresh: bool = False, export: bool = True, stop_a
         print(json.dumps({"event": "eval", "step": 0, "val_bpb": before["val_bpb"]}), flush=True)
 
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
-    interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+    interval = Interval(tokens_per_step)
     last = cfg["steps"] if stop_at is None else min(stop_at, cfg["steps"])
     eval_every = cfg.get("eval_every", cfg["steps"])
     while step < last:
-        rng = np.random.default_rng([cfg["seed"], step])
-        ids, targets = (torch.from_numpy(np.ascontiguousarray(a))
-                        for a in corpus.batch(rng, cfg["batch_size"], cfg["seq_len"]))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+        ids, targets = batch_at(corpus, cfg, step, optimizer)
         _, ce, _ = train_step(model, optimizer, masks, ids, targets, cfg["grad_clip"])
         step += 1
-        interval_ce += float(ce)
-        interval_n += 1
+        interval.add(ce)
         history["tokens"] += tokens_per_step
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            elapsed = time.time() - interval_start
-            history["seconds"] += elapsed
-            row = {"step": step, "loss": round(interval_ce / interval_n, 4),
-                   "bpb": round(interval_ce / interval_n / math.log(2), 4), "lr": round(learning_rate(step, cfg), 6),
-                   "tokens_per_s": round(interval_n * tokens_per_step / elapsed, 1)}
-            history["train"].append(row)
-            print(json.dumps(row), flush=True)
-            interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+            interval.log(history, {"step": step}, learning_rate(step, cfg))
         if step % eval_every == 0 or step == cfg["steps"]:
-            t0 = time.time()
-            result = {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]}
-            history["val"].append(result)
-            print(json.dumps({"event": "eval", **result}), flush=True)
-            interval_start += time.time() - t0
+            record_eval(history, interval, lambda: {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]})
         if step % cfg["checkpoint_every"] == 0 or step in (cfg["steps"], last):
             save_checkpoint(ckpt, model, optimizer, step, history)
 

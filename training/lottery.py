@@ -15,22 +15,20 @@ training.sparse_train). Checkpoints hold the round, step, masks and θ_k, so a r
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .cli import run_cli
 from .data import build_corpus
 from .finetune import train_step
+from .loop import Interval, batch_at
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import write_package
 from .sparsity import density, imp_schedule, is_expert_matrix, magnitude_mask, rewind
-from .train import REPO, evaluate, learning_rate, load_config, make_optimizer
+from .train import REPO, evaluate, load_config, make_optimizer
 
 
 def save_checkpoint(path: Path, state: dict):
@@ -83,30 +81,18 @@ def lottery(config_path: Path, fresh: bool = False, export: bool = True, run_dir
         r, masks = state["round"], state["masks"]
         print(json.dumps({"event": "round", "round": r, "from_step": state["step"],
                           "expert_density": round(density(masks), 6)}), flush=True)
-        interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+        interval = Interval(tokens_per_step)
         while state["step"] < total:
             step = state["step"]
-            rng = np.random.default_rng([cfg["seed"], step])
-            ids, targets_ = (torch.from_numpy(np.ascontiguousarray(a))
-                             for a in corpus.batch(rng, cfg["batch_size"], cfg["seq_len"]))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, cfg)
+            ids, targets_ = batch_at(corpus, cfg, step, optimizer)
             _, ce, _ = train_step(model, optimizer, masks, ids, targets_, cfg["grad_clip"])
             state["step"] = step = step + 1
             history["tokens"] += tokens_per_step
-            interval_ce += float(ce)
-            interval_n += 1
+            interval.add(ce)
             if r == 0 and step == k:
                 state["rewind"] = {n: p.detach().clone() for n, p in params.items()}
             if step % cfg["log_every"] == 0 or step == total:
-                elapsed = time.time() - interval_start
-                history["seconds"] += elapsed
-                row = {"round": r, "step": step, "loss": round(interval_ce / interval_n, 4),
-                       "bpb": round(interval_ce / interval_n / math.log(2), 4),
-                       "tokens_per_s": round(interval_n * tokens_per_step / elapsed, 1)}
-                history["train"].append(row)
-                print(json.dumps(row), flush=True)
-                interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+                interval.log(history, {"round": r, "step": step})
             if step % cfg["checkpoint_every"] == 0:
                 checkpoint()
         result = {"round": r, "expert_density": round(density(masks), 6),

@@ -21,22 +21,20 @@ moments and grown weights start at 0.0. Resumes from the run folder's checkpoint
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .cli import run_cli
 from .data import build_corpus
+from .loop import Interval, batch_at, count_routing, learning_rate, record_eval
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import write_package
 from .sparsity import (apply_masks, density, is_expert_matrix, is_update_step, mask_gradients, random_mask,
                        reset_moments, rigl_update, set_update, update_fraction)
-from .train import REPO, evaluate, learning_rate, load_config, make_optimizer
+from .train import REPO, evaluate, load_config, make_optimizer
 
 METHODS = ("dense", "static", "set", "rigl")
 
@@ -140,14 +138,10 @@ def sparse_train(config_path: Path, fresh: bool = False, export: bool = True, st
                       "parameters": model.parameter_counts(), "t_end": t_end}), flush=True)
 
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
-    interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+    interval = Interval(tokens_per_step)
     last = cfg["steps"] if stop_at is None else min(stop_at, cfg["steps"])
     while step < last:
-        rng = np.random.default_rng([cfg["seed"], step])
-        ids, targets = (torch.from_numpy(np.ascontiguousarray(a))
-                        for a in corpus.batch(rng, cfg["batch_size"], cfg["seq_len"]))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+        ids, targets = batch_at(corpus, cfg, step, optimizer)
         loss, ce, stats = model.loss(ids, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,28 +160,13 @@ def sparse_train(config_path: Path, fresh: bool = False, export: bool = True, st
             if abs(density(masks) - before) > 0:
                 raise RuntimeError(f"step {step}: density changed from {before} to {density(masks)}")
             history["updates"].append({"step": step, "fraction": round(fraction, 5), "replaced": replaced})
-        interval_ce += float(ce)
-        interval_n += 1
+        interval.add(ce)
         history["tokens"] += tokens_per_step
-        for layer_stats in stats:
-            history["dropped_tokens"] += layer_stats.dropped
-            history["routed_tokens"] += layer_stats.choice.numel()
+        count_routing(history, stats)
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            elapsed = time.time() - interval_start
-            history["seconds"] += elapsed
-            row = {"step": step, "loss": round(interval_ce / interval_n, 4),
-                   "bpb": round(interval_ce / interval_n / math.log(2), 4), "lr": round(learning_rate(step, cfg), 6),
-                   "tokens_per_s": round(interval_n * tokens_per_step / elapsed, 1),
-                   "expert_density": round(density(masks), 6)}
-            history["train"].append(row)
-            print(json.dumps(row), flush=True)
-            interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+            interval.log(history, {"step": step}, learning_rate(step, cfg), {"expert_density": round(density(masks), 6)})
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-            t0 = time.time()
-            result = {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]}
-            history["val"].append(result)
-            print(json.dumps({"event": "eval", **result}), flush=True)
-            interval_start += time.time() - t0
+            record_eval(history, interval, lambda: {"step": step, "val_bpb": evaluate(model, windows, mc.num_experts)["val_bpb"]})
         if step % cfg["checkpoint_every"] == 0 or step in (cfg["steps"], last):
             save_checkpoint(ckpt, model, optimizer, masks, step, history)
 

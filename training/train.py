@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from .cli import run_cli
 from .data import build_corpus
+from .loop import Interval, batch_at, count_routing, learning_rate, record_eval
 from .model import ModelConfig, SwitchOlmoe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,15 +28,6 @@ def load_config(path: Path) -> dict:
     cfg = json.loads(path.read_text())
     cfg["model"] = ModelConfig(**cfg["model"])
     return cfg
-
-
-def learning_rate(step: int, cfg: dict) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    peak, warmup, total = cfg["lr"], cfg["warmup_steps"], cfg["steps"]
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def make_optimizer(model: SwitchOlmoe, cfg: dict) -> torch.optim.Optimizer:
@@ -116,48 +107,31 @@ def train(config_path: Path, fresh: bool = False, export: bool = True, stop_at: 
     print(json.dumps({"event": "start", "parameters": counts, "corpus": corpus.info}), flush=True)
 
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
-    interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+    interval = Interval(tokens_per_step)
     interval_load = np.zeros((mc.num_hidden_layers, mc.num_experts), dtype=np.int64)
     last = cfg["steps"] if stop_at is None else min(stop_at, cfg["steps"])
     while step < last:
-        # Data for a step depends only on (seed, step): a resumed run sees exactly the batches it would have.
-        rng = np.random.default_rng([cfg["seed"], step])
-        ids, targets = (torch.from_numpy(np.ascontiguousarray(a)) for a in corpus.batch(rng, cfg["batch_size"], cfg["seq_len"]))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+        ids, targets = batch_at(corpus, cfg, step, optimizer)
         loss, ce, stats = model.loss(ids, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         optimizer.step()
         step += 1
-        interval_ce += float(ce)
-        interval_n += 1
+        interval.add(ce)
         for layer, s in enumerate(stats):
             interval_load[layer] += np.bincount(s.choice.numpy(), minlength=mc.num_experts)
-            history["dropped_tokens"] += s.dropped
-            history["routed_tokens"] += s.choice.numel()
+        count_routing(history, stats)
         history["tokens"] += tokens_per_step
 
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            elapsed = time.time() - interval_start
-            history["seconds"] += elapsed
             share = interval_load / interval_load.sum(axis=1, keepdims=True)
-            row = {"step": step, "loss": round(interval_ce / interval_n, 4),
-                   "bpb": round(interval_ce / interval_n / math.log(2), 4), "lr": round(learning_rate(step, cfg), 6),
-                   "tokens_per_s": round(interval_n * tokens_per_step / elapsed, 1),
-                   "drop_fraction": round(history["dropped_tokens"] / max(1, history["routed_tokens"]), 4),
-                   "expert_share": [[round(x, 3) for x in layer] for layer in share.tolist()]}
-            history["train"].append(row)
-            print(json.dumps(row), flush=True)
-            interval_start, interval_ce, interval_n = time.time(), 0.0, 0
+            interval.log(history, {"step": step}, learning_rate(step, cfg), {
+                "drop_fraction": round(history["dropped_tokens"] / max(1, history["routed_tokens"]), 4),
+                "expert_share": [[round(x, 3) for x in layer] for layer in share.tolist()]})
             interval_load[:] = 0
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-            t0 = time.time()
-            result = evaluate(model, windows, mc.num_experts) | {"step": step}
-            history["val"].append(result)
-            print(json.dumps({"event": "eval", **result}), flush=True)
-            interval_start += time.time() - t0  # evaluation time is not training time
+            record_eval(history, interval, lambda: evaluate(model, windows, mc.num_experts) | {"step": step})
         if step % cfg["checkpoint_every"] == 0 or step in (cfg["steps"], last):
             save_checkpoint(ckpt, model, optimizer, step, history)
 
