@@ -21,7 +21,7 @@ import torch
 
 from .cli import run_cli
 from .data import build_corpus
-from .loop import Interval, batch_at, count_routing, learning_rate, record_eval
+from .loop import Interval, batch_at, count_routing, learning_rate, record_eval, restore
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import read_package, write_package
 from .sparsity import distillation_loss
@@ -76,9 +76,7 @@ def distill(config_path: Path, fresh: bool = False, export: bool = True, stop_at
     step, history = 0, {"train": [], "val": [], "seconds": 0.0, "tokens": 0, "dropped_tokens": 0,
                         "routed_tokens": 0}
     if ckpt.exists() and not fresh:
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore(ckpt, model, optimizer)
         step, history = state["step"], state["history"]
         print(json.dumps({"event": "resume", "step": step}), flush=True)
     print(json.dumps({"event": "start", "student": model.parameter_counts(),

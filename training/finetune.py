@@ -20,7 +20,7 @@ import torch
 
 from .cli import run_cli
 from .data import build_corpus
-from .loop import Interval, batch_at, learning_rate, record_eval
+from .loop import Interval, batch_at, learning_rate, record_eval, restore
 from .sparse_package import read_package, write_package
 from .sparsity import apply_masks, density, mask_gradients
 from .train import REPO, evaluate, make_optimizer, save_checkpoint
@@ -107,9 +107,7 @@ def finetune(config_path: Path, fresh: bool = False, export: bool = True, stop_a
     ckpt = out_dir / "checkpoint.pt"
     step, history = 0, {"train": [], "val": [], "seconds": 0.0, "tokens": 0}
     if ckpt.exists() and not fresh:
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore(ckpt, model, optimizer)
         step, history = state["step"], state["history"]
         print(json.dumps({"event": "resume", "step": step}), flush=True)
     start_density = density(masks)

@@ -1,5 +1,5 @@
-"""The pieces of a training step that every trainer shares (train, finetune, sparse_train, lottery, distill): the
-learning-rate schedule, the step's batch, routing counts, and the interval log line."""
+"""The pieces of a training run that every trainer shares (train, finetune, sparse_train, lottery, distill): resuming
+from a checkpoint, the learning-rate schedule, the step's batch, routing counts, the interval log line and evaluation."""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,14 @@ def learning_rate(step: int, cfg: dict) -> float:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def restore(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The checkpoint's state, with the model's and the optimizer's state loaded from it."""
+    state = torch.load(ckpt)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def batch_at(corpus, cfg: dict, step: int, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 from .cli import run_cli
 from .data import build_corpus
 from .finetune import train_step
-from .loop import Interval, batch_at
+from .loop import Interval, batch_at, restore
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import write_package
 from .sparsity import density, imp_schedule, is_expert_matrix, magnitude_mask, rewind
@@ -67,9 +67,7 @@ def lottery(config_path: Path, fresh: bool = False, export: bool = True, run_dir
     if k == 0:
         state["rewind"] = {n: p.detach().clone() for n, p in params.items()}
     if ckpt.exists() and not fresh:
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore(ckpt, model, optimizer)
         print(json.dumps({"event": "resume", "round": state["round"], "step": state["step"]}), flush=True)
     history = state["history"]
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]

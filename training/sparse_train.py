@@ -29,7 +29,7 @@ import torch
 
 from .cli import run_cli
 from .data import build_corpus
-from .loop import Interval, batch_at, count_routing, learning_rate, record_eval
+from .loop import Interval, batch_at, count_routing, learning_rate, record_eval, restore
 from .model import ModelConfig, SwitchOlmoe
 from .sparse_package import write_package
 from .sparsity import (apply_masks, density, is_expert_matrix, is_update_step, mask_gradients, random_mask,
@@ -128,9 +128,7 @@ def sparse_train(config_path: Path, fresh: bool = False, export: bool = True, st
     step, history = 0, {"train": [], "val": [], "updates": [], "seconds": 0.0, "tokens": 0,
                         "dropped_tokens": 0, "routed_tokens": 0}
     if ckpt.exists() and not fresh:
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore(ckpt, model, optimizer)
         masks, step, history = state["masks"], state["step"], state["history"]
         print(json.dumps({"event": "resume", "step": step}), flush=True)
     t_end = int(s["t_end_fraction"] * cfg["steps"])
