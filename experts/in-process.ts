@@ -26,6 +26,7 @@ import { weightSparsity } from './kernels/reference.ts';
 import type { KernelReport } from './kernels/types.ts';
 import type { LayerOutcome, PlacementChange, WorkerHealth, WorkerRestart } from './pool.ts';
 import type { WorkerStats } from './protocol.ts';
+import type { FusedExperts } from '../src/engine/fused-forward.ts';
 
 /**
  * How long the team's helper threads stay awake after a loop, µs: long enough to bridge the short JS stretches
@@ -49,7 +50,7 @@ export interface InProcessOptions {
   native?: DenseNativeStatus;
 }
 
-export class InProcessExperts {
+export class InProcessExperts implements FusedExperts {
   /** One worker (the compute team) holding every expert that pruning kept. */
   readonly placement: Placement;
   /** Why the placement cannot change (the placement controller answers placement changes and rebalancing with it). */
@@ -118,7 +119,7 @@ export class InProcessExperts {
     runBatchesOnTeam(kernels, input, tokens, out, this.native);
     at = 0;
     const batches = plan.batches.map(({ expert, rows }) => ({ expert, rows, worker: 0, output: out.subarray(at * d, (at += rows.length) * d) }));
-    return { batches, workers: this.account(layer, plan, total, performance.now() - started) };
+    return { batches, workers: this.account(layer, plan.batches, total, performance.now() - started) };
   }
 
   /**
@@ -142,7 +143,19 @@ export class InProcessExperts {
       }
     }
     runLayerOnTeam(kernels, x, rows, tokens, gates, h, this.native);
-    return { workers: this.account(layer, plan, total, performance.now() - started) };
+    return { workers: this.account(layer, plan.batches, total, performance.now() - started) };
+  }
+
+  /** Every expert's kernel handle, [layers · experts] layer-major, null where pruning dropped it (the fused forward). */
+  kernelHandles(): Array<object | null> {
+    if (this.closed) throw new Error('the in-process experts are closed');
+    return this.placement.hosts.flatMap((row, layer) => row.map((_, expert) => this.kernels.get(`${layer}.${expert}`)?.handle ?? null));
+  }
+
+  /** A layer the fused forward ran: its batches counted in the stats as runLayer counts them. */
+  recordLayer(layer: number, tokensPerExpert: number[], ms: number): LayerOutcome['workers'] {
+    const batches = tokensPerExpert.flatMap((n, expert) => (n > 0 ? [{ expert, rows: { length: n } }] : []));
+    return this.account(layer, batches, batches.reduce((n, b) => n + b.rows.length, 0), ms);
   }
 
   /** The plan's experts' kernels, in plan order; throws for one that is not loaded. */
@@ -156,13 +169,13 @@ export class InProcessExperts {
   }
 
   /** Counts the layer's batches in the stats; the team's timing as the one worker's. */
-  private account(layer: number, plan: DispatchPlan, total: number, computeMs: number): LayerOutcome['workers'] {
+  private account(layer: number, batches: ReadonlyArray<{ expert: number; rows: { length: number } }>, total: number, computeMs: number): LayerOutcome['workers'] {
     this.busyMs += computeMs;
-    for (const { expert, rows } of plan.batches) {
+    for (const { expert, rows } of batches) {
       const seen = this.ran.get(`${layer}.${expert}`) ?? { tasks: 0, tokens: 0 };
       this.ran.set(`${layer}.${expert}`, { tasks: seen.tasks + 1, tokens: seen.tokens + rows.length });
     }
-    return total > 0 ? [{ worker: 0, tokens: total, experts: plan.batches.map((b) => b.expert), queueMs: 0, computeMs }] : [];
+    return total > 0 ? [{ worker: 0, tokens: total, experts: batches.map((b) => b.expert), queueMs: 0, computeMs }] : [];
   }
 
   health(): WorkerHealth[] {

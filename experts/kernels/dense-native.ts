@@ -25,7 +25,7 @@ export type DenseNativeStatus = NativeStatus<Addon>;
 
 /** Loads the addon once per thread; never throws. */
 export function nativeDense(): DenseNativeStatus {
-  return loadKernelAddon<Addon>('dense_ffn.node', 'native dense kernel');
+  return loadKernelAddon<Addon>('model.node', 'native dense kernel', 'dense');
 }
 
 export class DenseNativeKernel extends NativeFfnKernel<Addon> implements ExpertKernel {

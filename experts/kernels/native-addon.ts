@@ -46,15 +46,20 @@ export type NativeStatus<A extends KernelAddon> = { available: true; simd: strin
 
 const loaded = new Map<string, NativeStatus<KernelAddon>>();
 
-/** The addon `native/build/Release/<file>` (`what` names it in the reason it is unavailable). */
-export function loadKernelAddon<A extends KernelAddon>(file: string, what: string): NativeStatus<A> {
-  const seen = loaded.get(file);
+/**
+ * The addon `native/build/Release/<file>`, or its export `part` (model.node holds the trunk, attention and dense
+ * expert kernels as exports.trunk, .attention, .dense); `what` names it in the reason it is unavailable.
+ */
+export function loadKernelAddon<A extends KernelAddon>(file: string, what: string, part?: string): NativeStatus<A> {
+  const key = part ? `${file}#${part}` : file;
+  const seen = loaded.get(key);
   if (seen) return seen as NativeStatus<A>;
   let status: NativeStatus<A>;
   if ((process.env.SWITCHYARD_NATIVE ?? '').toLowerCase() === 'off') status = { available: false, reason: 'disabled by SWITCHYARD_NATIVE=off' };
   else {
     try {
-      const addon = createRequire(import.meta.url)(`./native/build/Release/${file}`) as A;
+      const module = createRequire(import.meta.url)(`./native/build/Release/${file}`) as Record<string, unknown>;
+      const addon = (part ? module[part] : module) as A;
       status = { available: true, simd: addon.info().simd, addon };
     } catch (error) {
       status = {
@@ -63,6 +68,6 @@ export function loadKernelAddon<A extends KernelAddon>(file: string, what: strin
       };
     }
   }
-  loaded.set(file, status as NativeStatus<KernelAddon>);
+  loaded.set(key, status as NativeStatus<KernelAddon>);
   return status;
 }

@@ -55,7 +55,7 @@ export type NativeAttention = NativeStatus<Addon>;
 
 /** Loads the native kernel once per thread; never throws (SWITCHYARD_NATIVE=off disables it, as for the sparse kernel). */
 export function nativeAttention(): NativeAttention {
-  return loadKernelAddon<Addon>('attention.node', 'native attention kernel');
+  return loadKernelAddon<Addon>('model.node', 'native attention kernel', 'attention');
 }
 
 /**

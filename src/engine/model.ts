@@ -20,6 +20,7 @@ import { attendReference, nativeAttentionKernel, type AttentionKernel, type Cach
 import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 import { NativeTrunk, nativeTrunkAddon, nativeTrunkUnsupported } from './native-trunk.ts';
+import { FusedForward, fusedForwardAddon, type FusedExperts } from './fused-forward.ts';
 
 export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
 
@@ -69,6 +70,12 @@ export interface ModelOptions {
    * work over (same values as on one thread); null or absent: they run on the calling thread.
    */
   team?: object | null;
+  /**
+   * false: never the fused forward (fused-forward.ts), the stages driven from TypeScript (tests compare the two).
+   * Default true: fused wherever it applies — experts in-process, native trunk and attention — for steps without
+   * a capacity factor or a routing hook.
+   */
+  fused?: boolean;
 }
 
 /** Which trunk runs the batched path's dense stages, and why not native when it is not. */
@@ -121,6 +128,23 @@ export class MoeModel {
     const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape, options.team ?? null);
     this.attend = native ?? attendReference(shape);
     this.attentionKernel = native ? 'native' : 'typescript';
+    const addon = fusedForwardAddon();
+    const experts = runner as ExpertRunner & Partial<FusedExperts>;
+    if (options.fused !== false && sessions.native && native && addon.available && experts.kernelHandles && experts.recordLayer) {
+      this.fused = new FusedForward(addon.addon, {
+        ...sessions.native.handles, experts: experts as FusedExperts, ...shape, routing: this.routing, numExperts: config.num_experts, vocab: config.vocab_size,
+      });
+    }
+  }
+
+  /** The whole forward in native code on the compute team (fused-forward.ts), where it applies; else null. */
+  private readonly fused: FusedForward | null = null;
+  /** With the fused forward, steps run one at a time (the team and the experts' scratch are the process's). */
+  private turn: Promise<unknown> = Promise.resolve();
+
+  /** Whether forward runs fused steps (see ModelOptions.fused). */
+  get forwardKernel(): 'fused' | 'stages' {
+    return this.fused ? 'fused' : 'stages';
   }
 
   /** Top-k routing as config.json sets it: num_experts_per_tok, norm_topk_prob. */
@@ -190,10 +214,48 @@ export class MoeModel {
    * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`
    * sees each layer's expert inputs [tokens, d] and the router's choices [tokens, k] (pruning calibration).
    */
-  async forward(
-    inputs: SequenceInput[],
-    options: { allPositions?: boolean; onRouted?: RoutedHook } = {},
-  ): Promise<StepOutput> {
+  async forward(inputs: SequenceInput[], options: { allPositions?: boolean; onRouted?: RoutedHook } = {}): Promise<StepOutput> {
+    const fused = this.fused;
+    if (!fused) return this.stages(inputs, options);
+    const run = this.turn.then(() => (this.options.capacityFactor === null && !options.onRouted && inputs.some((s) => s.tokens.length > 0)
+      ? this.fusedStep(fused, inputs, options.allPositions === true)
+      : this.stages(inputs, options)));
+    this.turn = run.catch(() => undefined);
+    return run;
+  }
+
+  /** One step through the fused forward: embedding and rotary angles here, the rest native (fused-forward.ts). */
+  private async fusedStep(fused: FusedForward, inputs: SequenceInput[], allPositions: boolean): Promise<StepOutput> {
+    const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
+    const x = this.embed(inputs, total);
+    const { cos, sin } = this.rotaryPacked(inputs.map((s) => ({ cache: s.cache, past: s.cache.length, n: s.tokens.length })), total);
+    const rows = this.headRows(inputs, allPositions);
+    const headRows = new Uint32Array(rows.reduce((a, b) => a + b, 0));
+    let end = 0;
+    let at = 0;
+    inputs.forEach((s, i) => {
+      end += s.tokens.length;
+      for (let r = end - rows[i]; r < end; r++) headRows[at++] = r;
+    });
+    const { logits, layers } = await fused.run({ caches: inputs.map((s) => s.cache), counts: inputs.map((s) => s.tokens.length), x, cos, sin, headRows });
+    for (const s of inputs) s.cache.length += s.tokens.length;
+    return { logits: this.perSequence(logits, rows), layers };
+  }
+
+  /** Rows of logits each sequence gets: its last position, or all of its new ones. */
+  private headRows(inputs: SequenceInput[], allPositions: boolean): number[] {
+    return inputs.map((s) => (allPositions || s.allPositions ? s.tokens.length : 1));
+  }
+
+  /** logits [Σ rows, vocab] as one view per sequence (not copies: the array is this step's own, nothing writes it). */
+  private perSequence(logits: Float32Array, rows: number[]): Float32Array[] {
+    const v = this.config.vocab_size;
+    let start = 0;
+    return rows.map((n) => logits.subarray(start * v, (start += n) * v));
+  }
+
+  /** The forward with its stages driven from here: each layer's attention and MoE half (any runner, any kernels). */
+  private async stages(inputs: SequenceInput[], options: { allPositions?: boolean; onRouted?: RoutedHook }): Promise<StepOutput> {
     const c = this.config;
     const d = c.hidden_size;
     const total = inputs.reduce((n, s) => n + s.tokens.length, 0);
@@ -226,7 +288,7 @@ export class MoeModel {
 
     // The LM head runs on the rows that need logits: each sequence's last position, or all of its new positions.
     const v = c.vocab_size;
-    const rows = inputs.map((s) => (options.allPositions || s.allPositions ? s.tokens.length : 1));
+    const rows = this.headRows(inputs, options.allPositions === true);
     const headInput = new Float32Array(rows.reduce((a, b) => a + b, 0) * d);
     let end = 0;
     let at = 0;
@@ -241,9 +303,7 @@ export class MoeModel {
       logits = new Float32Array(at * v);
       this.sessions.native!.head(at, headInput, logits);
     }
-    let start = 0;
-    // Views, not copies: the array is this step's own and nothing writes to it.
-    return { logits: rows.map((n) => logits.subarray(start * v, (start += n) * v)), layers };
+    return { logits: this.perSequence(logits, rows), layers };
   }
 
   /**

@@ -35,7 +35,7 @@ export type NativeTrunkStatus = NativeStatus<Addon>;
 
 /** Loads the addon once per thread; never throws (SWITCHYARD_NATIVE=off disables it, as for the other kernels). */
 export function nativeTrunkAddon(): NativeTrunkStatus {
-  return loadKernelAddon<Addon>('trunk.node', 'native trunk kernel');
+  return loadKernelAddon<Addon>('model.node', 'native trunk kernel', 'trunk');
 }
 
 /** Why this model's trunk cannot run natively (widths the kernel's SIMD rows need), or null when it can. */
@@ -83,6 +83,11 @@ export class NativeTrunk {
       weight: w(c.tie_word_embeddings ? tensorNames.embed : tensorNames.lmHead), ...(team ? { team } : {}),
     });
     return new NativeTrunk(status.addon, layers, finalHead);
+  }
+
+  /** The addon's handles: one per layer and the head's (the fused forward runs them itself). */
+  get handles(): { layers: object[]; head: object } {
+    return { layers: this.layers, head: this.finalHead };
   }
 
   /** q [n, d], k, v [n, kvDim] (after norms and rotary) of x [n, d]; cos/sin [n, head_dim] per token. */

@@ -28,7 +28,7 @@
 #include "simd.h"
 #include "team.h"
 
-namespace {
+namespace sy_attention {
 
 bool g_avx2 = false;
 
@@ -143,6 +143,82 @@ __attribute__((target("avx2,fma"))) void row_avx2(const Shape& sh, const float* 
 }
 #endif
 
+// The step's sequences as attend() reads them: S entries each (keys[s], values[s]: Float32 [kvHeads, caps[s], head_dim]).
+struct Sequences {
+  uint32_t count;
+  const uint32_t *caps, *pasts, *counts;
+  float* const* keys;
+  float* const* values;
+};
+
+// out [N, heads·head_dim] = attention of q [N, heads·head_dim] over each sequence's cache (positions 0..past + i),
+// N = Σ counts; newK/newV [N, kvHeads·head_dim] (both or neither) are written into the caches first. On `team`.
+void attend(sy::Team* team, const Shape& sh, const float* q, float* out, const Sequences& seq, const float* newK, const float* newV) {
+  const uint32_t sequences = seq.count;
+  const uint32_t *caps = seq.caps, *pasts = seq.pasts, *counts = seq.counts;
+  float* const* keys = seq.keys;
+  float* const* values = seq.values;
+  size_t tokens = 0;
+  uint32_t longest = 0;
+  for (uint32_t s = 0; s < sequences; s++) {
+    tokens += counts[s];
+    longest = std::max(longest, pasts[s] + counts[s]);
+  }
+  const size_t rowFloats = static_cast<size_t>(sh.heads) * sh.headDim;
+  const size_t kvFloats = static_cast<size_t>(sh.kvHeads) * sh.headDim;
+  // The new rows go in before they are read: a query row attends to its own position and, in a prefill chunk, to the
+  // rows before it. A sequence of one new row is written by the unit that attends with it (that head's key and
+  // value, in parallel); those of several rows first, here, since other units read them.
+  const uint32_t hd = sh.headDim;
+  const auto put = [&](uint32_t s, uint32_t i, size_t row, uint32_t h) {
+    const size_t at = (static_cast<size_t>(h) * caps[s] + pasts[s] + i) * hd;
+    std::memcpy(keys[s] + at, newK + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+    std::memcpy(values[s] + at, newV + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
+  };
+  if (newK) {
+    for (uint32_t s = 0, row = 0; s < sequences; row += counts[s], s++)
+      if (counts[s] > 1)
+        for (uint32_t i = 0; i < counts[s]; i++)
+          for (uint32_t h = 0; h < sh.kvHeads; h++) put(s, i, row + i, h);
+  }
+  const uint32_t group = sh.heads / sh.kvHeads;
+#if SY_X86
+  const bool simd = g_avx2 && sh.headDim % 8 == 0;
+#endif
+  // One unit per query row and key/value head (its group of query heads): rows are independent, and a row's
+  // heads read separate keys and values, so on a team the work spreads evenly even when rows' pasts differ. Each
+  // query head is computed the same way on any thread.
+  std::vector<uint32_t> rowSequence(tokens);
+  for (uint32_t s = 0, row = 0; s < sequences; s++)
+    for (uint32_t i = 0; i < counts[s]; i++) rowSequence[row++] = s;
+  std::vector<uint32_t> firstRow(sequences);
+  for (uint32_t s = 0, row = 0; s < sequences; s++) {
+    firstRow[s] = row;
+    row += counts[s];
+  }
+  auto body = [&](uint32_t unit) {
+    thread_local std::vector<float> scores;
+    if (scores.size() < (longest + 7u) / 8 * 8) scores.resize((longest + 7u) / 8 * 8);
+    const uint32_t row = unit / sh.kvHeads, kv = unit % sh.kvHeads;
+    const uint32_t s = rowSequence[row];
+    const uint32_t len = pasts[s] + (row - firstRow[s]) + 1;
+    const size_t head = static_cast<size_t>(kv) * caps[s] * sh.headDim;
+    if (newK && counts[s] == 1) put(s, 0, row, kv);
+    for (uint32_t h = kv * group; h < (kv + 1) * group; h++) {
+      const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
+      float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
+#if SY_X86
+      if (simd) {
+        row_avx2(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
+        continue;
+      }
+#endif
+      row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
+    }
+  };
+  sy::parallel_for(team, static_cast<uint32_t>(tokens * sh.kvHeads), body);
+}
+
 // ---- N-API glue -------------------------------------------------------------------------------------------------
 
 bool float_array(napi_env env, napi_value value, float** data, size_t* length) {
@@ -208,7 +284,6 @@ napi_value Attend(napi_env env, napi_callback_info info) {
       return fail(env, "newK and newV must be Float32Arrays of Σ counts × kvHeads × headDim floats");
   }
   std::vector<float*> keys(sequences), values(sequences);
-  uint32_t longest = 0;
   for (uint32_t s = 0; s < sequences; s++) {
     napi_value kv, vv;
     float *kp, *vp;
@@ -222,69 +297,19 @@ napi_value Attend(napi_env env, napi_callback_info info) {
     if (kn < need || vn < need) return fail(env, "sequence " + std::to_string(s) + ": keys and values must hold kvHeads × capacity × headDim floats");
     keys[s] = kp;
     values[s] = vp;
-    longest = std::max(longest, pasts[s] + counts[s]);
   }
 
-  // The new rows go in before they are read: a query row attends to its own position and, in a prefill chunk, to the
-  // rows before it. A sequence of one new row is written by the unit that attends with it (that head's key and
-  // value, in parallel); those of several rows first, here, since other units read them.
-  const uint32_t hd = sh.headDim;
-  const auto put = [&](uint32_t s, uint32_t i, size_t row, uint32_t h) {
-    const size_t at = (static_cast<size_t>(h) * caps[s] + pasts[s] + i) * hd;
-    std::memcpy(keys[s] + at, newK + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
-    std::memcpy(values[s] + at, newV + row * kvFloats + static_cast<size_t>(h) * hd, hd * sizeof(float));
-  };
-  if (newK) {
-    for (uint32_t s = 0, row = 0; s < sequences; row += counts[s], s++)
-      if (counts[s] > 1)
-        for (uint32_t i = 0; i < counts[s]; i++)
-          for (uint32_t h = 0; h < sh.kvHeads; h++) put(s, i, row + i, h);
-  }
-  const uint32_t group = sh.heads / sh.kvHeads;
-#if SY_X86
-  const bool simd = g_avx2 && sh.headDim % 8 == 0;
-#endif
-  // One unit per query row and key/value head (its group of query heads): rows are independent, and a row's
-  // heads read separate keys and values, so on a team the work spreads evenly even when rows' pasts differ. Each
-  // query head is computed the same way on any thread.
-  std::vector<uint32_t> rowSequence(tokens);
-  for (uint32_t s = 0, row = 0; s < sequences; s++)
-    for (uint32_t i = 0; i < counts[s]; i++) rowSequence[row++] = s;
-  std::vector<uint32_t> firstRow(sequences);
-  for (uint32_t s = 0, row = 0; s < sequences; s++) {
-    firstRow[s] = row;
-    row += counts[s];
-  }
-  auto body = [&](uint32_t unit) {
-    thread_local std::vector<float> scores;
-    if (scores.size() < (longest + 7u) / 8 * 8) scores.resize((longest + 7u) / 8 * 8);
-    const uint32_t row = unit / sh.kvHeads, kv = unit % sh.kvHeads;
-    const uint32_t s = rowSequence[row];
-    const uint32_t len = pasts[s] + (row - firstRow[s]) + 1;
-    const size_t head = static_cast<size_t>(kv) * caps[s] * sh.headDim;
-    if (newK && counts[s] == 1) put(s, 0, row, kv);
-    for (uint32_t h = kv * group; h < (kv + 1) * group; h++) {
-      const float* qh = q + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
-      float* oh = out + row * rowFloats + static_cast<size_t>(h) * sh.headDim;
-#if SY_X86
-      if (simd) {
-        row_avx2(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
-        continue;
-      }
-#endif
-      row_portable(sh, qh, keys[s] + head, values[s] + head, len, scores.data(), oh);
-    }
-  };
-  sy::parallel_for(team, static_cast<uint32_t>(tokens * sh.kvHeads), body);
+  attend(team, sh, q, out, Sequences{sequences, caps, pasts, counts, keys.data(), values.data()}, newK, newV);
   return nullptr;
 }
 
-}  // namespace
-
-NAPI_MODULE_INIT() {
+// This part's functions, added to `exports` (model.cc makes them one addon).
+napi_value init(napi_env env, napi_value exports) {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"attend", Attend},
       {"info", sy::info<&g_avx2>},
   });
 }
+
+}  // namespace sy_attention

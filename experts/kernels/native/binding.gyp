@@ -10,26 +10,8 @@
       "msvs_settings": { "VCCLCompilerTool": { "Optimization": 2 } }
     },
     {
-      "target_name": "dense_ffn",
-      "sources": ["dense_ffn.cc"],
-      "cflags!": ["-O2"],
-      "cflags_cc!": ["-O2"],
-      "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno"],
-      "xcode_settings": { "OTHER_CPLUSPLUSFLAGS": ["-O3", "-std=c++17"] },
-      "msvs_settings": { "VCCLCompilerTool": { "Optimization": 2 } }
-    },
-    {
-      "target_name": "trunk",
-      "sources": ["trunk.cc"],
-      "cflags!": ["-O2"],
-      "cflags_cc!": ["-O2"],
-      "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno"],
-      "xcode_settings": { "OTHER_CPLUSPLUSFLAGS": ["-O3", "-std=c++17"] },
-      "msvs_settings": { "VCCLCompilerTool": { "Optimization": 2 } }
-    },
-    {
-      "target_name": "attention",
-      "sources": ["attention.cc"],
+      "target_name": "model",
+      "sources": ["model.cc"],
       "cflags!": ["-O2"],
       "cflags_cc!": ["-O2"],
       "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno"],

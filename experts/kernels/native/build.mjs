@@ -33,9 +33,9 @@ if (candidates.length === 0) log = 'node-gyp not found (neither $npm_config_node
 else {
   const run = spawnSync(process.execPath, [candidates[0], ...args], { cwd: here, encoding: 'utf8', timeout: 300_000 });
   log = `$ node ${candidates[0]} ${args.join(' ')}\n${run.stdout ?? ''}${run.stderr ?? ''}${run.error ? `${run.error.message}\n` : ''}exit: ${run.status}\n`;
-  ok = run.status === 0 && ['sparse_ffn.node', 'dense_ffn.node', 'trunk.node', 'attention.node', 'allocator.node'].every((f) => existsSync(path.join(here, 'build', 'Release', f)));
+  ok = run.status === 0 && ['sparse_ffn.node', 'model.node', 'allocator.node'].every((f) => existsSync(path.join(here, 'build', 'Release', f)));
 }
 writeFileSync(logFile, log);
 console.log(ok
-  ? 'switchyard: built the native addons (experts/kernels/native/build/Release: sparse_ffn.node, dense_ffn.node, trunk.node, attention.node, allocator.node)'
+  ? 'switchyard: built the native addons (experts/kernels/native/build/Release: sparse_ffn.node, model.node (trunk, attention, dense experts, forward), allocator.node)'
   : `switchyard: the native addons did not build; the native expert kernels (sparse, dense) will be unavailable, the trunk in onnxruntime and attention in TypeScript (slower) and malloc untuned (see ${path.relative(process.cwd(), logFile)})`);

@@ -23,7 +23,7 @@
 #include "simd.h"
 #include "team.h"
 
-namespace {
+namespace sy_dense {
 
 constexpr uint32_t kChunk = 64;
 
@@ -221,6 +221,23 @@ std::vector<Batch> packed(const std::vector<Expert*>& experts, const uint32_t* t
   return batches;
 }
 
+// A layer's experts with the gather and the combine: batch i takes tokens[i] of the `total` rows listed in rows (after
+// those of the batches before it) of x [T, hidden] through experts[i]; residual[row] += gate × output row, batch
+// after batch in the order given. On the compute team.
+void run_layer_into(const std::vector<Expert*>& experts, const uint32_t* tokens, const float* x, const uint32_t* rows, const float* gates,
+                    size_t total, float* residual) {
+  if (experts.empty() || total == 0) return;
+  const uint32_t hidden = experts.front()->hidden;
+  // Gathered inputs and the outputs, packed batch after batch (scratch of this thread, reused across calls).
+  thread_local std::vector<float> in, out;
+  if (in.size() < total * hidden) in.resize(total * hidden);
+  if (out.size() < total * hidden) out.resize(total * hidden);
+  for (size_t i = 0; i < total; i++) std::memcpy(in.data() + i * hidden, x + static_cast<size_t>(rows[i]) * hidden, hidden * sizeof(float));
+  std::vector<Batch> batches = packed(experts, tokens, in.data(), out.data());
+  run_batches(batches);
+  combine_rows(residual, out.data(), rows, gates, static_cast<uint32_t>(total), hidden);
+}
+
 // Reads handles[] as experts of one hidden width (each once): the shared checks of runBatches and runLayerInto.
 bool experts_of(napi_env env, napi_value array, std::vector<Expert*>& out, std::string& err) {
   bool isArray = false;
@@ -276,14 +293,7 @@ napi_value RunLayerInto(napi_env env, napi_callback_info info) {
   const size_t T = xn / hidden;
   for (size_t i = 0; i < total; i++)
     if (rows[i] >= T) return sy::throw_range(env, "runLayerInto: a row is outside x");
-  // Gathered inputs and the outputs, packed batch after batch (scratch of this thread, reused across calls).
-  thread_local std::vector<float> in, out;
-  if (in.size() < total * hidden) in.resize(total * hidden);
-  if (out.size() < total * hidden) out.resize(total * hidden);
-  for (size_t i = 0; i < total; i++) std::memcpy(in.data() + i * hidden, x + static_cast<size_t>(rows[i]) * hidden, hidden * sizeof(float));
-  std::vector<Batch> batches = packed(experts, tokens, in.data(), out.data());
-  run_batches(batches);
-  combine_rows(residual, out.data(), rows, gates, static_cast<uint32_t>(total), hidden);
+  run_layer_into(experts, tokens, x, rows, gates, total, residual);
   return nullptr;
 }
 
@@ -341,9 +351,8 @@ napi_value TeamHandle(napi_env env, napi_callback_info) {
   return handle;
 }
 
-}  // namespace
-
-NAPI_MODULE_INIT() {
+// This part's functions, added to `exports` (model.cc makes them one addon).
+napi_value init(napi_env env, napi_value exports) {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"create", Create},
@@ -357,3 +366,5 @@ NAPI_MODULE_INIT() {
       {"setSimd", sy::set_simd<&g_avx2>},
   });
 }
+
+}  // namespace sy_dense

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -53,15 +54,21 @@ class Team {
   void parallel_for(uint32_t units, F& body) {
     if (units == 0) return;
     std::lock_guard<std::mutex> run(run_);
-    if (helpers_.load(std::memory_order_relaxed) == 0 || units == 1) {
+    if (units == 1 || (helpers_.load(std::memory_order_relaxed) == 0 && joiners_.load(std::memory_order_acquire) == 0)) {
       for (uint32_t u = 0; u < units; u++) body(u);
       return;
     }
-    fn_.store([](void* ctx, uint32_t u) { (*static_cast<F*>(ctx))(u); }, std::memory_order_relaxed);
-    ctx_.store(&body, std::memory_order_relaxed);
-    units_.store(units, std::memory_order_relaxed);
+    // First close the previous loop: its ticket moves to a generation whose every unit is taken. A thread that read
+    // the old ticket, and then reads this loop's units, fn or ctx below (release/acquire), fails its claim because
+    // the ticket has changed, so no unit ever runs with another loop's body or count. Helpers that wake on the
+    // closing generation find nothing to claim and wait for the next.
+    const uint64_t closing = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    ticket_.store((closing << 32) | kTaken, std::memory_order_seq_cst);
+    fn_.store([](void* ctx, uint32_t u) { (*static_cast<F*>(ctx))(u); }, std::memory_order_release);
+    ctx_.store(&body, std::memory_order_release);
+    units_.store(units, std::memory_order_release);
     done_.store(0, std::memory_order_relaxed);
-    const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    const uint64_t gen = closing + 1;
     {
       std::lock_guard<std::mutex> lock(sleep_);
       ticket_.store(gen << 32, std::memory_order_release);
@@ -71,16 +78,55 @@ class Team {
     while (done_.load(std::memory_order_acquire) < units) SY_PAUSE();
   }
 
+  // ---- a job: a whole piece of work (a model's forward) that helper 0 drives while the submitting thread is free ----
+  //
+  // begin(job) hands `job` to helper 0 and returns at once; helper 0 runs it as the caller of its parallel loops (the
+  // other helpers help as usual). The submitting thread then does other work (the gateway's I/O) and calls join(),
+  // which claims units of the job's loops until the job has returned, so every core computes again. With no helpers
+  // the job runs inside join() on the joining thread. One job at a time; join() returns its error, or "".
+  using Job = std::string (*)(void*);
+  void begin(Job job, void* ctx) {
+    job_fn_ = job;
+    job_ctx_ = ctx;
+    job_error_.clear();
+    job_done_.store(false, std::memory_order_release);
+    if (helpers_.load(std::memory_order_relaxed) == 0) return;  // join() runs it
+    std::lock_guard<std::mutex> lock(sleep_);
+    job_pending_.store(true, std::memory_order_release);
+    if (sleepers_ > 0) wake_.notify_all();
+  }
+
+  std::string join() {
+    if (helpers_.load(std::memory_order_relaxed) == 0) {
+      run_job();
+      return job_error_;
+    }
+    joiners_.fetch_add(1, std::memory_order_acq_rel);
+    while (!job_done_.load(std::memory_order_acquire)) {
+      const uint64_t t = ticket_.load(std::memory_order_acquire);
+      if (static_cast<uint32_t>(t) < units_.load(std::memory_order_acquire)) work(t >> 32);
+      else SY_PAUSE();
+    }
+    joiners_.fetch_sub(1, std::memory_order_acq_rel);
+    return job_error_;
+  }
+
  private:
+  void run_job() {
+    job_error_ = job_fn_(job_ctx_);
+    job_done_.store(true, std::memory_order_release);
+  }
+
   // Claims and runs units of generation `gen` until none are left (or a newer loop has started).
   void work(uint64_t gen) {
     for (;;) {
       uint64_t t = ticket_.load(std::memory_order_acquire);
       if ((t >> 32) != gen) return;
-      // Read before the claim; a successful claim proves they belong to `gen` (they change only after it is done).
-      const uint32_t units = units_.load(std::memory_order_relaxed);
-      Body fn = fn_.load(std::memory_order_relaxed);
-      void* ctx = ctx_.load(std::memory_order_relaxed);
+      // Read before the claim; a successful claim proves they belong to `gen`: they change only after its loop is done
+      // and its ticket closed (parallel_for), which makes this claim fail.
+      const uint32_t units = units_.load(std::memory_order_acquire);
+      Body fn = fn_.load(std::memory_order_acquire);
+      void* ctx = ctx_.load(std::memory_order_acquire);
       const uint32_t unit = static_cast<uint32_t>(t);
       if (unit >= units) return;
       if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
@@ -96,21 +142,29 @@ class Team {
       const auto start = std::chrono::steady_clock::now();
       const auto spin = std::chrono::microseconds(spin_us_.load(std::memory_order_relaxed));
       uint32_t polls = 0;
-      while ((ticket_.load(std::memory_order_acquire) >> 32) == seen) {
+      const auto idle = [&] { return (ticket_.load(std::memory_order_acquire) >> 32) == seen && !(index == 0 && job_pending_.load(std::memory_order_acquire)); };
+      while (idle()) {
         SY_PAUSE();
         if ((++polls & 63) == 0 && std::chrono::steady_clock::now() - start > spin) {
           std::unique_lock<std::mutex> lock(sleep_);
           sleepers_++;
-          wake_.wait(lock, [&] { return (ticket_.load(std::memory_order_acquire) >> 32) != seen; });
+          wake_.wait(lock, [&] { return !idle(); });
           sleepers_--;
           break;
         }
+      }
+      if (index == 0 && job_pending_.exchange(false, std::memory_order_acq_rel)) {
+        run_job();
+        seen = ticket_.load(std::memory_order_acquire) >> 32;
+        continue;
       }
       seen = ticket_.load(std::memory_order_acquire) >> 32;
       if (index < helpers_.load(std::memory_order_relaxed)) work(seen);
     }
   }
 
+  // The unit field of a closed generation's ticket: no unit is left to claim.
+  static constexpr uint64_t kTaken = 0xFFFFFFFFu;
   std::mutex run_;  // one loop at a time
   std::atomic<uint32_t> helpers_{0}, spin_us_{0};
   uint32_t started_ = 0;
@@ -123,6 +177,12 @@ class Team {
   std::mutex sleep_;
   std::condition_variable wake_;
   uint32_t sleepers_ = 0;
+  // The job (begin/join): threads claiming units in join(), and the job helper 0 runs.
+  std::atomic<uint32_t> joiners_{0};
+  std::atomic<bool> job_pending_{false}, job_done_{true};
+  Job job_fn_ = nullptr;
+  void* job_ctx_ = nullptr;
+  std::string job_error_;
 };
 
 // The type tag of a team handle (an external whose data is a Team*): the addon that owns the team (dense_ffn) hands it

@@ -28,7 +28,7 @@
 #include "simd.h"
 #include "team.h"
 
-namespace {
+namespace sy_trunk {
 
 bool g_avx2 = false;
 const napi_type_tag kTag = {0x5377697463687961ULL, 0x7472756e6b5f6c79ULL};  // trunk layer handles
@@ -421,9 +421,8 @@ napi_value Output(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-}  // namespace
-
-NAPI_MODULE_INIT() {
+// This part's functions, added to `exports` (model.cc makes them one addon).
+napi_value init(napi_env env, napi_value exports) {
   g_avx2 = sy::cpu_has_avx2();
   return sy::define(env, exports, {
       {"createLayer", CreateLayer},
@@ -437,3 +436,5 @@ NAPI_MODULE_INIT() {
       {"setSimd", sy::set_simd<&g_avx2>},
   });
 }
+
+}  // namespace sy_trunk
