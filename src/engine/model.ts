@@ -141,6 +141,8 @@ export class MoeModel {
   private readonly fused: FusedForward | null = null;
   /** With the fused forward, steps run one at a time (the team and the experts' scratch are the process's). */
   private turn: Promise<unknown> = Promise.resolve();
+  /** Forwards started and not yet finished (the one running and those queued behind it). */
+  private running = 0;
 
   /** Whether forward runs fused steps (see ModelOptions.fused). */
   get forwardKernel(): 'fused' | 'stages' {
@@ -217,11 +219,21 @@ export class MoeModel {
   async forward(inputs: SequenceInput[], options: { allPositions?: boolean; onRouted?: RoutedHook } = {}): Promise<StepOutput> {
     const fused = this.fused;
     if (!fused) return this.stages(inputs, options);
-    const run = this.turn.then(() => (this.options.capacityFactor === null && !options.onRouted && inputs.some((s) => s.tokens.length > 0)
+    const step = () => (this.options.capacityFactor === null && !options.onRouted && inputs.some((s) => s.tokens.length > 0)
       ? this.fusedStep(fused, inputs, options.allPositions === true)
-      : this.stages(inputs, options)));
-    this.turn = run.catch(() => undefined);
-    return run;
+      : this.stages(inputs, options));
+    // Started now when no step runs, not in a later microtask: the team must be computing before the stream writes
+    // that the caller queued (the last step's tokens) run, or they would not overlap with it.
+    const run = this.running ? this.turn.then(step) : step();
+    this.running++;
+    const done = run.finally(() => this.running--);
+    this.turn = done.catch(() => undefined);
+    return done;
+  }
+
+  /** Whether forward lets the event loop run while it computes (the fused forward does; the scheduler then need not). */
+  get forwardYields(): boolean {
+    return this.fused !== null;
   }
 
   /** One step through the fused forward: embedding and rotary angles here, the rest native (fused-forward.ts). */

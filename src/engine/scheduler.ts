@@ -122,11 +122,16 @@ export class Scheduler {
   }
 
   private async run(): Promise<void> {
+    // The first step waits for the event loop's turn, so requests that arrive together start together.
+    let first = true;
     while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
       // Let the event loop in once per step: a forward whose experts run in this process (experts.execution
       // 'in-process') awaits only settled promises, so without this the loop would hold the thread until every
       // sequence finished — no new request accepted, no stream flushed, no cancel seen, no health check answered.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      // The fused forward lets it in while the team computes, so that the last step's stream writes overlap with
+      // this step: a yield here would run them first, alone.
+      if (first || !this.model.forwardYields) await new Promise<void>((resolve) => setImmediate(resolve));
+      first = false;
       if (this.closed) break;
       while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) {
         const entry = this.queue.shift()!;
