@@ -26,7 +26,6 @@ import { weightSparsity } from './kernels/reference.ts';
 import type { KernelReport } from './kernels/types.ts';
 import type { LayerOutcome, PlacementChange, WorkerHealth, WorkerRestart } from './pool.ts';
 import type { WorkerStats } from './protocol.ts';
-import type { FusedExperts } from '../src/engine/fused-forward.ts';
 
 /**
  * How long the team's helper threads stay awake after a loop, µs: long enough to bridge the short JS stretches
@@ -48,6 +47,14 @@ export interface InProcessOptions {
   /** Experts removed by pruning ("layer.expert"): not loaded, never routed to. */
   droppedExperts?: Iterable<string>;
   native?: DenseNativeStatus;
+}
+
+/** What the fused forward (src/engine/fused-forward.ts) needs of the experts; InProcessExperts provides it. */
+export interface FusedExperts {
+  /** Every expert's native dense kernel handle, [layers · experts] layer-major; null where pruning dropped it. */
+  kernelHandles(): Array<object | null>;
+  /** Counts a layer's batches in the experts' stats (tokens per expert, the MoE half's time in ms); its timing. */
+  recordLayer(layer: number, tokensPerExpert: number[], ms: number): LayerOutcome['workers'];
 }
 
 export class InProcessExperts implements FusedExperts {

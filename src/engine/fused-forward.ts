@@ -19,18 +19,12 @@
  * capacity factor and no per-layer routing hook. One forward at a time per process (the team is process-wide).
  */
 import { expertCapacity } from '../../router/index.ts';
-import type { WorkerTiming } from '../../experts/pool.ts';
+import type { FusedExperts } from '../../experts/in-process.ts';
 import { loadKernelAddon, type KernelAddon, type NativeStatus } from '../../experts/kernels/native-addon.ts';
 import type { KvCache } from './kv-cache.ts';
 import type { LayerTrace, Routing } from './moe-layer.ts';
 
-/** What the fused forward needs of the experts: the in-process experts (experts/in-process.ts) provide it. */
-export interface FusedExperts {
-  /** Every expert's native dense kernel handle, [layers · experts] layer-major; null where pruning dropped it. */
-  kernelHandles(): Array<object | null>;
-  /** Counts a layer's batches in the experts' stats (tokens per expert, the MoE half's time in ms); its timing. */
-  recordLayer(layer: number, tokensPerExpert: number[], ms: number): WorkerTiming[];
-}
+export type { FusedExperts };
 
 interface Addon extends KernelAddon {
   forwardBegin(model: object, step: object): void;
