@@ -5,6 +5,7 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it, vi } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
+import { KvCache } from '../src/engine/kv-cache.ts';
 import { CancelledError, OverloadedError, RequestTimeoutError } from '../src/engine/types.ts';
 import { writeTinyPackage } from './fixtures/tiny-package.ts';
 import { engineConfig, request } from './helpers.ts';
@@ -143,5 +144,80 @@ describe('the scheduler releases a request\'s abort listener however the request
     await engine.close();
     for (const r of await settled) expect(r.status === 'rejected' && String(r.reason)).toMatch(/shut/);
     expect(signals.map(abortListeners)).toEqual([0, 0]);
+  });
+});
+
+describe('KV caches of finished requests', () => {
+  it('a released cache\'s arrays serve the next cache of its size, and what they held is never read', async () => {
+    const engine = await Engine.load(engineConfig(dir));
+    try {
+      const model = engine.model;
+      const earlier = engine.codec.encode('Call me Ishmael. Some years ago');
+      const tokens = engine.codec.encode('never mind');
+      const want = (await model.forward([{ cache: model.newCache(40), tokens }])).logits[0]; // arrays the pool never had
+      const first = model.newCache(40);
+      await model.forward([{ cache: first, tokens: earlier }]);
+      const arrays = [...first.keys, ...first.values];
+      first.release();
+      expect([...first.keys, ...first.values].every((a) => a.length === 0)).toBe(true);
+      const second = model.newCache(40);
+      const got = (await model.forward([{ cache: second, tokens }])).logits[0];
+      expect([...second.keys, ...second.values].every((a) => arrays.includes(a))).toBe(true);
+      expect(Array.from(got)).toEqual(Array.from(want));
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('go back to the pool between steps, never while a step that holds them runs', async () => {
+    for (const execution of ['workers', 'in-process'] as const) {
+      const engine = await Engine.load(engineConfig(dir, { workers: execution === 'workers' ? 2 : null, experts: { execution } }));
+      const released: KvCache[] = [];
+      const duringStep: KvCache[] = [];
+      const inStep = new Set<KvCache>();
+      const forward = engine.model.forward.bind(engine.model);
+      const release = KvCache.prototype.release;
+      const spies = [
+        vi.spyOn(KvCache.prototype, 'release').mockImplementation(function (this: KvCache) {
+          if (inStep.has(this)) duringStep.push(this);
+          released.push(this);
+          release.call(this);
+        }),
+        vi.spyOn(engine.model, 'forward').mockImplementation(async (inputs, options) => {
+          for (const s of inputs) inStep.add(s.cache);
+          try {
+            return await forward(inputs, options);
+          } finally {
+            for (const s of inputs) inStep.delete(s.cache);
+          }
+        }),
+      ];
+      try {
+        // One is cancelled just after its first token, from the event loop (where the fused forward lets it in
+        // while its next step runs); one finishes; the scheduler must hold both caches until no step uses them.
+        const cancel = new AbortController();
+        const cancelled = engine.generate({ ...request('cancelled mid-generation', 20), ignoreEos: true }, {
+          signal: cancel.signal, onToken: () => setImmediate(() => cancel.abort()),
+        });
+        const finished = engine.generate(request('finishes', 6));
+        await expect(cancelled).rejects.toBeInstanceOf(CancelledError);
+        expect((await finished).tokens.length).toBeGreaterThan(0);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        expect(released, execution).toHaveLength(2);
+        expect(duringStep, `${execution}: caches released while their step ran`).toEqual([]);
+      } finally {
+        for (const spy of spies) spy.mockRestore();
+        await engine.close();
+      }
+    }
+  });
+
+  it('a request submitted just as the scheduler\'s loop ends is served (not left in the queue)', async () => {
+    const engine = await Engine.load(engineConfig(dir));
+    try {
+      for (let i = 0; i < 5; i++) expect((await engine.generate(request(`one after another ${i}`, 3))).tokens).toHaveLength(3);
+    } finally {
+      await engine.close();
+    }
   });
 });

@@ -12,7 +12,7 @@
 import ort from 'onnxruntime-node';
 import type { ExpertPool } from '../../experts/pool.ts';
 import { createSession } from '../../experts/kernels/ort-session.ts';
-import { KvCache } from './kv-cache.ts';
+import { KvArrayPool, KvCache } from './kv-cache.ts';
 import { readTensors } from '../format/safetensors.ts';
 import { expectedTensors, tensorNames, type ModelConfig, type ModelPackage } from './package.ts';
 import { attentionGraph, headGraph } from './trunk-graphs.ts';
@@ -77,6 +77,11 @@ export interface ModelOptions {
    */
   fused?: boolean;
 }
+
+/** Positions a KV cache's capacity is rounded up to (newCache), so that released arrays fit the next caches. */
+const KV_BLOCK = 32;
+/** Free KV arrays the model keeps for new caches: a full batch's worth of short requests (32 × 1 MB, twice over). */
+const KV_POOL_BYTES = 64 * 1024 * 1024;
 
 /** Which trunk runs the batched path's dense stages, and why not native when it is not. */
 function chooseTrunk(c: ModelConfig, options: ModelOptions): { kernel: 'native' | 'onnx'; note?: string } {
@@ -209,8 +214,13 @@ export class MoeModel {
    */
   newCache(positions = 64): KvCache {
     const { kvHeads, kvDim } = this.heads;
-    return new KvCache(this.config.num_hidden_layers, kvDim, Math.max(1, positions), kvHeads);
+    // Rounded up to whole blocks of positions, so that finished sequences' arrays fit new ones (kvPool).
+    const capacity = Math.ceil(Math.max(1, positions) / KV_BLOCK) * KV_BLOCK;
+    return new KvCache(this.config.num_hidden_layers, kvDim, capacity, kvHeads, this.kvPool);
   }
+
+  /** KV arrays of released caches (KvCache.release), reused by newCache's. */
+  private readonly kvPool = new KvArrayPool(KV_POOL_BYTES);
 
   /**
    * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`

@@ -3,6 +3,7 @@
  * finished ones leave; prefill chunks and decode tokens share a step within the token budget.
  */
 import type { MoeModel, StepOutput } from './model.ts';
+import type { KvCache } from './kv-cache.ts';
 import type { Sequence } from './sequence.ts';
 import { CancelledError, OverloadedError, RequestTimeoutError, ShuttingDownError } from './types.ts';
 
@@ -39,6 +40,11 @@ export class Scheduler {
   private readonly active: Entry[] = [];
   private running: Promise<void> | null = null;
   private closed = false;
+  /**
+   * Caches of sequences that left (finished, failed, cancelled, shut down), released (KvCache.release: their arrays
+   * back to the model's pool) only between steps: a sequence cancelled during a step is still in the step's forward.
+   */
+  private readonly retired: KvCache[] = [];
 
   constructor(
     private readonly model: MoeModel,
@@ -85,17 +91,19 @@ export class Scheduler {
         sequence,
         resolve: () => {
           signal?.removeEventListener('abort', onAbort);
+          this.retired.push(sequence.cache);
           resolve();
         },
         reject: (error) => {
           signal?.removeEventListener('abort', onAbort);
+          this.retired.push(sequence.cache);
           reject(error);
         },
         deadline: Date.now() + this.limits.requestTimeoutMs,
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.queue.push(entry);
-      this.running ??= this.run().finally(() => (this.running = null));
+      this.running ??= this.run();
     });
   }
 
@@ -122,9 +130,26 @@ export class Scheduler {
   }
 
   private async run(): Promise<void> {
+    try {
+      await this.steps();
+    } finally {
+      this.releaseRetired();
+      this.running = null;
+      // A request submitted after the last step's loop saw an empty queue (it found `running` still set) starts a
+      // new run here, not stranded in the queue.
+      if (!this.closed && this.queue.length > 0) this.running = this.run();
+    }
+  }
+
+  private releaseRetired(): void {
+    for (const cache of this.retired.splice(0)) cache.release();
+  }
+
+  private async steps(): Promise<void> {
     // The first step waits for the event loop's turn, so requests that arrive together start together.
     let first = true;
     while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
+      this.releaseRetired(); // no step is running here
       // Let the event loop in once per step: a forward whose experts run in this process (experts.execution
       // 'in-process') awaits only settled promises, so without this the loop would hold the thread until every
       // sequence finished — no new request accepted, no stream flushed, no cancel seen, no health check answered.
