@@ -148,68 +148,97 @@ export class Scheduler {
   private async steps(): Promise<void> {
     // The first step waits for the event loop's turn, so requests that arrive together start together.
     let first = true;
-    while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
-      this.releaseRetired(); // no step is running here
-      // Let the event loop in once per step: a forward whose experts run in this process (experts.execution
-      // 'in-process') awaits only settled promises, so without this the loop would hold the thread until every
-      // sequence finished — no new request accepted, no stream flushed, no cancel seen, no health check answered.
-      // The fused forward lets it in while the team computes, so that the last step's stream writes overlap with
-      // this step: a yield here would run them first, alone.
-      if (first || !this.model.forwardYields) await new Promise<void>((resolve) => setImmediate(resolve));
-      first = false;
-      if (this.closed) break;
-      while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) {
-        const entry = this.queue.shift()!;
-        this.hooks.onJoin?.(entry.sequence);
-        this.active.push(entry);
-      }
-      const now = Date.now();
-      for (const entry of [...this.active]) {
-        if (now > entry.deadline) this.finish(entry, new RequestTimeoutError(`generation took longer than ${this.limits.requestTimeoutMs} ms`));
-      }
-      if (this.active.length === 0) continue;
+    // The last step's token events, finishes and telemetry: sent once the next step has started (see below).
+    let settle: (() => void) | null = null;
+    try {
+      while (!this.closed && (this.queue.length > 0 || this.active.length > 0)) {
+        this.releaseRetired(); // no step is running here
+        // Let the event loop in once per step: a forward whose experts run in this process (experts.execution
+        // 'in-process') awaits only settled promises, so without this the loop would hold the thread until every
+        // sequence finished — no new request accepted, no stream flushed, no cancel seen, no health check answered.
+        // The fused forward lets it in while the team computes, so that the last step's stream writes overlap with
+        // this step: a yield here would run them first, alone.
+        if (first || !this.model.forwardYields) await new Promise<void>((resolve) => setImmediate(resolve));
+        first = false;
+        if (this.closed) break;
+        while (this.active.length < this.limits.maxBatchSequences && this.queue.length > 0) {
+          const entry = this.queue.shift()!;
+          this.hooks.onJoin?.(entry.sequence);
+          this.active.push(entry);
+        }
+        const now = Date.now();
+        for (const entry of [...this.active]) {
+          if (now > entry.deadline && !entry.sequence.finishReason) {
+            this.finish(entry, new RequestTimeoutError(`generation took longer than ${this.limits.requestTimeoutMs} ms`));
+          }
+        }
 
-      // Decode tokens first (one each), then prefill chunks share what is left of the token budget.
-      const batch = [...this.active].sort((a, b) => Number(a.sequence.prefilling) - Number(b.sequence.prefilling));
-      let budget = this.limits.maxBatchTokens;
-      // A prefill chunk of a request that asked for prompt log probabilities needs logits at all its positions.
-      const step: Array<{ entry: Entry; tokens: number[]; start: number; allPositions: boolean }> = [];
-      for (const entry of batch) {
-        if (budget <= 0) break;
-        const s = entry.sequence;
-        const allPositions = s.request.promptLogprobs === true && s.prefilling;
-        const start = s.cache.length;
-        const tokens = s.take(budget);
-        budget -= tokens.length;
-        step.push({ entry, tokens, start, allPositions });
-      }
-      const started = performance.now();
-      let output: StepOutput;
-      try {
-        output = await this.model.forward(step.map(({ entry, tokens, allPositions }) => ({ cache: entry.sequence.cache, tokens, allPositions })));
-      } catch (error) {
-        for (const { entry } of step) this.finish(entry, error as Error);
-        continue;
-      }
-      step.forEach(({ entry, tokens, start, allPositions }, i) => {
-        const s = entry.sequence;
-        if (!this.active.includes(entry)) return; // cancelled
-        let logits = output.logits[i];
-        if (allPositions) {
-          s.observePromptLogits(start, tokens.length, logits);
-          logits = logits.subarray(logits.length - logits.length / tokens.length);
+        // Decode tokens first (one each), then prefill chunks share what is left of the token budget. Sequences
+        // that finished at the last step wait only for `settle`.
+        const batch = this.active.filter((e) => !e.sequence.finishReason).sort((a, b) => Number(a.sequence.prefilling) - Number(b.sequence.prefilling));
+        let budget = this.limits.maxBatchTokens;
+        // A prefill chunk of a request that asked for prompt log probabilities needs logits at all its positions.
+        const step: Array<{ entry: Entry; tokens: number[]; start: number; allPositions: boolean }> = [];
+        for (const entry of batch) {
+          if (budget <= 0) break;
+          const s = entry.sequence;
+          const allPositions = s.request.promptLogprobs === true && s.prefilling;
+          const start = s.cache.length;
+          const tokens = s.take(budget);
+          budget -= tokens.length;
+          step.push({ entry, tokens, start, allPositions });
         }
-        if (s.pending.length > 0) return; // more prompt to prefill
-        if (s.tokens.length === 0) this.hooks.onPrefilled?.(s);
+        const started = performance.now();
+        // forward starts the step before it returns its promise (the fused forward on the team; the worker pool's
+        // first layer): the last step's token events go out meanwhile. Their listeners write to the clients.
+        const forwarded = step.length > 0
+          ? this.model.forward(step.map(({ entry, tokens, allPositions }) => ({ cache: entry.sequence.cache, tokens, allPositions })))
+          : null;
+        settle?.();
+        settle = null;
+        if (!forwarded) continue;
+        let output: StepOutput;
         try {
-          s.advance(logits);
+          output = await forwarded;
         } catch (error) {
-          this.finish(entry, error as Error);
-          return;
+          for (const { entry } of step) this.finish(entry, error as Error);
+          continue;
         }
-        if (s.finishReason) this.finish(entry);
-      });
-      this.observer.onStep?.({ sequences: step.map(({ entry }) => entry.sequence), output, ms: performance.now() - started });
+        const ms = performance.now() - started;
+        const advanced: Entry[] = [];
+        step.forEach(({ entry, tokens, start, allPositions }, i) => {
+          const s = entry.sequence;
+          if (!this.active.includes(entry)) return; // cancelled
+          let logits = output.logits[i];
+          if (allPositions) {
+            s.observePromptLogits(start, tokens.length, logits);
+            logits = logits.subarray(logits.length - logits.length / tokens.length);
+          }
+          if (s.pending.length > 0) return; // more prompt to prefill
+          if (s.tokens.length === 0) this.hooks.onPrefilled?.(s);
+          try {
+            s.choose(logits);
+            advanced.push(entry);
+          } catch (error) {
+            this.finish(entry, error as Error);
+          }
+        });
+        settle = () => {
+          for (const entry of advanced) {
+            if (!this.active.includes(entry)) continue; // cancelled, timed out or shut down since
+            try {
+              entry.sequence.flush();
+            } catch (error) {
+              this.finish(entry, error as Error);
+              continue;
+            }
+            if (entry.sequence.finishReason) this.finish(entry);
+          }
+          this.observer.onStep?.({ sequences: step.map(({ entry }) => entry.sequence), output, ms });
+        };
+      }
+    } finally {
+      settle?.();
     }
   }
 

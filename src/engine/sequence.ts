@@ -18,6 +18,8 @@ export class Sequence {
   private readonly promptLogprobs: number[] = [];
   /** Token events not sent yet (they wait for an incomplete character to be completed). */
   private readonly unsent: GeneratedToken[] = [];
+  /** Token events ready to send (choose), with the result on the last one when the sequence has finished. */
+  private readonly ready: Array<[GeneratedToken, GenerateResult | null]> = [];
 
   constructor(
     readonly id: number,
@@ -66,6 +68,16 @@ export class Sequence {
    * (U+FFFD) go on the last non-special token, never on the special one.
    */
   advance(logits: Float32Array): void {
+    this.choose(logits);
+    this.flush();
+  }
+
+  /**
+   * advance without sending: the token events it makes ready wait for flush(). The scheduler sends them while the
+   * next step computes (their listeners write to the client); the sequence's state (tokens, text, finishReason,
+   * pending) is final at once.
+   */
+  choose(logits: Float32Array): void {
     const choice = chooseToken(logits, this.request.sampling, this.history, this.random, this.request.topTokens ?? 0);
     const special = this.codec.specialIds.has(choice.id);
     const token: GeneratedToken = { id: choice.id, text: special ? '' : this.decoder.push(choice.id), logprob: choice.logprob, special };
@@ -96,7 +108,12 @@ export class Sequence {
     }
     const result = this.finishReason ? this.result() : null;
     const events = this.unsent.splice(0);
-    events.forEach((t, i) => this.options.onToken?.(t, i === events.length - 1 ? result : null));
+    events.forEach((t, i) => this.ready.push([t, i === events.length - 1 ? result : null]));
+  }
+
+  /** Sends the token events choose() made ready, in order; an error thrown by a listener propagates. */
+  flush(): void {
+    for (const [token, result] of this.ready.splice(0)) this.options.onToken?.(token, result);
   }
 
   /**
