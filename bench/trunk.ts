@@ -68,6 +68,7 @@ try {
     threads: config.experts.teamThreads ?? availableParallelism(), droppedExperts: pkg.droppedExperts,
   });
   variants.push(['in-process', await load(team, { attention: 'batched', team: team.team })]);
+  variants.push(['in-process stages', await load(team, { attention: 'batched', team: team.team, fused: false })]);
 
   const rows: Array<Array<string | number>> = [];
   for (const batch of batches) {
@@ -100,12 +101,13 @@ try {
       fmt(m('per-sequence/trunk'), 2), fmt(m('batched-typescript/trunk'), 2), fmt(m('batched/trunk'), 2),
       fmt(ratio(m('per-sequence/trunk'), m('batched/trunk')), 2),
       // The workers' default: two micro-batches from experts.overlapMinTokens tokens on.
-      fmt(m('in-process'), 2), fmt(ratio(m(batch >= (config.experts.overlapMinTokens ?? Infinity) ? 'overlap/pool' : 'batched/pool'), m('in-process')), 2)]);
+      fmt(m('in-process'), 2), fmt(ratio(m(batch >= (config.experts.overlapMinTokens ?? Infinity) ? 'overlap/pool' : 'batched/pool'), m('in-process')), 2),
+      fmt(m('in-process stages'), 2), fmt(ratio(m('in-process stages'), m('in-process')), 2)]);
     console.error(`batch ${batch} done`);
   }
   await team.close();
   const table = markdownTable(
-    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched, TypeScript kernel (ms)', 'trunk, batched (ms)', 'trunk speedup', 'step, in-process experts on the compute team (ms)', 'in-process speedup over the workers\' default'],
+    ['batch', 'step, per-sequence (ms)', 'step, batched (ms)', 'speedup', 'step, batched, two micro-batches (ms)', 'overlap speedup', 'trunk, per-sequence (ms)', 'trunk, batched, TypeScript kernel (ms)', 'trunk, batched (ms)', 'trunk speedup', 'step, in-process experts on the compute team (ms)', 'in-process speedup over the workers\' default', 'in-process, stages driven from TypeScript (ms)', 'fused forward speedup'],
     rows,
   );
   publish([table], [
@@ -113,7 +115,8 @@ try {
     '"step": MoeModel.forward with the configured worker pool; "trunk": experts replaced by a runner returning zeros',
     '"batched": per layer one projection run, the native attention kernel over the KV caches in place, one output run; "TypeScript kernel": the same with the kernel\'s plain TypeScript twin (what runs where the addon is not built)',
     '"two micro-batches": the batched step split in two halves whose attention and experts overlap (experts.overlapMinTokens 2; bit-identical outputs)',
-    `"in-process": experts.execution 'in-process' (every expert in this process, the step's arithmetic on a compute team of ${team.threads} threads); its speedup is over the workers' default (two micro-batches from experts.overlapMinTokens = ${config.experts.overlapMinTokens} tokens)`,
+    `"in-process": experts.execution 'in-process' (every expert in this process, the step's arithmetic on a compute team of ${team.threads} threads, the whole forward native: src/engine/fused-forward.ts); its speedup is over the workers' default (two micro-batches from experts.overlapMinTokens = ${config.experts.overlapMinTokens} tokens)`,
+    '"stages driven from TypeScript": the same in-process model with ModelOptions.fused false (each stage a call from TypeScript); "fused forward speedup" = stages / fused',
   ], args.includes('--no-record') ? false : { title: 'Trunk: batched vs per-sequence attention (in-process forward)', command: commandLine('bench/trunk.ts'),
     facts: [['experts.channel', engine.pool ? (channel ?? config.experts.channel) : '']] });
 } finally {
