@@ -139,11 +139,14 @@ describe.skipIf(!dense.available)('the fused forward equals the stage-driven for
       expect(await immediateRanBefore(models.stages)).toBe(false);
     });
 
-    it('runs concurrent calls one after another, each as it would alone', async () => {
+    it('runs concurrent calls one after another, each as it would alone, also across two fused models', async () => {
       const vocab = models.fused.config.vocab_size;
+      const experts = models.engine.pool as InProcessExperts;
+      const other = await MoeModel.load(loadModelPackage(BUNDLED), experts, { capacityFactor: null, trunkThreads: 1, executionProviders: ['cpu'], team: experts.team });
+      expect(other.forwardKernel).toBe('fused');
       const input = (seed: number) => [{ cache: models.fused.newCache(), tokens: ids(12, seed, vocab) }, { cache: models.fused.newCache(), tokens: ids(3, seed + 1, vocab) }];
-      const alone = [await models.fused.forward(input(7)), await models.fused.forward(input(8))];
-      const together = await Promise.all([models.fused.forward(input(7)), models.fused.forward(input(8))]);
+      const alone = [await models.fused.forward(input(7)), await models.fused.forward(input(8)), await other.forward(input(9))];
+      const together = await Promise.all([models.fused.forward(input(7)), models.fused.forward(input(8)), other.forward(input(9))]);
       expectSame(together, alone);
     });
 

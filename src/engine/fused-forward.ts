@@ -63,6 +63,23 @@ export interface FusedStep {
   headRows: Uint32Array;
 }
 
+/** Steps of fused models started and not yet finished, in this thread (the one running and those queued behind it). */
+let running = 0;
+let turn: Promise<unknown> = Promise.resolve();
+
+/**
+ * Runs `step` when no other step of a fused model runs in this thread: the compute team and the fused forward's
+ * scratch are the process's, and the experts' kernels keep per-expert scratch. Started at once (synchronously) when
+ * none runs, so that the team computes before the caller's queued microtasks (the last step's stream writes) run.
+ */
+export function oneAtATime<T>(step: () => Promise<T>): Promise<T> {
+  const run = running > 0 ? turn.then(step) : step();
+  running++;
+  const done = run.finally(() => running--);
+  turn = done.catch(() => undefined);
+  return done;
+}
+
 export class FusedForward {
   private readonly model: object;
 

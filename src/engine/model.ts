@@ -20,7 +20,7 @@ import { attendReference, nativeAttentionKernel, type AttentionKernel, type Cach
 import { attentionOutputGraph, attentionScale, headsOf, projectionGraph } from './attention.ts';
 import { moeLayer, type ExpertRunner, type LayerTrace, type RoutedHook, type RouterWeights, type Routing } from './moe-layer.ts';
 import { NativeTrunk, nativeTrunkAddon, nativeTrunkUnsupported } from './native-trunk.ts';
-import { FusedForward, fusedForwardAddon, type FusedExperts } from './fused-forward.ts';
+import { FusedForward, fusedForwardAddon, oneAtATime, type FusedExperts } from './fused-forward.ts';
 
 export type { ExpertRunner, LayerTrace, RoutedHook } from './moe-layer.ts';
 
@@ -144,10 +144,6 @@ export class MoeModel {
 
   /** The whole forward in native code on the compute team (fused-forward.ts), where it applies; else null. */
   private readonly fused: FusedForward | null = null;
-  /** With the fused forward, steps run one at a time (the team and the experts' scratch are the process's). */
-  private turn: Promise<unknown> = Promise.resolve();
-  /** Forwards started and not yet finished (the one running and those queued behind it). */
-  private running = 0;
 
   /** Whether forward runs fused steps (see ModelOptions.fused). */
   get forwardKernel(): 'fused' | 'stages' {
@@ -232,13 +228,7 @@ export class MoeModel {
     const step = () => (this.options.capacityFactor === null && !options.onRouted && inputs.some((s) => s.tokens.length > 0)
       ? this.fusedStep(fused, inputs, options.allPositions === true)
       : this.stages(inputs, options));
-    // Started now when no step runs, not in a later microtask: the team must be computing before the stream writes
-    // that the caller queued (the last step's tokens) run, or they would not overlap with it.
-    const run = this.running ? this.turn.then(step) : step();
-    this.running++;
-    const done = run.finally(() => this.running--);
-    this.turn = done.catch(() => undefined);
-    return done;
+    return oneAtATime(step);
   }
 
   /** Whether forward lets the event loop run while it computes (the fused forward does; the scheduler then need not). */
