@@ -82,8 +82,9 @@ class Team {
   //
   // begin(job) hands `job` to helper 0 and returns at once; helper 0 runs it as the caller of its parallel loops (the
   // other helpers help as usual). The submitting thread then does other work (the gateway's I/O) and calls join(),
-  // which claims units of the job's loops until the job has returned, so every core computes again. With no helpers
-  // the job runs inside join() on the joining thread. One job at a time; join() returns its error, or "".
+  // which claims units of the job's loops until the job has returned, so every core computes again. If helper 0
+  // has not taken the job by then, or there are no helpers, join() runs it on the joining thread. One job at a
+  // time; join() returns its error, or "".
   using Job = std::string (*)(void*);
   void begin(Job job, void* ctx) {
     job_fn_ = job;
@@ -98,6 +99,12 @@ class Team {
 
   std::string join() {
     if (helpers_.load(std::memory_order_relaxed) == 0) {
+      run_job();
+      return job_error_;
+    }
+    // Helper 0 may not have woken yet (it sleeps between steps, and waking a thread can take longer than the
+    // caller's I/O): then this thread runs the job itself and helper 0, once awake, helps as any helper.
+    if (job_pending_.exchange(false, std::memory_order_acq_rel)) {
       run_job();
       return job_error_;
     }
