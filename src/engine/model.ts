@@ -72,8 +72,8 @@ export interface ModelOptions {
   team?: object | null;
   /**
    * false: never the fused forward (fused-forward.ts), the stages driven from TypeScript (tests compare the two).
-   * Default true: fused wherever it applies — experts in-process, native trunk and attention — for steps without
-   * a capacity factor or a routing hook.
+   * Default true: fused wherever it applies — experts in-process, native trunk and attention, no capacity factor —
+   * for steps without a routing hook.
    */
   fused?: boolean;
 }
@@ -135,7 +135,8 @@ export class MoeModel {
     this.attentionKernel = native ? 'native' : 'typescript';
     const addon = fusedForwardAddon();
     const experts = runner as ExpertRunner & Partial<FusedExperts>;
-    if (options.fused !== false && sessions.native && native && addon.available && experts.kernelHandles && experts.recordLayer) {
+    // Not with a capacity factor: the scheduler's every step would take the stages (planDispatch's capacity).
+    if (options.fused !== false && options.capacityFactor === null && sessions.native && native && addon.available && experts.kernelHandles && experts.recordLayer) {
       this.fused = new FusedForward(addon.addon, {
         ...sessions.native.handles, experts: experts as FusedExperts, ...shape, routing: this.routing, numExperts: config.num_experts, vocab: config.vocab_size,
       });
@@ -225,7 +226,7 @@ export class MoeModel {
   async forward(inputs: SequenceInput[], options: { allPositions?: boolean; onRouted?: RoutedHook } = {}): Promise<StepOutput> {
     const fused = this.fused;
     if (!fused) return this.stages(inputs, options);
-    const step = () => (this.options.capacityFactor === null && !options.onRouted && inputs.some((s) => s.tokens.length > 0)
+    const step = () => (!options.onRouted && inputs.some((s) => s.tokens.length > 0)
       ? this.fusedStep(fused, inputs, options.allPositions === true)
       : this.stages(inputs, options));
     return oneAtATime(step);
