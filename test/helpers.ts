@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { ConfigSchema, type Config, type ConfigInput } from '../src/config.ts';
-import type { GenerateRequest, SamplingParams } from '../src/engine/types.ts';
+import type { GenerateRequest, GenerationService, SamplingParams } from '../src/engine/types.ts';
 
 export function engineConfig(model: string, overrides: ConfigInput = {}): Config {
   return ConfigSchema.parse({ model, workers: 2, ...overrides });
@@ -34,4 +34,19 @@ export function cpuDescription(): string {
   const flags = new Set((/^flags\s*:\s*(.+)$/m.exec(info)?.[1] ?? '').split(/\s+/));
   const simd = ['avx2', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx_vnni', 'amx_int8'].filter((f) => flags.has(f));
   return `${model} [${simd.join(' ') || 'no avx2'}]`;
+}
+
+/**
+ * Starts a greedy generation of `maxNewTokens` (ignore_eos) and queues an immediate with it: returns how many tokens
+ * the immediate saw (a scheduler that lets the event loop in at every step: 0 or 1), after checking the generation
+ * finished whole.
+ */
+export async function tokensBeforeAnImmediate(engine: { generate: GenerationService['generate'] }, maxNewTokens: number): Promise<number> {
+  let tokens = 0;
+  let seen = -1;
+  const done = engine.generate({ ...request('The whale', maxNewTokens), ignoreEos: true }, { onToken: () => void tokens++ });
+  setImmediate(() => (seen = tokens));
+  const result = await done;
+  if (result.tokens.length !== maxNewTokens) throw new Error(`generated ${result.tokens.length} tokens, not ${maxNewTokens}`);
+  return seen;
 }

@@ -17,7 +17,7 @@ import { startServer, type RunningServer } from '../src/serve.ts';
 import { prunePackage } from '../src/pruning/prune-package.ts';
 import { ReferenceModel } from './reference/reference-model.ts';
 import { tinyConfig, writeTinyPackage } from './fixtures/tiny-package.ts';
-import { engineConfig, maxAbsDiff, request } from './helpers.ts';
+import { engineConfig, maxAbsDiff, request, tokensBeforeAnImmediate } from './helpers.ts';
 
 const dense = nativeDense();
 const BUNDLED = path.join(import.meta.dirname, '..', 'models', 'switchyard-moe');
@@ -171,13 +171,9 @@ describe.skipIf(!dense.available)('in-process experts, tiny random package', () 
   it('lets the event loop in at every step: an immediate queued with a request runs before its second token', async () => {
     // Its forward awaits only settled promises: without a yield per step the scheduler held the thread until every
     // sequence finished (a health check waited 1.1 s behind 16 generations).
-    let tokens = 0;
-    let seenByImmediate = -1;
-    const done = engine.generate({ ...request('The whale', 40), ignoreEos: true }, { onToken: () => void tokens++ });
-    setImmediate(() => (seenByImmediate = tokens));
-    expect((await done).tokens).toHaveLength(40);
-    expect(seenByImmediate).toBeGreaterThanOrEqual(0);
-    expect(seenByImmediate).toBeLessThan(2);
+    const seen = await tokensBeforeAnImmediate(engine, 40);
+    expect(seen).toBeGreaterThanOrEqual(0);
+    expect(seen).toBeLessThan(2);
   });
 
   it('matches the TypeScript reference model\'s logits and router choices', async () => {
