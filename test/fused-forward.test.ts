@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InProcessExperts } from '../experts/in-process.ts';
 import { nativeDense } from '../experts/kernels/dense-native.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { fusedForwardAddon } from '../src/engine/fused-forward.ts';
 import { MoeModel, type SequenceInput, type StepOutput } from '../src/engine/model.ts';
 import { loadModelPackage, type ModelConfig } from '../src/engine/package.ts';
 import { prunePackage } from '../src/pruning/prune-package.ts';
@@ -125,6 +126,16 @@ describe.skipIf(!dense.available)('the fused forward equals the stage-driven for
     } finally {
       await engine.close();
     }
+  });
+
+  it('the native entry points refuse what they cannot run, saying what is wrong', () => {
+    const status = fusedForwardAddon();
+    expect(status.available).toBe(true);
+    if (!status.available) return;
+    expect(() => status.addon.forwardBegin({}, {})).toThrow(/forwardBegin: model needs heads, kvHeads, headDim, k/);
+    expect(() => status.addon.forwardBegin({ heads: 4, kvHeads: 4, headDim: 64, k: 1, scale: 0.125, residualScale: 1, renormalize: false, layers: [{}] }, {}))
+      .toThrow(/model.layers must hold live trunk layer handles/);
+    expect(() => status.addon.forwardJoin()).toThrow(/no forward is running/);
   });
 
   describe('the bundled model', () => {

@@ -250,6 +250,9 @@ napi_value ForwardBegin(napi_env env, napi_callback_info info) {
   if (napi_get_named_property(env, model, "head", &head) != napi_ok || !(f.head = sy::handle_of<sy_trunk::Head>(env, head, &kHeadTag)) || f.head->released)
     return fail(env, "model.head must be a live trunk head handle");
   f.vocab = f.head->vocab;
+  for (const sy_trunk::Layer* layer : f.layers)
+    if (layer->d != f.d || layer->kvDim != f.kvDim || layer->experts != f.E) return fail(env, "model.layers must share one geometry");
+  if (f.head->d != f.d) return fail(env, "model.head's width differs from the layers'");
   if (napi_get_named_property(env, model, "experts", &experts) != napi_ok || napi_is_array(env, experts, &isArray) != napi_ok || !isArray ||
       napi_get_array_length(env, experts, &LE) != napi_ok || LE != L * f.E)
     return fail(env, "model.experts must hold layers × experts entries");
