@@ -65,10 +65,39 @@ struct Scratch {
 };
 thread_local Scratch t_scratch;
 
+// Σ x² over n floats as eight lanes (x[i] into lane i mod 8) summed in matmul.h's order: one dependent chain of n/8
+// adds instead of n, so a norm no longer holds up the team (it runs on the loop's caller between parallel loops).
+float sum_squares_portable(const float* x, uint32_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (uint32_t l = 0; l < 8; l++) lane[l] += x[i + l] * x[i + l];
+  float sum = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+  for (; i < n; i++) sum += x[i] * x[i];
+  return sum;
+}
+
+#if SY_X86
+__attribute__((target("avx2,fma"))) float sum_squares_avx2(const float* x, uint32_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  float sum = sy::hsum256(acc);
+  for (; i < n; i++) sum += x[i] * x[i];
+  return sum;
+}
+#endif
+
 // y = x / sqrt(mean(x²) + eps) · w over n floats (ONNX graph: Pow, ReduceMean, Add, Sqrt, Div, Mul).
 void rms_norm(const float* x, const float* w, uint32_t n, float eps, float* y) {
-  float sum = 0;
-  for (uint32_t i = 0; i < n; i++) sum += x[i] * x[i];
+#if SY_X86
+  const float sum = g_avx2 ? sum_squares_avx2(x, n) : sum_squares_portable(x, n);
+#else
+  const float sum = sum_squares_portable(x, n);
+#endif
   const float rms = std::sqrt(sum / static_cast<float>(n) + eps);
   for (uint32_t i = 0; i < n; i++) y[i] = x[i] / rms * w[i];
 }
