@@ -154,9 +154,16 @@ const ResponseCacheSchema = z.strictObject({
     .describe('Most bytes (serialised size) the response cache holds; 0 disables the response cache.'),
 });
 
+const KvPoolSchema = z.strictObject({
+  maxBytes: int(0)
+    .default(64 * MiB)
+    .describe('Most bytes of finished requests\' key/value arrays kept for new requests (so that a busy gateway does not allocate, and garbage-collect, a cache per request); 0 disables the pool.'),
+});
+
 const CacheSchema = z.strictObject({
   prefix: PrefixCacheSchema.prefault({}).describe('Reuse of prompt-prefix key/value states across requests (skips prefill).'),
   response: ResponseCacheSchema.prefault({}).describe('Answers identical greedy or seeded requests from memory.'),
+  kvPool: KvPoolSchema.prefault({}).describe('Key/value arrays of finished requests, reused by new ones.'),
 });
 
 const PlacementSchema = z.strictObject({
@@ -326,6 +333,7 @@ const SECTIONS: Record<string, { shape: object }> = {
   cache: CacheSchema,
   'cache.prefix': PrefixCacheSchema,
   'cache.response': ResponseCacheSchema,
+  'cache.kvPool': KvPoolSchema,
   placement: PlacementSchema,
   admin: AdminSchema,
   shutdown: ShutdownSchema,

@@ -50,7 +50,7 @@ describe('loadConfig', () => {
       allocator: { mmapThresholdBytes: 131072 },
       experts: { execution: 'workers', teamThreads: null, kernel: 'auto', sparseMinSparsity: 0.5, trialMs: 2, maxResidentPerWorker: null, overlapMinTokens: 16, workerScheduling: 'batch', channel: 'shared-memory' },
       telemetry: { exporter: 'none', otlpEndpoint: null, loadTraceFile: null, exportTimeoutMs: 500 },
-      cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 } },
+      cache: { prefix: { blockTokens: 16, maxBytes: 64 * 2 ** 20 }, response: { maxEntries: 1024, maxBytes: 16 * 2 ** 20 }, kvPool: { maxBytes: 64 * 2 ** 20 } },
       placement: { maxExpertsPerWorker: null, minSplitRows: 32 },
       admin: {
         token: null, maxWorkers: null, rebalanceWindowSeconds: 60, autoRebalance: false,

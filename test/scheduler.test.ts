@@ -169,6 +169,23 @@ describe('KV caches of finished requests', () => {
     }
   });
 
+  it('cache.kvPool.maxBytes 0 keeps none: a new cache gets new arrays', async () => {
+    const engine = await Engine.load(engineConfig(dir, { cache: { kvPool: { maxBytes: 0 } } }));
+    try {
+      const model = engine.model;
+      const tokens = engine.codec.encode('Call me Ishmael.');
+      const first = model.newCache(40);
+      await model.forward([{ cache: first, tokens }]);
+      const arrays = [...first.keys, ...first.values];
+      first.release();
+      const second = model.newCache(40);
+      await model.forward([{ cache: second, tokens }]);
+      expect([...second.keys, ...second.values].some((a) => arrays.includes(a))).toBe(false);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('go back to the pool between steps, never while a step that holds them runs', async () => {
     for (const execution of ['workers', 'in-process'] as const) {
       const engine = await Engine.load(engineConfig(dir, { workers: execution === 'workers' ? 2 : null, experts: { execution } }));

@@ -122,6 +122,7 @@ export class Engine implements GenerationService {
         // In-process experts run synchronously on the team: no second thread for a micro-batch to overlap with.
         microBatchMinTokens: pool instanceof InProcessExperts ? Infinity : config.experts.overlapMinTokens ?? Infinity,
         team: pool instanceof InProcessExperts ? pool.team : null,
+        kvPoolBytes: config.cache.kvPool.maxBytes,
       });
       if (model.trunkKernelNote && config.onnx.trunkKernel === 'native') log.warn('the trunk runs in onnxruntime: the native trunk cannot be used', { reason: model.trunkKernelNote });
       else if (model.trunkKernelNote) log.info('the trunk runs in onnxruntime', { reason: model.trunkKernelNote });

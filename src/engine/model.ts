@@ -76,11 +76,13 @@ export interface ModelOptions {
    * for steps without a routing hook.
    */
   fused?: boolean;
+  /** Most bytes of released KV arrays kept for new caches (config cache.kvPool.maxBytes); default 64 MiB, 0: none. */
+  kvPoolBytes?: number;
 }
 
 /** Positions a KV cache's capacity is rounded up to (newCache), so that released arrays fit the next caches. */
 const KV_BLOCK = 32;
-/** Free KV arrays the model keeps for new caches: a full batch's worth of short requests (32 × 1 MB, twice over). */
+/** Free KV arrays the model keeps for new caches by default: a full batch's worth of short requests (32 × 1 MB, twice). */
 const KV_POOL_BYTES = 64 * 1024 * 1024;
 
 /** Which trunk runs the batched path's dense stages, and why not native when it is not. */
@@ -133,6 +135,7 @@ export class MoeModel {
     const native = options.attentionKernel === 'typescript' ? null : nativeAttentionKernel(shape, options.team ?? null);
     this.attend = native ?? attendReference(shape);
     this.attentionKernel = native ? 'native' : 'typescript';
+    this.kvPool = new KvArrayPool(options.kvPoolBytes ?? KV_POOL_BYTES);
     const addon = fusedForwardAddon();
     const experts = runner as ExpertRunner & Partial<FusedExperts>;
     // Not with a capacity factor: the scheduler's every step would take the stages (planDispatch's capacity).
@@ -217,7 +220,7 @@ export class MoeModel {
   }
 
   /** KV arrays of released caches (KvCache.release), reused by newCache's. */
-  private readonly kvPool = new KvArrayPool(KV_POOL_BYTES);
+  private readonly kvPool: KvArrayPool;
 
   /**
    * One step. `allPositions` returns logits at every new position (evaluation), not only the last; `onRouted`
