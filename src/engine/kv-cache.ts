@@ -159,9 +159,4 @@ export class KvArrayPool {
     else this.free.set(array.length, [array]);
     this.bytes += array.byteLength;
   }
-
-  /** Bytes of free arrays held. */
-  get heldBytes(): number {
-    return this.bytes;
-  }
 }

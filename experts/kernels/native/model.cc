@@ -61,10 +61,6 @@ struct Forward {
 
 Forward g_forward;
 
-void grow(std::vector<float>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
 // router/gate.ts topK, value for value: softmax in double (one exp per logit), probabilities rounded to fp32, k
 // choices by repeated argmax (ties to the lower index), gates renormalised over the chosen k (in double) if asked.
 void top_k(Forward& f, const float* logits, int32_t* choice, float* gate) {
@@ -137,14 +133,14 @@ std::string run(void* ctx) {
   sy::Team* team = &sy_dense::team();
   const uint32_t T = f.T, d = f.d, kv = f.kvDim, hd = f.shape.headDim;
   constexpr uint32_t chunk = sy_trunk::kChunk;
-  grow(f.x, static_cast<size_t>(T) * d);
-  grow(f.h, static_cast<size_t>(T) * d);
-  grow(f.q, static_cast<size_t>(T) * d);
-  grow(f.attended, static_cast<size_t>(T) * d);
-  grow(f.m, static_cast<size_t>(T) * d);
-  grow(f.kNew, static_cast<size_t>(T) * kv);
-  grow(f.vNew, static_cast<size_t>(T) * kv);
-  grow(f.routerLogits, static_cast<size_t>(T) * f.E);
+  sy_trunk::grow(f.x, static_cast<size_t>(T) * d);
+  sy_trunk::grow(f.h, static_cast<size_t>(T) * d);
+  sy_trunk::grow(f.q, static_cast<size_t>(T) * d);
+  sy_trunk::grow(f.attended, static_cast<size_t>(T) * d);
+  sy_trunk::grow(f.m, static_cast<size_t>(T) * d);
+  sy_trunk::grow(f.kNew, static_cast<size_t>(T) * kv);
+  sy_trunk::grow(f.vNew, static_cast<size_t>(T) * kv);
+  sy_trunk::grow(f.routerLogits, static_cast<size_t>(T) * f.E);
   std::memcpy(f.x.data(), f.x0, static_cast<size_t>(T) * d * sizeof(float));
   float* x = f.x.data();
   float* h = f.h.data();
@@ -169,7 +165,7 @@ std::string run(void* ctx) {
     f.moeMs[layer] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
     std::swap(x, h);
   }
-  grow(f.headIn, static_cast<size_t>(f.rows) * d);
+  sy_trunk::grow(f.headIn, static_cast<size_t>(f.rows) * d);
   for (uint32_t r = 0; r < f.rows; r++) std::memcpy(f.headIn.data() + size_t{r} * d, x + size_t{f.headRows[r]} * d, d * sizeof(float));
   for (uint32_t r = 0; r < f.rows; r += chunk) {
     const uint32_t n = f.rows - r < chunk ? f.rows - r : chunk;
@@ -276,7 +272,6 @@ napi_value ForwardBegin(napi_env env, napi_callback_info info) {
   f.S = static_cast<uint32_t>(S);
   f.T = static_cast<uint32_t>(T);
   if (T == 0) return fail(env, "the step has no tokens");
-  uint32_t caps;
   uint32_t* capsOf;
   if (napi_get_named_property(env, step, "caps", &v) != napi_ok || !array_of(env, v, napi_uint32_array, size_t{L} * S, &capsOf))
     return fail(env, "step.caps must be a Uint32Array [layers · sequences]");
@@ -289,8 +284,7 @@ napi_value ForwardBegin(napi_env env, napi_callback_info info) {
     napi_value kv, vv;
     const uint32_t s = i % S;
     const size_t need = size_t{kvHeads} * f.caps[i] * headDim;
-    caps = f.caps[i];
-    if (static_cast<uint64_t>(f.pasts[s]) + f.counts[s] > caps) return fail(env, "a sequence's past + count exceeds its cache capacity");
+    if (static_cast<uint64_t>(f.pasts[s]) + f.counts[s] > f.caps[i]) return fail(env, "a sequence's past + count exceeds its cache capacity");
     if (napi_get_element(env, keys, i, &kv) != napi_ok || napi_get_element(env, values, i, &vv) != napi_ok ||
         !array_of(env, kv, napi_float32_array, need, &f.keys[i]) || !array_of(env, vv, napi_float32_array, need, &f.values[i]))
       return fail(env, "step.keys[i] and step.values[i] must be Float32Arrays of kvHeads × caps[i] × headDim floats");
